@@ -1,0 +1,139 @@
+"""RL fine-tuning presets (PPO / GRPO) with RLinf's hyper-parameters (see shared rl-algorithms doc).
+
+Every real preset needs the SFT checkpoint the user fine-tunes:
+`python -m pirl.train pi0_libero_ppo --init-checkpoint /path/to/ckpt` (a pirl or openpi orbax
+checkpoint directory, or a directory holding openpi-PyTorch `model.safetensors`); its assets must
+hold the tokenizer and norm stats, or pass `--tokenizer-path` / `--norm-stats-path`.
+`pi0_demo_cpu` is the exception: a tiny π0 that trains from scratch on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pirl.models.config import Pi0Config
+from pirl.policies.config import FlowPolicyConfig
+from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig, WarmStartConfig
+from pirl.rl.losses import PPOLossConfig
+from pirl.rl.optim import OptimizerConfig
+
+PI0 = Pi0Config()
+PI05_LIBERO = Pi0Config(pi05=True, action_horizon=10, discrete_state_input=False)
+
+
+def pi0_libero_ppo() -> RLConfig:
+    """π0, LIBERO-Spatial, PPO: Flow-SDE (one stochastic step), GAE, critic on the expert."""
+    return RLConfig(
+        name="pi0_libero_ppo",
+        model=PI0,
+        policy=FlowPolicyConfig(noise_method="flow_sde", noise_level=0.5, num_steps=4, action_chunk=5),
+        env=EnvSpec(name="libero_spatial", num_envs=64, image_size=224, max_episode_steps=240),
+        adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95),
+        loss=PPOLossConfig(entropy_bonus=0.0),
+        optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=1.0),
+        rollout_epochs=8,
+        update_epochs=4,
+        global_batch_size=2048,
+        micro_batch_size=32,
+    )
+
+
+def pi0_libero_grpo() -> RLConfig:
+    """π0, LIBERO-10 (long), GRPO with groups of 8 sharing a reset state, no critic."""
+    return RLConfig(
+        name="pi0_libero_grpo",
+        model=PI0,
+        policy=FlowPolicyConfig(num_steps=4, action_chunk=10, add_value_head=False),
+        env=EnvSpec(name="libero_10", num_envs=64, image_size=224, max_episode_steps=480),
+        adv=AdvantageConfig(adv_type="grpo", group_size=8),
+        loss=PPOLossConfig(entropy_bonus=0.0),
+        optim=OptimizerConfig(lr=5e-6, clip_grad_norm=2.0),
+        rollout_epochs=8,
+        update_epochs=2,
+        global_batch_size=2048,
+        micro_batch_size=32,
+    )
+
+
+def pi05_libero_ppo() -> RLConfig:
+    """π0.5, LIBERO-Spatial, PPO with the critic after the VLM."""
+    return RLConfig(
+        name="pi05_libero_ppo",
+        model=PI05_LIBERO,
+        policy=FlowPolicyConfig.pi05(num_steps=5, action_chunk=5),
+        env=EnvSpec(name="libero_spatial", num_envs=64, image_size=224, max_episode_steps=240),
+        adv=AdvantageConfig(adv_type="gae"),
+        optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=1.0),
+        rollout_epochs=8,
+        update_epochs=4,
+        global_batch_size=2048,
+        micro_batch_size=32,
+    )
+
+
+def pi05_libero_grpo() -> RLConfig:
+    """π0.5, LIBERO-10, GRPO (G = 8), no critic."""
+    return RLConfig(
+        name="pi05_libero_grpo",
+        model=PI05_LIBERO,
+        policy=FlowPolicyConfig.pi05(num_steps=5, action_chunk=10, add_value_head=False),
+        env=EnvSpec(name="libero_10", num_envs=64, image_size=224, max_episode_steps=480),
+        adv=AdvantageConfig(adv_type="grpo", group_size=8),
+        optim=OptimizerConfig(lr=5e-6, clip_grad_norm=2.0),
+        rollout_epochs=8,
+        update_epochs=2,
+        global_batch_size=2048,
+        micro_batch_size=32,
+    )
+
+
+def pi0_maniskill_ppo() -> RLConfig:
+    """π0, ManiSkill-style put-on-plate, PPO with Flow-Noise (joint log-prob) and entropy 0.005."""
+    return RLConfig(
+        name="pi0_maniskill_ppo",
+        model=PI0,
+        policy=FlowPolicyConfig.flow_noise(num_steps=4, action_chunk=5),
+        env=EnvSpec(name="maniskill_put_on_plate", num_envs=320, image_size=224, max_episode_steps=80),
+        adv=AdvantageConfig(adv_type="gae"),
+        loss=PPOLossConfig(entropy_bonus=0.005),
+        optim=OptimizerConfig(lr=7.91e-6, value_lr=1.55e-4, clip_grad_norm=1.0),
+        rollout_epochs=1,
+        update_epochs=4,
+        global_batch_size=5120,
+        micro_batch_size=64,
+    )
+
+
+def pi0_demo_cpu() -> RLConfig:
+    """CPU demo: tiny π0 from scratch, warm-started by SFT on expert demos, then PPO (~15 min, 2 cores)."""
+    return RLConfig(
+        name="pi0_demo_cpu",
+        model=Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb")),
+        policy=FlowPolicyConfig(num_steps=4, action_chunk=5, value_head_hidden=(64, 64), noise_level=0.5),
+        env=EnvSpec(name="maniskill_put_on_plate", num_envs=16, image_size=28, task_ids=(0,)),
+        adv=AdvantageConfig(adv_type="gae"),
+        optim=OptimizerConfig(lr=1e-4, value_lr=1e-3, clip_grad_norm=1.0),
+        warm_start=WarmStartConfig(episodes_per_task=64, sft_steps=400, batch_size=64, lr=1e-3),
+        rollout_epochs=1,
+        update_epochs=2,
+        global_batch_size=64,
+        total_steps=30,
+        random_init=True,
+        eval_interval=5,
+        eval_episodes=16,
+        video_interval=10,
+        save_interval=10,
+    )
+
+
+def presets() -> dict[str, tuple[str, Any]]:
+    """name -> (description, config) of every RL preset."""
+    makers = [
+        pi0_libero_ppo,
+        pi0_libero_grpo,
+        pi05_libero_ppo,
+        pi05_libero_grpo,
+        pi0_maniskill_ppo,
+        pi0_demo_cpu,
+    ]
+    return {m.__name__: ((m.__doc__ or "").strip().splitlines()[0], m()) for m in makers}

@@ -1,0 +1,14 @@
+"""SFT presets: `<data config>_sft` for every named data config (see pirl/data/configs.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def presets() -> dict[str, tuple[str, Any]]:
+    """name -> (description, config) of every SFT preset."""
+    try:
+        from pirl.sft.config import sft_presets
+    except ImportError:  # the SFT package is optional while it is being built
+        return {}
+    return sft_presets()

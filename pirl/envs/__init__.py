@@ -1,0 +1,1 @@
+"""On-device MJX manipulation environments: scenes, controller, renderer, tasks, experts."""

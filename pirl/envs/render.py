@@ -1,0 +1,708 @@
+"""Batched ray-cast renderer for MJX scenes built from primitive geoms, in pure JAX.
+
+Works under `jit`, `vmap` (over environments) and sharded batch axes, on CPU, GPU and TPU: no
+OpenGL, no Warp. One primary ray per pixel is intersected analytically with every rendered geom
+(plane, sphere, capsule, ellipsoid, cylinder, box); the nearest hit is shaded with ambient +
+Lambertian diffuse (+ Blinn-Phong specular) from the model's lights and headlight, with optional
+hard shadows (one shadow ray per pixel towards the first shadow-casting light) and 2D textures on
+planes (e.g. MuJoCo's builtin checker).
+
+Usage:
+    scene = prepare_scene(mj_model)                       # host side, once
+    rgb = render(scene, mjx_data, ("agentview", "eye_in_hand"), 128, 128)   # u8[2, 128, 128, 3]
+    rgb, depth = render_rgbd(scene, mjx_data, (0,), 64, 64)
+
+Conventions follow MuJoCo: a camera looks along -z of its frame with +y up, `cam_fovy` is the
+vertical field of view in degrees, depth is the distance along the camera's viewing axis.
+
+Geoms are grouped by type at preparation time so every intersection kernel is specialised and
+branch-free. `RenderConfig.mode` picks how the geoms of a group are visited:
+- "unroll": a Python loop over the geoms, keeping the running nearest hit; XLA fuses a whole
+  group into one elementwise kernel over the rays (memory O(rays)). Fastest on CPU.
+- "dense": all geoms of a group at once, [geoms, rays] arrays reduced with min/argmin.
+- "scan": `lax.scan` over the geoms of a group with the running nearest hit as carry (memory
+  O(rays), small graphs: compiles fastest for big scenes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from flax import struct
+from jaxtyping import Array, Float, Int, UInt8
+
+_PLANE = int(mujoco.mjtGeom.mjGEOM_PLANE)
+_SPHERE = int(mujoco.mjtGeom.mjGEOM_SPHERE)
+_CAPSULE = int(mujoco.mjtGeom.mjGEOM_CAPSULE)
+_ELLIPSOID = int(mujoco.mjtGeom.mjGEOM_ELLIPSOID)
+_CYLINDER = int(mujoco.mjtGeom.mjGEOM_CYLINDER)
+_BOX = int(mujoco.mjtGeom.mjGEOM_BOX)
+_SUPPORTED_TYPES = (_PLANE, _SPHERE, _CAPSULE, _ELLIPSOID, _CYLINDER, _BOX)
+_TYPE_NAMES = {int(v): k.removeprefix("mjGEOM_").lower() for k, v in mujoco.mjtGeom.__members__.items()}
+
+_LIGHT_SPOT = int(mujoco.mjtLightType.mjLIGHT_SPOT)
+_LIGHT_DIRECTIONAL = int(mujoco.mjtLightType.mjLIGHT_DIRECTIONAL)
+_TEXROLE_RGB = int(mujoco.mjtTextureRole.mjTEXROLE_RGB)
+_TEX_2D = int(mujoco.mjtTexture.mjTEXTURE_2D)
+_DEFAULT_GEOM_RGBA = np.array([0.5, 0.5, 0.5, 1.0], np.float32)
+_MAX_VISIBLE_GROUP = 2  # MuJoCo's viewer shows geom groups 0-2 by default; higher ones are helpers.
+_INF = float("inf")
+
+# A camera ray is a tuple (x, y, z) of arrays that broadcast against each other.
+Vec3 = tuple[Array, Array, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    """Static rendering options (part of the compiled graph)."""
+
+    mode: Literal["unroll", "dense", "scan"] = "unroll"
+    """How the geoms of one type are visited: unrolled loop, dense [geoms, rays], or lax.scan."""
+    shadows: bool = True
+    """Cast one shadow ray per pixel towards the first shadow-casting light (about doubles the cost)."""
+    specular: bool = True
+    """Add Blinn-Phong highlights from the lights' and materials' specular terms."""
+    textures: bool = True
+    """Sample 2D material textures (e.g. builtin checker) on plane geoms."""
+    headlight: bool = True
+    """Use the model's headlight (visual/headlight: ambient + diffuse along the viewing direction)."""
+    sky_zenith_rgb: tuple[float, float, float] = (0.42, 0.55, 0.72)
+    """Background colour straight up."""
+    sky_horizon_rgb: tuple[float, float, float] = (0.80, 0.83, 0.86)
+    """Background colour at and below the horizon."""
+    fallback_light_dir: tuple[float, float, float] = (0.3, -0.4, -1.0)
+    """Direction of a white directional light used only when the model has no active light."""
+    shadow_bias: float = 1e-3
+    """Offset (m) of shadow-ray origins along the surface normal, against self-shadowing."""
+    shadow_strength: float = 1.0
+    """Fraction of a light's diffuse+specular removed in shadow (1 = hard black-out)."""
+    supersample: int = 1
+    """Rays per pixel side (2 -> 4 rays per pixel, box-filtered): anti-aliasing at s^2 the cost."""
+
+
+@struct.dataclass
+class RenderScene:
+    """Static description of what to draw, built once on the host by `prepare_scene`.
+
+    Arrays are indexed by scene geom index (0..G-1); `geom_ids[i]` is the MuJoCo geom id.
+    """
+
+    geom_size: Float[Array, "G 3"]
+    """Primitive sizes; infinite plane extents are stored as +inf."""
+    geom_rgb: Float[Array, "G 3"]
+    geom_specular: Float[Array, " G"]
+    geom_shininess: Float[Array, " G"]
+    """Blinn-Phong exponent."""
+    geom_tex: Int[Array, "G 4"]
+    """Per geom 2D texture (address in tex_data or -1, width, height, channels)."""
+    geom_texscale: Float[Array, "G 2"]
+    """Texture coordinates per metre of local x / y (planes only)."""
+    tex_data: UInt8[Array, " T"]
+    """Concatenated 2D texture texels of the textured geoms (at least one entry)."""
+    light_pos: Float[Array, "L 3"]
+    """Light position in its body's frame."""
+    light_dir: Float[Array, "L 3"]
+    """Light direction in its body's frame (unit)."""
+    light_diffuse: Float[Array, "L 3"]
+    light_specular: Float[Array, "L 3"]
+    light_cos_cutoff: Float[Array, " L"]
+    """cos of the spot cutoff angle (-1 for directional / point lights)."""
+    light_exponent: Float[Array, " L"]
+    """Spot exponent (0 for directional / point lights)."""
+    ambient: Float[Array, " 3"]
+    """Total ambient light (lights + headlight)."""
+    headlight_diffuse: Float[Array, " 3"]
+    headlight_specular: Float[Array, " 3"]
+    geom_ids: tuple[int, ...] = struct.field(pytree_node=False)
+    """MuJoCo ids of the rendered geoms, in scene order."""
+    type_groups: tuple[tuple[int, tuple[int, ...]], ...] = struct.field(pytree_node=False)
+    """(mjtGeom type, scene indices) for every geom type present."""
+    light_body: tuple[int, ...] = struct.field(pytree_node=False)
+    """Body id each light is attached to (0 = world)."""
+    light_directional: tuple[bool, ...] = struct.field(pytree_node=False)
+    shadow_light: int = struct.field(pytree_node=False)
+    """Index of the light that casts shadows, or -1."""
+    camera_names: tuple[str, ...] = struct.field(pytree_node=False)
+    camera_fovy: tuple[float, ...] = struct.field(pytree_node=False)
+    """Vertical field of view (degrees) per camera id."""
+    znear: float = struct.field(pytree_node=False)
+    """Near clipping distance along the ray (m)."""
+    zfar: float = struct.field(pytree_node=False)
+    """Depth reported for background pixels (m)."""
+    config: RenderConfig = struct.field(pytree_node=False)
+
+    @property
+    def num_geoms(self) -> int:
+        return len(self.geom_ids)
+
+
+def _geom_rgba(model: mujoco.MjModel, geom_id: int) -> np.ndarray:
+    """MuJoCo's colour rule: a material's rgba wins unless the geom sets a non-default rgba."""
+    rgba = np.asarray(model.geom_rgba[geom_id], np.float32)
+    mat = int(model.geom_matid[geom_id])
+    if mat >= 0 and np.allclose(rgba, _DEFAULT_GEOM_RGBA):
+        rgba = np.asarray(model.mat_rgba[mat], np.float32)
+    return rgba
+
+
+def _default_geom_ids(model: mujoco.MjModel) -> list[int]:
+    ids = []
+    for g in range(model.ngeom):
+        if int(model.geom_group[g]) > _MAX_VISIBLE_GROUP or _geom_rgba(model, g)[3] <= 0.0:
+            continue
+        ids.append(g)
+    return ids
+
+
+def prepare_scene(
+    model: mujoco.MjModel,
+    geom_ids: Sequence[int] | None = None,
+    config: RenderConfig = RenderConfig(),
+) -> RenderScene:
+    """Collect what `render` needs from a host-side MjModel (geoms, materials, lights, cameras).
+
+    geom_ids: MuJoCo geom ids to draw; default: every geom in groups 0-2 with non-zero alpha.
+    Raises ValueError for a rendered geom type other than plane/sphere/capsule/ellipsoid/
+    cylinder/box (pass `geom_ids` without it, or put it in group 3+).
+    """
+    if not isinstance(model, mujoco.MjModel):
+        raise TypeError(f"prepare_scene needs a host mujoco.MjModel (not {type(model).__name__}).")
+    if config.mode not in ("unroll", "dense", "scan"):
+        raise ValueError(f"RenderConfig.mode must be 'unroll', 'dense' or 'scan', got {config.mode!r}.")
+    if config.supersample < 1:
+        raise ValueError(f"RenderConfig.supersample must be >= 1, got {config.supersample}.")
+    ids = _default_geom_ids(model) if geom_ids is None else [int(g) for g in geom_ids]
+    if not ids:
+        raise ValueError("No geom to render: the model has no visible geom (groups 0-2, alpha > 0).")
+    for g in ids:
+        if not 0 <= g < model.ngeom:
+            raise ValueError(f"geom id {g} out of range [0, {model.ngeom}).")
+        gtype = int(model.geom_type[g])
+        if gtype not in _SUPPORTED_TYPES:
+            name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, g)
+            raise ValueError(
+                f"geom {g} ({name!r}) has type {_TYPE_NAMES.get(gtype, gtype)}, which the JAX renderer "
+                "cannot draw; use primitives, move it to group 3+, or pass geom_ids without it."
+            )
+
+    num = len(ids)
+    size = np.zeros((num, 3), np.float32)
+    rgb = np.zeros((num, 3), np.float32)
+    specular = np.zeros((num,), np.float32)
+    shininess = np.zeros((num,), np.float32)
+    tex = np.full((num, 4), -1, np.int32)
+    texscale = np.ones((num, 2), np.float32)
+    texels: list[np.ndarray] = []
+    tex_offsets: dict[int, int] = {}
+    num_texels = 0
+    for i, g in enumerate(ids):
+        size[i] = model.geom_size[g]
+        gtype = int(model.geom_type[g])
+        if gtype == _PLANE:
+            size[i, :2] = np.where(size[i, :2] > 0, size[i, :2], _INF)
+        rgb[i] = _geom_rgba(model, g)[:3]
+        mat = int(model.geom_matid[g])
+        specular[i] = float(model.mat_specular[mat]) if mat >= 0 else 0.5
+        shin = float(model.mat_shininess[mat]) if mat >= 0 else 0.5
+        shininess[i] = max(shin, 1e-3) * 128.0  # MuJoCo maps shininess in [0, 1] to an exponent of 0-128
+        if mat < 0 or gtype != _PLANE or not config.textures:
+            continue
+        texid = int(model.mat_texid[mat, _TEXROLE_RGB])
+        if texid < 0 or int(model.tex_type[texid]) != _TEX_2D:
+            continue
+        width, height, nchan = (int(model.tex_width[texid]), int(model.tex_height[texid]),
+                                int(model.tex_nchannel[texid]))
+        if texid not in tex_offsets:
+            adr = int(model.tex_adr[texid])
+            texels.append(np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8))
+            tex_offsets[texid] = num_texels
+            num_texels += width * height * nchan
+        tex[i] = (tex_offsets[texid], width, height, nchan)
+        repeat = np.asarray(model.mat_texrepeat[mat], np.float32)
+        if bool(model.mat_texuniform[mat]) or not np.all(np.isfinite(size[i, :2])):
+            texscale[i] = repeat
+        else:
+            texscale[i] = repeat / (2.0 * size[i, :2])
+        # A texture is multiplied by the material colour; the default geom grey would darken it.
+        rgb[i] = np.asarray(model.mat_rgba[mat, :3], np.float32)
+    tex_data = np.concatenate(texels) if texels else np.zeros((1,), np.uint8)
+
+    groups = []
+    types = np.asarray([int(model.geom_type[g]) for g in ids])
+    for gtype in _SUPPORTED_TYPES:
+        members = tuple(int(i) for i in np.nonzero(types == gtype)[0])
+        if members:
+            groups.append((gtype, members))
+
+    active = [i for i in range(model.nlight) if bool(model.light_active[i])]
+    light_pos = np.asarray(model.light_pos[active], np.float32).reshape(-1, 3)
+    light_dir = np.asarray(model.light_dir[active], np.float32).reshape(-1, 3)
+    light_diffuse = np.asarray(model.light_diffuse[active], np.float32).reshape(-1, 3)
+    light_specular = np.asarray(model.light_specular[active], np.float32).reshape(-1, 3)
+    light_type = [int(model.light_type[i]) for i in active]
+    light_body = tuple(int(model.light_bodyid[i]) for i in active)
+    cutoff = np.asarray(model.light_cutoff[active], np.float32).reshape(-1)
+    exponent = np.asarray(model.light_exponent[active], np.float32).reshape(-1)
+    ambient = np.asarray(model.light_ambient[active], np.float32).reshape(-1, 3).sum(0)
+    castshadow = [bool(model.light_castshadow[i]) for i in active]
+    if not active:  # a fixed white sun so that an unlit model still renders shaded
+        light_pos = np.zeros((1, 3), np.float32)
+        light_dir = np.asarray([config.fallback_light_dir], np.float32)
+        light_diffuse = np.full((1, 3), 0.6, np.float32)
+        light_specular = np.full((1, 3), 0.2, np.float32)
+        light_type = [_LIGHT_DIRECTIONAL]
+        light_body = (0,)
+        cutoff = np.zeros((1,), np.float32)
+        exponent = np.zeros((1,), np.float32)
+        castshadow = [True]
+    light_dir = light_dir / np.maximum(np.linalg.norm(light_dir, axis=1, keepdims=True), 1e-9)
+    is_spot = np.asarray([t == _LIGHT_SPOT for t in light_type])
+    cos_cutoff = np.where(is_spot, np.cos(np.deg2rad(cutoff)), -1.0).astype(np.float32)
+    exponent = np.where(is_spot, exponent, 0.0).astype(np.float32)
+    head = model.vis.headlight
+    use_head = config.headlight and bool(head.active)
+    if use_head:
+        ambient = ambient + np.asarray(head.ambient, np.float32)
+    shadow_light = next((i for i, c in enumerate(castshadow) if c), -1) if config.shadows else -1
+
+    camera_names = tuple(
+        mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, c) or f"camera{c}" for c in range(model.ncam)
+    )
+    f32 = jnp.float32
+    return RenderScene(
+        geom_size=jnp.asarray(size, f32),
+        geom_rgb=jnp.asarray(rgb, f32),
+        geom_specular=jnp.asarray(specular, f32),
+        geom_shininess=jnp.asarray(shininess, f32),
+        geom_tex=jnp.asarray(tex),
+        geom_texscale=jnp.asarray(texscale, f32),
+        tex_data=jnp.asarray(tex_data),
+        light_pos=jnp.asarray(light_pos, f32),
+        light_dir=jnp.asarray(light_dir, f32),
+        light_diffuse=jnp.asarray(light_diffuse, f32),
+        light_specular=jnp.asarray(light_specular, f32),
+        light_cos_cutoff=jnp.asarray(cos_cutoff, f32),
+        light_exponent=jnp.asarray(exponent, f32),
+        ambient=jnp.asarray(ambient, f32),
+        headlight_diffuse=jnp.asarray(head.diffuse if use_head else np.zeros(3), f32),
+        headlight_specular=jnp.asarray(head.specular if use_head else np.zeros(3), f32),
+        geom_ids=tuple(ids),
+        type_groups=tuple(groups),
+        light_body=light_body,
+        light_directional=tuple(t == _LIGHT_DIRECTIONAL for t in light_type),
+        shadow_light=shadow_light,
+        camera_names=camera_names,
+        camera_fovy=tuple(float(f) for f in model.cam_fovy),
+        znear=float(model.vis.map.znear * model.stat.extent),
+        zfar=float(model.vis.map.zfar * model.stat.extent),
+        config=config,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray-primitive intersections in the geom's local frame. Inputs broadcast (geoms x rays or rays);
+# each returns the ray parameter of the first hit beyond t_min, or +inf on a miss. Ray directions
+# are unit length (rotations keep them so), except for the ellipsoid's internal rescaling.
+
+
+def _quadratic_entry(b, c, a, t_min):
+    """Smallest root > t_min of a t^2 + 2 b t + c = 0, or inf."""
+    disc = b * b - a * c
+    sq = jnp.sqrt(jnp.maximum(disc, 0.0))
+    inv_a = 1.0 / a
+    t_in = (-b - sq) * inv_a
+    t_out = (-b + sq) * inv_a
+    t = jnp.where(t_in > t_min, t_in, t_out)
+    return jnp.where((disc >= 0.0) & (t > t_min), t, _INF)
+
+
+def _hit_sphere(o: Vec3, d: Vec3, size, t_min):
+    ox, oy, oz = o
+    dx, dy, dz = d
+    r = size[0]
+    return _quadratic_entry(ox * dx + oy * dy + oz * dz, ox * ox + oy * oy + oz * oz - r * r, 1.0, t_min)
+
+
+def _hit_ellipsoid(o: Vec3, d: Vec3, size, t_min):
+    # Scale space so the ellipsoid becomes the unit sphere; t is unchanged by the scaling.
+    ix, iy, iz = 1.0 / size[0], 1.0 / size[1], 1.0 / size[2]
+    ox, oy, oz = o[0] * ix, o[1] * iy, o[2] * iz
+    dx, dy, dz = d[0] * ix, d[1] * iy, d[2] * iz
+    a = dx * dx + dy * dy + dz * dz
+    return _quadratic_entry(ox * dx + oy * dy + oz * dz, ox * ox + oy * oy + oz * oz - 1.0, a, t_min)
+
+
+def _safe(x):
+    """Keep |x| >= 1e-12 (with its sign) so divisions stay finite."""
+    return jnp.where(jnp.abs(x) < 1e-12, jnp.where(x < 0, -1e-12, 1e-12), x)
+
+
+def _hit_box(o: Vec3, d: Vec3, size, t_min):
+    t_near, t_far = -_INF, _INF
+    for k in range(3):
+        inv = 1.0 / _safe(d[k])
+        t1 = (-size[k] - o[k]) * inv
+        t2 = (size[k] - o[k]) * inv
+        t_near = jnp.maximum(t_near, jnp.minimum(t1, t2))
+        t_far = jnp.minimum(t_far, jnp.maximum(t1, t2))
+    t = jnp.where(t_near > t_min, t_near, t_far)
+    return jnp.where((t_near <= t_far) & (t > t_min), t, _INF)
+
+
+def _side_entry(o: Vec3, d: Vec3, r):
+    """Entry into the infinite z-cylinder of radius r: (disc, t, z at t)."""
+    ox, oy, oz = o
+    dx, dy, dz = d
+    a = jnp.maximum(dx * dx + dy * dy, 1e-12)
+    b = ox * dx + oy * dy
+    c = ox * ox + oy * oy - r * r
+    disc = b * b - a * c
+    t = (-b - jnp.sqrt(jnp.maximum(disc, 0.0))) / a
+    return disc, t, oz + t * dz
+
+
+def _hit_cylinder(o: Vec3, d: Vec3, size, t_min):
+    r, h = size[0], size[1]
+    disc, t_side, z_side = _side_entry(o, d, r)
+    side = jnp.where((disc >= 0.0) & (t_side > t_min) & (jnp.abs(z_side) <= h), t_side, _INF)
+    dz = _safe(d[2])
+    t_cap = (jnp.where(dz < 0, h, -h) - o[2]) / dz  # the cap facing the ray
+    xc = o[0] + t_cap * d[0]
+    yc = o[1] + t_cap * d[1]
+    cap = jnp.where((t_cap > t_min) & (xc * xc + yc * yc <= r * r), t_cap, _INF)
+    return jnp.minimum(side, cap)
+
+
+def _hit_capsule(o: Vec3, d: Vec3, size, t_min):
+    # A ray entering the infinite cylinder beyond the segment's end must hit that end's sphere
+    # first (the sphere fills the cylinder's cross-section there), so one sphere test suffices.
+    r, h = size[0], size[1]
+    disc, t_side, z_side = _side_entry(o, d, r)
+    on_side = jnp.abs(z_side) <= h
+    cz = jnp.where(z_side > 0, h, -h)
+    ox, oy, oz = o[0], o[1], o[2] - cz
+    dx, dy, dz = d
+    t_cap = _quadratic_entry(ox * dx + oy * dy + oz * dz, ox * ox + oy * oy + oz * oz - r * r, 1.0, t_min)
+    t_body = jnp.where(t_side > t_min, t_side, _INF)
+    return jnp.where(disc >= 0.0, jnp.where(on_side, t_body, t_cap), _INF)
+
+
+def _hit_plane(o: Vec3, d: Vec3, size, t_min):
+    # One-sided like a MuJoCo plane: visible from its +z side only.
+    dz = _safe(d[2])
+    t = -o[2] / dz
+    x = o[0] + t * d[0]
+    y = o[1] + t * d[1]
+    ok = (o[2] > 0) & (d[2] < 0) & (t > t_min) & (jnp.abs(x) <= size[0]) & (jnp.abs(y) <= size[1])
+    return jnp.where(ok, t, _INF)
+
+
+_HIT_FNS = {
+    _PLANE: _hit_plane,
+    _SPHERE: _hit_sphere,
+    _CAPSULE: _hit_capsule,
+    _ELLIPSOID: _hit_ellipsoid,
+    _CYLINDER: _hit_cylinder,
+    _BOX: _hit_box,
+}
+
+
+def _to_local(pos, mat, o: Vec3, d: Vec3, rotate: bool) -> tuple[Vec3, Vec3]:
+    """World ray -> geom frame. pos [..., 3] and mat [..., 3, 3] broadcast against the ray parts."""
+    rel = (o[0] - pos[..., 0], o[1] - pos[..., 1], o[2] - pos[..., 2])
+    if not rotate:  # spheres are rotation invariant
+        return rel, d
+
+    def rot_t(v):  # mat^T v, component-wise so XLA fuses it into the intersection kernel
+        return tuple(mat[..., 0, i] * v[0] + mat[..., 1, i] * v[1] + mat[..., 2, i] * v[2] for i in range(3))
+
+    return rot_t(rel), rot_t(d)
+
+
+def _nearest_hit(scene: RenderScene, geom_xpos, geom_xmat, o: Vec3, d: Vec3, t_min, with_index: bool):
+    """Nearest geom along each ray: (t f32[R] (inf on miss), scene geom index i32[R] (-1 on miss)).
+
+    o and d are tuples of arrays broadcastable to [R]; geom_xpos/geom_xmat hold scene geoms only.
+    """
+    shape = jnp.broadcast_shapes(*(x.shape for x in (*o, *d)))
+    t_best = jnp.full(shape, _INF, jnp.float32)
+    i_best = jnp.full(shape, -1, jnp.int32)
+    mode = scene.config.mode
+    for gtype, members in scene.type_groups:
+        hit = _HIT_FNS[gtype]
+        rotate = gtype != _SPHERE
+        idx = np.asarray(members)
+        pos, mat, size = geom_xpos[idx], geom_xmat[idx], scene.geom_size[idx]
+        if mode == "unroll":
+            for j, g in enumerate(members):
+                lo, ld = _to_local(pos[j], mat[j], o, d, rotate)
+                t = hit(lo, ld, size[j], t_min)
+                closer = t < t_best
+                t_best = jnp.where(closer, t, t_best)
+                if with_index:
+                    i_best = jnp.where(closer, g, i_best)
+        elif mode == "dense":
+            ex = (slice(None),) + (None,) * len(shape)  # [G] -> [G, 1, ...] against the rays
+            lo, ld = _to_local(pos[ex], mat[ex], o, d, rotate)
+            t = hit(lo, ld, tuple(size[(slice(None), k, *ex[1:])] for k in range(3)), t_min)
+            t_grp = jnp.min(t, axis=0)
+            closer = t_grp < t_best
+            t_best = jnp.where(closer, t_grp, t_best)
+            if with_index:
+                i_grp = jnp.asarray(idx, jnp.int32)[jnp.argmin(t, axis=0)]
+                i_best = jnp.where(closer, i_grp, i_best)
+        else:  # scan
+
+            def body(carry, geom, hit=hit, rotate=rotate):
+                t_run, i_run = carry
+                g_pos, g_mat, g_size, g_idx = geom
+                lo, ld = _to_local(g_pos, g_mat, o, d, rotate)
+                t = hit(lo, ld, g_size, t_min)
+                closer = t < t_run
+                return (jnp.where(closer, t, t_run), jnp.where(closer, g_idx, i_run)), None
+
+            (t_best, i_best), _ = jax.lax.scan(
+                body, (t_best, i_best), (pos, mat, size, jnp.asarray(idx, jnp.int32))
+            )
+    return t_best, i_best
+
+
+# ----------------------------------------------------------------------------------------------
+# Shading
+
+
+def _local_normal(gtype: int, q: Vec3, size) -> Vec3:
+    """Outward normal (not normalised) at local point q on a primitive of the given type."""
+    qx, qy, qz = q
+    zero = jnp.zeros_like(qx)
+    one = jnp.ones_like(qx)
+    if gtype == _PLANE:
+        return zero, zero, one
+    if gtype == _SPHERE:
+        return qx, qy, qz
+    if gtype == _ELLIPSOID:
+        return qx / size[0] ** 2, qy / size[1] ** 2, qz / size[2] ** 2
+    if gtype == _CAPSULE:
+        return qx, qy, qz - jnp.clip(qz, -size[1], size[1])
+    if gtype == _CYLINDER:
+        on_cap = jnp.abs(qz) / size[1] >= jnp.sqrt(qx * qx + qy * qy) / size[0]
+        return jnp.where(on_cap, 0.0, qx), jnp.where(on_cap, 0.0, qy), jnp.where(on_cap, jnp.sign(qz), 0.0)
+    # box: the face whose slab the point is deepest into, relative to the half-size
+    ax, ay, az = jnp.abs(qx) / size[0], jnp.abs(qy) / size[1], jnp.abs(qz) / size[2]
+    use_x = (ax >= ay) & (ax >= az)
+    use_y = ~use_x & (ay >= az)
+    use_z = ~use_x & ~use_y
+    return jnp.where(use_x, jnp.sign(qx), 0.0), jnp.where(use_y, jnp.sign(qy), 0.0), jnp.where(use_z, jnp.sign(qz), 0.0)
+
+
+def _normalize(v: Vec3) -> Vec3:
+    inv = jax.lax.rsqrt(jnp.maximum(v[0] * v[0] + v[1] * v[1] + v[2] * v[2], 1e-20))
+    return v[0] * inv, v[1] * inv, v[2] * inv
+
+
+def _dot(a: Vec3, b: Vec3):
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _surface(scene: RenderScene, geom_xpos, geom_xmat, hit_idx, point: Vec3, ray_d: Vec3):
+    """World normal (facing the ray) and base colour at each hit point."""
+    safe_idx = jnp.maximum(hit_idx, 0)
+    pos = geom_xpos[safe_idx]  # [R, 3]
+    mat = geom_xmat[safe_idx]  # [R, 3, 3]
+    size = scene.geom_size[safe_idx]
+    size = (size[..., 0], size[..., 1], size[..., 2])
+    rel = (point[0] - pos[..., 0], point[1] - pos[..., 1], point[2] - pos[..., 2])
+    q = tuple(mat[..., 0, i] * rel[0] + mat[..., 1, i] * rel[1] + mat[..., 2, i] * rel[2] for i in range(3))
+    gtype_of = np.zeros((scene.num_geoms,), np.int32)
+    for gtype, members in scene.type_groups:
+        gtype_of[list(members)] = gtype
+    gtype = jnp.asarray(gtype_of)[safe_idx]
+    n_local = (jnp.zeros_like(q[0]), jnp.zeros_like(q[0]), jnp.ones_like(q[0]))
+    for t, _ in scene.type_groups:
+        n_t = _local_normal(t, q, size)
+        is_t = gtype == t
+        n_local = tuple(jnp.where(is_t, a, b) for a, b in zip(n_t, n_local, strict=True))
+    n = _normalize(tuple(mat[..., i, 0] * n_local[0] + mat[..., i, 1] * n_local[1] + mat[..., i, 2] * n_local[2]
+                         for i in range(3)))
+    facing = jnp.where(_dot(n, ray_d) > 0, -1.0, 1.0)
+    n = (n[0] * facing, n[1] * facing, n[2] * facing)
+
+    rgb = scene.geom_rgb[safe_idx]  # [R, 3]
+    if scene.config.textures and any(t == _PLANE for t, _ in scene.type_groups):
+        tex = scene.geom_tex[safe_idx]
+        scale = scene.geom_texscale[safe_idx]
+        adr, width, height, nchan = tex[..., 0], tex[..., 1], tex[..., 2], tex[..., 3]
+        u = q[0] * scale[..., 0]
+        v = q[1] * scale[..., 1]
+        ix = jnp.clip(jnp.floor((u - jnp.floor(u)) * width).astype(jnp.int32), 0, width - 1)
+        iy = jnp.clip(jnp.floor((v - jnp.floor(v)) * height).astype(jnp.int32), 0, height - 1)
+        base = jnp.maximum(adr, 0) + (iy * width + ix) * nchan
+        texel = jnp.stack(
+            [scene.tex_data[base + jnp.minimum(c, nchan - 1)] for c in range(3)], axis=-1
+        ).astype(jnp.float32) / 255.0
+        rgb = jnp.where((adr >= 0)[..., None], rgb * texel, rgb)
+    return n, rgb
+
+
+def _light_world(scene: RenderScene, data) -> tuple[Array, Array]:
+    """Light positions and directions in world coordinates, f32[L, 3] each."""
+    body = np.asarray(scene.light_body)
+    if not body.any():
+        return scene.light_pos, scene.light_dir
+    xpos, xmat = data.xpos[body], data.xmat[body]
+    pos = xpos + jnp.einsum("lij,lj->li", xmat, scene.light_pos)
+    direction = jnp.einsum("lij,lj->li", xmat, scene.light_dir)
+    return pos, direction
+
+
+def _shade(scene: RenderScene, data, geom_xpos, geom_xmat, origin: Vec3, ray_d: Vec3, t, hit_idx):
+    """Colour f32[R, 3] of each ray's nearest hit (or the sky)."""
+    cfg = scene.config
+    hit = hit_idx >= 0
+    t_safe = jnp.where(hit, t, 0.0)
+    point = tuple(origin[k] + t_safe * ray_d[k] for k in range(3))
+    n, base = _surface(scene, geom_xpos, geom_xmat, hit_idx, point, ray_d)
+    view = (-ray_d[0], -ray_d[1], -ray_d[2])
+    light_pos, light_dir = _light_world(scene, data)
+
+    diffuse = jnp.broadcast_to(scene.ambient, base.shape)
+    spec = jnp.zeros_like(base)
+    spec_k = scene.geom_specular[jnp.maximum(hit_idx, 0)][..., None]
+    shin = scene.geom_shininess[jnp.maximum(hit_idx, 0)]
+
+    def add_light(diffuse, spec, to_light: Vec3, colour_d, colour_s, scale):
+        n_dot_l = jnp.maximum(_dot(n, to_light), 0.0) * scale
+        diffuse = diffuse + n_dot_l[..., None] * colour_d
+        if cfg.specular:
+            half = _normalize(tuple(a + b for a, b in zip(to_light, view, strict=True)))
+            highlight = jnp.where(n_dot_l > 0, jnp.maximum(_dot(n, half), 0.0) ** shin, 0.0) * scale
+            spec = spec + highlight[..., None] * colour_s * spec_k
+        return diffuse, spec
+
+    for li, directional in enumerate(scene.light_directional):
+        if directional:
+            # Shape [1]: the same direction for every ray, so the shadow pass rotates it per geom only.
+            to_light = tuple(-light_dir[li, k][None] for k in range(3))
+            dist = jnp.full(t.shape, _INF)
+            scale = jnp.ones(t.shape)
+        else:
+            delta = tuple(light_pos[li, k] - point[k] for k in range(3))
+            dist = jnp.sqrt(_dot(delta, delta))
+            to_light = _normalize(delta)
+            # Spot cone (cos_cutoff = -1 and exponent 0 make this 1 for point lights).
+            cos_angle = -_dot(to_light, tuple(light_dir[li, k] for k in range(3)))
+            scale = jnp.where(cos_angle >= scene.light_cos_cutoff[li],
+                              jnp.maximum(cos_angle, 0.0) ** scene.light_exponent[li], 0.0)
+        if li == scene.shadow_light:
+            bias = cfg.shadow_bias
+            shadow_o = tuple(point[k] + n[k] * bias for k in range(3))
+            t_block, _ = _nearest_hit(scene, geom_xpos, geom_xmat, shadow_o, to_light, 0.0, with_index=False)
+            lit = jnp.where(t_block < dist, 1.0 - cfg.shadow_strength, 1.0)
+            scale = scale * lit
+        diffuse, spec = add_light(diffuse, spec, to_light, scene.light_diffuse[li], scene.light_specular[li], scale)
+    diffuse, spec = add_light(diffuse, spec, view, scene.headlight_diffuse, scene.headlight_specular, 1.0)
+
+    colour = base * diffuse + spec
+    sky_w = jnp.clip(ray_d[2], 0.0, 1.0)[..., None]
+    sky = (1.0 - sky_w) * jnp.asarray(cfg.sky_horizon_rgb) + sky_w * jnp.asarray(cfg.sky_zenith_rgb)
+    return jnp.where(hit[..., None], colour, sky)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cameras and entry points
+
+
+def _camera_ids(scene: RenderScene, cameras: Sequence[int | str] | int | str) -> tuple[int, ...]:
+    if isinstance(cameras, int | str):
+        cameras = (cameras,)
+    ids = []
+    for cam in cameras:
+        if isinstance(cam, str):
+            if cam not in scene.camera_names:
+                raise ValueError(f"Unknown camera {cam!r}; the model has cameras {scene.camera_names}.")
+            ids.append(scene.camera_names.index(cam))
+        else:
+            if not 0 <= int(cam) < len(scene.camera_names):
+                raise ValueError(f"Camera id {cam} out of range; the model has {len(scene.camera_names)} cameras.")
+            ids.append(int(cam))
+    if not ids:
+        raise ValueError("Pass at least one camera (name or id).")
+    return tuple(ids)
+
+
+def _camera_rays(fovy_deg: float, height: int, width: int) -> np.ndarray:
+    """Unit ray directions f32[H*W, 3] in the camera frame (looking along -z, +y up)."""
+    tan_half = math.tan(math.radians(fovy_deg) / 2.0)
+    v = (1.0 - 2.0 * (np.arange(height) + 0.5) / height) * tan_half
+    u = (2.0 * (np.arange(width) + 0.5) / width - 1.0) * tan_half * (width / height)
+    uu, vv = np.meshgrid(u, v)  # [H, W]
+    dirs = np.stack([uu, vv, -np.ones_like(uu)], axis=-1).reshape(-1, 3)
+    return (dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _trace(scene: RenderScene, data, cameras, height: int, width: int):
+    """(colour f32[C, H*W, 3], z-depth f32[C, H*W], scene geom index i32[C, H*W]) per camera."""
+    if height < 1 or width < 1:
+        raise ValueError(f"Image size must be positive, got {height}x{width}.")
+    cam_ids = _camera_ids(scene, cameras)
+    geom_idx = np.asarray(scene.geom_ids)
+    geom_xpos = data.geom_xpos[geom_idx].astype(jnp.float32)
+    geom_xmat = data.geom_xmat[geom_idx].reshape(-1, 3, 3).astype(jnp.float32)
+    cam_pos = data.cam_xpos[np.asarray(cam_ids)].astype(jnp.float32)
+    cam_mat = data.cam_xmat[np.asarray(cam_ids)].reshape(-1, 3, 3).astype(jnp.float32)
+    rays_cam = np.stack([_camera_rays(scene.camera_fovy[c], height, width) for c in cam_ids])
+
+    def one_camera(pos, mat, dirs_cam):
+        d = jnp.einsum("ij,rj->ri", mat, dirs_cam)
+        ray_d = (d[:, 0], d[:, 1], d[:, 2])
+        origin = (pos[0][None], pos[1][None], pos[2][None])
+        t, idx = _nearest_hit(scene, geom_xpos, geom_xmat, origin, ray_d, scene.znear, with_index=True)
+        colour = _shade(scene, data, geom_xpos, geom_xmat, origin, ray_d, t, idx)
+        depth = jnp.where(idx >= 0, t * -dirs_cam[:, 2], scene.zfar)
+        return colour, depth, idx
+
+    return jax.vmap(one_camera)(cam_pos, cam_mat, jnp.asarray(rays_cam))
+
+
+def _to_u8(colour):
+    return jnp.clip(jnp.round(colour * 255.0), 0, 255).astype(jnp.uint8)
+
+
+def render_rgbd(
+    scene: RenderScene, data, cameras: Sequence[int | str] | int | str, height: int, width: int
+) -> tuple[UInt8[Array, "C H W 3"], Float[Array, "C H W"]]:
+    """RGB u8[C, H, W, 3] and depth f32[C, H, W] (m along the camera axis; zfar on background).
+
+    data: an mjx.Data (or anything with geom_xpos, geom_xmat, cam_xpos, cam_xmat, xpos, xmat) after
+    kinematics. cameras: names or ids (static). Wrap the caller in jit; vmap over data for batches.
+    """
+    ss = scene.config.supersample
+    colour, depth, _ = _trace(scene, data, cameras, height * ss, width * ss)
+    ncam = colour.shape[0]
+    colour = colour.reshape(ncam, height, ss, width, ss, 3).mean(axis=(2, 4))
+    depth = depth.reshape(ncam, height, ss, width, ss).min(axis=(2, 4))
+    return _to_u8(colour), depth
+
+
+def render(
+    scene: RenderScene, data, cameras: Sequence[int | str] | int | str, height: int, width: int
+) -> UInt8[Array, "C H W 3"]:
+    """RGB images u8[C, H, W, 3] of the given cameras (names or ids, static)."""
+    return render_rgbd(scene, data, cameras, height, width)[0]
+
+
+def render_segmentation(
+    scene: RenderScene, data, cameras: Sequence[int | str] | int | str, height: int, width: int
+) -> Int[Array, "C H W"]:
+    """MuJoCo geom id seen at each pixel, i32[C, H, W]; -1 for background."""
+    _, _, idx = _trace(scene, data, cameras, height, width)
+    geom_ids = jnp.asarray(np.asarray(scene.geom_ids, np.int32))
+    seg = jnp.where(idx >= 0, geom_ids[jnp.maximum(idx, 0)], -1)
+    return seg.reshape(seg.shape[0], height, width)

@@ -1,0 +1,11 @@
+"""Flow policies for RL: Flow-SDE / Flow-Noise stochastic denoising over π0 / π0.5.
+
+Owns the policy config (`config.FlowPolicyConfig`), rollout sampling and rescoring
+(`flow_policy.sample`, `flow_policy.log_prob_and_value`, `flow_policy.init_policy_params`), the
+Flow-Noise noise head (`noise_head`) and the freeze masks / optimizer labels RL updates with (`masks`).
+"""
+
+from pirl.policies.config import FlowPolicyConfig
+from pirl.policies.masks import optimizer_labels, stop_frozen_gradients, trainable_mask
+
+__all__ = ["FlowPolicyConfig", "optimizer_labels", "stop_frozen_gradients", "trainable_mask"]

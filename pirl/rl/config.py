@@ -1,0 +1,192 @@
+"""`RLConfig`: everything one PPO / GRPO fine-tuning run needs, as one frozen, tyro-readable tree.
+
+Batch vocabulary (RLinf's): one *global step* = `rollout_epochs` rollouts of `env.num_envs`
+environments for `chunk_steps` chunk steps each (one chunk step = one policy call executing
+`policy.action_chunk` control steps), then `update_epochs` passes over the collected transitions in
+shuffled minibatches of `global_batch_size` transitions (one optimizer step each), each minibatch
+computed in micro-batches of `micro_batch_size`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+from pirl.distributed.mesh import MeshConfig
+from pirl.models.config import Pi0Config
+from pirl.policies.config import FlowPolicyConfig
+from pirl.rl.losses import PPOLossConfig
+from pirl.rl.optim import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """Which MJX task suite to train on, and how many copies."""
+
+    name: str = "libero_spatial"
+    """Suite: libero_spatial, libero_object, libero_goal, libero_10 or maniskill_put_on_plate."""
+    num_envs: int = 64
+    """Environments stepped in parallel (sharded over the mesh's batch axes)."""
+    image_size: int = 224
+    """Rendered camera resolution (square); resized on device if it differs from the model's."""
+    max_episode_steps: int | None = None
+    """Control steps per episode; None = the suite's own limit (240/240/320/480/80)."""
+    task_ids: tuple[int, ...] = ()
+    """Tasks to train on (empty = every task of the suite)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+    """How rewards become advantages."""
+
+    adv_type: Literal["gae", "grpo"] = "gae"
+    """'gae' (PPO with a critic) or 'grpo' (group-relative scores, no critic)."""
+    gamma: float = 0.99
+    """Discount per chunk step."""
+    gae_lambda: float = 0.95
+    """GAE λ per chunk step."""
+    group_size: int = 8
+    """GRPO: environments per group that share one reset state."""
+    filter_rewards: bool = False
+    """GRPO: drop groups whose mean score lies outside `filter_bounds`."""
+    filter_bounds: tuple[float, float] = (0.1, 0.9)
+    """GRPO: (low, high) bounds of the group mean score kept by `filter_rewards`."""
+    normalize_advantages: bool = True
+    """Normalise advantages over the valid entries of a global step."""
+    bootstrap_on_truncation: bool = True
+    """Add γ·V(final obs) to the last reward of an episode cut by the time limit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartConfig:
+    """Optional warm start by supervised flow matching on the scripted expert's demonstrations.
+
+    Used by the CPU demo, which starts from a randomly initialised tiny π0; real presets start from
+    an SFT checkpoint instead (`init_checkpoint`)."""
+
+    episodes_per_task: int = 0
+    """Expert episodes to record per task and initial state batch (0 disables the warm start)."""
+    sft_steps: int = 0
+    """Optimizer steps of flow-matching SFT on the recorded demonstrations."""
+    batch_size: int = 32
+    """SFT batch size (transitions)."""
+    lr: float = 1e-3
+    """SFT AdamW learning rate (cosine-decayed after a short warm-up)."""
+    action_noise: float = 0.0
+    """Std of Gaussian noise added to the expert's executed actions (diverse demos)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """One PPO / GRPO run: model, flow policy, environments, algorithm, optimizer, mesh, logging."""
+
+    name: str = "rl"
+    """Run name; logs and checkpoints go to `<run_root>/<name>`."""
+    model: Pi0Config = Pi0Config()
+    """The π0 / π0.5 model."""
+    policy: FlowPolicyConfig = FlowPolicyConfig()
+    """Stochastic flow policy (Flow-SDE / Flow-Noise), critic placement and freezing."""
+    env: EnvSpec = EnvSpec()
+    """Training environments."""
+    adv: AdvantageConfig = AdvantageConfig()
+    """Advantage estimation."""
+    loss: PPOLossConfig = PPOLossConfig()
+    """PPO loss coefficients."""
+    optim: OptimizerConfig = OptimizerConfig()
+    """AdamW settings."""
+    mesh: MeshConfig = MeshConfig()
+    """Device mesh; the environment batch and minibatches are split over its axes."""
+    warm_start: WarmStartConfig = WarmStartConfig()
+    """Optional SFT warm start on expert demonstrations (CPU demo)."""
+    rollout_epochs: int = 8
+    """Rollouts of all environments collected per global step."""
+    chunk_steps: int | None = None
+    """Chunk steps per rollout; None = ceil(max_episode_steps / action_chunk)."""
+    update_epochs: int = 4
+    """Passes over the collected transitions per global step."""
+    global_batch_size: int = 2048
+    """Transitions per minibatch (one optimizer step each)."""
+    micro_batch_size: int | None = None
+    """Transitions per gradient micro-batch (None = the whole minibatch at once)."""
+    total_steps: int = 1000
+    """Global steps to train."""
+    init_checkpoint: str | None = None
+    """SFT checkpoint to start from: pirl or openpi orbax dir, or a dir with model.safetensors."""
+    random_init: bool = False
+    """Start from random weights instead of a checkpoint (tests and the CPU demo only)."""
+    tokenizer_path: str | None = None
+    """PaliGemma sentencepiece model; None = look inside the checkpoint's assets."""
+    norm_stats_path: str | None = None
+    """Directory holding norm_stats.json; None = look inside the checkpoint's assets."""
+    eval_interval: int = 10
+    """Evaluate on the fixed initial states every this many global steps (0 = never)."""
+    eval_episodes: int = 50
+    """Episodes per evaluation (fixed (task, init state) pairs, pure ODE sampling)."""
+    video_interval: int = 10
+    """Write a rollout video every this many global steps (0 = never)."""
+    save_interval: int = 10
+    """Save a checkpoint every this many global steps (0 = only at the end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk."""
+    run_root: str = "runs"
+    """Parent directory of the run directory."""
+    resume: bool = False
+    """Continue from the latest checkpoint of the run directory."""
+    seed: int = 0
+    """Seed of parameter init, environments and sampling."""
+
+    def __post_init__(self):
+        if self.rollout_epochs < 1 or self.update_epochs < 1 or self.total_steps < 0:
+            raise ValueError("rollout_epochs and update_epochs must be >= 1 and total_steps >= 0")
+        if self.adv.adv_type not in ("gae", "grpo"):
+            raise ValueError(f"adv.adv_type must be 'gae' or 'grpo', got {self.adv.adv_type!r}")
+        if self.adv.adv_type == "gae" and not self.policy.add_value_head:
+            raise ValueError(
+                "adv.adv_type='gae' needs a critic: set policy.add_value_head=True (or use grpo)"
+            )
+        if self.adv.adv_type == "grpo" and self.env.num_envs % self.adv.group_size:
+            raise ValueError(
+                f"env.num_envs={self.env.num_envs} must be a multiple of adv.group_size={self.adv.group_size} "
+                "(each GRPO group shares one reset state)"
+            )
+        if self.policy.action_chunk > self.model.action_horizon:
+            raise ValueError(
+                f"policy.action_chunk={self.policy.action_chunk} exceeds model.action_horizon={self.model.action_horizon}"
+            )
+        micro = self.micro_batch_size
+        if micro is not None and (micro < 1 or self.global_batch_size % micro):
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} must be a multiple of micro_batch_size={micro}"
+            )
+        if self.transitions_per_step % self.global_batch_size:
+            raise ValueError(
+                f"a global step collects rollout_epochs*num_envs*chunk_steps = {self.rollout_epochs}*"
+                f"{self.env.num_envs}*{self.resolved_chunk_steps} = {self.transitions_per_step} transitions, "
+                f"which global_batch_size={self.global_batch_size} must divide"
+            )
+
+    @property
+    def max_episode_steps(self) -> int:
+        """Control steps per episode (the suite default unless overridden)."""
+        if self.env.max_episode_steps is not None:
+            return self.env.max_episode_steps
+        from pirl.envs import suite_episode_limit
+
+        return suite_episode_limit(self.env.name)
+
+    @property
+    def resolved_chunk_steps(self) -> int:
+        """Chunk steps per rollout."""
+        if self.chunk_steps is not None:
+            return self.chunk_steps
+        return math.ceil(self.max_episode_steps / self.policy.action_chunk)
+
+    @property
+    def transitions_per_step(self) -> int:
+        """Transitions collected per global step."""
+        return self.rollout_epochs * self.env.num_envs * self.resolved_chunk_steps
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.run_root}/{self.name}"

@@ -1,0 +1,130 @@
+"""Rollouts: the flow policy and the MJX environments in one `lax.scan`, with no host round trip.
+
+One rollout = every environment plays one episode from a given (task, initial state) for
+`chunk_steps` chunk steps: observe → `sample` an action chunk → `chunk_step` the environment.
+Environments whose episode ended keep stepping (a fixed-shape program) but those steps are masked
+out of the loss by `valid_step_mask`. The rollout records what PPO needs to rescore each
+transition: the raw env observation (uint8 images, state, task id), the denoise chain and its
+stochastic step, old log-probs and values, rewards and dones; plus the critic's value of the final
+observation, which bootstraps episodes cut by the time limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float, Int
+
+from pirl.models.config import Pi0Config
+from pirl.policies import flow_policy
+from pirl.policies.config import FlowPolicyConfig
+from pirl.policies.env_io import EnvAdapter, env_obs_to_model, model_actions_to_env
+
+
+@flax.struct.dataclass
+class Trajectory:
+    """Time-major record of one rollout: every leaf is [T, B, ...]."""
+
+    env_obs: dict[str, Array]
+    """Raw env observations before each chunk step (uint8 images, f32 state)."""
+    task_id: Int[Array, "t b"]
+    """Task of each environment (indexes the prompt table)."""
+    chain: Float[Array, "t b k1 h a"]
+    """Denoise chains of the sampled action chunks."""
+    denoise_index: Int[Array, "t b"]
+    """Stochastic denoise step (Flow-SDE single-step), -1 otherwise."""
+    log_probs: Array
+    """Old log-probs ([T, B] for chunk_level, [T, B, c] or [T, B, c, d] otherwise)."""
+    values: Float[Array, "t b"]
+    """Critic values of the observations (zeros without a critic)."""
+    rewards: Float[Array, "t b"]
+    """Reward summed over each executed chunk."""
+    dones: Array
+    """bool[T, B]: the episode ended (success or time limit) within this chunk step."""
+    successes: Array
+    """bool[T, B]: the task was accomplished within this chunk step."""
+
+
+@flax.struct.dataclass
+class RolloutOutput:
+    """A rollout's trajectory, the bootstrap value after its last step, and its final env state."""
+
+    trajectory: Trajectory
+    final_value: Float[Array, " b"]
+    final_state: Any
+
+
+def rollout(
+    params: dict,
+    adapter: EnvAdapter,
+    env_state: Any,
+    rng: jax.Array,
+    *,
+    env: Any,
+    policy_cfg: FlowPolicyConfig,
+    model_cfg: Pi0Config,
+    chunk_steps: int,
+    mode: str = "train",
+) -> RolloutOutput:
+    """Play `chunk_steps` chunk steps in every environment of the batched `env_state`.
+
+    `env` provides the single-environment `chunk_step(state, actions[c, 7]) -> state` (vmapped
+    here). mode="eval" samples with the pure ODE (deterministic given the noise).
+    """
+    chunk_step = jax.vmap(env.chunk_step)
+
+    def policy_step(state, key):
+        task_id = state.info["task_id"]
+        obs = env_obs_to_model(adapter, model_cfg, state.obs, task_id)
+        out = flow_policy.sample(params, policy_cfg, model_cfg, key, obs, mode=mode)
+        return out, task_id
+
+    def body(state, key):
+        out, task_id = policy_step(state, key)
+        next_state = chunk_step(state, model_actions_to_env(adapter, out.actions))
+        record = Trajectory(
+            env_obs=state.obs,
+            task_id=task_id,
+            chain=out.chain,
+            denoise_index=out.denoise_index,
+            log_probs=out.log_probs,
+            values=out.value,
+            rewards=next_state.reward.astype(jnp.float32),
+            dones=next_state.done.astype(bool),
+            successes=next_state.reward > 0,
+        )
+        return next_state, record
+
+    keys = jax.random.split(rng, chunk_steps + 1)
+    final_state, trajectory = lax.scan(body, env_state, keys[:-1])
+    final_out, _ = policy_step(final_state, keys[-1])
+    return RolloutOutput(trajectory=trajectory, final_value=final_out.value, final_state=final_state)
+
+
+def valid_for_metrics(trajectory: Trajectory) -> Array:
+    """bool[T, B]: chunk steps up to and including each environment's first done."""
+    from pirl.rl.advantages import valid_step_mask
+
+    return valid_step_mask(trajectory.dones)
+
+
+def episode_metrics(trajectory: Trajectory, valid: Array) -> dict[str, Array]:
+    """env/* metrics of a rollout in which every environment started a fresh episode.
+
+    success_once: the task was accomplished at some step; return: summed reward of the first episode;
+    episode_len: control-free count of valid chunk steps; success_at_end: success on the last valid step.
+    """
+    valid_f = valid.astype(jnp.float32)
+    success_once = jnp.any(trajectory.successes & valid, axis=0)
+    last_valid = jnp.maximum(valid.sum(axis=0) - 1, 0)
+    at_end = jnp.take_along_axis(trajectory.successes, last_valid[None], axis=0)[0]
+    return {
+        "env/success_once": success_once.astype(jnp.float32).mean(),
+        "env/return": (trajectory.rewards * valid_f).sum(axis=0).mean(),
+        "env/episode_len": valid_f.sum(axis=0).mean(),
+        "env/success_at_end": at_end.astype(jnp.float32).mean(),
+    }

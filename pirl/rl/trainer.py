@@ -1,0 +1,439 @@
+"""The RL training loop: `train_rl(RLConfig)`.
+
+Per global step: `collect` (jit: `rollout_epochs` rollouts from fresh resets → advantages →
+flat transitions, all on device) and `update` (jit: every PPO optimizer step of the step). Both are
+compiled once with the parameters FSDP-sharded and the environment / transition batch split over
+the mesh's batch axes. The host only loops, logs, evaluates, writes videos and saves checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from pirl.checkpoints.train_state import TrainStateCheckpointer
+from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
+from pirl.distributed import mesh as mesh_lib
+from pirl.logging.video import video_grid
+from pirl.logging.writer import MetricWriter, progress
+from pirl.models import pi0
+from pirl.policies import flow_policy
+from pirl.policies.env_io import make_env_adapter
+from pirl.policies.masks import trainable_mask as policy_trainable_mask
+from pirl.rl import rollout as rollout_lib
+from pirl.rl import update as update_lib
+from pirl.rl import warm_start
+from pirl.rl.config import RLConfig
+from pirl.rl.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def make_rl_env(cfg: RLConfig) -> Any:
+    """The MJX environment of the config (single-environment API; batched with vmap)."""
+    from pirl.envs import make_env
+
+    return make_env(cfg.env.name, image_size=cfg.env.image_size, max_episode_steps=cfg.max_episode_steps)
+
+
+def task_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
+    """The tasks to train / evaluate on (all of the suite's unless the config names some)."""
+    num_tasks = len(env.prompts)
+    ids = np.asarray(cfg.env.task_ids or range(num_tasks), np.int32)
+    if ids.min() < 0 or ids.max() >= num_tasks:
+        raise ValueError(f"env.task_ids {tuple(ids)} out of range: {cfg.env.name} has {num_tasks} tasks")
+    return ids
+
+
+def _train_demo_tokenizer(prompts: list[str], path: Path, vocab_size: int) -> Path:
+    """A small sentencepiece model over the task prompts (random-init runs have no checkpoint)."""
+    import sentencepiece as spm
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for p in prompts for w in p.lower().split()})
+    lines = [p.lower() for p in prompts] * 20 + words * 5
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(path.with_suffix("")),
+        vocab_size=min(vocab_size, 64 + 4 * len(words)),
+        model_type="word",
+        hard_vocab_limit=False,
+        pad_id=0,
+        bos_id=2,
+        eos_id=1,
+        unk_id=3,
+        minloglevel=2,
+    )
+    return path
+
+
+def load_tokenizer(cfg: RLConfig, env: Any, run_dir: Path):
+    """The PaliGemma tokenizer from the config, the checkpoint's assets, or (random init) trained here."""
+    from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer
+
+    if cfg.tokenizer_path:
+        path = Path(cfg.tokenizer_path)
+    elif cfg.init_checkpoint:
+        path = find_tokenizer(cfg.init_checkpoint)
+    elif cfg.random_init:
+        path = run_dir / "assets" / "tokenizer.model"
+        if not path.exists():
+            _train_demo_tokenizer(list(env.prompts), path, cfg.model.vocab_size)
+    else:
+        raise ValueError("no tokenizer: set --tokenizer-path or --init-checkpoint")
+    return PaligemmaTokenizer(path, max_len=cfg.model.max_token_len)
+
+
+def load_model_params(cfg: RLConfig) -> dict | None:
+    """Model params from `init_checkpoint` (pirl / openpi orbax or openpi-PyTorch safetensors)."""
+    if cfg.init_checkpoint is None:
+        if cfg.random_init:
+            return None
+        raise ValueError(
+            f"preset {cfg.name!r} fine-tunes an SFT checkpoint: pass --init-checkpoint /path/to/checkpoint "
+            "(a pirl or openpi orbax checkpoint dir, or a dir with model.safetensors), or --random-init for a smoke test"
+        )
+    from pirl.checkpoints import load_openpi_params, load_pytorch_params
+
+    path = Path(cfg.init_checkpoint).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"init_checkpoint {path} does not exist; pass the directory of an SFT checkpoint"
+        )
+    if (path.is_file() and path.suffix == ".safetensors") or any(path.glob("*.safetensors")):
+        return load_pytorch_params(path, cfg.model)
+    return load_openpi_params(path, expected=pi0.abstract_params(cfg.model))
+
+
+def load_norm_stats_for(cfg: RLConfig) -> dict[str, NormStats] | None:
+    """norm stats from the config's path or the checkpoint's assets (None: computed from demos)."""
+    for candidate in (cfg.norm_stats_path, cfg.init_checkpoint):
+        if candidate:
+            return load_norm_stats(candidate)
+    if cfg.random_init:
+        return None
+    raise ValueError("no norm stats: set --norm-stats-path (a directory with norm_stats.json)")
+
+
+def _stats_json(stats: dict[str, NormStats] | None) -> dict | None:
+    return None if stats is None else {k: v.to_json() for k, v in stats.items()}
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The compiled pieces of a run (closures over static config and environment)."""
+
+    collect: Any
+    update: Any
+    evaluate: Any
+    reset: Any
+
+
+def build_programs(
+    cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh, optimizer: optax.GradientTransformation, trainable: Any
+) -> Programs:
+    """Jit the reset / collect / update / evaluate functions with the mesh's shardings."""
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    chunk_steps = cfg.resolved_chunk_steps
+    num_envs, group = cfg.env.num_envs, cfg.adv.group_size if cfg.adv.adv_type == "grpo" else 1
+    reset_batch = jax.vmap(env.reset_to)
+
+    def reset(rng, task_pool):
+        """Fresh episodes: each group of `group` envs shares a random (task, initial state)."""
+        k_task, k_init = jax.random.split(rng)
+        groups = num_envs // group
+        tasks = task_pool[jax.random.randint(k_task, (groups,), 0, task_pool.shape[0])]
+        inits = jax.random.randint(k_init, (groups,), 0, env.num_init_states)
+        state = reset_batch(jnp.repeat(tasks, group), jnp.repeat(inits, group))
+        return jax.lax.with_sharding_constraint(state, batch_sharding)
+
+    def collect(params, adapter, rng, task_pool):
+        def one_epoch(_, key):
+            k_reset, k_roll = jax.random.split(key)
+            out = rollout_lib.rollout(
+                params,
+                adapter,
+                reset(k_reset, task_pool),
+                k_roll,
+                env=env,
+                policy_cfg=cfg.policy,
+                model_cfg=cfg.model,
+                chunk_steps=chunk_steps,
+            )
+            traj, metrics, adv, ret, valid = update_lib.compute_advantages(
+                cfg, out.trajectory, out.final_value
+            )
+            metrics |= _env_metrics(out.trajectory, rollout_lib.valid_for_metrics(out.trajectory), cfg)
+            return None, (update_lib.flatten_transitions(traj, adv, ret, valid), metrics)
+
+        _, (transitions, metrics) = jax.lax.scan(one_epoch, None, jax.random.split(rng, cfg.rollout_epochs))
+        transitions = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
+        transitions = jax.lax.with_sharding_constraint(transitions, batch_sharding)
+        return transitions, jax.tree.map(jnp.mean, metrics)
+
+    def update(params, opt_state, opt_step, transitions, rng, adapter):
+        return update_lib.ppo_update(
+            params,
+            opt_state,
+            opt_step,
+            transitions,
+            rng,
+            cfg=cfg,
+            adapter=adapter,
+            optimizer=optimizer,
+            trainable_mask=trainable,
+            batch_sharding=batch_sharding,
+        )
+
+    def evaluate(params, adapter, task_ids, init_ids, rng):
+        state = jax.lax.with_sharding_constraint(reset_batch(task_ids, init_ids), batch_sharding)
+        out = rollout_lib.rollout(
+            params,
+            adapter,
+            state,
+            rng,
+            env=env,
+            policy_cfg=cfg.policy,
+            model_cfg=cfg.model,
+            chunk_steps=chunk_steps,
+            mode="eval",
+        )
+        traj = out.trajectory
+        metrics = _env_metrics(traj, rollout_lib.valid_for_metrics(traj), cfg)
+        frames = traj.env_obs.get("agentview_image")
+        return metrics, jnp.any(traj.successes, axis=0), frames
+
+    del replicated
+    return Programs(
+        collect=jax.jit(collect),
+        update=jax.jit(update, donate_argnums=(0, 1)),
+        evaluate=jax.jit(evaluate),
+        reset=jax.jit(reset),
+    )
+
+
+def _env_metrics(traj: rollout_lib.Trajectory, valid: jax.Array, cfg: RLConfig) -> dict[str, jax.Array]:
+    metrics = rollout_lib.episode_metrics(traj, valid)
+    metrics["env/episode_len"] = metrics["env/episode_len"] * cfg.policy.action_chunk
+    return metrics
+
+
+def eval_pairs(cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed (task, initial state) pairs of an evaluation, padded to split over the mesh."""
+    tasks = task_ids_of(cfg, env)
+    n = cfg.eval_episodes
+    shards = math.prod(mesh.shape[a] for a in mesh_lib.batch_axes(mesh))
+    n_padded = -(-n // shards) * shards
+    idx = np.arange(n_padded) % n
+    return tasks[idx % len(tasks)], (idx // len(tasks)) % env.num_init_states
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def _host(tree: Any) -> Any:
+    return jax.tree.map(lambda x: float(np.asarray(x)), jax.device_get(tree))
+
+
+def _warm_start(
+    cfg: RLConfig, env: Any, params: dict, adapter_from_stats, rng, writer: MetricWriter, run_dir: Path
+):
+    """Record expert demos, compute norm stats, and SFT the model on them."""
+    from pirl.envs.expert import expert_action
+
+    ws = cfg.warm_start
+    tasks = task_ids_of(cfg, env)
+    n = ws.episodes_per_task * len(tasks)
+    task_ids = jnp.asarray(np.repeat(tasks, ws.episodes_per_task), jnp.int32)
+    init_ids = jnp.asarray(
+        np.tile(np.arange(ws.episodes_per_task) % env.num_init_states, len(tasks)), jnp.int32
+    )
+    t0 = time.time()
+    record = jax.jit(
+        lambda t, i, k: warm_start.record_expert_demos(
+            env,
+            expert_action,
+            t,
+            i,
+            k,
+            num_steps=cfg.max_episode_steps,
+            horizon=cfg.model.action_horizon,
+            action_noise=ws.action_noise,
+        )
+    )
+    demos = jax.block_until_ready(record(task_ids, init_ids, rng))
+    valid = np.asarray(demos.valid)
+    success_rate = float(np.asarray(demos.success).reshape(-1, n)[0].mean()) if n else 0.0
+    log.info(
+        "recorded %d expert steps from %d episodes in %.1fs (expert success %.2f)",
+        valid.sum(),
+        n,
+        time.time() - t0,
+        success_rate,
+    )
+    stats = warm_start.demo_norm_stats(demos)
+    save_norm_stats(run_dir / "assets", stats)
+    adapter = adapter_from_stats(stats)
+    keep = np.flatnonzero(valid & np.asarray(demos.success))
+    if keep.size == 0:
+        raise RuntimeError("the expert succeeded on no demo episode; nothing to warm-start from")
+    demos = jax.tree.map(lambda x: x[keep], demos)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, ws.lr, max(1, ws.sft_steps // 20), max(1, ws.sft_steps), ws.lr * 0.05
+    )
+    optimizer = optax.adamw(schedule, weight_decay=1e-4)
+    model_params = params["model"]
+    opt_state = optimizer.init(model_params)
+    sft_step = warm_start.make_sft_step(cfg.model, adapter, optimizer)
+    rng_np = np.random.default_rng(cfg.seed)
+    bar = progress(total=ws.sft_steps, desc="warm-start SFT", unit="step")
+    for i in range(ws.sft_steps):
+        idx = rng_np.integers(0, keep.size, ws.batch_size)
+        batch = jax.tree.map(lambda x, idx=idx: x[idx], demos)
+        model_params, opt_state, loss = sft_step(model_params, opt_state, batch, jax.random.fold_in(rng, i))
+        if i % 20 == 0 or i == ws.sft_steps - 1:
+            loss = float(loss)
+            writer.scalars({"warm_start/sft_loss": loss}, step=i)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update(1)
+    bar.close()
+    return {**params, "model": model_params}, stats, adapter
+
+
+def train_rl(cfg: RLConfig) -> dict[str, float]:
+    """Train; returns the last evaluation's metrics (env/success_once, ...)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    mesh_lib.check_divisible(cfg.env.num_envs, mesh, what="env.num_envs")
+    mesh_lib.check_divisible(cfg.global_batch_size, mesh, what="global_batch_size")
+    if cfg.micro_batch_size is not None:
+        mesh_lib.check_divisible(cfg.micro_batch_size, mesh, what="micro_batch_size")
+    env = make_rl_env(cfg)
+    tokenizer = load_tokenizer(cfg, env, run_dir)
+    rng = jax.random.key(cfg.seed)
+    rng, k_init, k_warm = jax.random.split(rng, 3)
+
+    def adapter_from_stats(stats):
+        return make_env_adapter(
+            env.prompts,
+            tokenizer.tokenize,
+            _stats_json(stats),
+            state_dim=int(env.state_dim),
+            action_env_dim=cfg.policy.action_env_dim,
+            action_chunk=cfg.policy.action_chunk,
+            norm_type="quantile" if cfg.model.pi05 else "zscore",
+        )
+
+    writer = MetricWriter(run_dir / "tb")
+    ckpt = TrainStateCheckpointer(
+        run_dir / "checkpoints",
+        max_to_keep=cfg.keep_checkpoints,
+        save_interval=max(1, cfg.save_interval or cfg.total_steps or 1),
+    )
+    params = flow_policy.init_policy_params(cfg.policy, cfg.model, k_init, load_model_params(cfg))
+    stats = load_norm_stats_for(cfg)
+    resumable = cfg.resume and ckpt.latest_step() is not None
+    if stats is None and resumable:
+        stats = load_norm_stats(run_dir / "assets")
+    if stats is None and cfg.warm_start.sft_steps > 0:
+        params, stats, adapter = _warm_start(cfg, env, params, adapter_from_stats, k_warm, writer, run_dir)
+    else:
+        adapter = adapter_from_stats(stats)
+
+    trainable = policy_trainable_mask(params, cfg.policy, cfg.model)
+    value_mask = {k: jax.tree.map(lambda _, k=k: k == "value_head", v) for k, v in params.items()}
+    optimizer = make_optimizer(cfg.optim, trainable, value_mask)
+    param_shardings = mesh_lib.param_shardings(jax.eval_shape(lambda: params), mesh)
+    params = jax.device_put(params, param_shardings)
+    opt_state = jax.jit(optimizer.init)(params)
+    state = {"params": params, "opt_state": opt_state, "opt_step": jnp.zeros((), jnp.int32), "rng": rng}
+    start = 0
+    if resumable:
+        restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+        if restored is not None:
+            state, start = restored.state, restored.step
+            log.info("resumed from step %d", restored.step)
+    programs = build_programs(cfg, env, mesh, optimizer, trainable)
+    task_pool = jnp.asarray(task_ids_of(cfg, env))
+    eval_tasks, eval_inits = (jnp.asarray(x, jnp.int32) for x in eval_pairs(cfg, env, mesh))
+
+    last_eval: dict[str, float] = {}
+
+    def run_eval(step: int, params) -> dict[str, float]:
+        t0 = time.time()
+        metrics, _, frames = programs.evaluate(
+            params, adapter, eval_tasks, eval_inits, jax.random.key(cfg.seed + 1)
+        )
+        metrics = {f"eval/{k.split('/', 1)[1]}": v for k, v in _host(metrics).items()}
+        metrics["time/eval"] = time.time() - t0
+        writer.scalars(metrics, step)
+        if frames is not None and cfg.video_interval and step % cfg.video_interval == 0:
+            grid = video_grid(np.asarray(frames[:, : min(4, frames.shape[1])]).transpose(1, 0, 2, 3, 4))
+            writer.video("eval/video", grid, step, fps=max(1.0, 20.0 / cfg.policy.action_chunk))
+        return metrics
+
+    completed = start  # global steps whose results `state` holds
+    try:
+        if start == 0 and cfg.eval_interval:
+            last_eval = run_eval(0, state["params"])
+            log.info("step 0 eval: %s", last_eval)
+        bar = progress(total=cfg.total_steps, initial=start, desc=cfg.name, unit="step")
+        for step in range(start, cfg.total_steps):
+            rng_step = jax.random.fold_in(state["rng"], step)
+            k_collect, k_update = jax.random.split(rng_step)
+            t0 = time.time()
+            transitions, roll_metrics = programs.collect(state["params"], adapter, k_collect, task_pool)
+            roll_metrics = _host(roll_metrics)
+            t1 = time.time()
+            params, opt_state, opt_step, train_metrics = programs.update(
+                state["params"], state["opt_state"], state["opt_step"], transitions, k_update, adapter
+            )
+            state = {"params": params, "opt_state": opt_state, "opt_step": opt_step, "rng": state["rng"]}
+            completed = step + 1
+            train_metrics = _host(train_metrics)
+            t2 = time.time()
+            metrics = (
+                roll_metrics
+                | train_metrics
+                | {"time/rollout": t1 - t0, "time/update": t2 - t1, "time/step": t2 - t0}
+            )
+            writer.scalars(metrics, step + 1)
+            if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0:
+                last_eval = run_eval(step + 1, state["params"])
+                log.info("step %d eval: %s", step + 1, {k: round(v, 3) for k, v in last_eval.items()})
+            ckpt.save(step + 1, state, {"name": cfg.name})
+            bar.set_postfix(
+                success=f"{metrics['env/success_once']:.2f}",
+                eval=f"{last_eval.get('eval/success_once', float('nan')):.2f}",
+            )
+            bar.update(1)
+        bar.close()
+        ckpt.save(cfg.total_steps, state, {"name": cfg.name}, force=True)
+    except BaseException:
+        ckpt.emergency_save(completed, state, {"name": cfg.name})
+        raise
+    finally:
+        ckpt.close()
+        writer.close()
+    return last_eval

@@ -1,0 +1,177 @@
+"""Advantages and the PPO / GRPO update: `update_epochs` passes of shuffled minibatches, one jit.
+
+`compute_advantages` turns rollouts into per-transition training targets (GAE with a critic, or
+GRPO group scores); `ppo_update` runs every optimizer step of a global step inside one compiled
+function: `lax.scan` over epochs, each a permutation of the transitions cut into minibatches, each
+minibatch's gradient accumulated over micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jaxtyping import Array, Float
+
+from pirl.policies import flow_policy
+from pirl.policies.env_io import EnvAdapter, env_obs_to_model
+from pirl.rl import advantages as adv_lib
+from pirl.rl.config import RLConfig
+from pirl.rl.losses import ppo_loss
+from pirl.rl.optim import accumulate_gradients, apply_updates, optimizer_metrics
+from pirl.rl.rollout import Trajectory
+
+
+@flax.struct.dataclass
+class Transitions:
+    """Flat training batch: every leaf is [N, ...] (N = epochs × chunk steps × envs)."""
+
+    env_obs: dict[str, Array]
+    task_id: Array
+    chain: Array
+    denoise_index: Array
+    old_log_probs: Array
+    old_values: Float[Array, " n"]
+    advantages: Float[Array, " n"]
+    returns: Float[Array, " n"]
+    mask: Array
+    """bool[N]: the transition belongs to a live episode (and, for GRPO, a kept group)."""
+
+
+def compute_advantages(
+    cfg: RLConfig, trajectory: Trajectory, final_value: Float[Array, " b"]
+) -> tuple[Trajectory, dict[str, Array], Array, Array, Array]:
+    """GAE or GRPO targets for one rollout ([T, B] time-major).
+
+    Returns (trajectory, rollout metrics, advantages [T, B], returns [T, B], valid mask [T, B]).
+    Each rollout starts fresh episodes, so a step is valid until (and including) the first done;
+    an episode that is still running after the last step was truncated by the rollout length and
+    is bootstrapped with the critic's value of the final observation.
+    """
+    a = cfg.adv
+    valid = adv_lib.valid_step_mask(trajectory.dones)
+    dones = trajectory.dones.astype(jnp.float32)
+    if a.adv_type == "gae":
+        next_value = final_value if a.bootstrap_on_truncation else jnp.zeros_like(final_value)
+        advantages, returns = adv_lib.gae_advantages(
+            trajectory.rewards,
+            trajectory.values,
+            dones,
+            gamma=a.gamma,
+            lam=a.gae_lambda,
+            next_value=next_value,
+            valid_mask=valid,
+        )
+    else:
+        grpo = adv_lib.grpo_advantages(
+            trajectory.rewards,
+            dones,
+            a.group_size,
+            filter_rewards=a.filter_rewards,
+            bounds=tuple(a.filter_bounds),
+        )
+        advantages, valid = grpo.advantages, grpo.mask
+        returns = jnp.zeros_like(advantages)
+    if a.normalize_advantages:
+        advantages = adv_lib.normalize_advantages(advantages, valid)
+    metrics = adv_lib.rollout_metrics(
+        trajectory.rewards, advantages, returns if a.adv_type == "gae" else None, valid
+    )
+    return trajectory, metrics, advantages, returns, valid
+
+
+def flatten_transitions(
+    trajectory: Trajectory, advantages: Array, returns: Array, valid: Array
+) -> Transitions:
+    """[T, B, ...] rollout leaves -> [T·B, ...] transitions."""
+
+    def flat(x):
+        return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+    return Transitions(
+        env_obs=jax.tree.map(flat, trajectory.env_obs),
+        task_id=flat(trajectory.task_id),
+        chain=flat(trajectory.chain),
+        denoise_index=flat(trajectory.denoise_index),
+        old_log_probs=flat(trajectory.log_probs),
+        old_values=flat(trajectory.values),
+        advantages=flat(advantages),
+        returns=flat(returns),
+        mask=flat(valid),
+    )
+
+
+def ppo_loss_fn(
+    params: dict, batch: Transitions, *, cfg: RLConfig, adapter: EnvAdapter
+) -> tuple[Array, dict[str, Array]]:
+    """PPO (GAE) or critic-free (GRPO) loss of one micro-batch, rescoring the stored chains."""
+    obs = env_obs_to_model(adapter, cfg.model, batch.env_obs, batch.task_id)
+    log_probs, entropy, values = flow_policy.log_prob_and_value(
+        params, cfg.policy, cfg.model, obs, batch.chain, batch.denoise_index
+    )
+    critic = cfg.adv.adv_type == "gae"
+    return ppo_loss(
+        cfg.loss,
+        logprobs=log_probs,
+        old_logprobs=batch.old_log_probs,
+        advantages=batch.advantages,
+        mask=batch.mask,
+        values=values if critic else None,
+        old_values=batch.old_values if critic else None,
+        returns=batch.returns if critic else None,
+        entropy=entropy if cfg.policy.noise_method == "flow_noise" else None,
+    )
+
+
+def ppo_update(
+    params: dict,
+    opt_state: Any,
+    opt_step: Array,
+    batch: Transitions,
+    rng: jax.Array,
+    *,
+    cfg: RLConfig,
+    adapter: EnvAdapter,
+    optimizer: optax.GradientTransformation,
+    trainable_mask: Any,
+    batch_sharding: Any = None,
+) -> tuple[dict, Any, Array, dict[str, Array]]:
+    """All optimizer steps of one global step; returns (params, opt_state, opt_step, mean metrics).
+
+    `batch_sharding`, when given, re-pins each shuffled minibatch to the mesh's batch axes so the
+    gather after the permutation does not leave it replicated.
+    """
+    num = batch.mask.shape[0]
+    mb_size = cfg.global_batch_size
+    if num % mb_size:
+        raise ValueError(f"{num} transitions are not a multiple of global_batch_size={mb_size}")
+    num_minibatches = num // mb_size
+    num_micro = 1 if cfg.micro_batch_size is None else mb_size // cfg.micro_batch_size
+
+    def loss_fn(p, mb):
+        return ppo_loss_fn(p, mb, cfg=cfg, adapter=adapter)
+
+    def minibatch_step(carry, mb):
+        params, opt_state, opt_step = carry
+        if batch_sharding is not None:
+            mb = jax.lax.with_sharding_constraint(mb, batch_sharding)
+        (_, metrics), grads = accumulate_gradients(
+            loss_fn, params, mb, num_micro, trainable_mask=trainable_mask
+        )
+        metrics = metrics | optimizer_metrics(cfg.optim, grads, opt_step, trainable_mask)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = apply_updates(params, updates, trainable_mask)
+        return (params, opt_state, opt_step + 1), metrics
+
+    def epoch(carry, key):
+        perm = jax.random.permutation(key, num)
+        shuffled = jax.tree.map(lambda x: x[perm].reshape(num_minibatches, mb_size, *x.shape[1:]), batch)
+        return lax.scan(minibatch_step, carry, shuffled)
+
+    keys = jax.random.split(rng, cfg.update_epochs)
+    (params, opt_state, opt_step), metrics = lax.scan(epoch, (params, opt_state, opt_step), keys)
+    return params, opt_state, opt_step, jax.tree.map(jnp.mean, metrics)

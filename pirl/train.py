@@ -1,0 +1,56 @@
+"""Training entry point: `python -m pirl.train <preset> [--overrides]`.
+
+The preset names come from `configs/` (`--help` lists them); every field of the chosen preset can be
+overridden on the command line, e.g. `python -m pirl.train pi0_libero_ppo --rl.update-epoch 2`.
+A mesh preset can be picked by name with `--mesh <name>` (see `configs/meshes.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import tyro
+
+import configs
+
+
+def parse_config(argv: Sequence[str]) -> Any:
+    """Resolve a preset name plus command-line overrides into a frozen config."""
+    from configs import meshes
+
+    presets = configs.all_presets()
+    argv = list(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in presets:
+        raise SystemExit("error: " + configs.unknown_name_message("config", argv[0], presets))
+    argv, mesh = meshes.pop_mesh_flag(argv)
+    if mesh is not None and argv and argv[0] in presets:
+        desc, cfg = presets[argv[0]]
+        presets = {**presets, argv[0]: (desc, meshes.with_mesh(cfg, mesh))}
+    return tyro.extras.overridable_config_cli(presets, args=argv)
+
+
+def run(config: Any) -> Any:
+    """Run the training loop that matches the config's type."""
+    from pirl.rl.config import RLConfig
+    from pirl.sft.config import SFTConfig
+
+    if isinstance(config, SFTConfig):
+        from pirl.sft.train import train_sft
+
+        return train_sft(config)
+    if isinstance(config, RLConfig):
+        from pirl.rl.trainer import train_rl
+
+        return train_rl(config)
+    raise TypeError(f"no training loop for config type {type(config).__name__}")
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    config = parse_config(sys.argv[1:] if argv is None else argv)
+    return run(config)
+
+
+if __name__ == "__main__":
+    main()

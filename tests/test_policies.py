@@ -1,0 +1,410 @@
+"""Flow policies (pirl/policies): Flow-SDE / Flow-Noise sampling, rescoring, critic and freeze masks.
+
+Runs on the tiny π0 (float32, CPU). Compilation dominates, so every jitted function is built once
+at module level and the fast tests share a handful of configurations; the full option grid is slow.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from pirl.models import pi0
+from pirl.models.config import Pi0Config
+from pirl.policies import flow_policy, masks, noise_head
+from pirl.policies.config import FlowPolicyConfig
+
+BATCH = 2
+MODEL_CFG = Pi0Config.tiny()
+_STATIC = ("policy_cfg", "model_cfg", "mode")
+
+sample_jit = jax.jit(flow_policy.sample, static_argnames=_STATIC)
+rescore_jit = jax.jit(flow_policy.log_prob_and_value, static_argnames=("policy_cfg", "model_cfg"))
+sample_actions_jit = jax.jit(pi0.sample_actions, static_argnames=("cfg", "num_steps"))
+init_model_jit = jax.jit(pi0.init_params, static_argnames=("cfg",))
+
+# The fast configurations: the π0 LIBERO default and the ManiSkill Flow-Noise recipe (with the VLM
+# critic and K = 3, so the two between them cover every option value but action_level).
+SDE_CFG = FlowPolicyConfig()
+NOISE_CFG = FlowPolicyConfig.flow_noise(num_steps=3, value_after_vlm=True, value_head_hidden=(32, 16))
+SDE_CFG = dataclasses.replace(SDE_CFG, value_head_hidden=(32, 16))
+# Gradient checks: Flow-Noise single step with the (detached) expert critic and action-level ratios.
+GRAD_CFG = FlowPolicyConfig(noise_method="flow_noise", logprob_type="action_level", value_head_hidden=(32, 16))
+
+
+def _observation(cfg: Pi0Config, seed: int) -> pi0.Observation:
+    rng = np.random.default_rng(seed)
+    h, w = cfg.image_resolution
+    images = {k: rng.uniform(-1, 1, (BATCH, h, w, 3)).astype(np.float32) for k in cfg.image_keys}
+    masks_ = {k: np.ones((BATCH,), bool) for k in cfg.image_keys}
+    masks_[cfg.image_keys[-1]] = np.array([True, False])  # one hidden camera
+    prompt_mask = np.zeros((BATCH, cfg.max_token_len), bool)
+    prompt_mask[0, :5], prompt_mask[1, :9] = True, True
+    prompt = np.where(prompt_mask, rng.integers(1, cfg.vocab_size, prompt_mask.shape), 0).astype(np.int32)
+    return pi0.Observation(
+        images=images,
+        image_masks=masks_,
+        state=rng.normal(size=(BATCH, cfg.action_dim)).astype(np.float32),
+        tokenized_prompt=prompt,
+        tokenized_prompt_mask=prompt_mask,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_params():
+    return init_model_jit(MODEL_CFG, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def obs():
+    return _observation(MODEL_CFG, 0)
+
+
+def _policy_params(policy_cfg, model_cfg, model_params, seed=1):
+    return flow_policy.init_policy_params(policy_cfg, model_cfg, jax.random.key(seed), model_params=model_params)
+
+
+@pytest.fixture(scope="module")
+def sde_rollout(model_params, obs):
+    params = _policy_params(SDE_CFG, MODEL_CFG, model_params)
+    out = sample_jit(params, SDE_CFG, MODEL_CFG, jax.random.key(3), obs, mode="train")
+    return params, jax.device_get(out)
+
+
+@pytest.fixture(scope="module")
+def noise_rollout(model_params, obs):
+    params = _policy_params(NOISE_CFG, MODEL_CFG, model_params)
+    out = sample_jit(params, NOISE_CFG, MODEL_CFG, jax.random.key(4), obs, mode="train")
+    return params, jax.device_get(out)
+
+
+def _scored(a, cfg):
+    return np.asarray(a)[..., : cfg.action_chunk, : cfg.action_env_dim]
+
+
+# ----------------------------------------------------------------------------- pure math (no model)
+
+
+@pytest.mark.parametrize("num_steps", [3, 4, 5, 10])
+def test_sde_schedule_matches_formulas(num_steps):
+    a = 0.5
+    sched = flow_policy.denoise_schedule(num_steps, a)
+    delta = 1.0 / num_steps
+    for i in range(num_steps):
+        t = 1.0 - i / num_steps
+        denom = 1.0 - (1.0 - 1.0 / num_steps) if i == 0 else 1.0 - t
+        sigma = a * math.sqrt(t / denom)
+        np.testing.assert_allclose(sched.sde_std[i], sigma * math.sqrt(delta), rtol=1e-6)
+        np.testing.assert_allclose(sched.sde_shrink[i], sigma**2 * delta / (2 * t), rtol=1e-6)
+    np.testing.assert_allclose(sched.sde_std[0], a * math.sqrt(num_steps) * math.sqrt(delta), rtol=1e-6)
+    # Model times: openpi's float32 accumulation t += dt from 1, ending at ~0.
+    expected = [np.float32(1.0)]
+    for _ in range(num_steps):
+        expected.append(np.float32(expected[-1] + np.float32(-1.0 / num_steps)))
+    np.testing.assert_array_equal(sched.times, np.array(expected, np.float32))
+    assert abs(sched.times[-1]) < 1e-6
+
+
+def test_noise_head_std_stays_in_range():
+    lo, hi = 0.08, 0.16
+    params = noise_head.init_noise_head(jax.random.key(0), 16, (8, 4), 5)
+    assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [(16, 8), (8, 4), (4, 5)]
+    features = jax.random.normal(jax.random.key(1), (3, 7, 16)) * 50.0
+    std = np.asarray(noise_head.apply_noise_head(params, features, (lo, hi)))
+    assert std.shape == (3, 7, 5)
+    assert np.all(std >= lo - 1e-7) and np.all(std <= hi + 1e-7)
+    # The squashing: a final pre-activation h maps to exp(0.5 * lerp(log lo², log hi², (tanh h + 1) / 2)).
+    zero_out = jax.tree.map(jnp.zeros_like, params)
+    np.testing.assert_allclose(noise_head.apply_noise_head(zero_out, features, (lo, hi)), math.sqrt(lo * hi), rtol=1e-6)
+
+
+def test_aggregate_log_probs_levels():
+    token = jnp.arange(2 * 5 * 7, dtype=jnp.float32).reshape(2, 5, 7)
+    np.testing.assert_array_equal(flow_policy.aggregate_log_probs(token, "token_level"), token)
+    np.testing.assert_allclose(flow_policy.aggregate_log_probs(token, "action_level"), token.sum(-1))
+    np.testing.assert_allclose(flow_policy.aggregate_log_probs(token, "chunk_level"), token.sum((1, 2)))
+    with pytest.raises(ValueError, match="logprob_type"):
+        flow_policy.aggregate_log_probs(token, "episode_level")
+
+
+def test_normal_log_prob_matches_scipy_and_zero_std():
+    rng = np.random.default_rng(0)
+    x, mean = rng.normal(size=(2, 50)), rng.normal(size=(2, 50))
+    std = rng.uniform(0.01, 2.0, size=(2, 50))
+    got = flow_policy.normal_log_prob(jnp.asarray(x, jnp.float32), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+    np.testing.assert_allclose(got, stats.norm.logpdf(x, mean, std), rtol=1e-5, atol=1e-4)
+    zero = flow_policy.normal_log_prob(jnp.ones(3), jnp.zeros(3), jnp.zeros(3))
+    np.testing.assert_array_equal(zero, np.zeros(3))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="noise_method"):
+        FlowPolicyConfig(noise_method="flow_cps")
+    with pytest.raises(ValueError, match="logprob_type"):
+        FlowPolicyConfig(logprob_type="sequence_level")
+    with pytest.raises(ValueError, match="noise_logvar_range"):
+        FlowPolicyConfig(noise_logvar_range=(0.2, 0.1))
+    with pytest.raises(ValueError, match="action_horizon"):
+        flow_policy.init_policy_params(FlowPolicyConfig(action_chunk=11), MODEL_CFG, jax.random.key(0), model_params={})
+    assert FlowPolicyConfig.pi05().value_after_vlm and FlowPolicyConfig.pi05().value_head_hidden == (1024, 512, 256)
+    assert FlowPolicyConfig.flow_noise().joint_logprob
+
+
+# ----------------------------------------------------------------------------- freeze masks
+
+
+def _labels_by_path(tree):
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(masks._path_names(p)): v for p, v in flat}
+
+
+def test_trainable_mask_expert_only_on_tiny_model(model_params):
+    params = _policy_params(GRAD_CFG, MODEL_CFG, model_params)
+    labels = _labels_by_path(masks.trainable_mask(params, GRAD_CFG, MODEL_CFG))
+    for path, trainable in labels.items():
+        if path.startswith("model/PaliGemma/img/"):
+            assert not trainable, path
+        elif path.startswith("model/PaliGemma/llm/"):
+            expert = any(part.endswith("_1") for part in path.split("/"))
+            assert trainable == expert, path
+        else:
+            assert trainable, path
+    assert labels["model/PaliGemma/llm/layers/attn/q_einsum_1/w"]
+    assert not labels["model/PaliGemma/llm/embedder/input_embedding"]
+    assert labels["model/action_in_proj/kernel"] and labels["noise_head/Dense_0/kernel"]
+    full = masks.trainable_mask(params, dataclasses.replace(GRAD_CFG, train_expert_only=False), MODEL_CFG)
+    assert all(jax.tree.leaves(full))
+    opt_labels = _labels_by_path(masks.optimizer_labels(params, GRAD_CFG, MODEL_CFG))
+    assert {v for k, v in opt_labels.items() if k.startswith("value_head/")} == {"critic"}
+    assert opt_labels["model/PaliGemma/img/embedding/kernel"] == "frozen"
+    assert opt_labels["model/action_out_proj/kernel"] == "actor"
+
+
+def _lora_tree(llm_lora: bool, expert_lora: bool):
+    leaf = np.zeros(1, np.float32)
+
+    def einsum(lora):
+        return {"w": leaf, "lora_a": leaf, "lora_b": leaf} if lora else {"w": leaf}
+
+    def ffn(lora):
+        extra = {"gating_einsum_lora_a": leaf, "linear_lora_b": leaf} if lora else {}
+        return {"gating_einsum": leaf, "linear": leaf, **extra}
+
+    llm = {
+        "embedder": {"input_embedding": leaf},
+        "layers": {
+            "attn": {"q_einsum": einsum(llm_lora), "q_einsum_1": einsum(expert_lora)},
+            "mlp": ffn(llm_lora),
+            "mlp_1": ffn(expert_lora),
+            "pre_attention_norm": {"scale": leaf},
+            "pre_attention_norm_1": {"scale": leaf},
+        },
+    }
+    return {
+        "model": {"PaliGemma": {"llm": llm, "img": {"head": {"kernel": leaf}}}, "action_in_proj": {"kernel": leaf}},
+        "value_head": {"Dense_0": {"kernel": leaf}},
+    }
+
+
+@pytest.mark.parametrize(("llm_lora", "expert_lora"), [(True, False), (True, True), (False, True)])
+def test_trainable_mask_lora_follows_openpi(llm_lora, expert_lora):
+    cfg = FlowPolicyConfig(train_expert_only=False)
+    labels = _labels_by_path(masks.trainable_mask(_lora_tree(llm_lora, expert_lora), cfg))
+    for path, trainable in labels.items():
+        parts = path.split("/")
+        if "llm" in parts:
+            is_expert = any(p.endswith("_1") for p in parts[parts.index("llm") + 1 :])
+            has_lora = expert_lora if is_expert else llm_lora
+            # openpi: in a LoRA'd Gemma only the LoRA weights train; the other Gemma is untouched.
+            assert trainable == (not has_lora or "lora" in path), path
+        elif "img" in parts:
+            assert trainable == (not llm_lora), path  # freeze_vision_with_lora
+        else:
+            assert trainable, path
+    # train_expert_only additionally freezes all of the LLM's own weights, LoRA included.
+    frozen_llm = _labels_by_path(masks.trainable_mask(_lora_tree(llm_lora, expert_lora), FlowPolicyConfig()))
+    assert not frozen_llm["model/PaliGemma/llm/layers/attn/q_einsum/lora_a" if llm_lora else "model/PaliGemma/llm/layers/attn/q_einsum/w"]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_eval_mode_reproduces_sample_actions_bit_for_bit(model_params, obs):
+    params = _policy_params(SDE_CFG, MODEL_CFG, model_params)
+    out = sample_jit(params, SDE_CFG, MODEL_CFG, jax.random.key(7), obs, mode="eval")
+    reference = sample_actions_jit(
+        model_params, MODEL_CFG, jax.random.key(0), obs, num_steps=SDE_CFG.num_steps, noise=out.chain[:, 0]
+    )
+    np.testing.assert_array_equal(np.asarray(out.actions), np.asarray(reference))
+    np.testing.assert_array_equal(np.asarray(out.chain[:, -1]), np.asarray(out.actions))
+    np.testing.assert_array_equal(np.asarray(out.chain[:, 1:]), np.asarray(out.means))
+    assert not np.any(np.asarray(out.stds)) and not np.any(np.asarray(out.log_probs))
+    np.testing.assert_array_equal(out.denoise_index, [-1, -1])
+
+
+def test_sde_rollout_log_probs_are_gaussian_densities(sde_rollout):
+    _, out = sde_rollout
+    k_steps = SDE_CFG.num_steps
+    assert out.chain.shape == (BATCH, k_steps + 1, MODEL_CFG.action_horizon, MODEL_CFG.action_dim)
+    assert out.means.shape == out.stds.shape == (BATCH, k_steps, MODEL_CFG.action_horizon, MODEL_CFG.action_dim)
+    assert out.log_probs.shape == (BATCH,) and out.value.shape == (BATCH,)
+    sched = flow_policy.denoise_schedule(k_steps, SDE_CFG.noise_level)
+    for b in range(BATCH):
+        k = int(out.denoise_index[b])
+        assert 0 <= k < k_steps
+        for i in range(k_steps):
+            if i == k:
+                np.testing.assert_allclose(out.stds[b, i], sched.sde_std[i], rtol=1e-6)
+            else:  # deterministic ODE steps: no noise, the chain follows the mean exactly
+                assert not np.any(out.stds[b, i])
+                np.testing.assert_array_equal(out.chain[b, i + 1], out.means[b, i])
+        density = stats.norm.logpdf(
+            _scored(out.chain[b, k + 1], SDE_CFG), _scored(out.means[b, k], SDE_CFG), _scored(out.stds[b, k], SDE_CFG)
+        )
+        np.testing.assert_allclose(out.log_probs[b], density.sum(), rtol=1e-5, atol=1e-3)
+
+
+def test_flow_noise_rollout_log_probs_are_joint_gaussian_densities(noise_rollout):
+    _, out = noise_rollout
+    lo, hi = NOISE_CFG.noise_logvar_range
+    assert np.all(out.stds >= lo - 1e-7) and np.all(out.stds <= hi + 1e-7)
+    np.testing.assert_array_equal(out.denoise_index, [-1, -1])
+    terms = [stats.norm.logpdf(_scored(out.chain[:, 0], NOISE_CFG))]
+    for i in range(NOISE_CFG.num_steps):
+        terms.append(
+            stats.norm.logpdf(
+                _scored(out.chain[:, i + 1], NOISE_CFG), _scored(out.means[:, i], NOISE_CFG), _scored(out.stds[:, i], NOISE_CFG)
+            )
+        )
+    expected = np.mean(terms, axis=0)  # mean, not sum, over the K + 1 terms
+    assert out.log_probs.shape == expected.shape == (BATCH, NOISE_CFG.action_chunk, NOISE_CFG.action_env_dim)
+    np.testing.assert_allclose(out.log_probs, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_sde_chain_converges_to_ode_chain(model_params, obs, sde_rollout):
+    cfg = dataclasses.replace(SDE_CFG, joint_logprob=True, noise_level=1e-4)
+    params, _ = sde_rollout
+    ode = sample_jit(params, SDE_CFG, MODEL_CFG, jax.random.key(5), obs, mode="eval")
+    sde = sample_jit(params, cfg, MODEL_CFG, jax.random.key(5), obs, mode="train", noise=ode.chain[:, 0])
+    gap = np.abs(np.asarray(sde.chain) - np.asarray(ode.chain)).max()
+    # Each step adds noise of std <= a and shifts the mean by O(a²); with a = 1e-4 the chains agree to ~1e-3.
+    assert 0 < gap < 2e-3, gap
+    _, full_noise = sde_rollout
+    assert np.abs(full_noise.stds).max() > 0.2  # (the default a = 0.5 is far from the ODE)
+
+
+# ----------------------------------------------------------------------------- rescoring
+
+
+def _check_rescore(params, policy_cfg, model_cfg, obs, out):
+    log_probs, entropy, value = rescore_jit(params, policy_cfg, model_cfg, obs, out.chain, out.denoise_index)
+    assert log_probs.shape == out.log_probs.shape and entropy.shape == value.shape == (BATCH,)
+    ratio = np.exp(np.asarray(log_probs, np.float64) - np.asarray(out.log_probs, np.float64))
+    np.testing.assert_allclose(ratio, 1.0, atol=2e-4)
+    if policy_cfg.add_value_head and (policy_cfg.value_after_vlm or policy_cfg.joint_logprob):
+        np.testing.assert_allclose(value, out.value, rtol=1e-5, atol=1e-6)
+    if policy_cfg.noise_method == "flow_noise":
+        if policy_cfg.joint_logprob:
+            stds = np.concatenate([np.ones_like(out.stds[:, :1]), out.stds], axis=1)
+        else:
+            stds = np.take_along_axis(out.stds, np.asarray(out.denoise_index)[:, None, None, None], axis=1)
+        expected = np.mean(0.5 * np.log(2 * np.pi * np.e * _scored(stds, policy_cfg) ** 2), axis=(1, 2, 3))
+        np.testing.assert_allclose(entropy, expected, rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(entropy, np.zeros(BATCH))
+    return log_probs, entropy, value
+
+
+def test_rescore_sde_single_step_gives_ratio_one(sde_rollout, obs):
+    params, out = sde_rollout
+    _check_rescore(params, SDE_CFG, MODEL_CFG, obs, out)
+
+
+def test_rescore_flow_noise_joint_gives_ratio_one(noise_rollout, obs):
+    params, out = noise_rollout
+    _check_rescore(params, NOISE_CFG, MODEL_CFG, obs, out)
+
+
+def test_rescore_depends_on_current_params(sde_rollout, obs):
+    params, out = sde_rollout
+    shifted = jax.tree.map(lambda x: x, params)
+    bias = shifted["model"]["action_out_proj"]["bias"]
+    shifted["model"]["action_out_proj"]["bias"] = bias + 0.5
+    new, _, _ = rescore_jit(shifted, SDE_CFG, MODEL_CFG, obs, out.chain, out.denoise_index)
+    # A shifted velocity moves the transition mean, so the stored sample becomes less or more likely.
+    assert np.all(np.abs(np.asarray(new) - np.asarray(out.log_probs)) > 1e-3)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def test_gradients_reach_only_trainable_params(model_params, obs):
+    params = _policy_params(GRAD_CFG, MODEL_CFG, model_params)
+    out = sample_jit(params, GRAD_CFG, MODEL_CFG, jax.random.key(11), obs, mode="train")
+
+    @jax.jit
+    def grads(p):
+        def part(i):
+            return lambda q: jnp.sum(
+                flow_policy.log_prob_and_value(q, GRAD_CFG, MODEL_CFG, obs, out.chain, out.denoise_index)[i]
+            )
+
+        return [jax.grad(part(i))(p) for i in range(3)]
+
+    g_logp, g_entropy, g_value = grads(params)
+    mask = _labels_by_path(masks.trainable_mask(params, GRAD_CFG, MODEL_CFG))
+    nonzero = {}
+    for name, g in (("logp", g_logp), ("entropy", g_entropy), ("value", g_value)):
+        for path, leaf in _labels_by_path(g).items():
+            if not mask[path]:
+                assert not np.any(np.asarray(leaf)), (name, path)
+            nonzero[(name, path)] = bool(np.any(np.asarray(leaf)))
+    # The policy gradient reaches the expert, the projections and the noise head, not the critic.
+    assert nonzero[("logp", "model/PaliGemma/llm/layers/attn/q_einsum_1/w")]
+    assert nonzero[("logp", "model/action_out_proj/kernel")]
+    assert nonzero[("logp", "noise_head/Dense_0/kernel")]
+    assert not any(v for (n, p), v in nonzero.items() if n == "logp" and p.startswith("value_head/"))
+    # The entropy depends only on the noise-head std (and, through its input, on the expert).
+    assert nonzero[("entropy", "noise_head/Dense_0/kernel")]
+    # detach_critic_input: the value gradient stops at the expert's output.
+    assert any(v for (n, p), v in nonzero.items() if n == "value" and p.startswith("value_head/"))
+    assert not any(v for (n, p), v in nonzero.items() if n == "value" and not p.startswith("value_head/"))
+
+
+# ----------------------------------------------------------------------------- the full option grid
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value_after_vlm", [False, True])
+@pytest.mark.parametrize("logprob_type", ["token_level", "action_level", "chunk_level"])
+@pytest.mark.parametrize(("noise_method", "joint_logprob"), [
+    ("flow_sde", False), ("flow_sde", True), ("flow_noise", False), ("flow_noise", True),
+])
+def test_rescore_ratio_one_for_every_option(noise_method, joint_logprob, logprob_type, value_after_vlm):
+    # The VLM critic is the π0.5 recipe, so those cases run on the tiny π0.5.
+    model_cfg = Pi0Config.tiny(pi05=value_after_vlm)
+    model_params = _tiny_params(value_after_vlm)
+    obs = _observation(model_cfg, 1)
+    policy_cfg = FlowPolicyConfig(
+        noise_method=noise_method,
+        joint_logprob=joint_logprob,
+        logprob_type=logprob_type,
+        value_after_vlm=value_after_vlm,
+        value_head_hidden=(32, 16),
+    )
+    params = _policy_params(policy_cfg, model_cfg, model_params)
+    out = sample_jit(params, policy_cfg, model_cfg, jax.random.key(2), obs, mode="train")
+    _check_rescore(params, policy_cfg, model_cfg, obs, jax.device_get(out))
+
+
+_TINY_PARAMS = {}
+
+
+def _tiny_params(pi05: bool):
+    if pi05 not in _TINY_PARAMS:
+        _TINY_PARAMS[pi05] = init_model_jit(Pi0Config.tiny(pi05=pi05), jax.random.key(0))
+    return _TINY_PARAMS[pi05]
