@@ -3,7 +3,7 @@
 Prints one JSON line per configuration. Scene: a ~40-geom tabletop built from primitives (arm,
 table, bowls, plates, cubes, basket, drawer cabinet, stove knob, textured floor), two cameras.
 
-    .venv/bin/python benchmarks/render.py [--modes unroll,dense,scan] [--batches 1,16]
+    .venv/bin/python benchmarks/render.py [--modes scan,dense] [--batches 1,16]
         [--sizes 128,224] [--shadows both|on|off] [--png /tmp/render_demo.png]
 """
 
@@ -89,7 +89,12 @@ def demo_scene_xml() -> str:
     )
     basket = ['<body name="basket" pos="0.45 -0.35 0.02">']  # floor + 4 walls
     basket.append('<geom type="box" size="0.1 0.08 0.005" rgba="0.6 0.45 0.25 1"/>')
-    for px, py, sx, sy in [(0.1, 0, 0.005, 0.08), (-0.1, 0, 0.005, 0.08), (0, 0.08, 0.1, 0.005), (0, -0.08, 0.1, 0.005)]:
+    for px, py, sx, sy in [
+        (0.1, 0, 0.005, 0.08),
+        (-0.1, 0, 0.005, 0.08),
+        (0, 0.08, 0.1, 0.005),
+        (0, -0.08, 0.1, 0.005),
+    ]:
         basket.append(f'<geom type="box" pos="{px} {py} 0.04" size="{sx} {sy} 0.04" rgba="0.6 0.45 0.25 1"/>')
     basket.append("</body>")
     cabinet = [  # body, drawer front, handle
@@ -138,8 +143,10 @@ def demo_scene_xml() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default="unroll,dense,scan")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--modes", default="scan,dense")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--sizes", default="128,224")
     parser.add_argument("--shadows", default="both", choices=["both", "on", "off"])
@@ -176,14 +183,25 @@ def main() -> None:
                         jax.block_until_ready(fn(batched))
                         times.append(time.perf_counter() - t0)
                     best = min(times)
-                    print(json.dumps({
-                        "bench": "render", "backend": jax.default_backend(), "mode": mode,
-                        "shadows": shadows, "geoms": scene.num_geoms, "cameras": len(cameras),
-                        "size": size, "batch": batch, "compile_s": round(compile_s, 2),
-                        "ms_per_env_step": round(1e3 * best / batch, 2),
-                        "env_steps_per_s": round(batch / best, 1),
-                        "frames_per_s": round(batch * len(cameras) / best, 1),
-                    }), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "bench": "render",
+                                "backend": jax.default_backend(),
+                                "mode": mode,
+                                "shadows": shadows,
+                                "geoms": scene.num_geoms,
+                                "cameras": len(cameras),
+                                "size": size,
+                                "batch": batch,
+                                "compile_s": round(compile_s, 2),
+                                "ms_per_env_step": round(1e3 * best / batch, 2),
+                                "env_steps_per_s": round(batch / best, 1),
+                                "frames_per_s": round(batch * len(cameras) / best, 1),
+                            }
+                        ),
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ histograms. Writes openpi's norm_stats.json to `<assets_dir>/<config-name>/<repo
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def main(
     min_quantile_range: float = 0.0,
     max_frames: int | None = None,
     seed: int = 0,
+    register_module: tuple[str, ...] = (),
 ) -> Path:
     """Compute and write norm_stats.json for a data config.
 
@@ -97,7 +99,11 @@ def main(
       min_quantile_range: widen every q01–q99 range narrower than this to it, around its centre.
       max_frames: use at most this many frames (of randomly chosen episodes).
       seed: episode order seed when max_frames is set.
+      register_module: modules to import first, e.g. one that calls
+        `pirl.data.configs.register_data_config` for your own dataset.
     """
+    for module in register_module:
+        importlib.import_module(module)
     overrides = {"assets_dir": assets_dir}
     if repo_id is not None:
         overrides["repo_id"] = repo_id

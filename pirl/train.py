@@ -48,6 +48,10 @@ def run(config: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
+    from pirl.distributed import multihost
+
+    # Joins a multi-process job when the environment describes one (PIRL_*, SLURM, TPU pod).
+    multihost.initialize()
     config = parse_config(sys.argv[1:] if argv is None else argv)
     return run(config)
 

@@ -48,9 +48,7 @@ def test_gae_layouts_agree_and_match_reference():
     rlinf_dones = np.concatenate([np.ones((1, batch), bool), dones])  # dones[0] must be ignored
     a_pirl, r_pirl = adv.gae_advantages(rewards, values, dones, gamma=GAMMA, lam=LAM)
     a_rlinf, r_rlinf = adv.gae_advantages(rewards, values, rlinf_dones, gamma=GAMMA, lam=LAM)
-    a_next, _ = adv.gae_advantages(
-        rewards, values[:-1], dones, gamma=GAMMA, lam=LAM, next_value=values[-1]
-    )
+    a_next, _ = adv.gae_advantages(rewards, values[:-1], dones, gamma=GAMMA, lam=LAM, next_value=values[-1])
     for b in range(batch):
         ref_a, ref_r = reference_gae(rewards[:, b], values[:, b], rlinf_dones[:, b].astype(float), GAMMA, LAM)
         np.testing.assert_allclose(a_pirl[:, b], ref_a, rtol=1e-5, atol=1e-6)

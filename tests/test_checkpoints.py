@@ -1,8 +1,8 @@
 """openpi JAX (orbax) and openpi-PyTorch (safetensors) checkpoint import / export.
 
-Small checkpoints are written from the tiny config's parameter trees (leaves replaced by distinct
-random values, so a wrong transpose or a swapped pair cannot round-trip by accident); full-size
-trees are only ever abstract (jax.eval_shape).
+Small checkpoints are written from the tiny config's parameter trees (the shapes of
+`pi0.init_params`, filled with distinct random values so that a wrong transpose or a swapped pair
+cannot round-trip by accident); full-size trees are only ever abstract (jax.eval_shape).
 """
 
 import logging
@@ -24,6 +24,7 @@ from pirl.checkpoints import (
     load_openpi_params,
     load_pytorch_params,
     load_pytorch_state_dict,
+    merge_lora_params,
     merge_missing_params,
     pytorch_key_map,
     save_openpi_params,
@@ -46,13 +47,14 @@ def _randomized(params, seed):
 @pytest.fixture(scope="module", params=[False, True], ids=["pi0", "pi05"])
 def tiny(request):
     cfg = Pi0Config.tiny(pi05=request.param)
-    params = _randomized(pi0.init_params(cfg, jax.random.key(0)), seed=int(request.param))
+    # Shapes of init_params (eval_shape: no slow init), values distinct and random.
+    params = _randomized(pi0.abstract_params(cfg), seed=int(request.param))
     return cfg, params
 
 
 @pytest.fixture(scope="module")
 def jax_ckpt(tiny, tmp_path_factory):
-    cfg, params = tiny
+    _, params = tiny
     path = tmp_path_factory.mktemp("openpi_jax")
     save_openpi_params(params, path)
     return path
@@ -66,7 +68,7 @@ def torch_file(tiny, tmp_path_factory):
 
 def _assert_trees_equal(actual, expected):
     flat_a, flat_e = flatten_params(actual), flatten_params(expected)
-    assert list(flat_a) == list(flat_e) or sorted(flat_a) == sorted(flat_e)
+    assert sorted(flat_a) == sorted(flat_e)
     for key, value in flat_e.items():
         got = np.asarray(flat_a[key])
         assert got.dtype == np.asarray(value).dtype, key
@@ -168,7 +170,6 @@ def test_pytorch_export_matches_openpi_converter(tiny, torch_file):
     """Spot-checks against the formulas of openpi's examples/convert_jax_model_to_pytorch.py."""
     cfg, params = tiny
     state = load_file(torch_file)
-    flat = flatten_params(params)
     key_map = pytorch_key_map(cfg)
     # Same keys as the key map, with the tied embedding under save_model's kept name (lm_head).
     assert set(state) == (set(key_map) - {EMBED_TOKENS_KEY}) | {LLM_LM_HEAD_KEY}
@@ -192,7 +193,9 @@ def test_pytorch_export_matches_openpi_converter(tiny, torch_file):
     gating = llm["layers"]["mlp"]["gating_einsum"]
     np.testing.assert_array_equal(state[LLM + f"layers.{i}.mlp.gate_proj.weight"], gating[i, 0].T)
     np.testing.assert_array_equal(state[LLM + f"layers.{i}.mlp.up_proj.weight"], gating[i, 1].T)
-    np.testing.assert_array_equal(state[LLM + f"layers.{i}.mlp.down_proj.weight"], llm["layers"]["mlp"]["linear"][i].T)
+    np.testing.assert_array_equal(
+        state[LLM + f"layers.{i}.mlp.down_proj.weight"], llm["layers"]["mlp"]["linear"][i].T
+    )
     np.testing.assert_array_equal(
         state[LLM + f"layers.{i}.input_layernorm.weight"], llm["layers"]["pre_attention_norm"]["scale"][i]
     )
@@ -207,16 +210,19 @@ def test_pytorch_export_matches_openpi_converter(tiny, torch_file):
     )
     attn = img["Transformer"]["encoderblock"]["MultiHeadDotProductAttention_0"]
     np.testing.assert_array_equal(
-        state[VIT + "encoder.layers.0.self_attn.q_proj.weight"], attn["query"]["kernel"][0].reshape(-1, width).T
+        state[VIT + "encoder.layers.0.self_attn.q_proj.weight"],
+        attn["query"]["kernel"][0].reshape(-1, width).T,
     )
     np.testing.assert_array_equal(
         state[VIT + "encoder.layers.0.self_attn.q_proj.bias"], attn["query"]["bias"][0].reshape(-1)
     )
     np.testing.assert_array_equal(
-        state[VIT + "encoder.layers.0.self_attn.out_proj.weight"], attn["out"]["kernel"][0].reshape(-1, width).T
+        state[VIT + "encoder.layers.0.self_attn.out_proj.weight"],
+        attn["out"]["kernel"][0].reshape(-1, width).T,
     )
     np.testing.assert_array_equal(
-        state["paligemma_with_expert.paligemma.model.multi_modal_projector.linear.weight"], img["head"]["kernel"].T
+        state["paligemma_with_expert.paligemma.model.multi_modal_projector.linear.weight"],
+        img["head"]["kernel"].T,
     )
     np.testing.assert_array_equal(state["action_in_proj.weight"], params["action_in_proj"]["kernel"].T)
     if cfg.pi05:
@@ -224,7 +230,9 @@ def test_pytorch_export_matches_openpi_converter(tiny, torch_file):
         np.testing.assert_array_equal(
             state[EXPERT + f"layers.{i}.post_attention_layernorm.dense.weight"], dense["kernel"][i].T
         )
-        np.testing.assert_array_equal(state[EXPERT + "norm.dense.bias"], llm["final_norm_1"]["Dense_0"]["bias"])
+        np.testing.assert_array_equal(
+            state[EXPERT + "norm.dense.bias"], llm["final_norm_1"]["Dense_0"]["bias"]
+        )
         assert "state_proj.weight" not in state and "time_mlp_in.weight" in state
     else:
         np.testing.assert_array_equal(state[EXPERT + "norm.weight"], llm["final_norm_1"]["scale"])
@@ -246,7 +254,9 @@ def test_pytorch_round_trip_is_exact(tiny, torch_file, tmp_path):
         assert EXPERT_LM_HEAD_KEY not in f.keys()  # noqa: SIM118
     as_bf16 = jax.tree.map(lambda x: x.astype(ml_dtypes.bfloat16), params)
     _assert_trees_equal(load_pytorch_params(bf16_file, cfg), as_bf16)
-    _assert_trees_equal(load_pytorch_params(bf16_file, cfg, dtype=np.float32), jax.tree.map(np.float32, as_bf16))
+    _assert_trees_equal(
+        load_pytorch_params(bf16_file, cfg, dtype=np.float32), jax.tree.map(np.float32, as_bf16)
+    )
 
     # The tied embedding under its other name (or both names), and shards split over two files.
     state = load_pytorch_state_dict(torch_file)
@@ -280,13 +290,13 @@ def test_pytorch_errors_name_the_key(tiny, torch_file, tmp_path, caplog):
 
     extra = {**state, "value_head.weight": np.ones((1, 4), np.float32)}
     save_file(extra, tmp_path / "extra.safetensors")
-    with pytest.raises(CheckpointMismatchError, match="value_head.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"value_head\.weight"):
         load_pytorch_params(tmp_path / "extra.safetensors", cfg, strict=True)
     with caplog.at_level(logging.WARNING, logger="pirl.checkpoints.pytorch"):
         _assert_trees_equal(load_pytorch_params(tmp_path / "extra.safetensors", cfg), params)
     assert "value_head.weight" in caplog.text
 
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         load_pytorch_params(tmp_path / "nothing_here", cfg)
 
     # The other model family's file: π0 and π0.5 differ in their top-level projections.
@@ -297,12 +307,14 @@ def test_pytorch_errors_name_the_key(tiny, torch_file, tmp_path, caplog):
     # LoRA has no PyTorch counterpart: export refuses, loading can skip it.
     lora_key = "PaliGemma/llm/layers/attn/q_einsum_1/lora_a"
     lora_params = _with(params, lora_key, np.zeros((4, 8, 64, 2), np.float32))
-    with pytest.raises(CheckpointMismatchError, match="lora_a.*merge LoRA"):
+    with pytest.raises(CheckpointMismatchError, match=r"lora_a.*merge_lora_params"):
         export_pytorch_params(lora_params, None, tmp_path / "lora")
-    lora_abstract = _with(pi0.abstract_params(cfg), lora_key, jax.ShapeDtypeStruct((4, 8, 64, 2), jnp.float32))
+    lora_abstract = _with(
+        pi0.abstract_params(cfg), lora_key, jax.ShapeDtypeStruct((4, 8, 64, 2), jnp.float32)
+    )
     _assert_trees_equal(load_pytorch_params(torch_file, lora_abstract, missing_regex=".*lora.*"), params)
 
-    with pytest.raises(CheckpointMismatchError, match="params to export does not match.*missing key"):
+    with pytest.raises(CheckpointMismatchError, match=r"params to export does not match.*missing key"):
         export_pytorch_params(params, other, tmp_path / "wrong_cfg")
 
 
@@ -312,19 +324,53 @@ def test_pytorch_errors_name_the_key(tiny, torch_file, tmp_path, caplog):
 def _openpi_torch_keys(pi05: bool) -> set[str]:
     """The state-dict keys of openpi's PI0Pytorch for full-size π0 / π0.5, enumerated independently."""
     keys = {VIT + f"embeddings.{n}" for n in ("patch_embedding.weight", "patch_embedding.bias")}
-    keys |= {VIT + "embeddings.position_embedding.weight", VIT + "post_layernorm.weight", VIT + "post_layernorm.bias"}
+    keys |= {
+        VIT + "embeddings.position_embedding.weight",
+        VIT + "post_layernorm.weight",
+        VIT + "post_layernorm.bias",
+    }
     for i in range(27):
-        for name in ("layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2", *(f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj"))):
+        for name in (
+            "layer_norm1",
+            "layer_norm2",
+            "mlp.fc1",
+            "mlp.fc2",
+            *(f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")),
+        ):
             keys |= {VIT + f"encoder.layers.{i}.{name}.weight", VIT + f"encoder.layers.{i}.{name}.bias"}
-    keys |= {f"paligemma_with_expert.paligemma.model.multi_modal_projector.linear.{p}" for p in ("weight", "bias")}
+    keys |= {
+        f"paligemma_with_expert.paligemma.model.multi_modal_projector.linear.{p}" for p in ("weight", "bias")
+    }
     keys |= {LLM + "embed_tokens.weight", LLM + "norm.weight", EXPERT_LM_HEAD_KEY}
-    norms = ("input_layernorm.dense.weight", "input_layernorm.dense.bias", "post_attention_layernorm.dense.weight", "post_attention_layernorm.dense.bias") if pi05 else ("input_layernorm.weight", "post_attention_layernorm.weight")
-    proj = [f"self_attn.{p}_proj.weight" for p in "qkvo"] + [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+    norms = (
+        (
+            "input_layernorm.dense.weight",
+            "input_layernorm.dense.bias",
+            "post_attention_layernorm.dense.weight",
+            "post_attention_layernorm.dense.bias",
+        )
+        if pi05
+        else ("input_layernorm.weight", "post_attention_layernorm.weight")
+    )
+    proj = [f"self_attn.{p}_proj.weight" for p in "qkvo"] + [
+        f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")
+    ]
     for i in range(18):
-        keys |= {LLM + f"layers.{i}.{n}" for n in (*proj, "input_layernorm.weight", "post_attention_layernorm.weight")}
+        keys |= {
+            LLM + f"layers.{i}.{n}"
+            for n in (*proj, "input_layernorm.weight", "post_attention_layernorm.weight")
+        }
         keys |= {EXPERT + f"layers.{i}.{n}" for n in (*proj, *norms)}
     keys |= {EXPERT + n for n in (("norm.dense.weight", "norm.dense.bias") if pi05 else ("norm.weight",))}
-    linears = ("action_in_proj", "action_out_proj", *(("time_mlp_in", "time_mlp_out") if pi05 else ("state_proj", "action_time_mlp_in", "action_time_mlp_out")))
+    linears = (
+        "action_in_proj",
+        "action_out_proj",
+        *(
+            ("time_mlp_in", "time_mlp_out")
+            if pi05
+            else ("state_proj", "action_time_mlp_in", "action_time_mlp_out")
+        ),
+    )
     keys |= {f"{m}.{p}" for m in linears for p in ("weight", "bias")}
     return keys
 
@@ -372,3 +418,76 @@ def test_full_size_key_map_covers_every_leaf(pi05):
     else:
         expected |= {"state_proj.weight": (1024, 32), "action_time_mlp_in.weight": (1024, 2048)}
     assert {k: shapes[k] for k in expected} == expected
+
+
+# ---------------------------------------------------------------------------------- LoRA merging
+
+
+def test_merge_lora_matches_lora_modules(tmp_path):
+    """Merged weights reproduce pirl.models.lora's Einsum / FeedForward outputs with LoRA, per layer."""
+    from pirl.models import lora
+
+    depth, n, d, h, f, rank = 2, 4, 8, 4, 16, 2
+    attn = (
+        ("q_einsum", "BTD,NDH->BTNH", (n, d, h), 0),
+        ("kv_einsum_1", "BSD,2KDH->2BSKH", (2, 1, d, h), 1),
+        ("attn_vec_einsum", "BTNH,NHD->BTD", (n, h, d), 0),
+    )
+    configs = (lora.LoRAConfig(rank=rank, alpha=3.0), lora.LoRAConfig(rank=rank, alpha=1.0))  # 1.5, 0.5
+    rng = np.random.default_rng(0)
+    normal = lambda shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    layers, modules, inputs = {"attn": {}}, {}, {}
+    for name, eqn, shape, expert in attn:
+        module = lora.Einsum(shape=shape, lora=configs[expert])
+        x = normal((1, 3, n, h) if name == "attn_vec_einsum" else (1, 3, d))
+        init = lambda key, x, module=module, eqn=eqn: module.init(key, eqn, x)  # noqa: E731
+        abstract = jax.eval_shape(init, jax.random.key(0), x)["params"]
+        layers["attn"][name] = jax.tree.map(lambda s: normal((depth, *s.shape)), abstract)
+        modules[name], inputs[name] = (module, eqn), x
+    ffn = lora.FeedForward(features=d, hidden_dim=f, lora=configs[0])
+    x_ffn = normal((1, 3, d))
+    layers["mlp"] = jax.tree.map(
+        lambda s: normal((depth, *s.shape)), jax.eval_shape(ffn.init, jax.random.key(0), x_ffn)["params"]
+    )
+    params = {"PaliGemma": {"llm": {"layers": layers}}, "action_in_proj": {"bias": normal((d,))}}
+
+    merged = merge_lora_params(params, (1.5, 0.5))
+    flat = flatten_params(merged)
+    assert not any("lora" in k for k in flat)
+    np.testing.assert_array_equal(flat["action_in_proj/bias"], params["action_in_proj"]["bias"])
+    for i in range(depth):
+        for name, (module, eqn) in modules.items():
+            layer = jax.tree.map(lambda a, i=i: a[i], layers["attn"][name])
+            want = module.apply({"params": layer}, eqn, inputs[name])
+            got = jnp.einsum(eqn, inputs[name], merged["PaliGemma"]["llm"]["layers"]["attn"][name]["w"][i])
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+        plain = lora.FeedForward(features=d, hidden_dim=f)
+        want = ffn.apply({"params": jax.tree.map(lambda a, i=i: a[i], layers["mlp"])}, x_ffn)
+        got = plain.apply(
+            {"params": jax.tree.map(lambda a, i=i: a[i], merged["PaliGemma"]["llm"]["layers"]["mlp"])}, x_ffn
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_merged_lora_params_export(tiny, tmp_path):
+    cfg, params = tiny
+    rng = np.random.default_rng(1)
+    flat = flatten_params(params)
+    q = flat["PaliGemma/llm/layers/attn/q_einsum_1/w"]  # (depth, N, D, H)
+    flat["PaliGemma/llm/layers/attn/q_einsum_1/lora_a"] = rng.standard_normal((*q.shape[:-1], 2)).astype(
+        np.float32
+    )
+    flat["PaliGemma/llm/layers/attn/q_einsum_1/lora_b"] = rng.standard_normal(
+        (*q.shape[:-2], 2, q.shape[-1])
+    ).astype(np.float32)
+    merged = merge_lora_params(unflatten_params(flat), (1.0, 2.0))
+    delta = np.einsum(
+        "lndr,lnrh->lndh",
+        flat["PaliGemma/llm/layers/attn/q_einsum_1/lora_a"],
+        flat["PaliGemma/llm/layers/attn/q_einsum_1/lora_b"],
+    )
+    np.testing.assert_allclose(
+        flatten_params(merged)["PaliGemma/llm/layers/attn/q_einsum_1/w"], q + 2.0 * delta, rtol=1e-6
+    )
+    file = export_pytorch_params(merged, cfg, tmp_path)
+    _assert_trees_equal(load_pytorch_params(file, cfg), merged)

@@ -57,14 +57,16 @@ def dataset_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(dataset_root):
-    return lerobot.LeRobotDataset(dataset_root, delta_timestamps={"actions": [i / FPS for i in range(HORIZON)]})
+    return lerobot.LeRobotDataset(
+        dataset_root, delta_timestamps={"actions": [i / FPS for i in range(HORIZON)]}
+    )
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     from pirl.models.tokenizer import PaligemmaTokenizer
 
-    words = "pick up the red bowl open top drawer put it on plate".split()
+    words = ["pick", "up", "the", "red", "bowl", "open", "top", "drawer", "put", "it", "on", "plate"]
     rng = random.Random(0)
     lines = [" ".join(rng.choice(words) for _ in range(6)) for _ in range(200)]
     proto = io.BytesIO()
@@ -96,17 +98,23 @@ def test_written_layout_is_lerobot_v21(dataset_root):
     assert info["features"]["state"] == {"dtype": "float32", "shape": [8], "names": None}
     for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
         assert key in info["features"]
-    episodes = [json.loads(line) for line in (dataset_root / "meta" / "episodes.jsonl").read_text().splitlines()]
+    episodes = [
+        json.loads(line) for line in (dataset_root / "meta" / "episodes.jsonl").read_text().splitlines()
+    ]
     assert episodes[1] == {"episode_index": 1, "tasks": [TASKS[1]], "length": LENGTHS[1]}
     tasks = [json.loads(line) for line in (dataset_root / "meta" / "tasks.jsonl").read_text().splitlines()]
     assert tasks == [{"task_index": i, "task": t} for i, t in enumerate(TASKS)]
-    stats = [json.loads(line) for line in (dataset_root / "meta" / "episodes_stats.jsonl").read_text().splitlines()]
+    stats = [
+        json.loads(line) for line in (dataset_root / "meta" / "episodes_stats.jsonl").read_text().splitlines()
+    ]
     assert np.asarray(stats[0]["stats"]["image"]["mean"]).shape == (3, 1, 1)
     assert stats[0]["stats"]["state"]["count"] == [LENGTHS[0]]
     table = pq.read_table(dataset_root / "data" / "chunk-000" / "episode_000002.parquet")
     assert table.num_rows == LENGTHS[2]
     assert table.schema.field("image").type.names == ["bytes", "path"]
-    assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["image"] == {"_type": "Image"}
+    assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["image"] == {
+        "_type": "Image"
+    }
     np.testing.assert_array_equal(table.column("index").to_numpy(), sum(LENGTHS[:2]) + np.arange(LENGTHS[2]))
 
 
@@ -160,12 +168,14 @@ def test_video_dataset_decodes_frames_by_timestamp(tmp_path):
         item = dataset[sum(LENGTHS[:ep]) + t]
         assert item["image"].shape == (32, 32, 3) and item["image"].dtype == np.uint8
         # Lossy codec: close to the source frame and closer to it than to its neighbours.
-        errors = [np.abs(item["image"].astype(int) - episodes[ep]["image"][s]).mean() for s in range(LENGTHS[ep])]
+        errors = [
+            np.abs(item["image"].astype(int) - episodes[ep]["image"][s]).mean() for s in range(LENGTHS[ep])
+        ]
         assert errors[t] < 8 and int(np.argmin(errors)) == t
 
 
 def test_missing_info_json_names_the_file(tmp_path):
-    with pytest.raises(lerobot.LeRobotFormatError, match="info.json"):
+    with pytest.raises(lerobot.LeRobotFormatError, match=r"info\.json"):
         lerobot.LeRobotDataset(tmp_path / "nothing_here")
 
 
@@ -326,7 +336,8 @@ def test_named_configs_exist_and_are_consistent():
         assert cfg.name == name
         assert cfg.norm_type == ("quantile" if name.startswith("pi05") else "zscore")
         assert set(cfg.camera_map.values()) <= set(cfg.repack_map)
-        cfg.dataset_state_keys, cfg.dataset_action_keys  # every state/action key is repacked
+        assert len(cfg.dataset_state_keys) == len(cfg.state_keys)  # every state key is repacked
+        assert len(cfg.dataset_action_keys) == len(cfg.action_keys)
         if cfg.delta_mask is not None:
             assert len(cfg.delta_mask) <= cfg.action_dim
     libero = configs.get_data_config("pi0_libero")
@@ -399,7 +410,12 @@ def test_pipeline_sample_values(dataset, tokenizer):
 def test_pipeline_rejects_wrong_dims(dataset):
     data_cfg = configs.get_data_config("pi0_libero", action_horizon=HORIZON, state_dim=6)
     transform = configs.make_transforms(
-        data_cfg, model_action_dim=32, image_resolution=(28, 28), tasks=dataset.tasks, norm_stats=None, tokenizer=None
+        data_cfg,
+        model_action_dim=32,
+        image_resolution=(28, 28),
+        tasks=dataset.tasks,
+        norm_stats=None,
+        tokenizer=None,
     )
     with pytest.raises(ValueError, match="state-dim 8"):
         transform(dataset[0])

@@ -5,6 +5,7 @@ at module level and the fast tests share a handful of configurations; the full o
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -20,20 +21,25 @@ from pirl.policies.config import FlowPolicyConfig
 
 BATCH = 2
 MODEL_CFG = Pi0Config.tiny()
-_STATIC = ("policy_cfg", "model_cfg", "mode")
+# XLA's backend optimisations cost most of the compile time of these small programs and buy nothing
+# at this size; every program that a test compares with another is compiled the same way.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-sample_jit = jax.jit(flow_policy.sample, static_argnames=_STATIC)
-rescore_jit = jax.jit(flow_policy.log_prob_and_value, static_argnames=("policy_cfg", "model_cfg"))
-sample_actions_jit = jax.jit(pi0.sample_actions, static_argnames=("cfg", "num_steps"))
-init_model_jit = jax.jit(pi0.init_params, static_argnames=("cfg",))
 
-# The fast configurations: the π0 LIBERO default and the ManiSkill Flow-Noise recipe (with the VLM
-# critic and K = 3, so the two between them cover every option value but action_level).
-SDE_CFG = FlowPolicyConfig()
-NOISE_CFG = FlowPolicyConfig.flow_noise(num_steps=3, value_after_vlm=True, value_head_hidden=(32, 16))
-SDE_CFG = dataclasses.replace(SDE_CFG, value_head_hidden=(32, 16))
-# Gradient checks: Flow-Noise single step with the (detached) expert critic and action-level ratios.
-GRAD_CFG = FlowPolicyConfig(noise_method="flow_noise", logprob_type="action_level", value_head_hidden=(32, 16))
+def _jit(fn, *static):
+    return jax.jit(fn, static_argnames=static, compiler_options=_FAST_COMPILE)
+
+
+sample_jit = _jit(flow_policy.sample, "policy_cfg", "model_cfg", "mode")
+rescore_jit = _jit(flow_policy.log_prob_and_value, "policy_cfg", "model_cfg")
+sample_actions_jit = _jit(pi0.sample_actions, "cfg", "num_steps")
+
+# The fast configurations, which between them cover every option value but action_level (the slow
+# grid covers all combinations): Flow-SDE single-step with chunk-level ratios and the VLM critic, and
+# Flow-Noise joint with token-level ratios, K = 3 and the detached expert critic (also used for the
+# gradient checks, as it has a noise head and an expert critic).
+SDE_CFG = FlowPolicyConfig(value_after_vlm=True, value_head_hidden=(32, 16))
+NOISE_CFG = FlowPolicyConfig.flow_noise(num_steps=3, value_head_hidden=(32, 16))
 
 
 def _observation(cfg: Pi0Config, seed: int) -> pi0.Observation:
@@ -54,9 +60,16 @@ def _observation(cfg: Pi0Config, seed: int) -> pi0.Observation:
     )
 
 
+def _random_model_params(cfg: Pi0Config, seed: int = 0) -> dict:
+    """The tiny model's parameter tree filled with N(0, 0.05²) from numpy (compiling init costs more)."""
+    rng = np.random.default_rng(seed)
+    abstract = pi0.abstract_params(cfg)
+    return jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), abstract)
+
+
 @pytest.fixture(scope="module")
 def model_params():
-    return init_model_jit(MODEL_CFG, jax.random.key(0))
+    return _random_model_params(MODEL_CFG)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +78,9 @@ def obs():
 
 
 def _policy_params(policy_cfg, model_cfg, model_params, seed=1):
-    return flow_policy.init_policy_params(policy_cfg, model_cfg, jax.random.key(seed), model_params=model_params)
+    return flow_policy.init_policy_params(
+        policy_cfg, model_cfg, jax.random.key(seed), model_params=model_params
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +128,14 @@ def test_noise_head_std_stays_in_range():
     lo, hi = 0.08, 0.16
     params = noise_head.init_noise_head(jax.random.key(0), 16, (8, 4), 5)
     assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [(16, 8), (8, 4), (4, 5)]
-    features = jax.random.normal(jax.random.key(1), (3, 7, 16)) * 50.0
-    std = np.asarray(noise_head.apply_noise_head(params, features, (lo, hi)))
+    features = np.random.default_rng(0).normal(size=(3, 7, 16)).astype(np.float32) * 50.0
+    apply = jax.jit(noise_head.apply_noise_head, static_argnums=2, compiler_options=_FAST_COMPILE)
+    std = np.asarray(apply(params, features, (lo, hi)))
     assert std.shape == (3, 7, 5)
     assert np.all(std >= lo - 1e-7) and np.all(std <= hi + 1e-7)
     # The squashing: a final pre-activation h maps to exp(0.5 * lerp(log lo², log hi², (tanh h + 1) / 2)).
     zero_out = jax.tree.map(jnp.zeros_like, params)
-    np.testing.assert_allclose(noise_head.apply_noise_head(zero_out, features, (lo, hi)), math.sqrt(lo * hi), rtol=1e-6)
+    np.testing.assert_allclose(apply(zero_out, features, (lo, hi)), math.sqrt(lo * hi), rtol=1e-6)
 
 
 def test_aggregate_log_probs_levels():
@@ -135,7 +151,9 @@ def test_normal_log_prob_matches_scipy_and_zero_std():
     rng = np.random.default_rng(0)
     x, mean = rng.normal(size=(2, 50)), rng.normal(size=(2, 50))
     std = rng.uniform(0.01, 2.0, size=(2, 50))
-    got = flow_policy.normal_log_prob(jnp.asarray(x, jnp.float32), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+    got = flow_policy.normal_log_prob(
+        jnp.asarray(x, jnp.float32), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    )
     np.testing.assert_allclose(got, stats.norm.logpdf(x, mean, std), rtol=1e-5, atol=1e-4)
     zero = flow_policy.normal_log_prob(jnp.ones(3), jnp.zeros(3), jnp.zeros(3))
     np.testing.assert_array_equal(zero, np.zeros(3))
@@ -149,8 +167,14 @@ def test_config_validation():
     with pytest.raises(ValueError, match="noise_logvar_range"):
         FlowPolicyConfig(noise_logvar_range=(0.2, 0.1))
     with pytest.raises(ValueError, match="action_horizon"):
-        flow_policy.init_policy_params(FlowPolicyConfig(action_chunk=11), MODEL_CFG, jax.random.key(0), model_params={})
-    assert FlowPolicyConfig.pi05().value_after_vlm and FlowPolicyConfig.pi05().value_head_hidden == (1024, 512, 256)
+        flow_policy.init_policy_params(
+            FlowPolicyConfig(action_chunk=11), MODEL_CFG, jax.random.key(0), model_params={}
+        )
+    assert FlowPolicyConfig.pi05().value_after_vlm and FlowPolicyConfig.pi05().value_head_hidden == (
+        1024,
+        512,
+        256,
+    )
     assert FlowPolicyConfig.flow_noise().joint_logprob
 
 
@@ -162,9 +186,9 @@ def _labels_by_path(tree):
     return {"/".join(masks._path_names(p)): v for p, v in flat}
 
 
-def test_trainable_mask_expert_only_on_tiny_model(model_params):
-    params = _policy_params(GRAD_CFG, MODEL_CFG, model_params)
-    labels = _labels_by_path(masks.trainable_mask(params, GRAD_CFG, MODEL_CFG))
+def test_trainable_mask_expert_only_on_tiny_model(noise_rollout):
+    params, _ = noise_rollout
+    labels = _labels_by_path(masks.trainable_mask(params, NOISE_CFG, MODEL_CFG))
     for path, trainable in labels.items():
         if path.startswith("model/PaliGemma/img/"):
             assert not trainable, path
@@ -176,9 +200,9 @@ def test_trainable_mask_expert_only_on_tiny_model(model_params):
     assert labels["model/PaliGemma/llm/layers/attn/q_einsum_1/w"]
     assert not labels["model/PaliGemma/llm/embedder/input_embedding"]
     assert labels["model/action_in_proj/kernel"] and labels["noise_head/Dense_0/kernel"]
-    full = masks.trainable_mask(params, dataclasses.replace(GRAD_CFG, train_expert_only=False), MODEL_CFG)
+    full = masks.trainable_mask(params, dataclasses.replace(NOISE_CFG, train_expert_only=False), MODEL_CFG)
     assert all(jax.tree.leaves(full))
-    opt_labels = _labels_by_path(masks.optimizer_labels(params, GRAD_CFG, MODEL_CFG))
+    opt_labels = _labels_by_path(masks.optimizer_labels(params, NOISE_CFG, MODEL_CFG))
     assert {v for k, v in opt_labels.items() if k.startswith("value_head/")} == {"critic"}
     assert opt_labels["model/PaliGemma/img/embedding/kernel"] == "frozen"
     assert opt_labels["model/action_out_proj/kernel"] == "actor"
@@ -205,7 +229,10 @@ def _lora_tree(llm_lora: bool, expert_lora: bool):
         },
     }
     return {
-        "model": {"PaliGemma": {"llm": llm, "img": {"head": {"kernel": leaf}}}, "action_in_proj": {"kernel": leaf}},
+        "model": {
+            "PaliGemma": {"llm": llm, "img": {"head": {"kernel": leaf}}},
+            "action_in_proj": {"kernel": leaf},
+        },
         "value_head": {"Dense_0": {"kernel": leaf}},
     }
 
@@ -227,14 +254,18 @@ def test_trainable_mask_lora_follows_openpi(llm_lora, expert_lora):
             assert trainable, path
     # train_expert_only additionally freezes all of the LLM's own weights, LoRA included.
     frozen_llm = _labels_by_path(masks.trainable_mask(_lora_tree(llm_lora, expert_lora), FlowPolicyConfig()))
-    assert not frozen_llm["model/PaliGemma/llm/layers/attn/q_einsum/lora_a" if llm_lora else "model/PaliGemma/llm/layers/attn/q_einsum/w"]
+    assert not frozen_llm[
+        "model/PaliGemma/llm/layers/attn/q_einsum/lora_a"
+        if llm_lora
+        else "model/PaliGemma/llm/layers/attn/q_einsum/w"
+    ]
 
 
 # ----------------------------------------------------------------------------- sampling
 
 
-def test_eval_mode_reproduces_sample_actions_bit_for_bit(model_params, obs):
-    params = _policy_params(SDE_CFG, MODEL_CFG, model_params)
+def test_eval_mode_reproduces_sample_actions_bit_for_bit(model_params, obs, sde_rollout):
+    params, _ = sde_rollout
     out = sample_jit(params, SDE_CFG, MODEL_CFG, jax.random.key(7), obs, mode="eval")
     reference = sample_actions_jit(
         model_params, MODEL_CFG, jax.random.key(0), obs, num_steps=SDE_CFG.num_steps, noise=out.chain[:, 0]
@@ -250,7 +281,9 @@ def test_sde_rollout_log_probs_are_gaussian_densities(sde_rollout):
     _, out = sde_rollout
     k_steps = SDE_CFG.num_steps
     assert out.chain.shape == (BATCH, k_steps + 1, MODEL_CFG.action_horizon, MODEL_CFG.action_dim)
-    assert out.means.shape == out.stds.shape == (BATCH, k_steps, MODEL_CFG.action_horizon, MODEL_CFG.action_dim)
+    assert (
+        out.means.shape == out.stds.shape == (BATCH, k_steps, MODEL_CFG.action_horizon, MODEL_CFG.action_dim)
+    )
     assert out.log_probs.shape == (BATCH,) and out.value.shape == (BATCH,)
     sched = flow_policy.denoise_schedule(k_steps, SDE_CFG.noise_level)
     for b in range(BATCH):
@@ -263,7 +296,9 @@ def test_sde_rollout_log_probs_are_gaussian_densities(sde_rollout):
                 assert not np.any(out.stds[b, i])
                 np.testing.assert_array_equal(out.chain[b, i + 1], out.means[b, i])
         density = stats.norm.logpdf(
-            _scored(out.chain[b, k + 1], SDE_CFG), _scored(out.means[b, k], SDE_CFG), _scored(out.stds[b, k], SDE_CFG)
+            _scored(out.chain[b, k + 1], SDE_CFG),
+            _scored(out.means[b, k], SDE_CFG),
+            _scored(out.stds[b, k], SDE_CFG),
         )
         np.testing.assert_allclose(out.log_probs[b], density.sum(), rtol=1e-5, atol=1e-3)
 
@@ -277,7 +312,9 @@ def test_flow_noise_rollout_log_probs_are_joint_gaussian_densities(noise_rollout
     for i in range(NOISE_CFG.num_steps):
         terms.append(
             stats.norm.logpdf(
-                _scored(out.chain[:, i + 1], NOISE_CFG), _scored(out.means[:, i], NOISE_CFG), _scored(out.stds[:, i], NOISE_CFG)
+                _scored(out.chain[:, i + 1], NOISE_CFG),
+                _scored(out.means[:, i], NOISE_CFG),
+                _scored(out.stds[:, i], NOISE_CFG),
             )
         )
     expected = np.mean(terms, axis=0)  # mean, not sum, over the K + 1 terms
@@ -339,36 +376,54 @@ def test_rescore_depends_on_current_params(sde_rollout, obs):
     assert np.all(np.abs(np.asarray(new) - np.asarray(out.log_probs)) > 1e-3)
 
 
+def test_rescore_on_a_batch_sharded_over_devices(noise_rollout, obs):
+    params, out = noise_rollout
+    devices = jax.devices()[:BATCH]
+    if len(devices) < BATCH:
+        pytest.skip("needs one device per sample (conftest fakes 8 CPU devices)")
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.device_put((obs, out.chain, out.denoise_index), by_batch)
+    result = rescore_jit(jax.device_put(params, replicated), NOISE_CFG, MODEL_CFG, *sharded)
+    assert result[0].sharding.spec[0] == "data"
+    reference = rescore_jit(params, NOISE_CFG, MODEL_CFG, obs, out.chain, out.denoise_index)
+    for got, want in zip(result, reference, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- gradients
 
 
-def test_gradients_reach_only_trainable_params(model_params, obs):
-    params = _policy_params(GRAD_CFG, MODEL_CFG, model_params)
-    out = sample_jit(params, GRAD_CFG, MODEL_CFG, jax.random.key(11), obs, mode="train")
+def test_gradients_reach_only_trainable_params(model_params, obs, noise_rollout):
+    params, out = noise_rollout
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
     def grads(p):
-        def part(i):
-            return lambda q: jnp.sum(
-                flow_policy.log_prob_and_value(q, GRAD_CFG, MODEL_CFG, obs, out.chain, out.denoise_index)[i]
+        # One forward pass, three backward passes (vmapped): d(sum log_probs), d(sum entropy), d(sum value).
+        def outputs(q):
+            log_probs, entropy, value = flow_policy.log_prob_and_value(
+                q, NOISE_CFG, MODEL_CFG, obs, out.chain, out.denoise_index
             )
+            return jnp.stack([log_probs.sum(), entropy.sum(), value.sum()])
 
-        return [jax.grad(part(i))(p) for i in range(3)]
+        return jax.jacrev(outputs)(p)
 
-    g_logp, g_entropy, g_value = grads(params)
-    mask = _labels_by_path(masks.trainable_mask(params, GRAD_CFG, MODEL_CFG))
+    jac = _labels_by_path(grads(params))
+    mask = _labels_by_path(masks.trainable_mask(params, NOISE_CFG, MODEL_CFG))
     nonzero = {}
-    for name, g in (("logp", g_logp), ("entropy", g_entropy), ("value", g_value)):
-        for path, leaf in _labels_by_path(g).items():
-            if not mask[path]:
-                assert not np.any(np.asarray(leaf)), (name, path)
-            nonzero[(name, path)] = bool(np.any(np.asarray(leaf)))
+    for path, leaf in jac.items():
+        leaf = np.asarray(leaf)
+        if not mask[path]:
+            assert not np.any(leaf), path  # frozen: exactly zero
+        for row, name in enumerate(("logp", "entropy", "value")):
+            nonzero[(name, path)] = bool(np.any(leaf[row]))
     # The policy gradient reaches the expert, the projections and the noise head, not the critic.
     assert nonzero[("logp", "model/PaliGemma/llm/layers/attn/q_einsum_1/w")]
     assert nonzero[("logp", "model/action_out_proj/kernel")]
     assert nonzero[("logp", "noise_head/Dense_0/kernel")]
     assert not any(v for (n, p), v in nonzero.items() if n == "logp" and p.startswith("value_head/"))
-    # The entropy depends only on the noise-head std (and, through its input, on the expert).
+    # The entropy depends on the noise-head std (and, through its input, on the expert).
     assert nonzero[("entropy", "noise_head/Dense_0/kernel")]
     # detach_critic_input: the value gradient stops at the expert's output.
     assert any(v for (n, p), v in nonzero.items() if n == "value" and p.startswith("value_head/"))
@@ -381,9 +436,15 @@ def test_gradients_reach_only_trainable_params(model_params, obs):
 @pytest.mark.slow
 @pytest.mark.parametrize("value_after_vlm", [False, True])
 @pytest.mark.parametrize("logprob_type", ["token_level", "action_level", "chunk_level"])
-@pytest.mark.parametrize(("noise_method", "joint_logprob"), [
-    ("flow_sde", False), ("flow_sde", True), ("flow_noise", False), ("flow_noise", True),
-])
+@pytest.mark.parametrize(
+    ("noise_method", "joint_logprob"),
+    [
+        ("flow_sde", False),
+        ("flow_sde", True),
+        ("flow_noise", False),
+        ("flow_noise", True),
+    ],
+)
 def test_rescore_ratio_one_for_every_option(noise_method, joint_logprob, logprob_type, value_after_vlm):
     # The VLM critic is the π0.5 recipe, so those cases run on the tiny π0.5.
     model_cfg = Pi0Config.tiny(pi05=value_after_vlm)
@@ -406,5 +467,5 @@ _TINY_PARAMS = {}
 
 def _tiny_params(pi05: bool):
     if pi05 not in _TINY_PARAMS:
-        _TINY_PARAMS[pi05] = init_model_jit(Pi0Config.tiny(pi05=pi05), jax.random.key(0))
+        _TINY_PARAMS[pi05] = _random_model_params(Pi0Config.tiny(pi05=pi05))
     return _TINY_PARAMS[pi05]

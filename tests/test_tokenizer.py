@@ -25,7 +25,29 @@ MAX_LEN = 48
 
 def _training_lines(n: int = 400) -> list[str]:
     rng = random.Random(0)
-    words = "pick up the red blue bowl plate cup put it on in drawer open close top left of and place mug".split()
+    words = [
+        "pick",
+        "up",
+        "the",
+        "red",
+        "blue",
+        "bowl",
+        "plate",
+        "cup",
+        "put",
+        "it",
+        "on",
+        "in",
+        "drawer",
+        "open",
+        "close",
+        "top",
+        "left",
+        "of",
+        "and",
+        "place",
+        "mug",
+    ]
     syllables = ["ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "ve", "zu", "bra", "cle", "dri", "fo"]
     words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(120)]
     lines = []
@@ -122,7 +144,7 @@ def test_truncation_warns_and_exact_length_does_not(tokenizer, model_path, caplo
 
 
 def test_bad_inputs_fail_clearly(tmp_path, tokenizer, model_path):
-    with pytest.raises(FileNotFoundError, match="nothere.model"):
+    with pytest.raises(FileNotFoundError, match=r"nothere\.model"):
         PaligemmaTokenizer(tmp_path / "nothere.model")
     with pytest.raises(ValueError, match="max_len"):
         PaligemmaTokenizer(model_path, max_len=0)

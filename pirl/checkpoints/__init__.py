@@ -20,6 +20,7 @@ from pirl.checkpoints.pytorch import (
     export_pytorch_params,
     load_pytorch_params,
     load_pytorch_state_dict,
+    merge_lora_params,
     pytorch_key_map,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "load_openpi_params",
     "load_pytorch_params",
     "load_pytorch_state_dict",
+    "merge_lora_params",
     "merge_missing_params",
     "pytorch_key_map",
     "save_openpi_params",

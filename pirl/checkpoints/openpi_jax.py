@@ -68,7 +68,7 @@ def unflatten_params(flat: Mapping[str, Any], sep: str = "/") -> Params:
 
 
 def _shape_of(leaf: Any) -> Shape:
-    return tuple(int(d) for d in np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
+    return tuple(int(d) for d in np.shape(leaf))  # arrays and jax.ShapeDtypeStruct alike
 
 
 def strip_value_suffix(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def resolve_expected(expected: Any) -> Params:
     if isinstance(expected, Mapping):
         return dict(expected)
     if dataclasses.is_dataclass(expected) and hasattr(expected, "paligemma_variant"):
-        from pirl.models import pi0  # noqa: PLC0415 -- the model imports nothing from here; keep it lazy
+        from pirl.models import pi0
 
         return pi0.abstract_params(expected)
     raise TypeError(
@@ -122,7 +122,10 @@ def check_params_match(
                 problems.append((key, f"unexpected key '{key}' (shape {tuple(found[key])})"))
         elif tuple(expected[key]) != tuple(found[key]):
             problems.append(
-                (key, f"mis-shaped key '{key}': expected shape {tuple(expected[key])}, found {tuple(found[key])}")
+                (
+                    key,
+                    f"mis-shaped key '{key}': expected shape {tuple(expected[key])}, found {tuple(found[key])}",
+                )
             )
     if not problems:
         return
@@ -134,8 +137,8 @@ def check_params_match(
         more = f" ({len(problems) - 1} more problem(s): {listed}{ellipsis})"
     raise CheckpointMismatchError(
         f"{source} does not match the expected parameter tree: {first}{more}. "
-        "Check that the checkpoint was made for this model config (pi05, variants, action_dim, "
-        "image resolution, vocab size)."
+        "Check that both come from the same model config (pi05, Gemma / SigLIP variants, action_dim, "
+        "image resolution, vocab size, LoRA)."
     )
 
 
@@ -273,6 +276,8 @@ def load_openpi_params(
     flat = flatten_params(restored)
     if has_value_level:
         flat = strip_value_suffix(flat)
+    if expected is not None:  # the expected tree's key order (orbax returns sorted keys)
+        flat = {k: flat[k] for k in expected_flat if k in flat}
     return unflatten_params(flat)
 
 
@@ -291,10 +296,13 @@ def save_openpi_params(
         raise FileExistsError(f"{params_dir} already exists; pass overwrite=True to replace it")
     if not isinstance(params, Mapping) or not params:
         raise ValueError("params must be a non-empty nested dict of arrays")
-    # openpi's training saves jax.Arrays (with shardings); numpy leaves are put on the first device so
-    # the stored metadata matches what openpi's restore_params (restore_type=jax.Array) expects.
-    device = jax.local_devices()[0]
-    as_jax = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x), device), params)
+    # openpi's training saves jax.Arrays (with shardings); numpy leaves become host (CPU) jax.Arrays so
+    # the stored metadata matches what openpi's restore_params (restore_type=jax.Array) expects,
+    # without passing through accelerator memory.
+    device = jax.local_devices(backend="cpu")[0]
+    as_jax = jax.tree.map(
+        lambda x: x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x), device), params
+    )
     path.mkdir(parents=True, exist_ok=True)
     with ocp.PyTreeCheckpointer() as ckptr:
         ckptr.save(params_dir, args=ocp.args.PyTreeSave({"params": as_jax}), force=overwrite)

@@ -180,9 +180,9 @@ class _Rule:
 
 
 def _split_expert(module: str) -> tuple[str, int]:
-    """"q_einsum_1" -> ("q_einsum", 1); "q_einsum" -> ("q_einsum", 0)."""
+    """Splits off the expert suffix: q_einsum_1 -> (q_einsum, 1); q_einsum -> (q_einsum, 0)."""
     match = re.fullmatch(r"(.+)_(\d+)", module)
-    if match and not module.startswith(("LayerNorm", "Dense", "MlpBlock")):
+    if match:
         return match.group(1), int(match.group(2))
     return module, 0
 
@@ -232,8 +232,9 @@ def _unmapped_error(key: str, source: str) -> CheckpointMismatchError:
     hint = ""
     if "lora" in key:
         hint = (
-            " openpi's PyTorch port has no LoRA weights: merge LoRA into the base weights before export, "
-            "or load with missing_regex='.*lora.*' and keep the initial LoRA weights."
+            " openpi's PyTorch port has no LoRA weights: merge them into the base weights first with "
+            "merge_lora_params(params, cfg), or load with missing_regex='.*lora.*' and keep the initial "
+            "LoRA weights."
         )
     return CheckpointMismatchError(f"{source}: parameter '{key}' has no openpi-PyTorch equivalent.{hint}")
 
@@ -287,6 +288,76 @@ def _expert_lm_head_shape(flat: Mapping[str, Any]) -> Shape:
     vocab = np.shape(flat[_EMBEDDING_JAX_KEY])[0]
     width = np.shape(flat["PaliGemma/llm/layers/attn/q_einsum_1/w"])[2]
     return (vocab, width)
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA merging (the PyTorch layout has no adapters).
+
+# The einsums of pirl's / openpi's Gemma attention, whose LoRA factors are merged below.
+_ATTN_EINSUM_EQUATIONS = {
+    "q_einsum": "BTD,NDH->BTNH",
+    "kv_einsum": "BSD,2KDH->2BSKH",
+    "attn_vec_einsum": "BTNH,NHD->BTD",
+}
+
+
+def _einsum_lora_delta(eqn: str, lora_a: np.ndarray, lora_b: np.ndarray, stacked: bool) -> np.ndarray:
+    """The weight delta W' - W that makes einsum(eqn, x, W') equal the LoRA path of pirl.models.lora.Einsum
+    (x,a -> z with the weight's output label replaced by the rank, then z,b -> y), before scaling.
+
+    Labels of `b` that are neither in z nor in the output are summed within `b` alone (as the two-step
+    einsum does; e.g. the head axis of attn_vec_einsum's b), so they get their own names here.
+    """
+    _, rhs, out = re.fullmatch(r"(.*),(.*)->(.*)", eqn).groups()
+    in_label, out_label = rhs[-2], rhs[-1]
+    mid = out.replace(out_label, "L")
+    a_labels = rhs.replace(out_label, "L")
+    b_labels = rhs.replace(in_label, "L")
+    fresh = iter("UVWXY")
+    b_labels = "".join(c if c in mid or c in out else next(fresh) for c in b_labels)
+    spec = f"{a_labels},{b_labels}->{rhs}"
+    if stacked:
+        spec = "Z" + spec.replace(",", ",Z").replace("->", "->Z")
+    # numpy's einsum only takes letters; openpi's equations use "2" for the k/v axis.
+    letters = {c: chr(ord("a") + i) for i, c in enumerate(sorted(set(spec) - set(",->")))}
+    return np.einsum("".join(letters.get(c, c) for c in spec), lora_a, lora_b)
+
+
+def _attn_scalings(cfg: Any) -> tuple[float, ...]:
+    if isinstance(cfg, list | tuple):
+        return tuple(float(s) for s in cfg)
+    return tuple(1.0 if g.lora_attn is None else g.lora_attn.scaling for g in (cfg.llm, cfg.expert))
+
+
+def merge_lora_params(params: Mapping[str, Any], cfg: Any) -> Params:
+    """`params` with every LoRA adapter folded into its base weight and the LoRA leaves removed.
+
+    Attention einsums: w + scaling · delta(lora_a, lora_b) with scaling = alpha / rank of the expert's
+    attention LoRA (cfg: a Pi0Config, or the scalings per expert, (llm, action expert)). Feed-forward:
+    w + lora_a @ lora_b, unscaled as in openpi. The result is exportable with `export_pytorch_params`.
+    """
+    scalings = _attn_scalings(cfg)
+    flat = {k: np.asarray(v) for k, v in flatten_params(params).items()}
+    merged = {k: v for k, v in flat.items() if "lora" not in k.rsplit("/", 1)[-1]}
+    for key in flat:
+        module, leaf = key.rsplit("/", 1)
+        if leaf == "lora_a":  # .../attn/<einsum>_<expert>/lora_a
+            name, expert = _split_expert(module.rsplit("/", 1)[-1])
+            if name not in _ATTN_EINSUM_EQUATIONS:
+                raise _unmapped_error(key, "merge_lora_params")
+            base = f"{module}/w"
+            stacked = module.startswith("PaliGemma/llm/layers/")
+            delta = _einsum_lora_delta(
+                _ATTN_EINSUM_EQUATIONS[name], flat[key], flat[f"{module}/lora_b"], stacked
+            )
+            merged[base] = (flat[base] + scalings[expert] * delta).astype(flat[base].dtype)
+        elif leaf.endswith("_lora_a"):  # .../mlp_<expert>/{gating_einsum,linear}_lora_a
+            base = f"{module}/{leaf.removesuffix('_lora_a')}"
+            delta = np.matmul(flat[key], flat[f"{base}_lora_b"])  # batched over depth (and gate/up)
+            merged[base] = (flat[base] + delta).astype(flat[base].dtype)
+        elif "lora" in leaf and not leaf.endswith("lora_b"):
+            raise _unmapped_error(key, "merge_lora_params")
+    return unflatten_params(merged)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,7 +523,9 @@ def export_pytorch_params(
             outs = rule.layout.to_torch(leaf if i is None else leaf[i])
             for torch_key, out in zip(rule.layer_keys(i), outs, strict=True):
                 # safetensors reads raw memory: every tensor must be C-contiguous.
-                tensors[LLM_LM_HEAD_KEY if torch_key == EMBED_TOKENS_KEY else torch_key] = np.ascontiguousarray(out)
+                tensors[LLM_LM_HEAD_KEY if torch_key == EMBED_TOKENS_KEY else torch_key] = (
+                    np.ascontiguousarray(out)
+                )
     if expert_lm_head:
         head_dtype = tensors[LLM_LM_HEAD_KEY].dtype
         tensors[EXPERT_LM_HEAD_KEY] = np.zeros(_expert_lm_head_shape(flat), head_dtype)

@@ -130,6 +130,7 @@ class TrainStateCheckpointer:
             str(directory), options=options, item_names=(STATE_ITEM, METADATA_ITEM)
         )
         self._last_started_step: int | None = None  # an async save may not be listed until committed
+        self._closed = False
 
     # ---------------------------------------------------------------- saving
 
@@ -188,9 +189,12 @@ class TrainStateCheckpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Wait for pending saves and release the manager's resources."""
+        """Wait for pending saves and release the manager's resources (idempotent)."""
+        if self._closed:
+            return
         self._manager.wait_until_finished()
         self._manager.close()
+        self._closed = True
 
     def __enter__(self) -> TrainStateCheckpointer:
         return self
@@ -274,8 +278,13 @@ class TrainStateCheckpointer:
         stamp = int(time.time())
         if self._last_started_step in steps:
             self._last_started_step = None
-        for step in steps:
-            source = self.directory / str(step)
-            with contextlib.suppress(FileNotFoundError):
-                source.rename(self.directory / f"{step}.corrupt-{stamp}")
+        if jax.process_index() == 0:  # one process renames; the others wait for it
+            for step in steps:
+                source = self.directory / str(step)
+                with contextlib.suppress(FileNotFoundError):
+                    source.rename(self.directory / f"{step}.corrupt-{stamp}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("pirl_train_state_quarantine")
         self._manager.reload()

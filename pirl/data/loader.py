@@ -144,7 +144,7 @@ class BatchLoader:
         if self._pool is None:
             for pos in positions:
                 batch = self.load_batch(self.batch_indices(pos))
-                self._position = LoaderPosition(pos.epoch, pos.batch + 1)
+                self._position = self._after(pos)
                 yield batch
             return
         pending: collections.deque[tuple[LoaderPosition, concurrent.futures.Future]] = collections.deque()
@@ -163,8 +163,13 @@ class BatchLoader:
     def _deliver(self, pending: collections.deque) -> Batch:
         pos, future = pending.popleft()
         batch = future.result()
-        self._position = LoaderPosition(pos.epoch, pos.batch + 1)
+        self._position = self._after(pos)
         return batch
+
+    def _after(self, pos: LoaderPosition) -> LoaderPosition:
+        if pos.batch + 1 >= self.batches_per_epoch:
+            return LoaderPosition(pos.epoch + 1, 0)
+        return LoaderPosition(pos.epoch, pos.batch + 1)
 
     def epoch_batches(self, epoch: int = 0) -> Iterator[Batch]:
         """The batches of one epoch, without moving `position` (for validation)."""

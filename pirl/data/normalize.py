@@ -6,7 +6,8 @@ a checkpoint keeps a copy under `<ckpt>/<step>/assets/<repo_id>/`).
 
 `RunningStats` follows openpi's algorithm: running mean and mean of squares, and per-dimension
 5,000-bin histograms whose range grows with the data (existing counts are re-binned when the range
-widens), so quantiles are exact up to one bin width of the final range.
+widens); a quantile is the left edge of the bin where the cumulative count reaches q·n, i.e. the
+inverted-CDF quantile up to about a bin width of the final range.
 """
 
 from __future__ import annotations
@@ -97,12 +98,14 @@ class RunningStats:
             self.histograms[i] += np.histogram(batch[:, i], bins=self.bin_edges[i])[0]
 
     def _rebin(self) -> None:
-        # Move each old bin's count to the new bin holding its left edge (openpi's re-binning).
+        # Move each old bin's count to the new bin holding the old bin's centre. (openpi re-bins by
+        # the old left edges, which lie 1e-10 below the new range on the first re-bin and so drop
+        # the lowest bin's counts; centres, clipped into the new range, keep every count.)
         for i in range(self.histograms.shape[0]):
             new_edges = np.linspace(self.min[i], self.max[i], self.num_bins + 1)
-            self.histograms[i] = np.histogram(
-                self.bin_edges[i][:-1], bins=new_edges, weights=self.histograms[i]
-            )[0]
+            old = self.bin_edges[i]
+            centres = np.clip((old[:-1] + old[1:]) / 2, new_edges[0], new_edges[-1])
+            self.histograms[i] = np.histogram(centres, bins=new_edges, weights=self.histograms[i])[0]
             self.bin_edges[i] = new_edges
 
     def quantiles(self, qs: tuple[float, ...]) -> list[np.ndarray]:

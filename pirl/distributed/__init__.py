@@ -1,4 +1,5 @@
-"""Distributed execution: `MeshConfig` and mesh presets, batch sharding, FSDP-style parameter sharding rules."""
+"""Distributed execution: `MeshConfig` and mesh presets, batch sharding, FSDP-style parameter sharding rules
+(`mesh.py`), multi-host start-up (`multihost.py`)."""
 
 from pirl.distributed.mesh import (
     AUTO_FSDP,

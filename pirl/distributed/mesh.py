@@ -186,14 +186,18 @@ def auto_fsdp_spec(shape: Sequence[int], fsdp_size: int, fsdp_axis: str, min_siz
 
 def _check_spec(path: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> None:
     if len(spec) > len(shape):
-        raise ValueError(f"sharding rule for {path!r} gives {spec} but the leaf has rank {len(shape)} {tuple(shape)}")
+        raise ValueError(
+            f"sharding rule for {path!r} gives {spec} but the leaf has rank {len(shape)} {tuple(shape)}"
+        )
     for dim, axes in zip(shape, spec, strict=False):
         if axes is None:
             continue
         names = axes if isinstance(axes, tuple) else (axes,)
         unknown = [a for a in names if a not in mesh.shape]
         if unknown:
-            raise ValueError(f"sharding rule for {path!r} names axes {unknown} not in the mesh {dict(mesh.shape)}")
+            raise ValueError(
+                f"sharding rule for {path!r} names axes {unknown} not in the mesh {dict(mesh.shape)}"
+            )
         shards = math.prod(mesh.shape[a] for a in names)
         if dim % shards:
             raise ValueError(

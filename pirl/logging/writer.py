@@ -146,6 +146,7 @@ def progress(
     initial: int = 0,
     disable: bool | None = None,
     unit: str = "it",
+    **tqdm_kwargs: Any,
 ) -> Any:
     """A tqdm progress bar (`.update(n)`, `.set_postfix(dict)`), shown on process 0 only by default.
 
@@ -156,6 +157,7 @@ def progress(
       initial: starting count, e.g. the resumed step.
       disable: hide it; default hides on processes other than 0.
       unit: unit name.
+      **tqdm_kwargs: passed to tqdm (e.g. `file`, `leave`).
     """
     from tqdm.auto import tqdm
 
@@ -168,12 +170,13 @@ def progress(
         initial=initial,
         disable=disable,
         unit=unit,
-        dynamic_ncols=True,
-        mininterval=1.0,
+        **({"dynamic_ncols": True, "mininterval": 1.0} | tqdm_kwargs),
     )
 
 
-def format_metrics(metrics: Mapping[str, Any], keys: Iterable[str] | None = None, digits: int = 4) -> dict[str, str]:
+def format_metrics(
+    metrics: Mapping[str, Any], keys: Iterable[str] | None = None, digits: int = 4
+) -> dict[str, str]:
     """Short `{last path component: value}` strings for `progress(...).set_postfix`."""
     host = jax.device_get(dict(metrics))
     chosen = list(host) if keys is None else [k for k in keys if k in host]

@@ -5,6 +5,7 @@ features to feed, e.g. a masked mean over tokens). Hidden layers use lecun-norma
 biases; the output layer starts as N(0, 0.02) so initial values are near zero.
 """
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -16,8 +17,14 @@ ValueHeadParams = dict[str, dict[str, jax.Array]]
 
 def init_value_head(rng: jax.Array, in_dim: int, hidden: Sequence[int] = (1024, 512)) -> ValueHeadParams:
     """Float32 params {"hidden_0": {kernel, bias}, ..., "output": {kernel [h, 1], bias [1]}}."""
+    hidden = tuple(int(h) for h in hidden)
     if in_dim <= 0 or any(h <= 0 for h in hidden):
-        raise ValueError(f"value head sizes must be positive, got in_dim={in_dim}, hidden={tuple(hidden)}")
+        raise ValueError(f"value head sizes must be positive, got in_dim={in_dim}, hidden={hidden}")
+    return _init_value_head(rng, int(in_dim), hidden)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))  # one compile instead of many eager initialiser ops
+def _init_value_head(rng: jax.Array, in_dim: int, hidden: tuple[int, ...]) -> ValueHeadParams:
     rngs = jax.random.split(rng, len(hidden) + 1)
     params: ValueHeadParams = {}
     width = in_dim

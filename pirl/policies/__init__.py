@@ -6,6 +6,25 @@ Flow-Noise noise head (`noise_head`) and the freeze masks / optimizer labels RL 
 """
 
 from pirl.policies.config import FlowPolicyConfig
+from pirl.policies.flow_policy import (
+    SampleOutput,
+    aggregate_log_probs,
+    denoise_schedule,
+    init_policy_params,
+    log_prob_and_value,
+    sample,
+)
 from pirl.policies.masks import optimizer_labels, stop_frozen_gradients, trainable_mask
 
-__all__ = ["FlowPolicyConfig", "optimizer_labels", "stop_frozen_gradients", "trainable_mask"]
+__all__ = [
+    "FlowPolicyConfig",
+    "SampleOutput",
+    "aggregate_log_probs",
+    "denoise_schedule",
+    "init_policy_params",
+    "log_prob_and_value",
+    "optimizer_labels",
+    "sample",
+    "stop_frozen_gradients",
+    "trainable_mask",
+]

@@ -68,8 +68,13 @@ class FlowPolicyConfig:
             raise ValueError(
                 f"action_chunk and action_env_dim must be >= 1, got {self.action_chunk}, {self.action_env_dim}"
             )
-        if len(self.noise_logvar_range) != 2 or not 0 < self.noise_logvar_range[0] <= self.noise_logvar_range[1]:
-            raise ValueError(f"noise_logvar_range must be (min_std, max_std) with 0 < min <= max, got {self.noise_logvar_range}")
+        if (
+            len(self.noise_logvar_range) != 2
+            or not 0 < self.noise_logvar_range[0] <= self.noise_logvar_range[1]
+        ):
+            raise ValueError(
+                f"noise_logvar_range must be (min_std, max_std) with 0 < min <= max, got {self.noise_logvar_range}"
+            )
 
     @property
     def single_step(self) -> bool:

@@ -127,9 +127,13 @@ def _check_params(params: dict, policy_cfg: FlowPolicyConfig) -> None:
     if "model" not in params:
         raise ValueError("policy params need a 'model' entry (see init_policy_params)")
     if policy_cfg.add_value_head and "value_head" not in params:
-        raise ValueError("add_value_head=True but params have no 'value_head'; build them with init_policy_params")
+        raise ValueError(
+            "add_value_head=True but params have no 'value_head'; build them with init_policy_params"
+        )
     if policy_cfg.noise_method == "flow_noise" and "noise_head" not in params:
-        raise ValueError("noise_method='flow_noise' needs params['noise_head']; build them with init_policy_params")
+        raise ValueError(
+            "noise_method='flow_noise' needs params['noise_head']; build them with init_policy_params"
+        )
 
 
 def init_policy_params(

@@ -47,7 +47,9 @@ def _llm_part(names: tuple[str, ...]) -> str | None:
     return "expert" if any("_1" in n for n in below) else "llm"
 
 
-def _leaf_label(names: tuple[str, ...], policy_cfg: FlowPolicyConfig, llm_lora: bool, expert_lora: bool) -> str:
+def _leaf_label(
+    names: tuple[str, ...], policy_cfg: FlowPolicyConfig, llm_lora: bool, expert_lora: bool
+) -> str:
     if names[0] == "value_head":
         return CRITIC
     if names[0] != "model":

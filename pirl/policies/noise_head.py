@@ -4,6 +4,7 @@ The last layer's output h is squashed into the configured std range through the 
 logvar = log(lo^2) + (log(hi^2) - log(lo^2)) * (tanh(h) + 1) / 2, std = exp(logvar / 2).
 """
 
+import itertools
 import math
 
 import jax
@@ -19,7 +20,7 @@ def init_noise_head(rng: jax.Array, in_dim: int, hidden: tuple[int, ...], out_di
     dims = (in_dim, *hidden, out_dim)
     keys = jax.random.split(rng, 2 * (len(dims) - 1))
     params = {}
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
         bound = 1.0 / math.sqrt(d_in)
         params[f"Dense_{i}"] = {
             "kernel": jax.random.uniform(keys[2 * i], (d_in, d_out), jnp.float32, -bound, bound),

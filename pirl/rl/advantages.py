@@ -78,9 +78,7 @@ def valid_step_mask(dones: Array, num_steps: int | None = None) -> Array:
     return jnp.cumsum(dones, axis=0)[:-1] == 0
 
 
-def bootstrap_truncated_rewards(
-    rewards: Array, truncated: Array, final_values: Array, gamma: float
-) -> Array:
+def bootstrap_truncated_rewards(rewards: Array, truncated: Array, final_values: Array, gamma: float) -> Array:
     """Add γ·V(final_obs) to the reward of every chunk that ended by truncation.
 
     Args:
@@ -248,7 +246,9 @@ def normalize_advantages(advantages: Array, mask: Array | None = None, epsilon: 
         mean = advantages.mean()
         std = advantages.std()
         return (advantages - mean) / (std + epsilon)
-    weight = jnp.broadcast_to(_expand_trailing(jnp.asarray(mask, jnp.float32), advantages.ndim), advantages.shape)
+    weight = jnp.broadcast_to(
+        _expand_trailing(jnp.asarray(mask, jnp.float32), advantages.ndim), advantages.shape
+    )
     count = jnp.maximum(weight.sum(), 1.0)
     mean = (advantages * weight).sum() / count
     var = (jnp.square(advantages - mean) * weight).sum() / count

@@ -171,9 +171,9 @@ class RLConfig:
         """Control steps per episode (the suite default unless overridden)."""
         if self.env.max_episode_steps is not None:
             return self.env.max_episode_steps
-        from pirl.envs import suite_episode_limit
+        from pirl.envs.tasks import get_suite
 
-        return suite_episode_limit(self.env.name)
+        return get_suite(self.env.name).max_steps
 
     @property
     def resolved_chunk_steps(self) -> int:

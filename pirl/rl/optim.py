@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -59,16 +60,24 @@ class OptimizerConfig:
 
 
 def _resolve(mask: Mask, params: PyTree, default: bool) -> PyTree:
+    """The mask as a full tree of Python bools; a prefix tree (e.g. {"vlm": False, "expert": True})
+    is broadcast over the subtrees it covers."""
     if mask is None:
         return jax.tree.map(lambda _: default, params)
-    return mask(params) if callable(mask) else mask
+    mask = mask(params) if callable(mask) else mask
+    try:
+        return jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params)
+    except ValueError as error:
+        raise ValueError(
+            f"a mask must have the structure of the params (or be a prefix of it): {error}"
+        ) from None
 
 
 def _check_mask(mask: PyTree, params: PyTree, name: str) -> None:
     mask_def, params_def = jax.tree.structure(mask), jax.tree.structure(params)
     if mask_def != params_def:
         raise ValueError(f"{name} must have the structure of the params; got {mask_def} vs {params_def}")
-    bad = [m for m in jax.tree.leaves(mask) if not isinstance(m, bool)]
+    bad = [m for m in jax.tree.leaves(mask) if not isinstance(m, bool | np.bool_)]
     if bad:
         raise ValueError(f"{name} leaves must be Python bools (static); got e.g. {type(bad[0]).__name__}")
 
@@ -79,7 +88,9 @@ def param_labels(params: PyTree, trainable_mask: Mask = None, value_head_mask: M
     value_head = _resolve(value_head_mask, params, False)
     _check_mask(trainable, params, "trainable_mask")
     _check_mask(value_head, params, "value_head_mask")
-    return jax.tree.map(lambda t, v: FROZEN if not t else (VALUE if v else POLICY), trainable, value_head)
+    return jax.tree.map(
+        lambda t, v: FROZEN if not bool(t) else (VALUE if bool(v) else POLICY), trainable, value_head
+    )
 
 
 def learning_rate_schedules(cfg: OptimizerConfig) -> tuple[optax.Schedule, optax.Schedule]:
@@ -150,9 +161,7 @@ def apply_updates(params: PyTree, updates: PyTree, trainable_mask: Mask = None) 
     """`optax.apply_updates`, but frozen leaves are passed through untouched (bit-identical)."""
     trainable = _resolve(trainable_mask, params, True)
     _check_mask(trainable, params, "trainable_mask")
-    return jax.tree.map(
-        lambda t, p, u: (p + u.astype(p.dtype)) if t else p, trainable, params, updates
-    )
+    return jax.tree.map(lambda t, p, u: (p + u.astype(p.dtype)) if bool(t) else p, trainable, params, updates)
 
 
 def trainable_grad_norm(grads: PyTree, trainable_mask: Mask = None) -> jax.Array:

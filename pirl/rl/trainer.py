@@ -47,7 +47,7 @@ def make_rl_env(cfg: RLConfig) -> Any:
     """The MJX environment of the config (single-environment API; batched with vmap)."""
     from pirl.envs import make_env
 
-    return make_env(cfg.env.name, image_size=cfg.env.image_size, max_episode_steps=cfg.max_episode_steps)
+    return make_env(cfg.env.name, image_size=cfg.env.image_size, max_steps=cfg.max_episode_steps)
 
 
 def task_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
@@ -339,7 +339,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
             env.prompts,
             tokenizer.tokenize,
             _stats_json(stats),
-            state_dim=int(env.state_dim),
+            state_dim=jax.eval_shape(env.reset_to, 0, 0).obs["state"].shape[-1],
             action_env_dim=cfg.policy.action_env_dim,
             action_chunk=cfg.policy.action_chunk,
             norm_type="quantile" if cfg.model.pi05 else "zscore",
@@ -370,7 +370,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
     state = {"params": params, "opt_state": opt_state, "opt_step": jnp.zeros((), jnp.int32), "rng": rng}
     start = 0
     if resumable:
-        restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+        restored = ckpt.restore_latest(state)  # the live state carries the FSDP shardings
         if restored is not None:
             state, start = restored.state, restored.step
             log.info("resumed from step %d", restored.step)

@@ -1,0 +1,232 @@
+"""Data-pipeline and SFT-step throughput; prints one JSON object per line.
+
+1. Loader frames/s: frames read (PNG-in-parquet or mp4 video), decoded, transformed with the
+   pi0_libero pipeline (repack, delta actions, z-score, resize-with-pad, tokenise, pad) and batched,
+   for 0 / 1 / 2 worker threads, at the full-size 224x224 and at the tiny model's resolution.
+2. Tiny-model SFT step samples/s (jitted train step, compile excluded).
+3. Loader-vs-step: SFT steps fed by the loader (2 workers) vs the same steps on one pre-loaded
+   batch; `loader_overhead` near 0 means the loader is not the bottleneck.
+
+Usage: `python benchmarks/data.py [--frames 256] [--steps 10] [--skip-video]`. The dataset is
+LIBERO-shaped (two 256x256 cameras, state 8, actions 7) and is written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def log(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def make_dataset(root: Path, num_frames: int, use_videos: bool, image_size: int = 256) -> Path:
+    from pirl.data.lerobot import write_lerobot_dataset
+
+    rng = np.random.default_rng(0)
+    episodes, per_episode = [], 64
+    yy, xx = np.mgrid[0:image_size, 0:image_size]
+    for ep in range(max(1, num_frames // per_episode)):
+        t = np.arange(per_episode)
+        # Smooth, moving images (compress like camera frames rather than like noise).
+        frames = np.stack(
+            [np.stack([(xx + 3 * i) % 256, (yy + ep * 7) % 256, ((xx + yy) // 2 + i) % 256], -1) for i in t]
+        ).astype(np.uint8)
+        episodes.append(
+            {
+                "image": frames,
+                "wrist_image": frames[:, ::-1],
+                "state": rng.normal(size=(per_episode, 8)).astype(np.float32),
+                "actions": rng.normal(size=(per_episode, 7)).astype(np.float32),
+                "task": f"pick up the object number {ep % 5} and place it on the plate",
+            }
+        )
+    return write_lerobot_dataset(root, episodes, fps=10, use_videos=use_videos)
+
+
+def make_tokenizer(path: Path, max_len: int):
+    import sentencepiece
+
+    from pirl.models.tokenizer import PaligemmaTokenizer
+
+    words = [
+        "pick",
+        "up",
+        "the",
+        "object",
+        "number",
+        "and",
+        "place",
+        "it",
+        "on",
+        "plate",
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
+    rng = random.Random(0)
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(" ".join(rng.choice(words) for _ in range(8)) for _ in range(300)),
+        model_writer=proto,
+        vocab_size=60,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        user_defined_symbols=["\n"],
+        minloglevel=2,
+    )
+    path.write_bytes(proto.getvalue())
+    return PaligemmaTokenizer(path, max_len=max_len)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=256, help="frames in the benchmark dataset")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="timed SFT steps")
+    parser.add_argument("--skip-video", action="store_true")
+    args = parser.parse_args()
+
+    import jax
+
+    from pirl.data import configs
+    from pirl.data.lerobot import LeRobotDataset
+    from pirl.data.loader import BatchLoader
+    from pirl.data.normalize import NormStats
+    from pirl.models.config import Pi0Config
+
+    tmp = Path(tempfile.mkdtemp(prefix="pirl_bench_"))
+    log(
+        bench="setup",
+        cpu_count=os.cpu_count(),
+        devices=[str(d) for d in jax.devices()][:2],
+        jax=jax.__version__,
+    )
+    tiny = Pi0Config.tiny(action_horizon=10)
+    tokenizer = make_tokenizer(tmp / "tok.model", tiny.max_token_len)
+    stats = {
+        "state": NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.ones(8), q99=np.ones(8)),
+        "actions": NormStats(mean=np.zeros(7), std=np.ones(7), q01=-np.ones(7), q99=np.ones(7)),
+    }
+    data_cfg = configs.get_data_config("pi0_libero", action_horizon=tiny.action_horizon)
+
+    def loader_for(root: Path, resolution: tuple[int, int], workers: int) -> BatchLoader:
+        dataset = LeRobotDataset(
+            root, delta_timestamps={"actions": [t / 10 for t in range(tiny.action_horizon)]}
+        )
+        transform = configs.make_transforms(
+            data_cfg,
+            model_action_dim=32,
+            image_resolution=resolution,
+            tasks=dataset.tasks,
+            norm_stats=stats,
+            tokenizer=tokenizer,
+        )
+        return BatchLoader(dataset, transform, args.batch_size, seed=0, num_workers=workers)
+
+    storages = [("parquet_png", False)] + ([] if args.skip_video else [("mp4_video", True)])
+    roots = {}
+    for name, use_videos in storages:
+        start = time.perf_counter()
+        roots[name] = make_dataset(tmp / name, args.frames, use_videos)
+        log(
+            bench="write_dataset",
+            storage=name,
+            frames=args.frames,
+            seconds=round(time.perf_counter() - start, 2),
+        )
+
+    for name in roots:
+        for resolution in ((224, 224), tiny.image_resolution):
+            for workers in (0, 1, 2):
+                with loader_for(roots[name], resolution, workers) as loader:
+                    num_batches = max(4, args.frames // args.batch_size // 2)
+                    next(loader.batches(1))  # warm the page cache / codec
+                    start = time.perf_counter()
+                    for _ in loader.batches(num_batches):
+                        pass
+                    seconds = time.perf_counter() - start
+                log(
+                    bench="loader",
+                    storage=name,
+                    resolution=list(resolution),
+                    num_workers=workers,
+                    batch_size=args.batch_size,
+                    frames_per_s=round(num_batches * args.batch_size / seconds, 1),
+                )
+
+    # --- tiny SFT step, and the loader feeding it.
+    import jax.numpy as jnp
+
+    from pirl.distributed.mesh import MeshConfig
+    from pirl.models import pi0
+    from pirl.sft.config import SFTConfig
+    from pirl.sft.train import make_optimizer, make_train_step, trainable_mask
+
+    cfg = SFTConfig(
+        model=tiny,
+        data=data_cfg,
+        batch_size=args.batch_size,
+        warmup_steps=0,
+        mesh=MeshConfig(),
+        ema_decay=0.99,
+    )
+    params = jax.jit(lambda r: pi0.init_params(tiny, r))(jax.random.PRNGKey(0))
+    mask = trainable_mask(params)
+    tx = make_optimizer(cfg, mask)
+    state = {
+        "params": params,
+        "opt_state": tx.init(params),
+        "rng": jax.random.PRNGKey(1),
+        "step": jnp.int32(0),
+        "ema_params": params,
+    }
+    step = jax.jit(make_train_step(cfg, tx, mask), donate_argnums=0)
+    with loader_for(roots["parquet_png"], tiny.image_resolution, 2) as loader:
+        batches = loader.device_batches()
+        fixed = next(batches)
+        start = time.perf_counter()
+        state, metrics = step(state, fixed)
+        jax.block_until_ready(metrics)
+        log(bench="sft_compile", seconds=round(time.perf_counter() - start, 1))
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            state, metrics = step(state, fixed)
+        jax.block_until_ready(metrics)
+        step_seconds = (time.perf_counter() - start) / args.steps
+        log(
+            bench="sft_step_tiny",
+            batch_size=args.batch_size,
+            seconds_per_step=round(step_seconds, 3),
+            samples_per_s=round(args.batch_size / step_seconds, 1),
+        )
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            state, metrics = step(state, next(batches))
+        jax.block_until_ready(metrics)
+        fed_seconds = (time.perf_counter() - start) / args.steps
+    log(
+        bench="sft_step_tiny_with_loader",
+        num_workers=2,
+        seconds_per_step=round(fed_seconds, 3),
+        samples_per_s=round(args.batch_size / fed_seconds, 1),
+        loader_overhead=round(fed_seconds / step_seconds - 1, 3),
+    )
+
+
+if __name__ == "__main__":
+    main()

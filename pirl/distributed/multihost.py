@@ -1,0 +1,131 @@
+"""Multi-host start-up: one process per host, one global mesh (JAX's multi-controller runtime).
+
+`initialize(DistributedConfig)` picks the cluster from the environment, in this order:
+1. explicit: `--distributed.coordinator-address host:port --distributed.num-processes N
+   --distributed.process-id i` (or the variables PIRL_COORDINATOR_ADDRESS, PIRL_NUM_PROCESSES,
+   PIRL_PROCESS_ID, which `launch/local.sh` sets for N processes on one machine);
+2. SLURM (`SLURM_JOB_ID` with more than one task): JAX's own SLURM detection;
+3. Cloud TPU pods: JAX's own TPU detection (`TPU_WORKER_HOSTNAMES` / metadata server);
+4. none of these: a single process, nothing to initialise.
+
+Each host then works on its own shard only: arrays are created inside `jit` with batch-split
+shardings (each host computes only its environments), and host-side data comes from
+`process_batch_slice` and is assembled with `host_local_batch_to_global`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import Counter
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """How this process joins a multi-process JAX job (all None/'auto' = detect from the environment)."""
+
+    mode: str = "auto"
+    """'auto' (explicit > SLURM > TPU pod > single), 'explicit', 'slurm', 'tpu' or 'single'."""
+    coordinator_address: str | None = None
+    """host:port of process 0's coordinator (explicit mode)."""
+    num_processes: int | None = None
+    """Total number of processes (explicit mode)."""
+    process_id: int | None = None
+    """This process's index in [0, num_processes) (explicit mode)."""
+    local_device_ids: tuple[int, ...] | None = None
+    """Restrict this process to these local devices (e.g. one GPU per process); None = all."""
+    initialization_timeout_s: int = 300
+    """Seconds to wait for every process to reach the coordinator."""
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def detect_mode(cfg: DistributedConfig, environ: dict[str, str] | None = None) -> str:
+    """Which kind of cluster this process runs in (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    if cfg.mode != "auto":
+        return cfg.mode
+    if cfg.coordinator_address or env.get("PIRL_COORDINATOR_ADDRESS"):
+        return "explicit"
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return "slurm"
+    if env.get("TPU_WORKER_HOSTNAMES") or env.get("CLOUD_TPU_TASK_ID") is not None:
+        return "tpu"
+    return "single"
+
+
+def initialize(cfg: DistributedConfig = DistributedConfig()) -> str:
+    """Join the multi-process job (idempotent); returns the mode used. Call before any JAX work."""
+    mode = detect_mode(cfg)
+    if mode == "single" or jax.distributed.is_initialized():
+        return mode
+    kwargs: dict[str, Any] = {"initialization_timeout": cfg.initialization_timeout_s}
+    if cfg.local_device_ids is not None:
+        kwargs["local_device_ids"] = list(cfg.local_device_ids)
+    if mode == "explicit":
+        address = cfg.coordinator_address or os.environ.get("PIRL_COORDINATOR_ADDRESS")
+        num = cfg.num_processes if cfg.num_processes is not None else _env_int("PIRL_NUM_PROCESSES")
+        pid = cfg.process_id if cfg.process_id is not None else _env_int("PIRL_PROCESS_ID")
+        if not address or num is None or pid is None:
+            raise ValueError(
+                "explicit multi-process mode needs coordinator_address, num_processes and process_id "
+                f"(got {address!r}, {num!r}, {pid!r}); set --distributed.* or PIRL_COORDINATOR_ADDRESS, "
+                "PIRL_NUM_PROCESSES, PIRL_PROCESS_ID"
+            )
+        if not 0 <= pid < num:
+            raise ValueError(f"process_id {pid} must lie in [0, num_processes={num})")
+        jax.distributed.initialize(address, num_processes=num, process_id=pid, **kwargs)
+    elif mode in ("slurm", "tpu"):
+        jax.distributed.initialize(**kwargs)  # JAX's cluster detection fills in the rest
+    else:
+        raise ValueError(f"unknown distributed mode {mode!r}; use auto, explicit, slurm, tpu or single")
+    log.info("joined as process %d of %d (%s)", jax.process_index(), jax.process_count(), mode)
+    return mode
+
+
+def describe_devices(mesh: Mesh | None = None) -> str:
+    """A human-readable account of the global device layout (processes, kinds, mesh)."""
+    devices = jax.devices()
+    per_process = Counter(d.process_index for d in devices)
+    kinds = Counter(d.device_kind for d in devices)
+    lines = [
+        f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local of "
+        f"{jax.device_count()} global devices ({', '.join(f'{n}x {k}' for k, n in kinds.items())})",
+        "devices per process: " + ", ".join(f"p{p}={n}" for p, n in sorted(per_process.items())),
+    ]
+    if mesh is not None:
+        ids = np.vectorize(lambda d: d.id)(mesh.devices)
+        lines.append(f"mesh {dict(mesh.shape)}; device ids:\n{ids}")
+    return "\n".join(lines)
+
+
+def process_batch_slice(global_batch_size: int) -> slice:
+    """The rows of a global batch this process loads (contiguous, equal shares per process)."""
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch_size % count:
+        raise ValueError(
+            f"global batch {global_batch_size} does not split over {count} processes; use a multiple of {count}"
+        )
+    share = global_batch_size // count
+    return slice(index * share, (index + 1) * share)
+
+
+def host_local_batch_to_global(local_batch: Any, mesh: Mesh) -> Any:
+    """Assemble each process's rows (see `process_batch_slice`) into global arrays split over the mesh."""
+    from pirl.distributed.mesh import batch_sharding
+
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )

@@ -1,0 +1,234 @@
+"""Scripted experts: a reactive phase machine per goal, pure JAX (jit / vmap over a batch).
+
+The expert reads the simulator state only (no memory): it works on the first goal of the task
+that does not hold yet and picks the phase from geometry:
+  pick-and-place  approach above the object -> descend -> close -> lift -> transport over the
+                  region -> lower -> release (a missed grasp re-opens and retries)
+  drawer          grasp the handle from above -> pull along the drawer axis
+  knob            straddle the knob bar with the fingers -> close -> rotate the wrist
+and when every goal holds it opens the gripper and retreats upward. Actions are the env's 7-D
+OSC-style actions: a proportional pose servo, saturated to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+
+from pirl.envs import controller as ctl
+from pirl.envs import tasks as tsk
+from pirl.envs.env import ManipEnv, State
+
+# TCP orientation with the gripper pointing down at yaw 0 (home): x -> x, y -> -y, z -> -z.
+R_DOWN = np.diag([1.0, -1.0, -1.0])
+TCP_TIP_CLEARANCE = 0.026  # m: lowest TCP height that keeps the fingertips off the table
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+    """Gains and heights of the scripted expert."""
+
+    pos_gain: float = 1.2
+    """Action per (error / pos_scale)."""
+    rot_gain: float = 1.0
+    """Action per (rotation error / rot_scale)."""
+    hover: float = 0.08
+    """Approach height above the grasp point (m)."""
+    carry_clearance: float = 0.1
+    """Object bottom height while transporting (m)."""
+    place_drop: float = 0.012
+    """Object bottom height above the region surface at release (m)."""
+    basket_drop: float = 0.06
+    """Object bottom height at release over a basket (clears its rim)."""
+    knob_rate: float = 0.3
+    """Yaw lead (rad) while turning a knob."""
+    retreat_height: float = 0.3
+    """TCP height after all goals hold."""
+
+
+MECH_NONE, MECH_DRAWER, MECH_KNOB = 0, 1, 2
+
+
+def _mechanism_tables(env: ManipEnv):
+    """Per (task, goal): mechanism type, body whose origin is the grasp point, pull direction."""
+    m = env.info.mj_model
+    t_n = env.num_tasks
+    kind = np.zeros((t_n, tsk.MAX_GOALS), np.int32)
+    body = np.zeros((t_n, tsk.MAX_GOALS), np.int32)
+    pull = np.zeros((t_n, tsk.MAX_GOALS, 3), np.float32)
+    for t, task in enumerate(env.suite.tasks):
+        for g, goal in enumerate(task.goals):
+            if goal.kind == "open":
+                kind[t, g], body[t, g] = MECH_DRAWER, m.body("drawer_handle").id
+                jid = m.joint(goal.joint).id
+                b = m.jnt_bodyid[jid]
+                # World axis of the (static-parented) slide joint at the model's reference pose.
+                d = mujoco.MjData(m)
+                mujoco.mj_kinematics(m, d)
+                pull[t, g] = d.xmat[b].reshape(3, 3) @ m.jnt_axis[jid]
+            elif goal.kind == "turn_on":
+                kind[t, g], body[t, g] = MECH_KNOB, m.body("knob").id
+    return jnp.asarray(kind), jnp.asarray(body), jnp.asarray(pull)
+
+
+def _yaw_of(mat: jax.Array) -> jax.Array:
+    """Yaw psi of a TCP orientation written as Rz(psi) @ R_DOWN."""
+    rz = mat @ jnp.asarray(R_DOWN).T
+    return jnp.arctan2(rz[1, 0], rz[0, 0])
+
+
+def _wrap(x: jax.Array, period: jax.Array) -> jax.Array:
+    return (x + period / 2) % period - period / 2
+
+
+def _rz(psi: jax.Array) -> jax.Array:
+    c, s = jnp.cos(psi), jnp.sin(psi)
+    return jnp.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _action(cfg: ExpertConfig, env: ManipEnv, tcp, mat, target, psi_des, grip) -> jax.Array:
+    c = env.config.controller
+    a_pos = jnp.clip((target - tcp) / c.pos_scale * cfg.pos_gain, -1.0, 1.0)
+    r_des = _rz(psi_des) @ jnp.asarray(R_DOWN)
+    a_rot = jnp.clip(ctl.mat_to_rotvec(r_des @ mat.T) / c.rot_scale * cfg.rot_gain, -1.0, 1.0)
+    return jnp.concatenate([a_pos, a_rot, grip[None]]).astype(jnp.float32)
+
+
+def _approach(cfg, tcp, yaw_err, gap, grasp, half_width):
+    """Not holding: (target f32[3], grip) to get the open fingers around `grasp` and close."""
+    hover = grasp[2] + cfg.hover
+    xy_err = jnp.linalg.norm(grasp[:2] - tcp[:2])
+    missed = gap < 2 * half_width - 0.012
+    near = xy_err < 0.02
+    fine = (xy_err < 0.01) & (jnp.abs(yaw_err) < 0.1)
+    low = tcp[2] < grasp[2] + 0.04
+    at_grasp = tcp[2] < grasp[2] + 0.008
+    open_enough = gap > 2 * half_width + 0.015
+    up = jnp.concatenate([tcp[:2], hover[None]])
+    above = jnp.concatenate([grasp[:2], jnp.maximum(hover, tcp[2])[None]])
+    servo_xy = jnp.concatenate([grasp[:2], tcp[2:3]])
+    descend = fine & open_enough
+    close = at_grasp & (xy_err < 0.012)
+    target = jnp.where(
+        missed | (low & ~near),
+        up,
+        jnp.where(~near, above, jnp.where(close, grasp, jnp.where(descend, grasp, servo_xy))),
+    )
+    grip = jnp.where(~missed & near & close, 1.0, -1.0)
+    return target, grip
+
+
+def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig()) -> jax.Array:
+    """Scripted action f32[7] for one (unbatched) state; vmap for batches."""
+    info, data = env.info, state.data
+    task_id = state.info["task_id"]
+    table = env.goal_table
+    if not hasattr(env, "_expert_mech_tables"):  # host-side, built once per env
+        env._expert_mech_tables = _mechanism_tables(env)
+    mech_kind, mech_body, mech_pull = env._expert_mech_tables
+    tcp, mat = ctl.tcp_pose(info, data)
+    yaw = _yaw_of(mat)
+    fingers = data.qpos[info.finger_qpos_adr]
+    gap = fingers[0] - fingers[1]
+    sat = tsk.goals_satisfied(table, info, data, task_id)
+    half = jnp.asarray(info.object_half_size)
+    obj_body = jnp.asarray(info.object_body)
+
+    actions = []
+    for g in range(tsk.MAX_GOALS):
+        # ---- pick and place
+        o = table.obj[task_id, g]
+        pos = data.xpos[obj_body[o]]
+        omat = data.xmat[obj_body[o]]
+        h = half[o]
+        narrow_is_x = h[0] < h[1]
+        half_width = jnp.minimum(h[0], h[1])
+        phi = jnp.arctan2(omat[1, 0], omat[0, 0]) + jnp.where(narrow_is_x, 0.0, jnp.pi / 2)
+        period = jnp.where(jnp.abs(h[0] - h[1]) < 1e-3, jnp.pi / 2, jnp.pi)
+        psi = yaw + _wrap(phi + jnp.pi / 2 - yaw, period)
+        grasp_z = jnp.maximum(pos[2] + h[2] - 0.022, TCP_TIP_CLEARANCE)
+        grasp = jnp.concatenate([pos[:2], grasp_z[None]])
+        holding = (
+            (gap < 2 * half_width + 0.008)
+            & (gap > 2 * half_width - 0.012)
+            & (jnp.linalg.norm(tcp[:2] - pos[:2]) < 0.025)
+            & (jnp.abs(tcp[2] - grasp_z) < 0.03)
+        )
+        # While holding, relative geometry is frozen: steer the object, not the TCP.
+        bottom = pos[2] - h[2]
+        region_xy = tsk.region_center(table, data, task_id, g)
+        is_in = table.kind[task_id, g] == 1
+        release_bottom = jnp.where(is_in, cfg.basket_drop, table.region_top[task_id, g] + cfg.place_drop)
+        carry_bottom = jnp.maximum(cfg.carry_clearance, release_bottom + 0.02)
+        xy_err = region_xy - pos[:2]
+        far = jnp.linalg.norm(xy_err) > 0.012
+        tcp_above_bottom = tcp[2] - bottom
+        carry_target = jnp.where(
+            bottom < carry_bottom - 0.02,
+            jnp.concatenate([tcp[:2], (carry_bottom + tcp_above_bottom)[None]]),
+            jnp.concatenate([tcp[:2] + xy_err, (carry_bottom + tcp_above_bottom)[None]]),
+        )
+        place_target = jnp.concatenate([tcp[:2] + xy_err, (release_bottom + tcp_above_bottom)[None]])
+        release = ~far & (bottom < release_bottom + 0.008)
+        held_target = jnp.where(far, carry_target, place_target)
+        held_grip = jnp.where(release, -1.0, 1.0)
+        app_target, app_grip = _approach(cfg, tcp, yaw - psi, gap, grasp, half_width)
+        pp_action = _action(
+            cfg,
+            env,
+            tcp,
+            mat,
+            jnp.where(holding, held_target, app_target),
+            psi,
+            jnp.where(holding, held_grip, app_grip),
+        )
+
+        # ---- mechanisms (drawer handle / knob bar), both grasped from above
+        mk = mech_kind[task_id, g]
+        mpos = data.xpos[mech_body[task_id, g]]
+        mmat = data.xmat[mech_body[task_id, g]]
+        bar_angle = jnp.arctan2(mmat[1, 0], mmat[0, 0])  # bar runs along the body's local x
+        m_psi = yaw + _wrap(bar_angle - yaw, jnp.pi)
+        m_half = jnp.where(mk == MECH_DRAWER, 0.008, 0.009)
+        m_hold = (
+            (jnp.linalg.norm(tcp - mpos) < 0.02)
+            & (gap < 2 * m_half + 0.012)
+            & (gap > 2 * m_half - 0.012)
+            & (jnp.abs(_wrap(yaw - m_psi, jnp.pi)) < 0.2)
+        )
+        m_app_target, m_app_grip = _approach(cfg, tcp, yaw - m_psi, gap, mpos, m_half)
+        pull_target = mpos + mech_pull[task_id, g] * 0.06
+        hold_target = jnp.where(mk == MECH_DRAWER, pull_target, mpos)
+        hold_psi = jnp.where(mk == MECH_KNOB, yaw + cfg.knob_rate, m_psi)
+        mech_action = _action(
+            cfg,
+            env,
+            tcp,
+            mat,
+            jnp.where(m_hold, hold_target, m_app_target),
+            jnp.where(m_hold, hold_psi, m_psi),
+            jnp.where(m_hold, 1.0, m_app_grip),
+        )
+        actions.append(jnp.where(mk == MECH_NONE, pp_action, mech_action))
+
+    retreat = _action(
+        cfg,
+        env,
+        tcp,
+        mat,
+        jnp.concatenate([tcp[:2], jnp.full((1,), cfg.retreat_height)]),
+        yaw,
+        jnp.array(-1.0),
+    )
+    actions.append(retreat)
+    stage = jnp.argmin(jnp.concatenate([sat, jnp.zeros((1,), bool)]))
+    return jnp.stack(actions)[stage]
+
+
+def random_action(rng: jax.Array) -> jax.Array:
+    """Uniform random action f32[7] in [-1, 1] (the baseline experts are compared to)."""
+    return jax.random.uniform(rng, (7,), minval=-1.0, maxval=1.0)

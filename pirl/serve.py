@@ -1,0 +1,79 @@
+"""Policy server entry point: `python -m pirl.serve --checkpoint DIR --config-name pi0_libero --port 8000`.
+
+Serves a checkpoint (openpi JAX orbax, openpi-PyTorch safetensors or a pirl run; auto-detected)
+over openpi's websocket protocol; `openpi_client.websocket_client_policy.WebsocketClientPolicy`
+connects unchanged. `--random-tiny` serves a tiny random-weight model (smoke tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import tyro
+
+from pirl.serving.policy import Policy
+from pirl.serving.server import PolicyServer, ServerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeArgs:
+    """Command-line options of `python -m pirl.serve`."""
+
+    checkpoint: str | None = None
+    """Checkpoint directory (or .safetensors file); required unless --random-tiny."""
+    config_name: str = "pi0_libero"
+    """Data config that defines the input/output transforms (pi0_libero, pi05_libero, ...)."""
+    random_tiny: bool = False
+    """Serve Pi0Config.tiny() with random weights instead of a checkpoint."""
+    tokenizer_path: str | None = None
+    """PaliGemma sentencepiece model; default: found in the checkpoint's assets."""
+    norm_stats_path: str | None = None
+    """Directory holding norm_stats.json; default: found in the checkpoint's assets."""
+    num_steps: int = 10
+    """Flow-matching Euler steps per action chunk."""
+    seed: int = 0
+    """Seed of the sampling noise."""
+    host: str = "127.0.0.1"
+    """Interface to bind; 0.0.0.0 exposes the server to the network."""
+    port: int = 8000
+    """TCP port (0 = any free port)."""
+    max_message_bytes: int = 32 * 2**20
+    """Largest accepted request; bigger ones close the connection with code 1009."""
+    max_batch_size: int = 8
+    """Most concurrent requests grouped into one model call."""
+    warmup: bool = True
+    """Compile the model call for batch size 1 before accepting connections."""
+
+
+def build_policy(args: ServeArgs) -> Policy:
+    if args.random_tiny:
+        return Policy.random_tiny(args.config_name, seed=args.seed, num_steps=args.num_steps)
+    if args.checkpoint is None:
+        raise SystemExit("error: pass --checkpoint DIR (or --random-tiny for a smoke test)")
+    return Policy.from_checkpoint(
+        args.checkpoint,
+        args.config_name,
+        tokenizer_path=args.tokenizer_path,
+        norm_stats_path=args.norm_stats_path,
+        num_steps=args.num_steps,
+        seed=args.seed,
+    )
+
+
+def main(args: ServeArgs) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    policy = build_policy(args)
+    if args.warmup:
+        policy.warmup((1,))
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_message_bytes=args.max_message_bytes,
+        max_batch_size=args.max_batch_size,
+    )
+    PolicyServer(policy, config).serve_forever()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(ServeArgs))

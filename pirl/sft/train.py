@@ -1,0 +1,383 @@
+"""The SFT loop: `train_sft(config)`.
+
+One jitted step: flow-matching loss (`pi0.compute_loss`, mean over batch and horizon), gradients
+with `stop_gradient` on frozen leaves, AdamW (global-norm clipping, warm-up + cosine decay) through
+`optax.multi_transform` so frozen leaves carry no optimizer state, frozen leaves passed through
+untouched (bit-identical), EMA over the trainable leaves. Params and optimizer state are sharded
+FSDP-style over the mesh, the batch over all mesh axes.
+
+Checkpoints (`<checkpoint_dir>/<step>/`): `state` + `metadata` (params, opt state, EMA, rng, loader
+position; resumable on any mesh) and, for RL presets and openpi tools, `params` (openpi's orbax
+layout; the EMA params when EMA is on) and `assets/<asset id>/norm_stats.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pirl.checkpoints.openpi_jax import load_openpi_params, merge_missing_params, save_openpi_params
+from pirl.checkpoints.train_state import TrainStateCheckpointer
+from pirl.data.configs import asset_id_for, make_transforms_for_model
+from pirl.data.lerobot import LeRobotDataset, load_metadata
+from pirl.data.loader import BatchLoader, LoaderPosition, to_device
+from pirl.data.normalize import load_norm_stats, save_norm_stats
+from pirl.distributed import mesh as mesh_lib
+from pirl.logging.writer import MetricWriter, progress
+from pirl.models import pi0
+from pirl.models.config import Pi0Config
+from pirl.models.tokenizer import PaligemmaTokenizer
+from pirl.sft.config import SFTConfig
+
+log = logging.getLogger(__name__)
+
+Params = dict[str, Any]
+TrainState = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------ trainable masks
+
+
+def _names(path: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def trainable_mask(params: Params, train_expert_only: bool = False) -> Any:
+    """Pytree of Python bools, True where SFT updates the leaf.
+
+    openpi's rules: with LoRA on the PaliGemma LLM, its non-LoRA weights are frozen (and the
+    expert's too when the expert has LoRA); with LoRA on the expert only, the expert's non-LoRA
+    weights are frozen. SigLIP and the projections stay trainable. `train_expert_only` freezes
+    the whole VLM (PaliGemma/img and the LLM's non-expert weights, whose names lack `_1`).
+    """
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [_names(path) for path, _ in flat]
+
+    def part(n: tuple[str, ...]) -> str:
+        if "llm" not in n:
+            return "img" if "img" in n else "other"
+        return "expert" if any("_1" in x for x in n[n.index("llm") + 1 :]) else "llm"
+
+    is_lora = [any("lora" in x for x in n) for n in names]
+    parts = [part(n) for n in names]
+    llm_lora = any(p == "llm" and lora for p, lora in zip(parts, is_lora, strict=True))
+    expert_lora = any(p == "expert" and lora for p, lora in zip(parts, is_lora, strict=True))
+    mask = []
+    for p, lora in zip(parts, is_lora, strict=True):
+        frozen = (
+            (train_expert_only and p in ("img", "llm"))
+            or (llm_lora and p == "llm" and not lora)
+            or (expert_lora and p == "expert" and not lora)
+        )
+        mask.append(not frozen)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), mask)
+
+
+# ------------------------------------------------------------------------------ optimizer
+
+
+def learning_rate_schedule(config: SFTConfig) -> optax.Schedule:
+    """Linear warm-up from lr/(warmup+1) to lr, then cosine decay to final_lr (openpi's schedule)."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=config.lr / (config.warmup_steps + 1),
+        peak_value=config.lr,
+        warmup_steps=config.warmup_steps,
+        decay_steps=max(config.decay_steps, config.warmup_steps + 1),
+        end_value=config.final_lr,
+    )
+
+
+def make_optimizer(config: SFTConfig, mask: Any) -> optax.GradientTransformation:
+    """AdamW with clipping on trainable leaves; frozen leaves get no state and zero updates."""
+    adamw = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm),
+        optax.adamw(
+            learning_rate_schedule(config),
+            b1=config.adam_b1,
+            b2=config.adam_b2,
+            eps=1e-8,
+            weight_decay=config.weight_decay,
+        ),
+    )
+    labels = jax.tree.map(lambda trainable: "train" if trainable else "frozen", mask)
+    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+
+
+# ------------------------------------------------------------------------------ step
+
+
+def batch_to_observation(model_cfg: Pi0Config, batch: dict[str, Any]) -> pi0.Observation:
+    """Loader batch (uint8 images) -> model Observation (images in [-1, 1], masks, tokens)."""
+    return pi0.preprocess_observation(model_cfg, pi0.Observation.from_dict(batch))
+
+
+def make_train_step(
+    config: SFTConfig, tx: optax.GradientTransformation, mask: Any
+) -> Callable[[TrainState, dict[str, Any]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The (unjitted) train step: state, batch -> new state, {"loss", "grad_norm", "lr"}."""
+    model_cfg = config.model
+    schedule = learning_rate_schedule(config)
+
+    def loss_fn(params: Params, rng: jax.Array, batch: dict[str, Any]) -> jax.Array:
+        params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, mask)
+        obs = batch_to_observation(model_cfg, batch)
+        return jnp.mean(pi0.compute_loss(params, model_cfg, rng, obs, batch["actions"]))
+
+    def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng, step_rng = jax.random.split(state["rng"])
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], step_rng, batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        # Frozen leaves are returned as they are (p + 0 would turn -0.0 into +0.0).
+        params = jax.tree.map(
+            lambda p, u, t: p + u.astype(p.dtype) if t else p, state["params"], updates, mask
+        )
+        new_state = {**state, "params": params, "opt_state": opt_state, "rng": rng, "step": state["step"] + 1}
+        if "ema_params" in state:
+            decay = config.ema_decay
+            new_state["ema_params"] = jax.tree.map(
+                lambda e, p, t: decay * e + (1 - decay) * p if t else e, state["ema_params"], params, mask
+            )
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(config: SFTConfig) -> Callable[[Params, jax.Array, dict[str, Any]], jax.Array]:
+    def eval_step(params: Params, rng: jax.Array, batch: dict[str, Any]) -> jax.Array:
+        obs = batch_to_observation(config.model, batch)
+        return jnp.mean(pi0.compute_loss(params, config.model, rng, obs, batch["actions"]))
+
+    return eval_step
+
+
+# ------------------------------------------------------------------------------ data
+
+
+@dataclasses.dataclass
+class SFTData:
+    train: BatchLoader
+    val: BatchLoader | None
+    norm_stats: dict[str, Any]
+    norm_stats_dir: Path
+
+
+def make_data(config: SFTConfig, position: LoaderPosition = LoaderPosition()) -> SFTData:
+    """Train / val loaders over the dataset (the last val_fraction of episodes held out)."""
+    data_cfg, model_cfg = config.data, config.model
+    meta = load_metadata(data_cfg.repo_id)
+    norm_dir = (
+        Path(config.norm_stats_dir).expanduser() if config.norm_stats_dir else data_cfg.norm_stats_dir()
+    )
+    norm_stats = load_norm_stats(norm_dir)
+    tokenizer = PaligemmaTokenizer(Path(config.tokenizer_path).expanduser(), max_len=model_cfg.max_token_len)
+    transform = make_transforms_for_model(
+        data_cfg, model_cfg, tasks=meta.tasks, norm_stats=norm_stats, tokenizer=tokenizer
+    )
+    episodes = [int(e["episode_index"]) for e in meta.episodes]
+    num_val = math.ceil(len(episodes) * config.val_fraction) if config.val_fraction > 0 else 0
+    num_val = min(num_val, len(episodes) - 1)
+    deltas = {k: [t / meta.fps for t in range(data_cfg.action_horizon)] for k in data_cfg.dataset_action_keys}
+
+    def loader(eps: list[int], shuffle: bool, start: LoaderPosition) -> BatchLoader:
+        dataset = LeRobotDataset(data_cfg.repo_id, delta_timestamps=deltas, episodes=eps)
+        return BatchLoader(
+            dataset,
+            transform,
+            config.batch_size,
+            seed=config.seed,
+            shuffle=shuffle,
+            num_workers=config.num_workers,
+            position=start,
+        )
+
+    train = loader(episodes[: len(episodes) - num_val], True, position)
+    val = None
+    if num_val:
+        try:
+            val = loader(episodes[len(episodes) - num_val :], False, LoaderPosition())
+        except ValueError as error:  # fewer val frames than one batch
+            log.warning("no validation: %s", error)
+    return SFTData(train=train, val=val, norm_stats=norm_stats, norm_stats_dir=norm_dir)
+
+
+# ------------------------------------------------------------------------------ state
+
+
+def init_params(config: SFTConfig, rng: jax.Array, shardings: Any) -> Params:
+    """Random init, or the init checkpoint (missing LoRA leaves filled from the random init)."""
+    init = jax.jit(lambda r: pi0.init_params(config.model, r), out_shardings=shardings)
+    params = init(rng)
+    if config.init_checkpoint:
+        loaded = load_openpi_params(
+            config.init_checkpoint,
+            expected=params,
+            sharding=shardings,
+            missing_regex=".*lora.*",
+            ignore_unexpected=False,
+        )
+        params = merge_missing_params(loaded, params)
+    return params
+
+
+def _state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh) -> Any:
+    replicated = mesh_lib.replicated(mesh)
+    out = {
+        "params": mesh_lib.param_shardings(abstract_state["params"], mesh),
+        "opt_state": mesh_lib.param_shardings(abstract_state["opt_state"], mesh),
+        "rng": replicated,
+        "step": replicated,
+    }
+    if "ema_params" in abstract_state:
+        out["ema_params"] = out["params"]
+    return out
+
+
+def save_checkpoint(
+    ckpt: TrainStateCheckpointer,
+    step: int,
+    state: TrainState,
+    config: SFTConfig,
+    position: LoaderPosition,
+    norm_stats: dict[str, Any],
+    *,
+    force: bool = False,
+) -> bool:
+    """Train state + metadata (async), then openpi-layout params and norm-stats assets."""
+    started = ckpt.save(step, state, {"loader_position": position.to_dict()}, force=force)
+    if not started:
+        return False
+    ckpt.wait()
+    step_dir = Path(ckpt.directory) / str(step)
+    export = state.get("ema_params", state["params"])
+    save_openpi_params(export, step_dir, overwrite=True)
+    save_norm_stats(
+        step_dir / "assets" / asset_id_for(config.data.asset_id or config.data.repo_id), norm_stats
+    )
+    return True
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def _val_loss(
+    eval_fn: Callable, params: Params, loader: BatchLoader, config: SFTConfig, sharding: Any
+) -> float:
+    losses = []
+    rng = jax.random.PRNGKey(config.seed + 1)  # same noise every evaluation: comparable curves
+    for i, batch in enumerate(loader.epoch_batches()):
+        if i >= config.val_batches:
+            break
+        losses.append(eval_fn(params, jax.random.fold_in(rng, i), to_device(batch, sharding)))
+    return float(np.mean(jax.device_get(losses))) if losses else float("nan")
+
+
+def train_sft(config: SFTConfig) -> dict[str, Any]:
+    """Run SFT; returns {"step", "train_loss", "val_loss", "checkpoint_dir"} of the final state."""
+    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh_lib.check_divisible(config.batch_size, mesh, what="batch_size")
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    replicated = mesh_lib.replicated(mesh)
+
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    abstract_params = jax.eval_shape(lambda r: pi0.init_params(config.model, r), init_rng)
+    mask = trainable_mask(abstract_params, config.train_expert_only)
+    tx = make_optimizer(config, mask)
+
+    def make_state(params: Params) -> TrainState:
+        state = {"params": params, "opt_state": tx.init(params), "rng": train_rng, "step": jnp.int32(0)}
+        if config.ema_decay is not None:
+            state["ema_params"] = params
+        return state
+
+    abstract_state = jax.eval_shape(make_state, abstract_params)
+    state_shardings = _state_shardings(abstract_state, mesh)
+
+    data = make_data(config)  # first: a bad dataset / tokenizer / norm stats fails before any state
+    ckpt = TrainStateCheckpointer(
+        config.checkpoint_dir, max_to_keep=config.keep_checkpoints, save_interval=config.save_interval
+    )
+    restored = ckpt.restore_latest(abstract_state, state_shardings) if config.resume else None
+    if restored is not None:
+        state = restored.state
+        start_step = restored.step
+        saved_position = restored.metadata.get("loader_position", {"epoch": 0, "batch": 0})
+        data.train.set_position(LoaderPosition.from_dict(saved_position))
+        log.info("resumed from step %d (%s)", start_step, ckpt.directory)
+    else:
+        params = init_params(config, init_rng, state_shardings["params"])
+        state = jax.jit(make_state, out_shardings=state_shardings)(params)
+        start_step = 0
+
+    train_step = jax.jit(
+        make_train_step(config, tx, mask),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(make_eval_step(config), out_shardings=replicated)
+
+    writer = MetricWriter(config.log_dir)
+    batches = data.train.device_batches(batch_sharding)
+    step = start_step
+    last_loss = val_loss = float("nan")
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    bar = progress(total=config.num_steps, initial=start_step, desc="sft", disable=not config.progress)
+    try:
+        while step < config.num_steps:
+            batch = next(batches)
+            new_state, metrics = train_step(state, batch)
+            state, step = new_state, step + 1
+            pending.append((step, metrics))
+            if step % config.log_interval == 0 or step == config.num_steps:
+                for logged_step, m in jax.device_get(pending):
+                    writer.scalars({f"train/{k}": float(v) for k, v in m.items()}, logged_step)
+                last_loss = float(jax.device_get(pending[-1][1]["loss"]))
+                pending.clear()
+                bar.set_postfix({"loss": f"{last_loss:.4f}"})
+            if (
+                data.val is not None
+                and config.eval_interval
+                and (step % config.eval_interval == 0 or step == config.num_steps)
+            ):
+                val_loss = _val_loss(eval_step, state["params"], data.val, config, batch_sharding)
+                writer.scalars({"val/loss": val_loss}, step)
+            save_checkpoint(
+                ckpt,
+                step,
+                state,
+                config,
+                data.train.position,
+                data.norm_stats,
+                force=step == config.num_steps,
+            )
+            bar.update(1)
+    except BaseException:
+        if step > start_step:
+            ckpt.emergency_save(step, state, {"loader_position": data.train.position.to_dict()})
+        raise
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+        data.train.close()
+        if data.val is not None:
+            data.val.close()
+    if pending:
+        last_loss = float(jax.device_get(pending[-1][1]["loss"]))
+    return {
+        "step": step,
+        "train_loss": last_loss,
+        "val_loss": val_loss,
+        "checkpoint_dir": str(ckpt.directory),
+    }

@@ -1,0 +1,165 @@
+"""Tests of pirl.envs: scenes, init states, predicates, env API, batching, scripted experts.
+
+MJX compiles slowly on CPU, so one module-scoped libero_spatial env (physics only) and one
+set of jitted functions are shared by every fast test; the all-suite expert check is slow.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from mujoco import mjx
+
+from pirl.envs import BatchEnv, expert_action, make_env, random_action
+from pirl.envs import tasks as tsk
+from pirl.envs.controller import mat_to_rotvec, quat_to_rotvec, rotvec_to_mat
+from pirl.envs.scene import load_scene
+
+SUITE_NAMES = tuple(tsk.SUITES)
+
+
+NUM_ENVS = 6  # one shape for every fast test: libero_spatial has 6 tasks
+
+
+@pytest.fixture(scope="module")
+def spatial():
+    env = make_env("libero_spatial", render=False)
+    batch = BatchEnv(env, NUM_ENVS, reset_mode="same")
+    fns = {
+        "reset": jax.jit(batch.reset_to),
+        "step": jax.jit(batch.step),
+        "expert": jax.jit(jax.vmap(lambda s: expert_action(env, s))),
+    }
+    return env, batch, fns
+
+
+def test_suites_have_tasks_prompts_and_fixed_init_states():
+    for name in SUITE_NAMES:
+        suite = tsk.get_suite(name)
+        info = load_scene(suite.scene)
+        assert len(suite.tasks) >= 5, name
+        assert all(t.instruction and t.instruction == t.instruction.lower() for t in suite.tasks)
+        tsk.make_goal_table(suite, info)  # names resolve
+        a = tsk.make_init_states(suite, info, num=4)
+        b = tsk.make_init_states(suite, info, num=4)
+        np.testing.assert_array_equal(a.qpos, b.qpos)  # reproducible from the seed
+        assert not np.allclose(a.qpos[0, 0], a.qpos[0, 1])  # but jittered across inits
+        # Objects rest on the table at their collision half-height, upright.
+        for i, adr in enumerate(info.object_qpos_adr):
+            np.testing.assert_allclose(a.qpos[..., adr + 2], info.object_half_size[i, 2], atol=1e-6)
+    assert tsk.get_suite("libero_10").tasks[0].goals[1].kind == "in"
+    assert tsk.get_suite("maniskill_put_on_plate").max_steps == 80
+    with pytest.raises(ValueError, match="unknown suite"):
+        tsk.get_suite("libero_100")
+
+
+def test_rotation_helpers_roundtrip():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        r = rng.normal(size=3)
+        r = r / np.linalg.norm(r) * rng.uniform(0.1, 3.0)
+        m = rotvec_to_mat(jnp.asarray(r))
+        np.testing.assert_allclose(np.asarray(m @ m.T), np.eye(3), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(mat_to_rotvec(m)), r, atol=1e-4)
+    # LIBERO's eef orientation pointing down is axis-angle (pi, 0, 0) for quaternion (0, 1, 0, 0).
+    np.testing.assert_allclose(
+        np.asarray(quat_to_rotvec(jnp.array([0.0, 1.0, 0.0, 0.0]))), [np.pi, 0, 0], atol=1e-5
+    )
+
+
+def test_reset_obs_and_success_predicate(spatial):
+    env, _, fns = spatial
+    assert (
+        env.prompts[0] == "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    )
+    state = fns["reset"](jnp.arange(NUM_ENVS), jnp.zeros(NUM_ENVS, jnp.int32))
+    assert state.obs["state"].shape == (NUM_ENVS, 8)
+    assert "agentview_image" not in state.obs  # render=False: physics only
+    np.testing.assert_allclose(np.asarray(state.obs["state"][:, 6:]), [[0.04, -0.04]] * NUM_ENVS, atol=1e-6)
+    assert not bool(state.info["success"].any())
+    # Teleport the target bowl (bowl_0 in task 0) onto the plate: the predicate must hold.
+    data = jax.tree.map(lambda x: x[0], state.data)
+    adr = env.info.object_qpos_adr[0]
+    plate_xy = data.mocap_pos[env.info.mocap_id["plate"], :2]
+    on_plate = data.replace(qpos=data.qpos.at[adr : adr + 2].set(plate_xy))
+    check = jax.jit(lambda d: tsk.task_success(env.goal_table, env.info, mjx.kinematics(env.mx, d), 0))
+    assert bool(check(on_plate))
+    assert not bool(check(data))
+    lifted = on_plate.replace(qpos=on_plate.qpos.at[adr + 2].add(0.1))
+    assert not bool(check(lifted))  # above the plate is not on it
+
+
+def test_expert_solves_spatial_and_random_does_not(spatial):
+    """Expert on every task (init 0 each): >= 90%, reward paid once; random actions: < 5%."""
+    env, _, fns = spatial
+    tasks, inits = jnp.arange(NUM_ENVS), jnp.zeros(NUM_ENVS, jnp.int32)
+    state = fns["reset"](tasks, inits)
+    start_state = state.obs["state"]
+    solved = np.zeros(NUM_ENVS, bool)
+    reward_total = np.zeros(NUM_ENVS)
+    for k in range(env.max_steps):
+        state = fns["step"](state, fns["expert"](state))
+        if k == 2:  # the expert moved the arm: the controller follows actions
+            assert float(jnp.abs(state.obs["state"][:, :3] - start_state[:, :3]).max()) > 0.03
+        # reset_mode="same": a finished episode restarts; final_success tells how it ended.
+        solved |= np.asarray(state.done & state.info["final_success"])
+        reward_total += np.asarray(state.reward)
+        if solved.all():
+            break
+    assert solved.mean() >= 0.9, f"expert success {solved}"
+    np.testing.assert_array_equal(reward_total, solved.astype(np.float64))  # sparse, paid once
+    assert int(state.info["step"][0]) == 0 or not solved[0]  # the solved env was auto-reset
+
+    state = fns["reset"](tasks, inits)
+    for k in jax.random.split(jax.random.PRNGKey(1), 60):
+        state = fns["step"](state, jax.vmap(random_action)(jax.random.split(k, NUM_ENVS)))
+        assert not bool(state.info["success_once"].any())
+    with pytest.raises(ValueError, match="actions must be"):
+        fns["step"](state, jnp.zeros((3, 7)))
+
+
+def test_init_state_is_at_rest(spatial):
+    """A no-op step from an initial state leaves the objects where they were (no settling)."""
+    env, _, fns = spatial
+    state = fns["reset"](jnp.arange(NUM_ENVS), jnp.full(NUM_ENVS, 5, jnp.int32))
+    noop = jnp.zeros((NUM_ENVS, 7)).at[:, 6].set(-1.0)
+    after = fns["step"](state, noop)
+    body = env.info.object_body
+    drift = jnp.abs(after.data.xpos[:, body] - state.data.xpos[:, body]).max()
+    assert float(drift) < 2e-3, float(drift)
+
+
+@pytest.mark.slow
+def test_chunk_step_matches_steps():
+    env = make_env("libero_spatial", render=False)
+    state = jax.jit(env.reset_to)(1, 3)
+    actions = jnp.tile(jnp.array([[0.5, 0.0, -0.3, 0.0, 0.0, 0.1, -1.0]]), (3, 1))
+    chunk = jax.jit(env.chunk_step)(state, actions)
+    assert int(chunk.info["step"]) == 3
+    step_fn = jax.jit(env.step)
+    ref = state
+    for a in actions:
+        ref = step_fn(ref, a)
+    np.testing.assert_allclose(np.asarray(chunk.obs["state"]), np.asarray(ref.obs["state"]), atol=1e-5)
+    d = np.asarray(chunk.obs["state"][:3] - state.obs["state"][:3])
+    assert d[0] > 0.03 and d[2] < -0.02, d  # moved the commanded way (+x, -z)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", SUITE_NAMES)
+def test_expert_all_suites(suite):
+    """Expert >= 90% on 2 init states of every task of every suite."""
+    env = make_env(suite, render=False)
+    reset = jax.jit(jax.vmap(env.reset_to))
+    step = jax.jit(jax.vmap(lambda s: env.step(s, expert_action(env, s))))
+    tasks = jnp.repeat(jnp.arange(env.num_tasks), 2)
+    inits = jnp.tile(jnp.array([0, 25]), env.num_tasks)
+    state = reset(tasks, inits)
+    for _ in range(env.max_steps):
+        state = step(state)
+        if bool(state.info["success_once"].all()):
+            break
+    rate = float(state.info["success_once"].mean())
+    assert rate >= 0.9, f"{suite}: expert success {rate}: {np.asarray(state.info['success_once'])}"
