@@ -193,7 +193,7 @@ def main() -> None:
         "opt_state": tx.init(params),
         "rng": jax.random.PRNGKey(1),
         "step": jnp.int32(0),
-        "ema_params": params,
+        "ema_params": jax.tree.map(jnp.copy, params),
     }
     step = jax.jit(make_train_step(cfg, tx, mask), donate_argnums=0)
     with loader_for(roots["parquet_png"], tiny.image_resolution, 2) as loader:

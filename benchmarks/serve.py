@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from pirl.serving.policy import Policy, _stack_samples
+from pirl.serving.policy import Policy, _stack_samples, batch_buckets
 from pirl.serving.server import PolicyServer, ServerConfig
 
 
@@ -46,7 +46,7 @@ def main() -> None:
 
     policy = Policy.random_tiny("pi0_libero")
     t0 = time.perf_counter()
-    policy.warmup(sorted({1, *[min(c, args.max_batch_size) for c in concurrency], args.max_batch_size}))
+    policy.warmup(batch_buckets(args.max_batch_size))  # every batch size the server can form
     compile_s = time.perf_counter() - t0
     device = jax.devices()[0].platform
 

@@ -108,7 +108,7 @@ def pi0_demo_cpu() -> RLConfig:
     """CPU demo: tiny π0 from scratch, warm-started by SFT on expert demos, then PPO (~15 min, 2 cores)."""
     return RLConfig(
         name="pi0_demo_cpu",
-        model=Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb")),
+        model=Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb"), max_token_len=32),
         policy=FlowPolicyConfig(num_steps=4, action_chunk=5, value_head_hidden=(64, 64), noise_level=0.5),
         env=EnvSpec(name="maniskill_put_on_plate", num_envs=16, image_size=28, task_ids=(0,)),
         adv=AdvantageConfig(adv_type="gae"),

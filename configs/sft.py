@@ -7,8 +7,6 @@ from typing import Any
 
 def presets() -> dict[str, tuple[str, Any]]:
     """name -> (description, config) of every SFT preset."""
-    try:
-        from pirl.sft.config import sft_presets
-    except ImportError:  # the SFT package is optional while it is being built
-        return {}
+    from pirl.sft.config import sft_presets
+
     return sft_presets()

@@ -12,7 +12,7 @@ import logging
 
 import tyro
 
-from pirl.serving.policy import Policy
+from pirl.serving.policy import Policy, batch_buckets
 from pirl.serving.server import PolicyServer, ServerConfig
 
 
@@ -43,7 +43,7 @@ class ServeArgs:
     max_batch_size: int = 8
     """Most concurrent requests grouped into one model call."""
     warmup: bool = True
-    """Compile the model call for batch size 1 before accepting connections."""
+    """Compile the model call for every batch size the server can form before accepting connections."""
 
 
 def build_policy(args: ServeArgs) -> Policy:
@@ -65,7 +65,7 @@ def main(args: ServeArgs) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     policy = build_policy(args)
     if args.warmup:
-        policy.warmup((1,))
+        policy.warmup(batch_buckets(min(args.max_batch_size, policy.max_batch_size)))
     config = ServerConfig(
         host=args.host,
         port=args.port,

@@ -1,7 +1,8 @@
 """Tests of pirl.envs: scenes, init states, predicates, env API, batching, scripted experts.
 
-MJX compiles slowly on CPU, so one module-scoped libero_spatial env (physics only) and one
-set of jitted functions are shared by every fast test; the all-suite expert check is slow.
+MJX compiles slowly on CPU (minutes for one physics step program on a busy 2-core machine), so
+the fast tests avoid compiling the physics step; every test that steps physics is marked slow and
+shares one module-scoped libero_spatial env and its jitted functions.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def test_reset_obs_and_success_predicate(spatial):
     assert not bool(check(lifted))  # above the plate is not on it
 
 
+@pytest.mark.slow
 def test_expert_solves_spatial_and_random_does_not(spatial):
     """Expert on every task (init 0 each): >= 90%, reward paid once; random actions: < 5%."""
     env, _, fns = spatial
@@ -120,6 +122,7 @@ def test_expert_solves_spatial_and_random_does_not(spatial):
         fns["step"](state, jnp.zeros((3, 7)))
 
 
+@pytest.mark.slow
 def test_init_state_is_at_rest(spatial):
     """A no-op step from an initial state leaves the objects where they were (no settling)."""
     env, _, fns = spatial

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -76,6 +77,31 @@ def _mjx_env_missing() -> str | None:
     return None
 
 
+def test_mjx_model_to_env_actions_unnormalise_delta_and_clip():
+    import jax.numpy as jnp
+
+    from pirl.eval.mjx import _env_actions
+    from pirl.policies.env_io import make_env_adapter
+
+    stats = {
+        "state": {"mean": [0.0] * 8, "std": [1.0] * 8},
+        "actions": {"mean": [0.1] * 7, "std": [2.0] * 7},
+    }
+    adapter = make_env_adapter(
+        ["x"], lambda p: (np.ones(4, np.int32), np.ones(4, bool)), stats, action_chunk=2
+    )
+    actions = jnp.full((1, 3, 32), 0.25)
+    state = jnp.full((1, 8), 0.3)
+    out = np.asarray(_env_actions(adapter, (True,) * 6 + (False,), actions, state))
+    assert out.shape == (1, 2, 7)
+    np.testing.assert_allclose(out[..., :6], 0.25 * (2.0 + 1e-6) + 0.1 + 0.3, rtol=1e-5)  # delta dims
+    np.testing.assert_allclose(out[..., 6], 0.25 * (2.0 + 1e-6) + 0.1, rtol=1e-5)  # gripper: absolute
+    clipped = np.asarray(_env_actions(adapter, None, jnp.full((1, 3, 32), 9.0), state))
+    assert np.all(clipped == 1.0)
+
+
+# MJX physics compiles for minutes on a 2-core CPU (8 min here under load), hence slow.
+@pytest.mark.slow
 def test_mjx_eval_end_to_end_and_resume(policy, tmp_path):
     reason = _mjx_env_missing()
     if reason:
@@ -142,6 +168,6 @@ def test_real_libero_smoke_and_resume(policy, tmp_path):
     # Resume after "losing" episode 1: only it runs again (in-process this time).
     log_path = tmp_path / report.EPISODES_FILE
     log_path.write_text(log_path.read_text().splitlines()[0] + "\n")
-    summary = evaluate_libero(policy, cfg.__class__(**{**cfg.__dict__, "num_workers": 0}), tmp_path)
+    summary = evaluate_libero(policy, dataclasses.replace(cfg, num_workers=0), tmp_path)
     assert summary["suites"]["libero_spatial"]["episodes"] == 2
     assert len(log_path.read_text().splitlines()) == 2

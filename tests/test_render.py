@@ -64,14 +64,19 @@ def scene(model):
 
 
 @pytest.fixture(scope="module")
-def rendered(scene, data):
-    """RGB, depth and segmentation of all test cameras, from one compiled function."""
+def render_all(scene):
+    """jit(data -> (rgb, depth, segmentation)) for all test cameras: one compiled function."""
 
     def all_outputs(d):
         rgb, depth = rd.render_rgbd(scene, d, CAMERAS, SIZE, SIZE)
         return rgb, depth, rd.render_segmentation(scene, d, CAMERAS, SIZE, SIZE)
 
-    return tuple(np.asarray(x) for x in jax.jit(all_outputs)(data))
+    return jax.jit(all_outputs)
+
+
+@pytest.fixture(scope="module")
+def rendered(render_all, data):
+    return tuple(np.asarray(x) for x in render_all(data))
 
 
 @pytest.fixture(scope="module")
@@ -203,19 +208,19 @@ def test_shadow_falls_along_light_direction(model, data, rgbd, seg):
     np.testing.assert_array_equal(rgb[0][lit_rc], plain[lit_rc])
 
 
-def test_vmap_batch_matches_single(model, scene, data):
+def test_vmap_batch_matches_single(model, render_all, data):
     # Two environments: the ball at its start and moved to +x; jit(vmap) equals one at a time.
     mx = mjx.put_model(model)
     moved = mjx.forward(mx, data.replace(qpos=data.qpos.at[0].set(0.4)))
     batch = jax.tree.map(lambda a, b: jnp.stack([a, b]), data, moved)
-    render_top = lambda d: rd.render(scene, d, ("top",), SIZE, SIZE)  # noqa: E731
-    batched = np.asarray(jax.jit(jax.vmap(render_top))(batch))
-    single = jax.jit(render_top)
-    assert batched.shape == (2, 1, SIZE, SIZE, 3)
-    np.testing.assert_array_equal(batched[0], np.asarray(single(data)))
-    np.testing.assert_array_equal(batched[1], np.asarray(single(moved)))
-    assert not np.array_equal(batched[0], batched[1])  # the ball moved right in the image
-    red_cols = [np.nonzero((b[0, ..., 0] > 100) & (b[0, ..., 1] < 30))[1].mean() for b in batched]
+    batched = [np.asarray(x) for x in jax.jit(jax.vmap(render_all))(batch)]
+    assert batched[0].shape == (2, len(CAMERAS), SIZE, SIZE, 3)
+    for i, single_data in enumerate((data, moved)):
+        for got, want in zip(batched, render_all(single_data), strict=True):
+            np.testing.assert_array_equal(got[i], np.asarray(want))
+    rgb = batched[0]
+    assert not np.array_equal(rgb[0], rgb[1])  # the ball moved right in the top image
+    red_cols = [np.nonzero((b[0, ..., 0] > 100) & (b[0, ..., 1] < 30))[1].mean() for b in rgb]
     assert red_cols[1] > red_cols[0] + 3
 
 

@@ -53,7 +53,7 @@ def raw_connect(server) -> websockets.sync.client.ClientConnection:
     return conn
 
 
-def test_policy_infer_shapes_and_determinism(policy):
+def test_policy_infer_shapes_delta_actions_and_validation(policy):
     out = policy.infer(libero_obs())
     assert out["actions"].shape == (policy.model_cfg.action_horizon, 7)
     assert out["actions"].dtype == np.float32 and np.all(np.isfinite(out["actions"]))

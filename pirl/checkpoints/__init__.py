@@ -5,6 +5,8 @@ openpi's JAX checkpoints (an orbax PyTree directory ``<ckpt>/params`` holding
 ``{"params": tree}``, see :mod:`pirl.checkpoints.openpi_jax`) and openpi's PyTorch
 port (``model.safetensors`` as published by RLinf, see :mod:`pirl.checkpoints.pytorch`).
 Parameter trees are plain nested dicts with openpi's names; flat keys use ``/``.
+pirl's own train-state checkpoints (async orbax saves, resume, corruption fallback) live in
+:mod:`pirl.checkpoints.train_state`.
 """
 
 from pirl.checkpoints.openpi_jax import (

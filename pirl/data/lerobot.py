@@ -500,6 +500,7 @@ def encode_video(frames: np.ndarray, path: Path, fps: float, codec: str | None =
     import av
 
     codec = _pick_video_codec(codec)
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config per file unless told not to
     if codec == "libsvtav1" and min(frames.shape[1:3]) < 64:
         codec = _pick_video_codec("libx264")  # SVT-AV1 rejects frames smaller than 64 pixels
     path.parent.mkdir(parents=True, exist_ok=True)

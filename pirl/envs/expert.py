@@ -102,7 +102,7 @@ def _approach(cfg, tcp, yaw_err, gap, grasp, half_width):
     """Not holding: (target f32[3], grip) to get the open fingers around `grasp` and close."""
     hover = grasp[2] + cfg.hover
     xy_err = jnp.linalg.norm(grasp[:2] - tcp[:2])
-    missed = gap < 2 * half_width - 0.012
+    missed = gap < 2 * half_width - 0.02
     near = xy_err < 0.02
     fine = (xy_err < 0.01) & (jnp.abs(yaw_err) < 0.1)
     low = tcp[2] < grasp[2] + 0.04
@@ -154,7 +154,7 @@ def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig(
         grasp = jnp.concatenate([pos[:2], grasp_z[None]])
         holding = (
             (gap < 2 * half_width + 0.008)
-            & (gap > 2 * half_width - 0.012)
+            & (gap > 2 * half_width - 0.02)
             & (jnp.linalg.norm(tcp[:2] - pos[:2]) < 0.025)
             & (jnp.abs(tcp[2] - grasp_z) < 0.03)
         )
@@ -220,7 +220,8 @@ def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig(
         env,
         tcp,
         mat,
-        jnp.concatenate([tcp[:2], jnp.full((1,), cfg.retreat_height)]),
+        # Open fully before rising, so the released object is not dragged along.
+        jnp.concatenate([tcp[:2], jnp.where(gap > 0.07, cfg.retreat_height, tcp[2])[None]]),
         yaw,
         jnp.array(-1.0),
     )

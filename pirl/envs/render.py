@@ -567,7 +567,8 @@ def _light_world(scene: RenderScene, data) -> tuple[Array, Array]:
     body = np.asarray(scene.light_body)
     if not body.any():
         return scene.light_pos, scene.light_dir
-    xpos, xmat = data.xpos[body], data.xmat[body]
+    xpos = jnp.asarray(data.xpos, jnp.float32)[body]
+    xmat = jnp.asarray(data.xmat, jnp.float32)[body].reshape(-1, 3, 3)
     pos = xpos + jnp.einsum("lij,lj->li", xmat, scene.light_pos)
     direction = jnp.einsum("lij,lj->li", xmat, scene.light_dir)
     return pos, direction
@@ -671,10 +672,10 @@ def _trace(scene: RenderScene, data, cameras, height: int, width: int):
         raise ValueError(f"Image size must be positive, got {height}x{width}.")
     cam_ids = _camera_ids(scene, cameras)
     geom_idx = np.asarray(scene.geom_ids)
-    geom_xpos = data.geom_xpos[geom_idx].astype(jnp.float32)
-    geom_xmat = data.geom_xmat[geom_idx].reshape(-1, 3, 3).astype(jnp.float32)
-    cam_pos = data.cam_xpos[np.asarray(cam_ids)].astype(jnp.float32)
-    cam_mat = data.cam_xmat[np.asarray(cam_ids)].reshape(-1, 3, 3).astype(jnp.float32)
+    geom_xpos = jnp.asarray(data.geom_xpos, jnp.float32)[geom_idx]
+    geom_xmat = jnp.asarray(data.geom_xmat, jnp.float32)[geom_idx].reshape(-1, 3, 3)
+    cam_pos = jnp.asarray(data.cam_xpos, jnp.float32)[np.asarray(cam_ids)]
+    cam_mat = jnp.asarray(data.cam_xmat, jnp.float32)[np.asarray(cam_ids)].reshape(-1, 3, 3)
     rays_cam = np.stack([_camera_rays(scene.camera_fovy[c], height, width) for c in cam_ids])
 
     def one_camera(pos, mat, dirs_cam):

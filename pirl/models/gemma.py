@@ -107,11 +107,19 @@ class Attention(nn.Module):
             raise ValueError(
                 f"attention mask {mask.shape} does not match queries {q.shape} and keys {k.shape}"
             )
-        q = q.reshape(batch, q_len, kv_heads, cfg0.num_heads // kv_heads, head_dim)
-        logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+        groups = cfg0.num_heads // kv_heads
+        key_len = k.shape[1]
+        # Same math as openpi's einsums "BTKGH,BSKH->BKGTS" / "BKGTS,BSKH->BTKGH", laid out as plain
+        # batched matmuls over (B, K) with the query heads folded into rows: ~2x faster on CPU.
+        q = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+        q = q.reshape(batch, kv_heads, groups * q_len, head_dim)
+        logits = jnp.matmul(q, k.transpose(0, 2, 3, 1), preferred_element_type=jnp.float32)
+        logits = logits.reshape(batch, kv_heads, groups, q_len, key_len)
         logits = jnp.where(mask[:, None, None, :, :], logits, MASK_VALUE)
         probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-        encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(batch, q_len, cfg0.num_heads, head_dim)
+        encoded = jnp.matmul(probs.reshape(batch, kv_heads, groups * q_len, key_len), v.transpose(0, 2, 1, 3))
+        encoded = encoded.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
+        encoded = encoded.reshape(batch, q_len, cfg0.num_heads, head_dim)
 
         outs: list[jax.Array | None] = []
         start = 0

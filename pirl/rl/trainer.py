@@ -115,8 +115,8 @@ def load_model_params(cfg: RLConfig) -> dict | None:
             f"init_checkpoint {path} does not exist; pass the directory of an SFT checkpoint"
         )
     if (path.is_file() and path.suffix == ".safetensors") or any(path.glob("*.safetensors")):
-        return load_pytorch_params(path, cfg.model)
-    return load_openpi_params(path, expected=pi0.abstract_params(cfg.model))
+        return load_pytorch_params(path, cfg.model, dtype=np.float32)  # train (and keep Adam state) in f32
+    return load_openpi_params(path, expected=pi0.abstract_params(cfg.model), dtype=np.float32)
 
 
 def load_norm_stats_for(cfg: RLConfig) -> dict[str, NormStats] | None:
@@ -147,9 +147,17 @@ class Programs:
 
 
 def build_programs(
-    cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh, optimizer: optax.GradientTransformation, trainable: Any
+    cfg: RLConfig,
+    env: Any,
+    mesh: jax.sharding.Mesh,
+    optimizer: optax.GradientTransformation,
+    trainable: Any,
+    state_shardings: Any,
 ) -> Programs:
-    """Jit the reset / collect / update / evaluate functions with the mesh's shardings."""
+    """Jit the reset / collect / update / evaluate functions with the mesh's shardings.
+
+    `state_shardings` ({"params", "opt_state"} shardings) pin the update's inputs and outputs, so
+    the step compiles once and keeps the FSDP layout from step to step."""
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     chunk_steps = cfg.resolved_chunk_steps
@@ -221,10 +229,13 @@ def build_programs(
         frames = traj.env_obs.get("agentview_image")
         return metrics, jnp.any(traj.successes, axis=0), frames
 
-    del replicated
     return Programs(
         collect=jax.jit(collect),
-        update=jax.jit(update, donate_argnums=(0, 1)),
+        update=jax.jit(
+            update,
+            donate_argnums=(0, 1),
+            out_shardings=(state_shardings["params"], state_shardings["opt_state"], replicated, replicated),
+        ),
         evaluate=jax.jit(evaluate),
         reset=jax.jit(reset),
     )
@@ -293,8 +304,9 @@ def _warm_start(
     save_norm_stats(run_dir / "assets", stats)
     adapter = adapter_from_stats(stats)
     keep = np.flatnonzero(valid & np.asarray(demos.success))
-    if keep.size == 0:
-        raise RuntimeError("the expert succeeded on no demo episode; nothing to warm-start from")
+    if keep.size == 0:  # e.g. episodes shorter than the task: imitate the expert's partial motions
+        log.warning("the expert succeeded on no demo episode; warm-starting on all of its valid steps")
+        keep = np.flatnonzero(valid)
     demos = jax.tree.map(lambda x: x[keep], demos)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, ws.lr, max(1, ws.sft_steps // 20), max(1, ws.sft_steps), ws.lr * 0.05
@@ -374,7 +386,10 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
         if restored is not None:
             state, start = restored.state, restored.step
             log.info("resumed from step %d", restored.step)
-    programs = build_programs(cfg, env, mesh, optimizer, trainable)
+    state_shardings = jax.tree.map(
+        lambda x: x.sharding, {"params": state["params"], "opt_state": state["opt_state"]}
+    )
+    programs = build_programs(cfg, env, mesh, optimizer, trainable, state_shardings)
     task_pool = jnp.asarray(task_ids_of(cfg, env))
     eval_tasks, eval_inits = (jnp.asarray(x, jnp.int32) for x in eval_pairs(cfg, env, mesh))
 

@@ -211,6 +211,11 @@ def identity_norm_stats(state_dim: int, action_dim: int) -> dict[str, NormStats]
 # The policy.
 
 
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """Every batch size `infer_prepared` compiles for batches of 1..max_batch_size (powers of two)."""
+    return sorted({_bucket(n, max_batch_size) for n in range(1, max_batch_size + 1)})
+
+
 def _bucket(n: int, max_batch_size: int) -> int:
     """Power-of-two batch size >= n (capped at max_batch_size), so few shapes ever compile."""
     return min(max(1, 1 << math.ceil(math.log2(max(n, 1)))), max(max_batch_size, n))
@@ -346,7 +351,8 @@ class Policy:
         """`Pi0Config.tiny()` with random weights, a word tokenizer trained on LIBERO-style prompts and
         identity norm stats: a real end-to-end policy for smoke tests and benchmarks (its actions mean nothing)."""
         data_cfg = data_configs.get_data_config(config_name)
-        model_cfg = Pi0Config.tiny(pi05=config_name.startswith("pi05"))
+        pi05 = config_name.startswith("pi05")
+        model_cfg = Pi0Config.tiny(pi05=pi05, discrete_state_input=pi05 and data_cfg.discrete_state_input)
         params = pi0.init_params(model_cfg, jax.random.key(seed))
         folder = pathlib.Path(tokenizer_dir or tempfile.mkdtemp(prefix="pirl_tiny_tok_"))
         tok_path = train_tiny_tokenizer(

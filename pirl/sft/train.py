@@ -297,7 +297,8 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     def make_state(params: Params) -> TrainState:
         state = {"params": params, "opt_state": tx.init(params), "rng": train_rng, "step": jnp.int32(0)}
         if config.ema_decay is not None:
-            state["ema_params"] = params
+            # A copy: the train step donates its state, and one buffer cannot be donated twice.
+            state["ema_params"] = jax.tree.map(jnp.copy, params)
         return state
 
     abstract_state = jax.eval_shape(make_state, abstract_params)
