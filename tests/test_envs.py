@@ -92,7 +92,7 @@ def test_reset_obs_and_success_predicate(spatial):
     assert not bool(check(lifted))  # above the plate is not on it
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 def test_expert_solves_spatial_and_random_does_not(spatial):
     """Expert on every task (init 0 each): >= 90%, reward paid once; random actions: < 5%."""
     env, _, fns = spatial
@@ -122,7 +122,7 @@ def test_expert_solves_spatial_and_random_does_not(spatial):
         fns["step"](state, jnp.zeros((3, 7)))
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 def test_init_state_is_at_rest(spatial):
     """A no-op step from an initial state leaves the objects where they were (no settling)."""
     env, _, fns = spatial
@@ -150,7 +150,7 @@ def test_chunk_step_matches_steps():
     assert d[0] > 0.03 and d[2] < -0.02, d  # moved the commanded way (+x, -z)
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 @pytest.mark.parametrize("suite", SUITE_NAMES)
 def test_expert_all_suites(suite):
     """Expert >= 90% on 2 init states of every task of every suite."""

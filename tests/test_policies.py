@@ -433,7 +433,7 @@ def test_gradients_reach_only_trainable_params(model_params, obs, noise_rollout)
 # ----------------------------------------------------------------------------- the full option grid
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 @pytest.mark.parametrize("value_after_vlm", [False, True])
 @pytest.mark.parametrize("logprob_type", ["token_level", "action_level", "chunk_level"])
 @pytest.mark.parametrize(

@@ -10,7 +10,14 @@ from configs import meshes
 from pirl import train
 from pirl.rl.config import RLConfig
 
-RL_PRESETS = ["pi0_libero_ppo", "pi0_libero_grpo", "pi05_libero_ppo", "pi05_libero_grpo", "pi0_maniskill_ppo", "pi0_demo_cpu"]
+RL_PRESETS = [
+    "pi0_libero_ppo",
+    "pi0_libero_grpo",
+    "pi05_libero_ppo",
+    "pi05_libero_grpo",
+    "pi0_maniskill_ppo",
+    "pi0_demo_cpu",
+]
 
 
 def test_registry_has_every_rl_preset():
@@ -31,7 +38,9 @@ def test_unknown_name_lists_valid_names():
 
 
 def test_overrides_apply_to_the_chosen_preset():
-    cfg = train.parse_config(["pi0_libero_ppo", "--update-epochs", "2", "--env.num-envs", "32", "--optim.lr", "1e-5"])
+    cfg = train.parse_config(
+        ["pi0_libero_ppo", "--update-epochs", "2", "--env.num-envs", "32", "--optim.lr", "1e-5"]
+    )
     assert cfg.update_epochs == 2 and cfg.env.num_envs == 32 and cfg.optim.lr == 1e-5
     assert cfg.model.paligemma_variant == "gemma_2b"  # untouched fields keep the preset's values
 
@@ -58,7 +67,9 @@ def test_real_preset_without_checkpoint_says_what_to_pass():
 
 
 def test_help_lists_presets():
-    out = subprocess.run([sys.executable, "-m", "pirl.train", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pirl.train", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0
     for name in RL_PRESETS:
         assert name in out.stdout

@@ -142,6 +142,11 @@ class ManipEnv:
 
     def step(self, state: State, action: jax.Array) -> State:
         """One control step with action f32[7] in [-1, 1]; reward 1 the first time success holds."""
+        state = self._advance(state, action)
+        return state.replace(obs=self._observe(state.data))
+
+    def _advance(self, state: State, action: jax.Array) -> State:
+        """`step` without the observation: physics, success, reward, done (obs left stale)."""
         if action.shape != (self.action_size,):
             raise ValueError(f"action must have shape (7,), got {action.shape}; vmap for batches")
         action = jnp.where(jnp.isfinite(action), action, 0.0)
@@ -156,25 +161,26 @@ class ManipEnv:
         step = state.info["step"] + 1
         truncated = step >= self.max_steps
         info = dict(state.info, step=step, success=success, success_once=success_once, truncated=truncated)
-        return State(data, self._observe(data), reward, success_once | truncated, info)
+        return State(data, state.obs, reward, success_once | truncated, info)
 
     def chunk_step(self, state: State, actions: jax.Array) -> State:
         """Execute actions f32[H, 7] in order (lax.scan); steps after `done` are no-ops.
 
         The returned reward is the sum over the chunk; done/info are those after the last
-        executed step.
+        executed step. Cameras are rendered once, after the last step: the policy only sees the
+        observation at the chunk boundary, so rendering every control step would waste H-1 frames.
         """
         if actions.ndim != 2 or actions.shape[1] != self.action_size:
             raise ValueError(f"actions must have shape (H, 7), got {actions.shape}")
 
         def body(carry, action):
             st, total = carry
-            nxt = self.step(st, action)
+            nxt = self._advance(st, action)
             nxt = jax.tree.map(lambda new, old: jnp.where(st.done, old, new), nxt, st)
             return (nxt, total + jnp.where(st.done, 0.0, nxt.reward)), None
 
         (state, total), _ = jax.lax.scan(body, (state, jnp.zeros(())), actions)
-        return state.replace(reward=total)
+        return state.replace(obs=self._observe(state.data), reward=total)
 
     # ------------------------------------------------------------------ helpers
 
