@@ -1,0 +1,122 @@
+"""The PPO update step: same parameters on a mesh of 8 (fake CPU) devices as on 1; GRPO targets."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from multihost_worker import synthetic_batch
+
+from pirl.distributed import mesh as mesh_lib
+from pirl.models.config import Pi0Config
+from pirl.policies import flow_policy
+from pirl.policies.config import FlowPolicyConfig
+from pirl.policies.env_io import make_env_adapter
+from pirl.policies.masks import trainable_mask
+from pirl.rl import update as update_lib
+from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig
+from pirl.rl.optim import OptimizerConfig, make_optimizer
+from pirl.rl.rollout import Trajectory
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = RLConfig(
+        model=Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb")),
+        policy=FlowPolicyConfig(value_head_hidden=(16,)),
+        env=EnvSpec(name="libero_spatial", num_envs=8, image_size=28, max_episode_steps=10),
+        optim=OptimizerConfig(lr=1e-3, value_lr=1e-3),
+        rollout_epochs=1,
+        update_epochs=2,
+        global_batch_size=8,
+        micro_batch_size=4,
+    )
+    params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
+    trainable = trainable_mask(params, cfg.policy, cfg.model)
+    value_mask = {k: jax.tree.map(lambda _, k=k: k == "value_head", v) for k, v in params.items()}
+    optimizer = make_optimizer(cfg.optim, trainable, value_mask)
+    adapter = make_env_adapter(
+        ["a b", "c d"], lambda p: (np.arange(16, dtype=np.int32) % 5, np.arange(16) < 4), None
+    )
+    return cfg, params, trainable, optimizer, adapter
+
+
+def _run_update(setup, devices):
+    cfg, params, trainable, optimizer, adapter = setup
+    mesh = mesh_lib.make_mesh(
+        mesh_lib.MeshConfig(axis_sizes=(2, -1) if len(devices) > 1 else (1, 1)), devices
+    )
+    shardings = mesh_lib.param_shardings(jax.eval_shape(lambda: params), mesh, min_size=256)
+    p = jax.device_put(params, shardings)
+    opt_state = jax.jit(optimizer.init)(p)
+    batch = jax.device_put(synthetic_batch(cfg, 16), mesh_lib.batch_sharding(mesh))
+    update = jax.jit(
+        lambda p, o, s, b, r: update_lib.ppo_update(
+            p,
+            o,
+            s,
+            b,
+            r,
+            cfg=cfg,
+            adapter=adapter,
+            optimizer=optimizer,
+            trainable_mask=trainable,
+            batch_sharding=mesh_lib.batch_sharding(mesh),
+        )
+    )
+    p, opt_state, step, metrics = update(p, opt_state, jnp.zeros((), jnp.int32), batch, jax.random.key(1))
+    return jax.device_get(p), int(step), jax.device_get(metrics)
+
+
+def test_update_on_8_devices_matches_1_device(setup):
+    assert len(jax.devices()) >= 8, "tests/conftest.py provides 8 fake CPU devices"
+    one, steps_one, metrics_one = _run_update(setup, jax.devices()[:1])
+    eight, steps_eight, metrics_eight = _run_update(setup, jax.devices()[:8])
+    assert steps_one == steps_eight == 4  # 2 epochs x 2 minibatches
+    flat_one, flat_eight = jax.tree.leaves_with_path(one), jax.tree.leaves(eight)
+    for (path, a), b in zip(flat_one, flat_eight, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    for key in metrics_one:
+        np.testing.assert_allclose(metrics_one[key], metrics_eight[key], rtol=1e-3, atol=1e-5, err_msg=key)
+    # The update really trained the expert and left the frozen VLM bit-identical.
+    _, params, *_ = setup
+    assert not np.allclose(
+        params["model"]["action_out_proj"]["kernel"], one["model"]["action_out_proj"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        params["model"]["PaliGemma"]["img"]["embedding"]["kernel"],
+        one["model"]["PaliGemma"]["img"]["embedding"]["kernel"],
+    )
+
+
+def test_grpo_targets_mask_after_first_done_and_filter(setup):
+    cfg = RLConfig(
+        model=setup[0].model,
+        policy=FlowPolicyConfig(add_value_head=False),
+        env=EnvSpec(name="libero_spatial", num_envs=4, image_size=28, max_episode_steps=15),
+        adv=AdvantageConfig(adv_type="grpo", group_size=2, normalize_advantages=False),
+        rollout_epochs=1,
+        global_batch_size=4,
+    )
+    t, b = 3, 4
+    rewards = jnp.zeros((t, b)).at[1, 0].set(1.0).at[2, 2].set(1.0).at[0, 3].set(1.0)
+    dones = rewards > 0
+    traj = Trajectory(
+        env_obs={},
+        task_id=jnp.zeros((t, b), jnp.int32),
+        chain=jnp.zeros((t, b, 1)),
+        denoise_index=jnp.zeros((t, b), jnp.int32),
+        log_probs=jnp.zeros((t, b)),
+        values=jnp.zeros((t, b)),
+        rewards=rewards,
+        dones=dones,
+        successes=dones,
+    )
+    _, metrics, adv, _, valid = update_lib.compute_advantages(cfg, traj, jnp.zeros(b))
+    # Group (0, 1): scores 1 and 0 -> +-1/sqrt(2) (unbiased std); group (2, 3): both 1 -> 0.
+    expected = np.array([1, -1, 0, 0]) / np.sqrt(2)
+    np.testing.assert_allclose(np.asarray(adv)[0], expected, atol=1e-5)
+    assert np.asarray(valid)[:, 0].tolist() == [True, True, False]  # masked after the first done
+    assert np.asarray(valid)[:, 3].tolist() == [True, False, False]
+    assert "rollout/returns_mean" not in metrics
