@@ -290,6 +290,11 @@ def _warm_start(
             action_noise=ws.action_noise,
         )
     )
+    log.info(
+        "recording %d expert episodes of %d steps (the first call compiles the MJX rollout)",
+        n,
+        cfg.max_episode_steps,
+    )
     demos = jax.block_until_ready(record(task_ids, init_ids, rng))
     valid = np.asarray(demos.valid)
     success_rate = float(np.asarray(demos.success).reshape(-1, n)[0].mean()) if n else 0.0
@@ -327,12 +332,24 @@ def _warm_start(
             bar.set_postfix(loss=f"{loss:.4f}")
         bar.update(1)
     bar.close()
+    writer.flush()
     return {**params, "model": model_params}, stats, adapter
+
+
+def _log_pirl_info() -> None:
+    """Show pirl's INFO messages on stderr (other libraries keep their own levels)."""
+    pirl_log = logging.getLogger("pirl")
+    if not pirl_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        pirl_log.addHandler(handler)
+        pirl_log.setLevel(logging.INFO)
+        pirl_log.propagate = False
 
 
 def train_rl(cfg: RLConfig) -> dict[str, float]:
     """Train; returns the last evaluation's metrics (env/success_once, ...)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_pirl_info()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
@@ -390,6 +407,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
         lambda x: x.sharding, {"params": state["params"], "opt_state": state["opt_state"]}
     )
     programs = build_programs(cfg, env, mesh, optimizer, trainable, state_shardings)
+    log.info("compiling the rollout, update and evaluation programs on first use")
     task_pool = jnp.asarray(task_ids_of(cfg, env))
     eval_tasks, eval_inits = (jnp.asarray(x, jnp.int32) for x in eval_pairs(cfg, env, mesh))
 
