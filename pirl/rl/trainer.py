@@ -456,6 +456,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
                 last_eval = run_eval(step + 1, state["params"])
                 log.info("step %d eval: %s", step + 1, {k: round(v, 3) for k, v in last_eval.items()})
             ckpt.save(step + 1, state, {"name": cfg.name})
+            writer.flush()  # metrics.jsonl and TensorBoard are readable while the run goes on
             bar.set_postfix(
                 success=f"{metrics['env/success_once']:.2f}",
                 eval=f"{last_eval.get('eval/success_once', float('nan')):.2f}",
