@@ -52,6 +52,9 @@ class EnvAdapter:
     """Leading action steps the env executes."""
     action_env_dim: int = flax.struct.field(pytree_node=False, default=7)
     """Leading action dims the env uses."""
+    delta_action_dims: int = flax.struct.field(pytree_node=False, default=0)
+    """Leading action dims the model predicts relative to the state (openpi's extra delta transform;
+    pi0_libero: 6, the gripper stays absolute); 0 = absolute actions."""
 
 
 def _affine(stats: dict | None, key: str, dim: int, norm_type: NormType) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +81,7 @@ def make_env_adapter(
     action_env_dim: int = 7,
     action_chunk: int = 5,
     norm_type: NormType = "zscore",
+    delta_action_dims: int = 0,
 ) -> EnvAdapter:
     """Build the adapter on the host: tokenise every task prompt, turn norm stats into arrays.
 
@@ -86,6 +90,10 @@ def make_env_adapter(
     """
     if not prompts:
         raise ValueError("the environment has no task prompts")
+    if not 0 <= delta_action_dims <= min(state_dim, action_env_dim):
+        raise ValueError(
+            f"delta_action_dims={delta_action_dims} must lie in [0, min(state_dim={state_dim}, action_env_dim={action_env_dim})]"
+        )
     tokens, masks = zip(*(tokenize(p) for p in prompts), strict=True)
     s_off, s_scale = _affine(norm_stats, "state", state_dim, norm_type)
     a_off, a_scale = _affine(norm_stats, "actions", action_env_dim, norm_type)
@@ -99,6 +107,7 @@ def make_env_adapter(
         norm_type="none" if norm_stats is None else norm_type,
         action_chunk=action_chunk,
         action_env_dim=action_env_dim,
+        delta_action_dims=delta_action_dims,
     )
 
 
@@ -148,17 +157,37 @@ def env_obs_to_model(
     )
 
 
-def model_actions_to_env(adapter: EnvAdapter, actions: Float[Array, "b h a"]) -> Float[Array, "b c e"]:
-    """Model actions [B, H, 32] -> env actions [B, action_chunk, action_env_dim] in [-1, 1]."""
+def _delta_shift(adapter: EnvAdapter, state: Array | None, ndim: int) -> Array | float:
+    """The raw state added to (or subtracted from) the delta action dims, broadcast over the chunk."""
+    if adapter.delta_action_dims == 0:
+        return 0.0
+    if state is None:
+        raise ValueError(f"the adapter has delta_action_dims={adapter.delta_action_dims}: pass the env state")
+    shift = jnp.zeros((*state.shape[:-1], adapter.action_env_dim), jnp.float32)
+    shift = shift.at[..., : adapter.delta_action_dims].set(state[..., : adapter.delta_action_dims])
+    return shift.reshape(shift.shape[:-1] + (1,) * (ndim - shift.ndim) + shift.shape[-1:])
+
+
+def model_actions_to_env(
+    adapter: EnvAdapter, actions: Float[Array, "b h a"], state: Float[Array, "b s"] | None = None
+) -> Float[Array, "b c e"]:
+    """Model actions [B, H, 32] -> env actions [B, action_chunk, action_env_dim] in [-1, 1].
+
+    `state` (the raw env state of the observation) is needed when the model predicts delta actions.
+    """
     x = actions[:, : adapter.action_chunk, : adapter.action_env_dim]
     if adapter.norm_type == "quantile":
         x = (x + 1.0) / 2.0
     x = x * adapter.action_scale + adapter.action_offset
+    x = x + _delta_shift(adapter, state, x.ndim)
     return jnp.clip(x, -1.0, 1.0)
 
 
-def env_actions_to_model(adapter: EnvAdapter, env_actions: Float[Array, "... e"], action_dim: int) -> Array:
+def env_actions_to_model(
+    adapter: EnvAdapter, env_actions: Float[Array, "b h e"], action_dim: int, state: Array | None = None
+) -> Array:
     """Inverse of `model_actions_to_env` without the clip (for SFT targets): normalise and zero-pad."""
+    env_actions = env_actions - _delta_shift(adapter, state, env_actions.ndim)
     x = (env_actions - adapter.action_offset) / adapter.action_scale
     if adapter.norm_type == "quantile":
         x = x * 2.0 - 1.0

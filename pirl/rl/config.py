@@ -117,6 +117,8 @@ class RLConfig:
     """Start from random weights instead of a checkpoint (tests and the CPU demo only)."""
     tokenizer_path: str | None = None
     """PaliGemma sentencepiece model; None = look inside the checkpoint's assets."""
+    delta_action_dims: int = 0
+    """Leading action dims the checkpoint predicts relative to the state (openpi pi0_libero SFT: 6)."""
     norm_stats_path: str | None = None
     """Directory holding norm_stats.json; None = look inside the checkpoint's assets."""
     eval_interval: int = 10

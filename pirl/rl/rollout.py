@@ -85,7 +85,7 @@ def rollout(
 
     def body(state, key):
         out, task_id = policy_step(state, key)
-        next_state = chunk_step(state, model_actions_to_env(adapter, out.actions))
+        next_state = chunk_step(state, model_actions_to_env(adapter, out.actions, state.obs["state"]))
         record = Trajectory(
             env_obs=state.obs,
             task_id=task_id,

@@ -372,6 +372,7 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
             action_env_dim=cfg.policy.action_env_dim,
             action_chunk=cfg.policy.action_chunk,
             norm_type="quantile" if cfg.model.pi05 else "zscore",
+            delta_action_dims=cfg.delta_action_dims,
         )
 
     writer = MetricWriter(run_dir / "tb")

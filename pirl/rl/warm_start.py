@@ -110,7 +110,9 @@ def make_sft_step(model_cfg: Pi0Config, adapter: EnvAdapter, optimizer: optax.Gr
 
     def loss_fn(model_params, batch: Demos, rng):
         obs = env_obs_to_model(adapter, model_cfg, batch.env_obs, batch.task_id)
-        actions = env_actions_to_model(adapter, batch.action_chunks, model_cfg.action_dim)
+        actions = env_actions_to_model(
+            adapter, batch.action_chunks, model_cfg.action_dim, batch.env_obs["state"]
+        )
         return pi0.compute_loss(model_params, model_cfg, rng, obs, actions).mean()
 
     @jax.jit
