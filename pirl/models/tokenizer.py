@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 import sentencepiece
@@ -150,3 +151,26 @@ def find_tokenizer(checkpoint_dir: str | os.PathLike) -> pathlib.Path:
         f"searched {places} (assets recursively). Copy big_vision's paligemma_tokenizer.model into "
         f"{root / 'assets'} or pass its path to PaligemmaTokenizer directly."
     )
+
+
+def train_tiny_tokenizer(
+    prompts: Sequence[str], path: str | pathlib.Path, vocab_size: int = 512
+) -> pathlib.Path:
+    """A small word-level sentencepiece model over `prompts` (for random-weight tiny models)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for p in prompts for w in clean_prompt(p).lower().split()})
+    lines = [clean_prompt(p).lower() for p in prompts] * 20 + words * 5
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(path.with_suffix("")),
+        vocab_size=min(vocab_size, 64 + 4 * len(words)),
+        model_type="word",
+        hard_vocab_limit=False,
+        pad_id=0,
+        bos_id=2,
+        eos_id=1,
+        unk_id=3,
+        minloglevel=2,
+    )
+    return path.with_suffix(".model")

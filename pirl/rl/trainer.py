@@ -59,31 +59,9 @@ def task_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
     return ids
 
 
-def _train_demo_tokenizer(prompts: list[str], path: Path, vocab_size: int) -> Path:
-    """A small sentencepiece model over the task prompts (random-init runs have no checkpoint)."""
-    import sentencepiece as spm
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for p in prompts for w in p.lower().split()})
-    lines = [p.lower() for p in prompts] * 20 + words * 5
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_prefix=str(path.with_suffix("")),
-        vocab_size=min(vocab_size, 64 + 4 * len(words)),
-        model_type="word",
-        hard_vocab_limit=False,
-        pad_id=0,
-        bos_id=2,
-        eos_id=1,
-        unk_id=3,
-        minloglevel=2,
-    )
-    return path
-
-
 def load_tokenizer(cfg: RLConfig, env: Any, run_dir: Path):
     """The PaliGemma tokenizer from the config, the checkpoint's assets, or (random init) trained here."""
-    from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer
+    from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer, train_tiny_tokenizer
 
     if cfg.tokenizer_path:
         path = Path(cfg.tokenizer_path)
@@ -92,7 +70,7 @@ def load_tokenizer(cfg: RLConfig, env: Any, run_dir: Path):
     elif cfg.random_init:
         path = run_dir / "assets" / "tokenizer.model"
         if not path.exists():
-            _train_demo_tokenizer(list(env.prompts), path, cfg.model.vocab_size)
+            train_tiny_tokenizer(list(env.prompts), path, cfg.model.vocab_size)
     else:
         raise ValueError("no tokenizer: set --tokenizer-path or --init-checkpoint")
     return PaligemmaTokenizer(path, max_len=cfg.model.max_token_len)

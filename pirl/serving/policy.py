@@ -42,7 +42,7 @@ from pirl.data import transforms as T
 from pirl.data.normalize import NormStats, load_norm_stats
 from pirl.models import pi0
 from pirl.models.config import Pi0Config
-from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer
+from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer, train_tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -161,36 +161,6 @@ def load_checkpoint_params(checkpoint: str | pathlib.Path, model_cfg: Pi0Config)
         return load_pirl_run_params(step_dir)
     logger.info("loading openpi JAX checkpoint %s", path)
     return load_openpi_params(path, expected=pi0.abstract_params(model_cfg))
-
-
-def train_tiny_tokenizer(
-    prompts: Sequence[str], path: str | pathlib.Path, vocab_size: int = 512
-) -> pathlib.Path:
-    """A small word-level sentencepiece model over `prompts` (for random-weight tiny models)."""
-    import sentencepiece as spm
-
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for p in prompts for w in _clean_lower(p).split()})
-    lines = [_clean_lower(p) for p in prompts] * 20 + words * 5
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_prefix=str(path.with_suffix("")),
-        vocab_size=min(vocab_size, 64 + 4 * len(words)),
-        model_type="word",
-        hard_vocab_limit=False,
-        pad_id=0,
-        bos_id=2,
-        eos_id=1,
-        unk_id=3,
-        minloglevel=2,
-    )
-    return path.with_suffix(".model")
-
-
-def _clean_lower(prompt: str) -> str:
-    """The tokenizer's prompt cleaning, lower-cased (the tiny vocabulary is lower case)."""
-    return prompt.strip().replace("_", " ").replace("\n", " ").lower()
 
 
 def identity_norm_stats(state_dim: int, action_dim: int) -> dict[str, NormStats]:
