@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from pirl.checkpoints.train_state import TrainStateCheckpointer
 from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
 from pirl.distributed import mesh as mesh_lib
-from pirl.logging.video import video_grid
+from pirl.logging.video import video_grid, write_video
 from pirl.logging.writer import MetricWriter, progress
 from pirl.models import pi0
 from pirl.policies import flow_policy
@@ -402,7 +402,9 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
         writer.scalars(metrics, step)
         if frames is not None and cfg.video_interval and step % cfg.video_interval == 0:
             grid = video_grid(np.asarray(frames[:, : min(4, frames.shape[1])]).transpose(1, 0, 2, 3, 4))
-            writer.video("eval/video", grid, step, fps=max(1.0, 20.0 / cfg.policy.action_chunk))
+            fps = max(1.0, 20.0 / cfg.policy.action_chunk)  # one frame per chunk step
+            writer.video("eval/video", grid, step, fps=fps)
+            write_video(run_dir / "videos" / f"eval_step{step:06d}.mp4", grid, fps=fps)
         return metrics
 
     completed = start  # global steps whose results `state` holds
