@@ -12,7 +12,7 @@ import logging
 
 import tyro
 
-from pirl.serving.policy import Policy, batch_buckets
+from pirl.serving.policy import batch_buckets, policy_from_args
 from pirl.serving.server import PolicyServer, ServerConfig
 
 
@@ -46,24 +46,9 @@ class ServeArgs:
     """Compile the model call for every batch size the server can form before accepting connections."""
 
 
-def build_policy(args: ServeArgs) -> Policy:
-    if args.random_tiny:
-        return Policy.random_tiny(args.config_name, seed=args.seed, num_steps=args.num_steps)
-    if args.checkpoint is None:
-        raise SystemExit("error: pass --checkpoint DIR (or --random-tiny for a smoke test)")
-    return Policy.from_checkpoint(
-        args.checkpoint,
-        args.config_name,
-        tokenizer_path=args.tokenizer_path,
-        norm_stats_path=args.norm_stats_path,
-        num_steps=args.num_steps,
-        seed=args.seed,
-    )
-
-
 def main(args: ServeArgs) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    policy = build_policy(args)
+    policy = policy_from_args(args)
     if args.warmup:
         policy.warmup(batch_buckets(min(args.max_batch_size, policy.max_batch_size)))
     config = ServerConfig(

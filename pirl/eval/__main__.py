@@ -14,7 +14,7 @@ from typing import Literal
 
 import tyro
 
-from pirl.serving.policy import Policy
+from pirl.serving.policy import policy_from_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,24 +74,9 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
-def build_policy(args: EvalArgs) -> Policy:
-    if args.random_tiny:
-        return Policy.random_tiny(args.config_name, seed=args.seed, num_steps=args.num_steps)
-    if args.checkpoint is None:
-        raise SystemExit("error: pass --checkpoint DIR (or --random-tiny for a smoke test)")
-    return Policy.from_checkpoint(
-        args.checkpoint,
-        args.config_name,
-        tokenizer_path=args.tokenizer_path,
-        norm_stats_path=args.norm_stats_path,
-        num_steps=args.num_steps,
-        seed=args.seed,
-    )
-
-
 def run(args: EvalArgs) -> dict:
     """Evaluate as `args` say; returns the summary written to results.json."""
-    policy = build_policy(args)
+    policy = policy_from_args(args)
     meta = {"checkpoint": args.checkpoint or "random-tiny", "config_name": args.config_name}
     if args.backend == "libero":
         from pirl.eval.libero import LiberoEvalConfig, evaluate_libero

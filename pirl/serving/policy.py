@@ -510,3 +510,21 @@ def _first_found(loader: Any, roots: Sequence[pathlib.Path]) -> Any:
         except FileNotFoundError as e:
             errors.append(str(e))
     raise FileNotFoundError("; ".join(errors))
+
+
+def policy_from_args(args: Any) -> Policy:
+    """The policy a command line asks for: `--random-tiny`, or `--checkpoint` (+ tokenizer / norm
+    stats overrides). `args` has random_tiny, checkpoint, config_name, tokenizer_path,
+    norm_stats_path, num_steps and seed (pirl.serve's and pirl.eval's argument classes)."""
+    if args.random_tiny:
+        return Policy.random_tiny(args.config_name, seed=args.seed, num_steps=args.num_steps)
+    if args.checkpoint is None:
+        raise SystemExit("error: pass --checkpoint DIR (or --random-tiny for a smoke test)")
+    return Policy.from_checkpoint(
+        args.checkpoint,
+        args.config_name,
+        tokenizer_path=args.tokenizer_path,
+        norm_stats_path=args.norm_stats_path,
+        num_steps=args.num_steps,
+        seed=args.seed,
+    )
