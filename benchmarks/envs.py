@@ -1,6 +1,6 @@
 """Environment throughput: env-steps/s of pirl's MJX suites, physics only and with both cameras.
 
-    python benchmarks/envs.py                               # CPU defaults: N = 1, 16, 64
+    python benchmarks/envs.py                               # CPU defaults: N = 1, 16
     python benchmarks/envs.py --num-envs 1 16 --modes physics render128 --suite libero_goal
 
 Prints one JSON object per line. One env-step = one 20 Hz control step (all physics substeps,
@@ -24,11 +24,18 @@ from pirl.envs import make_env
 MODES = {"physics": (False, 0), "render128": (True, 128), "render224": (True, 224)}
 
 
+def _batching_mode(env) -> str:
+    """What `env.batched` does here (EnvConfig.batching, with "auto" resolved)."""
+    if env.config.batching != "auto":
+        return env.config.batching
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+
+
 def bench_pirl(suite: str, num_envs: int, mode: str, steps: int) -> dict:
     render, size = MODES[mode]
     env = make_env(suite, image_size=max(size, 8), render=render)
     reset = jax.jit(jax.vmap(env.reset_to))
-    step = jax.jit(jax.vmap(env.step))
+    step = jax.jit(env.batched(env.step))  # vmap on accelerators, lax.map on CPU
     tasks = jnp.arange(num_envs) % env.num_tasks
     state = reset(tasks, jnp.zeros(num_envs, jnp.int32))
     actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 1, num_envs, 7), minval=-0.3, maxval=0.3)
@@ -45,6 +52,7 @@ def bench_pirl(suite: str, num_envs: int, mode: str, steps: int) -> dict:
         "bench": "pirl_env",
         "suite": suite,
         "backend": jax.default_backend(),
+        "batching": _batching_mode(env),
         "num_envs": num_envs,
         "mode": mode,
         "steps": steps,
@@ -92,7 +100,7 @@ def bench_libero(mode: str, steps: int) -> dict | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="libero_spatial")
-    default_n = [1, 16, 64] if jax.default_backend() == "cpu" else [1, 16, 64, 256]
+    default_n = [1, 16] if jax.default_backend() == "cpu" else [1, 16, 64, 256]
     p.add_argument("--num-envs", type=int, nargs="+", default=default_n)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")

@@ -1,7 +1,9 @@
-"""PPO update-step throughput over 1, 2, 4, 8 fake CPU devices and 2 local processes (JSON lines).
+"""PPO update-step throughput over 1, 2, 4, 8 fake CPU devices and 2 local processes (JSON lines),
+preceded by the on-paper estimates for full π0 on TPU v5p-64 / 2x8 H100 (docs/scaling.md).
 
-    python benchmarks/scaling.py                 # all layouts, tiny π0
-    python benchmarks/scaling.py --devices 1 8   # a subset
+    python benchmarks/scaling.py                   # estimates + all layouts, tiny π0
+    python benchmarks/scaling.py --devices 1 8     # a subset
+    python benchmarks/scaling.py --estimate-only   # the analytic figures only (seconds)
 
 Each layout runs in its own subprocess (XLA fixes the device count at start-up): the parameters are
 FSDP-sharded over every device of every process and the minibatch is split over them, so the
@@ -31,56 +33,17 @@ def worker(batch: int, steps: int) -> None:
     from pirl.distributed import multihost
 
     multihost.initialize()
-    sys.path.insert(0, str(ROOT / "tests"))
     import jax.numpy as jnp
-    import numpy as np
-    from multihost_worker import synthetic_batch
 
     from pirl.distributed import mesh as mesh_lib
-    from pirl.models.config import Pi0Config
-    from pirl.policies import flow_policy
-    from pirl.policies.config import FlowPolicyConfig
-    from pirl.policies.env_io import make_env_adapter
-    from pirl.policies.masks import trainable_mask
-    from pirl.rl.config import EnvSpec, RLConfig
-    from pirl.rl.optim import make_optimizer
-    from pirl.rl.update import ppo_update
+    from pirl.rl import synthetic
 
-    cfg = RLConfig(
-        model=Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb")),
-        policy=FlowPolicyConfig(value_head_hidden=(64,)),
-        env=EnvSpec(name="libero_spatial", num_envs=batch, image_size=28, max_episode_steps=5),
-        rollout_epochs=1,
-        update_epochs=1,
-        global_batch_size=batch,
-    )
+    # The tiny PPO setup of tests/test_rl_update.py, with one minibatch of `batch` transitions.
+    cfg = synthetic.tiny_ppo_config(global_batch_size=batch, micro_batch_size=None)
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(1, -1)))
-    init = lambda: flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))  # noqa: E731
-    shardings = mesh_lib.param_shardings(jax.eval_shape(init), mesh, min_size=256)
-    params = jax.jit(init, out_shardings=shardings)()
-    trainable = trainable_mask(params, cfg.policy, cfg.model)
-    value_mask = {k: jax.tree.map(lambda _, k=k: k == "value_head", v) for k, v in params.items()}
-    optimizer = make_optimizer(cfg.optim, trainable, value_mask)
-    opt_state = jax.jit(optimizer.init)(params)
-    adapter = make_env_adapter(["a"], lambda p: (np.arange(16, dtype=np.int32) % 5, np.arange(16) < 4), None)
-    data = synthetic_batch(cfg, batch)
-    data = multihost.host_local_batch_to_global(
-        jax.tree.map(lambda x: x[multihost.process_batch_slice(batch)], data), mesh
-    )
-    update = jax.jit(
-        lambda p, o, s, b, r: ppo_update(
-            p,
-            o,
-            s,
-            b,
-            r,
-            cfg=cfg,
-            adapter=adapter,
-            optimizer=optimizer,
-            trainable_mask=trainable,
-            batch_sharding=mesh_lib.batch_sharding(mesh),
-        )
-    )
+    ppo = synthetic.make_ppo_update_setup(cfg, mesh)
+    data = synthetic.place_transitions(synthetic.synthetic_transitions(cfg, batch), mesh)
+    update, params, opt_state = ppo.update, ppo.params, ppo.opt_state
     step = jnp.zeros((), jnp.int32)
     for _ in range(2):  # the second call may compile again: its inputs carry the outputs' shardings
         params, opt_state, step, _ = jax.block_until_ready(
@@ -96,6 +59,108 @@ def worker(batch: int, steps: int) -> None:
             "RESULT " + json.dumps({"seconds_per_step": seconds, "samples_per_s": batch / seconds}),
             flush=True,
         )
+
+
+def estimates(mfu: float) -> list[dict]:
+    """The on-paper figures of docs/scaling.md: full π0 PPO update (pi0_libero_ppo) and SFT
+    (pi0_libero_sft) on the tpu-v5p-64 and gpu-2x8 mesh presets, from `pirl.distributed.cost_model`.
+    """
+    import jax
+
+    import configs
+    from pirl.distributed import cost_model
+    from pirl.distributed.mesh import MESH_PRESETS
+    from pirl.models import pi0
+    from pirl.policies import flow_policy
+    from pirl.policies.masks import trainable_mask
+    from pirl.rl import synthetic
+
+    ppo = configs.get_preset("pi0_libero_ppo")
+    sft = configs.get_preset("pi0_libero_sft")
+    policy_params = jax.eval_shape(
+        lambda: flow_policy.init_policy_params(ppo.policy, ppo.model, jax.random.key(0))
+    )
+    ppo_mask = trainable_mask(policy_params, ppo.policy, ppo.model)
+    ppo_trainable = sum(
+        x.size for x, t in zip(jax.tree.leaves(policy_params), jax.tree.leaves(ppo_mask), strict=True) if t
+    )
+    sft_params = pi0.abstract_params(sft.model)
+    groups = cost_model.param_groups(sft_params)
+    rows = [
+        {
+            "estimate": "pi0 parameter count",
+            **groups,
+            "total": sum(groups.values()),
+            "ppo_trainable": ppo_trainable,
+        }
+    ]
+    targets = (("tpu-v5p-64", cost_model.CHIPS["tpu-v5p"]), ("gpu-2x8", cost_model.CHIPS["h100"]))
+    for mesh_name, chip in targets:
+        mesh = MESH_PRESETS[mesh_name]
+        for replicate_frozen in (False, True):
+            row = cost_model.estimate_step(
+                "ppo",
+                ppo.model,
+                policy_params,
+                ppo_trainable,
+                mesh,
+                chip,
+                global_batch=ppo.global_batch_size,
+                micro_batch=ppo.micro_batch_size,
+                mfu=mfu,
+                replicate_frozen=replicate_frozen,
+            )
+            variant = ", frozen VLM replicated" if replicate_frozen else ""
+            rows.append({"estimate": f"pi0_libero_ppo update step on {mesh_name}{variant}", **row})
+        sft_row = cost_model.estimate_step(
+            "sft",
+            sft.model,
+            sft_params,
+            sum(groups.values()),
+            mesh,
+            chip,
+            global_batch=sft.batch_size,
+            mfu=mfu,
+            ema=sft.ema_decay is not None,
+        )
+        rows.append({"estimate": f"pi0_libero_sft step on {mesh_name}", **sft_row})
+    tiny = synthetic.tiny_ppo_config()
+    rows.append(
+        {
+            "estimate": "tiny pi0 PPO update FLOPs per transition (the CPU benchmark's model)",
+            **cost_model.ppo_update_flops_per_sample(tiny.model),
+        }
+    )
+    return rows
+
+
+def check_flops() -> dict:
+    """XLA's HLO cost analysis of the full-π0 training forward (lowered on abstract inputs, nothing
+    allocated or compiled) vs the analytic count. XLA counts each scanned layer loop body once, so
+    the analytic side counts one layer per tower too."""
+    import jax
+    import jax.numpy as jnp
+
+    from pirl.distributed import cost_model
+    from pirl.models import pi0
+    from pirl.models.config import Pi0Config
+
+    cfg = Pi0Config()
+    obs = jax.eval_shape(lambda: pi0.fake_observation(cfg, 1))
+    actions = jax.ShapeDtypeStruct((1, cfg.action_horizon, cfg.action_dim), jnp.float32)
+
+    def loss(params, obs, actions):
+        return jnp.mean(pi0.compute_loss(params, cfg, jax.random.PRNGKey(0), obs, actions))
+
+    lowered = jax.jit(loss).lower(pi0.abstract_params(cfg), obs, actions)
+    xla = float(lowered.cost_analysis()["flops"])
+    analytic = sum(cost_model.forward_flops(cfg, joint=True, loop_bodies_once=True).values())
+    return {
+        "check": "full pi0 forward FLOPs, one layer per tower (batch 1)",
+        "xla_cost_analysis_flops": xla,
+        "analytic_flops": analytic,
+        "analytic_over_xla": analytic / xla,
+    }
 
 
 def run_layout(processes: int, devices_per_process: int, batch: int, steps: int) -> dict:
@@ -137,10 +202,21 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=16, help="global minibatch (transitions)")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--mfu", type=float, default=0.4, help="assumed MFU of the on-paper estimates")
+    parser.add_argument("--estimate-only", action="store_true", help="print the estimates, measure nothing")
+    parser.add_argument(
+        "--check-flops", action="store_true", help="also compare the FLOP count with XLA's cost analysis"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.batch, args.steps)
+    for row in estimates(args.mfu):
+        print(json.dumps(row), flush=True)
+    if args.check_flops:
+        print(json.dumps(check_flops()), flush=True)
+    if args.estimate_only:
+        return None
     for n in args.devices:
         result = run_layout(1, n, args.batch, args.steps)
         print(

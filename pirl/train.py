@@ -47,12 +47,25 @@ def run(config: Any) -> Any:
     raise TypeError(f"no training loop for config type {type(config).__name__}")
 
 
+def check_devices(config: Any) -> None:
+    """Fail now, before any environment or compilation, if the config's mesh does not fit the
+    devices of this job (`jax.device_count()`, all processes); the message says what to change."""
+    import jax
+
+    from configs import meshes
+
+    mesh = getattr(config, "mesh", None)
+    if mesh is not None:
+        meshes.check_mesh_fits(mesh, jax.device_count())
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     from pirl.distributed import multihost
 
     # Joins a multi-process job when the environment describes one (PIRL_*, SLURM, TPU pod).
     multihost.initialize()
     config = parse_config(sys.argv[1:] if argv is None else argv)
+    check_devices(config)
     return run(config)
 
 

@@ -1,8 +1,9 @@
 """Tests of pirl.envs: scenes, init states, predicates, env API, batching, scripted experts.
 
-MJX compiles slowly on CPU (minutes for one physics step program on a busy 2-core machine), so
-the fast tests avoid compiling the physics step; every test that steps physics is marked slow and
-shares one module-scoped libero_spatial env and its jitted functions.
+MJX compiles slowly on CPU (about a minute for one physics step program on a busy 2-core
+machine), so the fast tests avoid compiling the physics step; every test that steps physics is
+marked slow (CI) or nightly and shares one module-scoped libero_spatial env and its jitted
+functions where it can. Envs are batched with `env.batched` (a lax.map on the CPU).
 """
 
 from __future__ import annotations
@@ -11,9 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from mujoco import mjx
 
-from pirl.envs import BatchEnv, expert_action, make_env, random_action
+from pirl.envs import (
+    BatchEnv,
+    expert_action,
+    expert_policy,
+    make_env,
+    random_policy,
+    run_episodes,
+)
 from pirl.envs import tasks as tsk
 from pirl.envs.controller import mat_to_rotvec, quat_to_rotvec, rotvec_to_mat
 from pirl.envs.scene import load_scene
@@ -31,7 +41,13 @@ def spatial():
     fns = {
         "reset": jax.jit(batch.reset_to),
         "step": jax.jit(batch.step),
-        "expert": jax.jit(jax.vmap(lambda s: expert_action(env, s))),
+        "expert": jax.jit(env.batched(lambda s: expert_action(env, s))),
+        # Per env: policy 0 the expert, 1 random actions; each with its own step limit.
+        "run": jax.jit(
+            lambda tasks, inits, rng, policy_ids, limits: run_episodes(
+                env, (expert_policy(env), random_policy), tasks, inits, rng, env.max_steps, policy_ids, limits
+            )
+        ),
     }
     return env, batch, fns
 
@@ -92,9 +108,27 @@ def test_reset_obs_and_success_predicate(spatial):
     assert not bool(check(lifted))  # above the plate is not on it
 
 
-@pytest.mark.nightly
+@pytest.mark.slow
 def test_expert_solves_spatial_and_random_does_not(spatial):
-    """Expert on every task (init 0 each): >= 90%, reward paid once; random actions: < 5%."""
+    """CI's check of the scripted expert: one init state of every libero_spatial task, expert
+    >= 90%; random actions (as many envs, a short horizon) < 5%. One compiled program runs both:
+    the policy is picked per env, and finished envs are skipped (lax.map on the CPU)."""
+    env, _, fns = spatial
+    n_random = 3
+    tasks = jnp.concatenate([jnp.arange(NUM_ENVS), jnp.arange(n_random)])
+    inits = jnp.concatenate([jnp.full(NUM_ENVS, 7), jnp.arange(n_random) * 11 + 2]).astype(jnp.int32)
+    limits = jnp.concatenate([jnp.full(NUM_ENVS, env.max_steps), jnp.full(n_random, 30)])
+    policy_ids = jnp.concatenate([jnp.zeros(NUM_ENVS), jnp.ones(n_random)]).astype(jnp.int32)
+    success, first = fns["run"](tasks, inits, jax.random.PRNGKey(0), policy_ids, limits)
+    success, first = np.asarray(success), np.asarray(first)
+    assert success[:NUM_ENVS].mean() >= 0.9, f"expert success {success[:NUM_ENVS]}, first steps {first}"
+    assert success[NUM_ENVS:].mean() < 0.05, f"random actions succeeded: {success[NUM_ENVS:]}"
+    assert (first[success] > 10).all()  # nothing starts solved: the expert did the work
+
+
+@pytest.mark.nightly
+def test_batch_env_expert_rewards_and_auto_reset(spatial):
+    """Through BatchEnv: the expert solves, reward is paid once, solved envs are auto-reset."""
     env, _, fns = spatial
     tasks, inits = jnp.arange(NUM_ENVS), jnp.zeros(NUM_ENVS, jnp.int32)
     state = fns["reset"](tasks, inits)
@@ -113,13 +147,44 @@ def test_expert_solves_spatial_and_random_does_not(spatial):
     assert solved.mean() >= 0.9, f"expert success {solved}"
     np.testing.assert_array_equal(reward_total, solved.astype(np.float64))  # sparse, paid once
     assert int(state.info["step"][0]) == 0 or not solved[0]  # the solved env was auto-reset
-
-    state = fns["reset"](tasks, inits)
-    for k in jax.random.split(jax.random.PRNGKey(1), 60):
-        state = fns["step"](state, jax.vmap(random_action)(jax.random.split(k, NUM_ENVS)))
-        assert not bool(state.info["success_once"].any())
     with pytest.raises(ValueError, match="actions must be"):
         fns["step"](state, jnp.zeros((3, 7)))
+
+
+def _mesh_sharding() -> NamedSharding:
+    """The batch axis over a 'data' mesh of 3 of the 8 fake CPU devices (2 envs each)."""
+    return NamedSharding(Mesh(np.array(jax.devices()[:3]), ("data",)), P("data"))
+
+
+def test_batch_reset_shards_over_device_mesh(spatial):
+    """Sharded (task, init) ids -> a jitted BatchEnv reset returns a state sharded the same way,
+    equal to the unsharded one."""
+    _, _, fns = spatial
+    sharded = _mesh_sharding()
+    tasks, inits = jnp.arange(NUM_ENVS), jnp.arange(NUM_ENVS) * 7
+    ref = fns["reset"](tasks, inits)
+    state = fns["reset"](jax.device_put(tasks, sharded), jax.device_put(inits, sharded))
+    for leaf in (state.data.qpos, state.obs["state"], state.info["task_id"]):
+        assert leaf.sharding.is_equivalent_to(sharded, leaf.ndim), leaf.sharding
+    np.testing.assert_allclose(np.asarray(state.obs["state"]), np.asarray(ref.obs["state"]), atol=1e-6)
+
+
+@pytest.mark.nightly
+def test_batch_step_shards_over_device_mesh(spatial):
+    """A jitted BatchEnv step on a mesh-sharded state keeps it sharded and matches the unsharded
+    step (nightly: the sharded input compiles the physics step a second time, ~2 min on CPU)."""
+    _, _, fns = spatial
+    sharded = _mesh_sharding()
+    tasks, inits = jnp.arange(NUM_ENVS), jnp.arange(NUM_ENVS) * 7
+    ref = fns["reset"](tasks, inits)
+    state = jax.device_put(ref, sharded)
+    actions = jnp.tile(jnp.array([[0.4, -0.3, -0.5, 0.0, 0.0, 0.2, 1.0]]), (NUM_ENVS, 1))
+    ref = fns["step"](ref, actions)
+    state = fns["step"](state, jax.device_put(actions, sharded))
+    for leaf in (state.data.qpos, state.obs["state"], state.info["step"]):
+        assert leaf.sharding.is_equivalent_to(sharded, leaf.ndim), leaf.sharding
+    np.testing.assert_allclose(np.asarray(state.data.qpos), np.asarray(ref.data.qpos), atol=1e-5)
+    assert float(jnp.abs(state.data.qpos - fns["reset"](tasks, inits).data.qpos).max()) > 0.01  # it moved
 
 
 @pytest.mark.nightly
@@ -153,16 +218,32 @@ def test_chunk_step_matches_steps():
 @pytest.mark.nightly
 @pytest.mark.parametrize("suite", SUITE_NAMES)
 def test_expert_all_suites(suite):
-    """Expert >= 90% on 2 init states of every task of every suite."""
+    """Expert >= 90% on 2 fixed init states of every task of every suite (physics only)."""
     env = make_env(suite, render=False)
-    reset = jax.jit(jax.vmap(env.reset_to))
-    step = jax.jit(jax.vmap(lambda s: env.step(s, expert_action(env, s))))
+    run = jax.jit(lambda t, i, k: run_episodes(env, expert_policy(env), t, i, k, env.max_steps))
     tasks = jnp.repeat(jnp.arange(env.num_tasks), 2)
     inits = jnp.tile(jnp.array([0, 25]), env.num_tasks)
-    state = reset(tasks, inits)
-    for _ in range(env.max_steps):
-        state = step(state)
-        if bool(state.info["success_once"].all()):
-            break
-    rate = float(state.info["success_once"].mean())
-    assert rate >= 0.9, f"{suite}: expert success {rate}: {np.asarray(state.info['success_once'])}"
+    success, first = run(tasks, inits, jax.random.PRNGKey(0))
+    rate = float(success.mean())
+    assert rate >= 0.9, (
+        f"{suite}: expert success {rate}: {np.asarray(success)}, first steps {np.asarray(first)}"
+    )
+
+
+@pytest.mark.nightly
+def test_demos_command_writes_a_readable_lerobot_dataset(tmp_path):
+    """`python -m pirl.envs.demos` end to end (1 episode per task, 16 px): pirl.data reads it."""
+    from pirl.data.lerobot import LeRobotDataset
+    from pirl.envs.demos import DemoConfig, main
+
+    cfg = DemoConfig(
+        suite="libero_spatial", episodes_per_task=1, out=str(tmp_path / "demos"), image_size=16, batch_size=6
+    )
+    main(cfg)
+    ds = LeRobotDataset(cfg.out)
+    assert len(ds.meta.episodes) >= 5 and ds.fps == 20
+    item = ds[0]
+    assert item["image"].shape == (16, 16, 3) and item["wrist_image"].shape == (16, 16, 3)
+    assert item["state"].shape == (8,) and item["actions"].shape == (7,)
+    assert item["task"].startswith("pick up the black bowl")
+    assert np.abs(np.asarray(item["actions"])).max() <= 1.0

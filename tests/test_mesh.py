@@ -108,3 +108,35 @@ def test_bad_rules_are_reported(mesh_2x4):
         mesh_lib.param_partition_specs(params, mesh_2x4, [("w", PartitionSpec(None, "model"))])
     with pytest.raises(ValueError, match="rank 2"):
         mesh_lib.param_partition_specs(params, mesh_2x4, [("w", PartitionSpec(None, None, "fsdp"))])
+
+
+def test_mesh_for_other_device_count_fails_with_what_to_change():
+    from configs import meshes
+
+    with pytest.raises(SystemExit) as info:
+        meshes.check_mesh_fits(meshes.get_mesh("tpu-v5p-64"), 8)
+    message = str(info.value)
+    assert "needs 32 devices but 8 are available" in message
+    assert "--mesh gpu-1x8" in message and "--mesh.axis-sizes -1 8" in message
+    with pytest.raises(SystemExit, match=r"no mesh preset has 2 devices.*--mesh.axis-sizes -1 2"):
+        meshes.check_mesh_fits(meshes.get_mesh("gpu-2x8"), 2)
+    assert meshes.check_mesh_fits(meshes.get_mesh("gpu-2x8"), 16) == (2, 8)
+    assert meshes.presets_for(16) == ["gpu-2x8", "tpu-v4-32"]
+    assert meshes.check_mesh_fits(MeshConfig(axis_sizes=(-1, 4)), 8) == (2, 4)
+
+
+def test_train_checks_the_mesh_before_building_anything(monkeypatch):
+    """`python -m pirl.train <preset> --mesh <name>` stops before run() (envs, compilation)."""
+    from pirl import train
+
+    if jax.device_count() != 8:
+        pytest.skip("needs the 8 fake CPU devices set up by tests/conftest.py")
+
+    def must_not_run(config):
+        raise AssertionError("run() was reached with a mesh that does not fit the devices")
+
+    monkeypatch.setattr(train, "run", must_not_run)
+    with pytest.raises(SystemExit, match=r"(?s)needs 32 devices but 8 .*--mesh gpu-1x8"):
+        train.main(["pi0_libero_ppo", "--mesh", "tpu-v5p-64"])
+    monkeypatch.setattr(train, "run", lambda config: config)
+    assert train.main(["pi0_demo_cpu", "--mesh", "gpu-1x8"]).mesh.axis_sizes == (1, 8)

@@ -1,8 +1,9 @@
 """Multi-process JAX on localhost: 2 processes (jax.distributed, CPU collectives) vs 1 process.
 
-Both runs apply two PPO update steps to the same global batch with parameters FSDP-sharded over
-all devices; they must end with the same parameters. The 2-process run's checkpoint must restore
-in a 1-process run with a different mesh (1 device instead of 2).
+Both runs apply two PPO update steps and then one SFT train step to the same global batches with
+parameters FSDP-sharded over all devices; they must end with the same parameters (and the same SFT
+loss). The 2-process run's checkpoint must restore in a 1-process run with a different mesh
+(1 device instead of 2).
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ def test_two_processes_match_one_and_restore_elsewhere(tmp_path):
         init["model/PaliGemma/llm/embedder/input_embedding"],
         b["model/PaliGemma/llm/embedder/input_embedding"],
     )
+    # SFT: same params, loss and grad norm after one step on 2 processes as on 1; the step moved them.
+    sft_one, sft_two = np.load(tmp_path / "single.sft.npz"), np.load(tmp_path / "multi.sft.npz")
+    assert sorted(sft_one.files) == sorted(sft_two.files) and "metrics/loss" in sft_one.files
+    for key in sft_one.files:
+        np.testing.assert_allclose(sft_one[key], sft_two[key], rtol=2e-5, atol=2e-6, err_msg=key)
+    assert np.isfinite(sft_two["metrics/loss"]) and sft_two["metrics/grad_norm"] > 0
+    sft_init = np.load(tmp_path / "multi.sft_init.npz")
+    for key in ("params/action_out_proj/kernel", "params/PaliGemma/llm/embedder/input_embedding"):
+        assert not np.allclose(sft_init[key.removeprefix("params/")], sft_two[key]), key
     # Saved by 2 processes on 2 devices, restored by 1 process on 1 device.
     restore = _run(
         ["--out", str(tmp_path / "restored.npz"), "--ckpt", str(tmp_path / "ckpt2"), "--restore"], _env(1)

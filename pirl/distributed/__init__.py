@@ -1,5 +1,6 @@
 """Distributed execution: `MeshConfig` and mesh presets, batch sharding, FSDP-style parameter sharding rules
-(`mesh.py`), multi-host start-up (`multihost.py`)."""
+(`mesh.py`), multi-host start-up (`multihost.py`), and the on-paper step cost model behind
+docs/scaling.md (`cost_model.py`)."""
 
 from pirl.distributed.mesh import (
     AUTO_FSDP,

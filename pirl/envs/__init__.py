@@ -3,7 +3,14 @@ JAX renderer, LIBERO / ManiSkill-style task suites, batching and scripted expert
 
 from pirl.envs.batch import BatchEnv
 from pirl.envs.env import EnvConfig, ManipEnv, State, make_env
-from pirl.envs.expert import ExpertConfig, expert_action, random_action
+from pirl.envs.expert import (
+    ExpertConfig,
+    expert_action,
+    expert_policy,
+    random_action,
+    random_policy,
+    run_episodes,
+)
 from pirl.envs.tasks import SUITES
 
 __all__ = [
@@ -14,6 +21,9 @@ __all__ = [
     "ManipEnv",
     "State",
     "expert_action",
+    "expert_policy",
     "make_env",
     "random_action",
+    "random_policy",
+    "run_episodes",
 ]

@@ -1,4 +1,4 @@
-"""Batched environment: vmap over N envs with automatic reset of finished episodes.
+"""Batched environment: N envs (vmapped, or looped on CPU: `ManipEnv.batched`) with automatic reset of finished episodes.
 
 Every method is a pure function of its inputs; jit them at the call site. The batch axis is the
 leading axis of every leaf of State, so it can be sharded over a device mesh
@@ -22,7 +22,7 @@ from pirl.envs.env import ManipEnv, State
 
 
 class BatchEnv:
-    """`num_envs` copies of `env`, vmapped, with auto-reset."""
+    """`num_envs` copies of `env`, batched with `env.batched`, with auto-reset."""
 
     def __init__(self, env: ManipEnv, num_envs: int, reset_mode: Literal["random", "same"] = "random"):
         if num_envs < 1:
@@ -77,7 +77,7 @@ class BatchEnv:
             raise ValueError(f"actions must be ({self.num_envs}, 7), got {actions.shape}")
         extra = {k: state.info[k] for k in ("rng", "final_success")}
         inner = state.replace(info={k: v for k, v in state.info.items() if k not in extra})
-        nxt = jax.vmap(self.env.step)(inner, actions)
+        nxt = self.env.batched(self.env.step)(inner, actions)
         return self._auto_reset(nxt.replace(info=dict(nxt.info, **extra)))
 
     def chunk_step(self, state: State, actions: jax.Array) -> State:
@@ -86,5 +86,5 @@ class BatchEnv:
             raise ValueError(f"actions must be ({self.num_envs}, H, 7), got {actions.shape}")
         extra = {k: state.info[k] for k in ("rng", "final_success")}
         inner = state.replace(info={k: v for k, v in state.info.items() if k not in extra})
-        nxt = jax.vmap(self.env.chunk_step)(inner, actions)
+        nxt = self.env.batched(self.env.chunk_step)(inner, actions)
         return self._auto_reset(nxt.replace(info=dict(nxt.info, **extra)))

@@ -36,7 +36,7 @@ class DemoConfig:
     image_size: int = 64
     """Square image side."""
     batch_size: int = 16
-    """Episodes rolled out in parallel (one jitted vmapped step)."""
+    """Episodes rolled out in parallel (one jitted batched step)."""
     tail_steps: int = 5
     """Steps kept after success."""
     use_videos: bool = False
@@ -52,10 +52,11 @@ def rollout_expert(
     the first `num_real` (default all) as numpy dicts."""
     reset = jax.jit(jax.vmap(env.reset_to))
 
-    @jax.jit
-    def step(state):
-        action = jax.vmap(lambda s: expert_action(env, s))(state)
-        return action, jax.vmap(env.step)(state, action)
+    def act_and_step(state):
+        action = expert_action(env, state)
+        return action, env.step(state, action)
+
+    step = jax.jit(env.batched(act_and_step))
 
     state = reset(jnp.asarray(task_ids), jnp.asarray(init_ids))
     frames: list[dict] = []

@@ -52,6 +52,8 @@ class EnvConfig:
     """Line-search iterations of the solver."""
     max_steps: int | None = None
     """Override the suite's episode limit (control steps)."""
+    batching: str = "auto"
+    """How `batched` maps over environments: vmap, map (a sequential lax.map), or auto (map on CPU)."""
     controller: ctl.ControllerConfig = ctl.ControllerConfig()
     """Action scaling and IK gains."""
 
@@ -71,6 +73,8 @@ class ManipEnv:
     """One suite of MJX manipulation tasks. Construct with `make_env`."""
 
     def __init__(self, suite: tsk.SuiteSpec, config: EnvConfig, render_fn: RenderFn | None = None):
+        if config.batching not in ("auto", "vmap", "map"):
+            raise ValueError(f"batching must be 'auto', 'vmap' or 'map', got {config.batching!r}")
         if config.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {config.image_size}")
         self.suite = suite
@@ -102,6 +106,21 @@ class ManipEnv:
             render_fn = default_render_fn(m, suite.cameras, config.image_size)
         self._render = render_fn if config.render else None
         self._data0 = mjx.make_data(m)
+
+    # ------------------------------------------------------------------ batching
+
+    def batched(self, fn: Callable) -> Callable:
+        """`fn` over one environment -> `fn` over a leading batch axis of every argument.
+
+        vmap on accelerators. On the CPU, MJX under vmap is several times slower per environment
+        than one environment at a time (measured: 8 envs 3.8 env-steps/s vmapped, 10.3 with
+        lax.map), so "auto" loops there with lax.map, which also compiles like a single env."""
+        mode = self.config.batching
+        if mode == "auto":
+            mode = "map" if jax.default_backend() == "cpu" else "vmap"
+        if mode == "vmap":
+            return jax.vmap(fn)
+        return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
 
     # ------------------------------------------------------------------ reset
 

@@ -1,18 +1,24 @@
-"""Scripted experts: a reactive phase machine per goal, pure JAX (jit / vmap over a batch).
+"""Scripted experts: a reactive phase machine per goal, pure JAX (jit / batch over envs).
 
 The expert reads the simulator state only (no memory): it works on the first goal of the task
 that does not hold yet and picks the phase from geometry:
-  pick-and-place  approach above the object -> descend -> close -> lift -> transport over the
-                  region -> lower -> release (a missed grasp re-opens and retries)
+  pick-and-place  approach above the object -> descend -> close -> (fingers stopped) lift ->
+                  transport over the region at reduced speed, wrist still -> lower -> release
+                  (a missed grasp re-opens and retries)
   drawer          grasp the handle from above -> pull along the drawer axis
   knob            straddle the knob bar with the fingers -> close -> rotate the wrist
-and when every goal holds it opens the gripper and retreats upward. Actions are the env's 7-D
-OSC-style actions: a proportional pose servo, saturated to [-1, 1].
+A placed object still between the fingers is released and cleared upward before the next goal;
+when every goal holds the expert opens the gripper and retreats upward. Actions are the env's
+7-D OSC-style actions: a proportional pose servo, saturated to [-1, 1].
+
+`run_episodes` rolls policies (the expert, random actions) out from fixed initial states and
+reports success: the measure behind the "expert >= 90%, random < 5%" checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +31,10 @@ from pirl.envs.env import ManipEnv, State
 
 # TCP orientation with the gripper pointing down at yaw 0 (home): x -> x, y -> -y, z -> -z.
 R_DOWN = np.diag([1.0, -1.0, -1.0])
-TCP_TIP_CLEARANCE = 0.026  # m: lowest TCP height that keeps the fingertips off the table
+TCP_TIP_CLEARANCE = 0.026
+# |TCP yaw| (rad from home) the expert plans grasps within; the nearest symmetric grasp yaw
+# drifts with every regrasp and would otherwise wind the last joint into its limit.
+YAW_LIMIT = 2.0  # m: lowest TCP height that keeps the fingertips off the table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +53,8 @@ class ExpertConfig:
     """Object bottom height above the region surface at release (m)."""
     basket_drop: float = 0.06
     """Object bottom height at release over a basket (clears its rim)."""
+    carry_speed: float = 0.5
+    """Largest position action while holding an object (fast swings shake it out of the grip)."""
     knob_rate: float = 0.3
     """Yaw lead (rad) while turning a knob."""
     retreat_height: float = 0.3
@@ -85,14 +96,19 @@ def _wrap(x: jax.Array, period: jax.Array) -> jax.Array:
     return (x + period / 2) % period - period / 2
 
 
+def _fold(psi: jax.Array, period: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Shift a yaw by one symmetry period back into [lo, hi] (the wrist joint's usable range)."""
+    return jnp.where(psi > hi, psi - period, jnp.where(psi < lo, psi + period, psi))
+
+
 def _rz(psi: jax.Array) -> jax.Array:
     c, s = jnp.cos(psi), jnp.sin(psi)
     return jnp.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def _action(cfg: ExpertConfig, env: ManipEnv, tcp, mat, target, psi_des, grip) -> jax.Array:
+def _action(cfg: ExpertConfig, env: ManipEnv, tcp, mat, target, psi_des, grip, speed=1.0) -> jax.Array:
     c = env.config.controller
-    a_pos = jnp.clip((target - tcp) / c.pos_scale * cfg.pos_gain, -1.0, 1.0)
+    a_pos = jnp.clip((target - tcp) / c.pos_scale * cfg.pos_gain, -speed, speed)
     r_des = _rz(psi_des) @ jnp.asarray(R_DOWN)
     a_rot = jnp.clip(ctl.mat_to_rotvec(r_des @ mat.T) / c.rot_scale * cfg.rot_gain, -1.0, 1.0)
     return jnp.concatenate([a_pos, a_rot, grip[None]]).astype(jnp.float32)
@@ -134,6 +150,11 @@ def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig(
     yaw = _yaw_of(mat)
     fingers = data.qpos[info.finger_qpos_adr]
     gap = fingers[0] - fingers[1]
+    # A grasp counts once the closing fingers have stopped on the object (lifting earlier, while
+    # they still close, slips); they stay still while carrying.
+    m = info.mj_model
+    finger_dofs = np.array([m.jnt_dofadr[m.joint(n).id] for n in ("finger_left", "finger_right")])
+    fingers_still = jnp.max(jnp.abs(data.qvel[finger_dofs])) < 0.02
     sat = tsk.goals_satisfied(table, info, data, task_id)
     half = jnp.asarray(info.object_half_size)
     obj_body = jnp.asarray(info.object_body)
@@ -149,11 +170,14 @@ def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig(
         half_width = jnp.minimum(h[0], h[1])
         phi = jnp.arctan2(omat[1, 0], omat[0, 0]) + jnp.where(narrow_is_x, 0.0, jnp.pi / 2)
         period = jnp.where(jnp.abs(h[0] - h[1]) < 1e-3, jnp.pi / 2, jnp.pi)
-        psi = yaw + _wrap(phi + jnp.pi / 2 - yaw, period)
-        grasp_z = jnp.maximum(pos[2] + h[2] - 0.022, TCP_TIP_CLEARANCE)
+        psi = _fold(yaw + _wrap(phi + jnp.pi / 2 - yaw, period), period, -YAW_LIMIT, YAW_LIMIT)
+        # 2.2 cm below the top, but no higher than 2 cm above the centre: tall items held near
+        # their top swing loose in transport.
+        grasp_z = jnp.maximum(pos[2] + jnp.minimum(h[2] - 0.022, 0.02), TCP_TIP_CLEARANCE)
         grasp = jnp.concatenate([pos[:2], grasp_z[None]])
         holding = (
             (gap < 2 * half_width + 0.008)
+            & (fingers_still | (pos[2] - h[2] > 0.01))  # still to lift; once lifted, it held
             & (gap > 2 * half_width - 0.02)
             & (jnp.linalg.norm(tcp[:2] - pos[:2]) < 0.025)
             & (jnp.abs(tcp[2] - grasp_z) < 0.03)
@@ -183,8 +207,11 @@ def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig(
             tcp,
             mat,
             jnp.where(holding, held_target, app_target),
-            psi,
+            # Holding: keep the wrist still (the grasp yaw is what it is; re-aligning it with the
+            # object's symmetry axes while moving flips between equivalent yaws and shakes it loose).
+            jnp.where(holding, yaw, psi),
             jnp.where(holding, held_grip, app_grip),
+            jnp.where(holding, cfg.carry_speed, 1.0),
         )
 
         # ---- mechanisms (drawer handle / knob bar), both grasped from above
@@ -192,7 +219,13 @@ def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig(
         mpos = data.xpos[mech_body[task_id, g]]
         mmat = data.xmat[mech_body[task_id, g]]
         bar_angle = jnp.arctan2(mmat[1, 0], mmat[0, 0])  # bar runs along the body's local x
-        m_psi = yaw + _wrap(bar_angle - yaw, jnp.pi)
+        # The knob turns the wrist by +0.8 rad or more: grasp it with room left below the limit.
+        m_psi = _fold(
+            yaw + _wrap(bar_angle - yaw, jnp.pi),
+            jnp.pi,
+            -YAW_LIMIT,
+            jnp.where(mk == MECH_KNOB, YAW_LIMIT - 1.0, YAW_LIMIT),
+        )
         m_half = jnp.where(mk == MECH_DRAWER, 0.008, 0.009)
         m_hold = (
             (jnp.linalg.norm(tcp - mpos) < 0.02)
@@ -227,9 +260,92 @@ def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig(
     )
     actions.append(retreat)
     stage = jnp.argmin(jnp.concatenate([sat, jnp.zeros((1,), bool)]))
-    return jnp.stack(actions)[stage]
+    # A placed object still between the fingers is let go of, and cleared upward, before the next
+    # goal (moving on at once drags it off its region).
+    placed_obj = table.obj[task_id]
+    placed_pos = data.xpos[obj_body[placed_obj]]  # [G, 3]
+    placed_top = placed_pos[:, 2] + half[placed_obj, 2]
+    entangled = (
+        sat
+        & table.valid[task_id]
+        & (table.kind[task_id] < 2)
+        & (jnp.linalg.norm(placed_pos[:, :2] - tcp[:2], axis=-1) < 0.04)
+        & (tcp[2] < placed_top + 0.03)
+    )
+    let_go = _action(
+        cfg,
+        env,
+        tcp,
+        mat,
+        jnp.concatenate([tcp[:2], jnp.where(gap > 0.07, jnp.max(placed_top) + 0.06, tcp[2])[None]]),
+        yaw,
+        jnp.array(-1.0),
+    )
+    return jnp.where(jnp.any(entangled), let_go, jnp.stack(actions)[stage])
 
 
 def random_action(rng: jax.Array) -> jax.Array:
     """Uniform random action f32[7] in [-1, 1] (the baseline experts are compared to)."""
     return jax.random.uniform(rng, (7,), minval=-1.0, maxval=1.0)
+
+
+PolicyFn = Callable[[State, jax.Array], jax.Array]  # (one env's state, key) -> action f32[7]
+
+
+def expert_policy(env: ManipEnv, cfg: ExpertConfig = ExpertConfig()) -> PolicyFn:
+    """`expert_action` as a PolicyFn (the key is unused)."""
+    return lambda state, key: expert_action(env, state, cfg)
+
+
+def random_policy(state: State, key: jax.Array) -> jax.Array:
+    """`random_action` as a PolicyFn."""
+    return random_action(key)
+
+
+def run_episodes(
+    env: ManipEnv,
+    policies: PolicyFn | Sequence[PolicyFn],
+    task_ids: jax.Array,
+    init_ids: jax.Array,
+    rng: jax.Array,
+    num_steps: int,
+    policy_ids: jax.Array | None = None,
+    step_limits: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Roll policies out from fixed initial states, physics only (no rendering); jit at the caller.
+
+    task_ids, init_ids i32[N]; env n follows policies[policy_ids[n]] (default 0) for at most
+    min(num_steps, step_limits[n], env.max_steps) control steps and stops at its first success.
+    Batched with `env.batched`: on the CPU (a sequential lax.map) the policy switch and the
+    stopping are real branches, so a finished env costs nothing and only its own policy runs.
+    Returns (success bool[N], first_success_step i32[N], -1 where never).
+    """
+    policies = (policies,) if callable(policies) else tuple(policies)
+    n = task_ids.shape[0]
+    ids = jnp.zeros((n,), jnp.int32) if policy_ids is None else jnp.asarray(policy_ids, jnp.int32)
+    limits = jnp.full((n,), env.max_steps, jnp.int32) if step_limits is None else step_limits
+    limits = jnp.minimum(jnp.asarray(limits, jnp.int32), env.max_steps)
+    if ids.shape != (n,) or limits.shape != (n,) or init_ids.shape != (n,):
+        raise ValueError(f"task_ids, init_ids, policy_ids, step_limits must all have shape ({n},)")
+
+    def one(task_id, init_id, key, policy_id, limit):
+        state = env.reset_to(task_id, init_id)
+
+        def act_and_step(st, k):
+            action = jax.lax.switch(policy_id, policies, st, k)
+            return env._advance(st, action)  # obs are not needed: skip rendering
+
+        def body(carry, k):
+            st, first = carry
+            finished = st.info["success_once"] | (st.info["step"] >= limit)
+            st = jax.lax.cond(finished, lambda s, _: s, act_and_step, st, k)
+            first = jnp.where((first < 0) & st.info["success_once"], st.info["step"], first)
+            return (st, first), None
+
+        keys = jax.random.split(key, num_steps)
+        (state, first), _ = jax.lax.scan(body, (state, jnp.full((), -1, jnp.int32)), keys)
+        return state.info["success_once"], first
+
+    keys = jax.random.split(rng, n)
+    task_ids, init_ids = jnp.asarray(task_ids, jnp.int32), jnp.asarray(init_ids, jnp.int32)
+    return env.batched(one)(task_ids, init_ids, keys, ids, limits)

@@ -114,7 +114,7 @@ def _evaluate_batch(
     from pirl.policies.env_io import env_obs_to_model
 
     state = jax.vmap(env.reset_to)(task_ids, init_ids)
-    chunk_step = jax.vmap(env.chunk_step)
+    chunk_step = env.batched(env.chunk_step)
 
     def body(state, key):
         obs = env_obs_to_model(adapter, model_cfg, state.obs, state.info["task_id"])

@@ -34,6 +34,8 @@ class EnvSpec:
     """Control steps per episode; None = the suite's own limit (240/240/320/480/80)."""
     task_ids: tuple[int, ...] = ()
     """Tasks to train on (empty = every task of the suite)."""
+    init_ids: tuple[int, ...] = ()
+    """Fixed initial states (0..49) to train and evaluate on (empty = all 50)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ class WarmStartConfig:
     lr: float = 1e-3
     """SFT AdamW learning rate (cosine-decayed after a short warm-up)."""
     action_noise: float = 0.0
-    """Std of Gaussian noise added to the expert's executed actions (diverse demos)."""
+    """Std of noise on the executed arm actions; labels stay the expert's (DART: recovery demos)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +139,8 @@ class RLConfig:
     """Continue from the latest checkpoint of the run directory."""
     seed: int = 0
     """Seed of parameter init, environments and sampling."""
+    compilation_cache_dir: str | None = "~/.cache/pirl/xla"
+    """Persistent XLA compilation cache (a re-run or --resume skips compiling); None = off."""
 
     def __post_init__(self):
         if self.rollout_epochs < 1 or self.update_epochs < 1 or self.total_steps < 0:

@@ -72,10 +72,10 @@ def rollout(
 ) -> RolloutOutput:
     """Play `chunk_steps` chunk steps in every environment of the batched `env_state`.
 
-    `env` provides the single-environment `chunk_step(state, actions[c, 7]) -> state` (vmapped
-    here). mode="eval" samples with the pure ODE (deterministic given the noise).
+    `env` provides the single-environment `chunk_step(state, actions[c, 7]) -> state`, batched
+    here with `env.batched`. mode="eval" samples with the pure ODE (deterministic given the noise).
     """
-    chunk_step = jax.vmap(env.chunk_step)
+    chunk_step = env.batched(env.chunk_step)
 
     def policy_step(state, key):
         task_id = state.info["task_id"]

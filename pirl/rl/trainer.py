@@ -50,6 +50,16 @@ def make_rl_env(cfg: RLConfig) -> Any:
     return make_env(cfg.env.name, image_size=cfg.env.image_size, max_steps=cfg.max_episode_steps)
 
 
+def init_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
+    """The fixed initial states to train / evaluate on (all 50 unless the config names some)."""
+    ids = np.asarray(cfg.env.init_ids or range(env.num_init_states), np.int32)
+    if ids.min() < 0 or ids.max() >= env.num_init_states:
+        raise ValueError(
+            f"env.init_ids {tuple(ids)} out of range: each task has {env.num_init_states} initial states"
+        )
+    return ids
+
+
 def task_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
     """The tasks to train / evaluate on (all of the suite's unless the config names some)."""
     num_tasks = len(env.prompts)
@@ -142,22 +152,22 @@ def build_programs(
     num_envs, group = cfg.env.num_envs, cfg.adv.group_size if cfg.adv.adv_type == "grpo" else 1
     reset_batch = jax.vmap(env.reset_to)
 
-    def reset(rng, task_pool):
+    def reset(rng, task_pool, init_pool):
         """Fresh episodes: each group of `group` envs shares a random (task, initial state)."""
         k_task, k_init = jax.random.split(rng)
         groups = num_envs // group
         tasks = task_pool[jax.random.randint(k_task, (groups,), 0, task_pool.shape[0])]
-        inits = jax.random.randint(k_init, (groups,), 0, env.num_init_states)
+        inits = init_pool[jax.random.randint(k_init, (groups,), 0, init_pool.shape[0])]
         state = reset_batch(jnp.repeat(tasks, group), jnp.repeat(inits, group))
         return jax.lax.with_sharding_constraint(state, batch_sharding)
 
-    def collect(params, adapter, rng, task_pool):
+    def collect(params, adapter, rng, task_pool, init_pool):
         def one_epoch(_, key):
             k_reset, k_roll = jax.random.split(key)
             out = rollout_lib.rollout(
                 params,
                 adapter,
-                reset(k_reset, task_pool),
+                reset(k_reset, task_pool, init_pool),
                 k_roll,
                 env=env,
                 policy_cfg=cfg.policy,
@@ -227,12 +237,12 @@ def _env_metrics(traj: rollout_lib.Trajectory, valid: jax.Array, cfg: RLConfig) 
 
 def eval_pairs(cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
     """The fixed (task, initial state) pairs of an evaluation, padded to split over the mesh."""
-    tasks = task_ids_of(cfg, env)
+    tasks, inits = task_ids_of(cfg, env), init_ids_of(cfg, env)
     n = cfg.eval_episodes
     shards = math.prod(mesh.shape[a] for a in mesh_lib.batch_axes(mesh))
     n_padded = -(-n // shards) * shards
     idx = np.arange(n_padded) % n
-    return tasks[idx % len(tasks)], (idx // len(tasks)) % env.num_init_states
+    return tasks[idx % len(tasks)], inits[(idx // len(tasks)) % len(inits)]
 
 
 # ----------------------------------------------------------------------------- loop
@@ -252,8 +262,9 @@ def _warm_start(
     tasks = task_ids_of(cfg, env)
     n = ws.episodes_per_task * len(tasks)
     task_ids = jnp.asarray(np.repeat(tasks, ws.episodes_per_task), jnp.int32)
+    inits = init_ids_of(cfg, env)
     init_ids = jnp.asarray(
-        np.tile(np.arange(ws.episodes_per_task) % env.num_init_states, len(tasks)), jnp.int32
+        np.tile(inits[np.arange(ws.episodes_per_task) % len(inits)], len(tasks)), jnp.int32
     )
     t0 = time.time()
     record = jax.jit(
@@ -286,7 +297,9 @@ def _warm_start(
     stats = warm_start.demo_norm_stats(demos)
     save_norm_stats(run_dir / "assets", stats)
     adapter = adapter_from_stats(stats)
-    keep = np.flatnonzero(valid & np.asarray(demos.success))
+    # Clean demos: imitate successful episodes only. Noisy (DART) demos: every valid step is labelled
+    # with the expert's own action, so failed episodes still teach how to recover.
+    keep = np.flatnonzero(valid if ws.action_noise > 0 else valid & np.asarray(demos.success))
     if keep.size == 0:  # e.g. episodes shorter than the task: imitate the expert's partial motions
         log.warning("the expert succeeded on no demo episode; warm-starting on all of its valid steps")
         keep = np.flatnonzero(valid)
@@ -325,9 +338,16 @@ def _log_pirl_info() -> None:
         pirl_log.propagate = False
 
 
-def train_rl(cfg: RLConfig) -> dict[str, float]:
-    """Train; returns the last evaluation's metrics (env/success_once, ...)."""
+def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
+    """Train; returns the last evaluation's metrics (env/success_once, ...).
+
+    `env`: a ready ManipEnv (e.g. a custom scene or render_fn); None builds `make_rl_env(cfg)`."""
     _log_pirl_info()
+    if cfg.compilation_cache_dir:
+        cache_dir = Path(cfg.compilation_cache_dir).expanduser()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
@@ -336,7 +356,13 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
     mesh_lib.check_divisible(cfg.global_batch_size, mesh, what="global_batch_size")
     if cfg.micro_batch_size is not None:
         mesh_lib.check_divisible(cfg.micro_batch_size, mesh, what="micro_batch_size")
-    env = make_rl_env(cfg)
+    if env is None:
+        env = make_rl_env(cfg)
+    elif env.max_steps != cfg.max_episode_steps:
+        raise ValueError(
+            f"the given env ends episodes after {env.max_steps} steps but the config says "
+            f"{cfg.max_episode_steps}: build it with make_env(..., max_steps={cfg.max_episode_steps})"
+        )
     tokenizer = load_tokenizer(cfg, env, run_dir)
     rng = jax.random.key(cfg.seed)
     rng, k_init, k_warm = jax.random.split(rng, 3)
@@ -362,8 +388,8 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, k_init, load_model_params(cfg))
     stats = load_norm_stats_for(cfg)
     resumable = cfg.resume and ckpt.latest_step() is not None
-    if stats is None and resumable:
-        stats = load_norm_stats(run_dir / "assets")
+    if stats is None and resumable and (run_dir / "assets" / "norm_stats.json").exists():
+        stats = load_norm_stats(run_dir / "assets")  # computed from the warm start's demos
     if stats is None and cfg.warm_start.sft_steps > 0:
         params, stats, adapter = _warm_start(cfg, env, params, adapter_from_stats, k_warm, writer, run_dir)
     else:
@@ -375,7 +401,18 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
     param_shardings = mesh_lib.param_shardings(jax.eval_shape(lambda: params), mesh)
     params = jax.device_put(params, param_shardings)
     opt_state = jax.jit(optimizer.init)(params)
-    state = {"params": params, "opt_state": opt_state, "opt_step": jnp.zeros((), jnp.int32), "rng": rng}
+    # Leaves created inside optimizer.init (step counts) come out on one device: replicate them over
+    # the mesh so that every state leaf, and the update's pinned out_shardings, span the same devices.
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = jax.tree.map(
+        lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), opt_state
+    )
+    state = {
+        "params": params,
+        "opt_state": opt_state,
+        "opt_step": jax.device_put(np.zeros((), np.int32), replicated),
+        "rng": jax.device_put(rng, replicated),
+    }
     start = 0
     if resumable:
         restored = ckpt.restore_latest(state)  # the live state carries the FSDP shardings
@@ -387,8 +424,14 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
     )
     programs = build_programs(cfg, env, mesh, optimizer, trainable, state_shardings)
     log.info("compiling the rollout, update and evaluation programs on first use")
-    task_pool = jnp.asarray(task_ids_of(cfg, env))
-    eval_tasks, eval_inits = (jnp.asarray(x, jnp.int32) for x in eval_pairs(cfg, env, mesh))
+    # Every small input (prompt tokens, norm stats, task / init pools) lives replicated on the mesh, so
+    # no argument of a program is committed to a single device while the params span all of them.
+    adapter = jax.device_put(adapter, replicated)
+    task_pool = jax.device_put(np.asarray(task_ids_of(cfg, env)), replicated)
+    init_pool = jax.device_put(np.asarray(init_ids_of(cfg, env)), replicated)
+    eval_tasks, eval_inits = (
+        jax.device_put(np.asarray(x, np.int32), replicated) for x in eval_pairs(cfg, env, mesh)
+    )
 
     last_eval: dict[str, float] = {}
 
@@ -417,7 +460,9 @@ def train_rl(cfg: RLConfig) -> dict[str, float]:
             rng_step = jax.random.fold_in(state["rng"], step)
             k_collect, k_update = jax.random.split(rng_step)
             t0 = time.time()
-            transitions, roll_metrics = programs.collect(state["params"], adapter, k_collect, task_pool)
+            transitions, roll_metrics = programs.collect(
+                state["params"], adapter, k_collect, task_pool, init_pool
+            )
             roll_metrics = _host(roll_metrics)
             t1 = time.time()
             params, opt_state, opt_step, train_metrics = programs.update(

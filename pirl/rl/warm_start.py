@@ -1,6 +1,6 @@
 """Warm start for runs that begin from random weights: expert demonstrations + flow-matching SFT.
 
-Everything runs on device: the scripted experts play every (task, initial state) pair in a vmapped
+Everything runs on device: the scripted experts play every (task, initial state) pair in a batched
 `lax.scan` (one compiled program), the recorded control steps become (observation, action chunk)
 pairs the way LeRobot's `delta_timestamps` builds them (the chunk runs past the episode end by
 repeating the last action), and SFT minimises π0's flow-matching loss on them. Real presets start
@@ -52,16 +52,23 @@ def record_expert_demos(
 ) -> Demos:
     """Roll the expert out from each (task_ids[i], init_ids[i]) for `num_steps` control steps."""
     reset = jax.vmap(env.reset_to)
-    step = jax.vmap(env.step)
-    act = jax.vmap(lambda s: expert_action(env, s))
     state0 = reset(task_ids, init_ids)
+
+    def act_and_step(state, key):
+        # DART-style noise injection: the env executes a perturbed action but the label stays the
+        # expert's own, so the demos also show how to recover from states off the expert's path.
+        action = expert_action(env, state)
+        executed = action
+        if action_noise > 0:
+            noise = action_noise * jax.random.normal(key, action.shape)
+            executed = jnp.clip(action + noise.at[-1].set(0.0), -1.0, 1.0)  # keep the gripper clean
+        return action, env.step(state, executed)
+
+    act_and_step = env.batched(act_and_step)
 
     def body(carry, key):
         state, done = carry
-        action = act(state)
-        if action_noise > 0:
-            action = jnp.clip(action + action_noise * jax.random.normal(key, action.shape), -1.0, 1.0)
-        next_state = step(state, action)
+        action, next_state = act_and_step(state, jax.random.split(key, task_ids.shape[0]))
         record = (state.obs, action, ~done, next_state.reward > 0)
         return (next_state, done | next_state.done.astype(bool)), record
 

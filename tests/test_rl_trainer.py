@@ -1,0 +1,110 @@
+"""The RL trainer end to end on a tiny π0 and a short MJX episode: an interrupted run resumed from
+its emergency checkpoint logs the same next metrics as an uninterrupted run.
+
+MJX physics compiles for about a minute per program on a 2-core CPU, so the runs share one
+persistent compilation cache: only the first run compiles; the resumed runs load the programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.rl import pi0_demo_cpu
+from pirl.envs import make_env
+from pirl.rl import trainer
+from pirl.rl.config import EnvSpec, WarmStartConfig
+
+MAX_STEPS = 4  # two chunk steps of two control steps
+
+
+def _flat_color_render(data):
+    # The ray caster compiles for minutes on a CPU; a colour that follows the arm is enough here.
+    color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
+    return jnp.broadcast_to(color, (2, 28, 28, 3))
+
+
+def _config(tmp_path, name: str, total_steps: int, **overrides):
+    demo = pi0_demo_cpu()
+    return dataclasses.replace(
+        demo,
+        name=name,
+        run_root=str(tmp_path / "runs"),
+        model=dataclasses.replace(demo.model, image_resolution=(28, 28)),
+        policy=dataclasses.replace(demo.policy, action_chunk=2),
+        env=EnvSpec(
+            name="libero_spatial", num_envs=8, image_size=28, max_episode_steps=MAX_STEPS, task_ids=(0,)
+        ),
+        warm_start=WarmStartConfig(),  # no expert demos: norm stats from random init are not needed
+        global_batch_size=8,
+        update_epochs=1,
+        total_steps=total_steps,
+        eval_interval=0,  # the evaluation program would be one more MJX compile
+        video_interval=0,
+        save_interval=1,
+        compilation_cache_dir=str(tmp_path / "xla_cache"),
+        **overrides,
+    )
+
+
+def _metrics(run_dir) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for line in (run_dir / "tb" / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out.setdefault(record["step"], {}).update(record)
+    return out
+
+
+@pytest.fixture(scope="module")
+def env():
+    # One environment per fake CPU device (the batch is sharded over the 8-device mesh): vmap.
+    return make_env(
+        "libero_spatial", image_size=28, render_fn=_flat_color_render, max_steps=MAX_STEPS, batching="vmap"
+    )
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_with_the_same_next_metrics(env, tmp_path, monkeypatch):
+    full = _config(tmp_path, "full", total_steps=3)
+    trainer.train_rl(full, env=env)
+    reference = _metrics(tmp_path / "runs" / "full")
+    assert {1, 2, 3} <= set(reference)
+    assert (
+        sorted(p.name for p in (tmp_path / "runs" / "full" / "checkpoints").iterdir() if p.name.isdigit())[-1]
+        == "3"
+    )
+
+    # Interrupt the second run while it logs step 2 (before step 2's regular checkpoint is written):
+    # the emergency save must keep step 2's state, and --resume must carry on from it.
+    original = trainer.MetricWriter.scalars
+
+    def interrupting_scalars(self, metrics, step):
+        if step == 2 and "train/actor/policy_loss" in metrics:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(trainer.MetricWriter, "scalars", interrupting_scalars)
+    cut = _config(tmp_path, "cut", total_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_rl(cut, env=env)
+    monkeypatch.setattr(trainer.MetricWriter, "scalars", original)
+    run_dir = tmp_path / "runs" / "cut"
+    assert (run_dir / "checkpoints" / "2").is_dir(), "the interrupted step's state was not saved"
+
+    trainer.train_rl(dataclasses.replace(cut, resume=True), env=env)
+    resumed = _metrics(run_dir)
+    keys = [k for k in reference[3] if k.split("/")[0] in ("train", "env", "rollout", "eval")]
+    assert any(k.startswith("train/actor") for k in keys) and "env/success_once" in keys
+    for key in keys:
+        np.testing.assert_allclose(resumed[3][key], reference[3][key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_given_env_must_match_the_episode_limit(env, tmp_path):
+    cfg = _config(tmp_path, "bad", 1)
+    cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, max_episode_steps=8))
+    with pytest.raises(ValueError, match="max_steps=8"):
+        trainer.train_rl(cfg, env=env)
