@@ -4,13 +4,14 @@ Nightly: about 15 minutes of a 2-core CPU, most of it MJX compilation and physic
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pirl.logging.writer import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,8 +22,7 @@ def test_demo_preset_raises_evaluation_success(tmp_path):
     cmd = [sys.executable, "-m", "pirl.train", "pi0_demo_cpu", "--run-root", str(tmp_path)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=3600)
     evals = {}
-    for line in (tmp_path / "pi0_demo_cpu" / "tb" / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(tmp_path / "pi0_demo_cpu" / "tb" / "metrics.jsonl"):
         if "eval/success_once" in record:
             evals[record["step"]] = record["eval/success_once"]
     assert 0 in evals and len(evals) >= 3, evals

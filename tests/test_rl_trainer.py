@@ -8,7 +8,6 @@ persistent compilation cache: only the first run compiles; the resumed runs load
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 
 from configs.rl import pi0_demo_cpu
 from pirl.envs import make_env
+from pirl.logging.writer import read_jsonl
 from pirl.rl import trainer
 from pirl.rl.config import EnvSpec, WarmStartConfig
 
@@ -53,8 +53,7 @@ def _config(tmp_path, name: str, total_steps: int, **overrides):
 
 def _metrics(run_dir) -> dict[int, dict]:
     out: dict[int, dict] = {}
-    for line in (run_dir / "tb" / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(run_dir / "tb" / "metrics.jsonl"):
         out.setdefault(record["step"], {}).update(record)
     return out
 

@@ -20,6 +20,7 @@ so results on different meshes / process counts can be compared leaf by leaf.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -177,19 +178,14 @@ def make_ppo_update_setup(
     adapter = toy_env_adapter(cfg)
     batch_sharding = mesh_lib.batch_sharding(mesh)
 
-    def update(params, opt_state, opt_step, batch, rng):
-        return ppo_update(
-            params,
-            opt_state,
-            opt_step,
-            batch,
-            rng,
-            cfg=cfg,
-            adapter=adapter,
-            optimizer=optimizer,
-            trainable_mask=trainable,
-            batch_sharding=batch_sharding,
-        )
+    update = functools.partial(
+        ppo_update,
+        cfg=cfg,
+        adapter=adapter,
+        optimizer=optimizer,
+        trainable_mask=trainable,
+        batch_sharding=batch_sharding,
+    )
 
     return PPOUpdateSetup(
         cfg=cfg,

@@ -9,6 +9,7 @@ the mesh's batch axes. The host only loops, logs, evaluates, writes videos and s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -50,23 +51,24 @@ def make_rl_env(cfg: RLConfig) -> Any:
     return make_env(cfg.env.name, image_size=cfg.env.image_size, max_steps=cfg.max_episode_steps)
 
 
+def _id_pool(chosen: tuple[int, ...], count: int, field: str, limit: str) -> np.ndarray:
+    """`chosen` ids (all of 0..count-1 when empty), checked to lie in range; `limit` explains count."""
+    ids = np.asarray(chosen or range(count), np.int32)
+    if ids.min() < 0 or ids.max() >= count:
+        raise ValueError(f"env.{field} {tuple(ids.tolist())} out of range: {limit}")
+    return ids
+
+
 def init_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
     """The fixed initial states to train / evaluate on (all 50 unless the config names some)."""
-    ids = np.asarray(cfg.env.init_ids or range(env.num_init_states), np.int32)
-    if ids.min() < 0 or ids.max() >= env.num_init_states:
-        raise ValueError(
-            f"env.init_ids {tuple(ids)} out of range: each task has {env.num_init_states} initial states"
-        )
-    return ids
+    n = env.num_init_states
+    return _id_pool(cfg.env.init_ids, n, "init_ids", f"each task has {n} initial states")
 
 
 def task_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
     """The tasks to train / evaluate on (all of the suite's unless the config names some)."""
-    num_tasks = len(env.prompts)
-    ids = np.asarray(cfg.env.task_ids or range(num_tasks), np.int32)
-    if ids.min() < 0 or ids.max() >= num_tasks:
-        raise ValueError(f"env.task_ids {tuple(ids)} out of range: {cfg.env.name} has {num_tasks} tasks")
-    return ids
+    n = len(env.prompts)
+    return _id_pool(cfg.env.task_ids, n, "task_ids", f"{cfg.env.name} has {n} tasks")
 
 
 def load_tokenizer(cfg: RLConfig, env: Any, run_dir: Path):
@@ -185,19 +187,14 @@ def build_programs(
         transitions = jax.lax.with_sharding_constraint(transitions, batch_sharding)
         return transitions, jax.tree.map(jnp.mean, metrics)
 
-    def update(params, opt_state, opt_step, transitions, rng, adapter):
-        return update_lib.ppo_update(
-            params,
-            opt_state,
-            opt_step,
-            transitions,
-            rng,
-            cfg=cfg,
-            adapter=adapter,
-            optimizer=optimizer,
-            trainable_mask=trainable,
-            batch_sharding=batch_sharding,
-        )
+    # (params, opt_state, opt_step, transitions, rng, *, adapter) -> (params, opt_state, opt_step, metrics)
+    update = functools.partial(
+        update_lib.ppo_update,
+        cfg=cfg,
+        optimizer=optimizer,
+        trainable_mask=trainable,
+        batch_sharding=batch_sharding,
+    )
 
     def evaluate(params, adapter, task_ids, init_ids, rng):
         state = jax.lax.with_sharding_constraint(reset_batch(task_ids, init_ids), batch_sharding)
@@ -466,7 +463,7 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
             roll_metrics = _host(roll_metrics)
             t1 = time.time()
             params, opt_state, opt_step, train_metrics = programs.update(
-                state["params"], state["opt_state"], state["opt_step"], transitions, k_update, adapter
+                state["params"], state["opt_state"], state["opt_step"], transitions, k_update, adapter=adapter
             )
             state = {"params": params, "opt_state": opt_state, "opt_step": opt_step, "rng": state["rng"]}
             completed = step + 1
