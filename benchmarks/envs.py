@@ -26,16 +26,14 @@ MODES = {"physics": (False, 0), "render128": (True, 128), "render224": (True, 22
 
 def _batching_mode(env) -> str:
     """What `env.batched` does here (EnvConfig.batching, with "auto" resolved)."""
-    if env.config.batching != "auto":
-        return env.config.batching
-    return "map" if jax.default_backend() == "cpu" else "vmap"
+    return "vmap" if env.config.batching == "auto" else env.config.batching
 
 
 def bench_pirl(suite: str, num_envs: int, mode: str, steps: int) -> dict:
     render, size = MODES[mode]
     env = make_env(suite, image_size=max(size, 8), render=render)
     reset = jax.jit(jax.vmap(env.reset_to))
-    step = jax.jit(env.batched(env.step))  # vmap on accelerators, lax.map on CPU
+    step = jax.jit(env.batched(env.step))
     tasks = jnp.arange(num_envs) % env.num_tasks
     state = reset(tasks, jnp.zeros(num_envs, jnp.int32))
     actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 1, num_envs, 7), minval=-0.3, maxval=0.3)

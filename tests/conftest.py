@@ -11,3 +11,5 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
+
+import pirl  # noqa: F401  (adds pirl's CPU XLA flags to XLA_FLAGS before JAX starts)

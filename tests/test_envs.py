@@ -36,7 +36,7 @@ NUM_ENVS = 6  # one shape for every fast test: libero_spatial has 6 tasks
 
 @pytest.fixture(scope="module")
 def spatial():
-    env = make_env("libero_spatial", render=False)
+    env = make_env("libero_spatial", render=False, batching="map")  # real branches: finished envs stop
     batch = BatchEnv(env, NUM_ENVS, reset_mode="same")
     fns = {
         "reset": jax.jit(batch.reset_to),
@@ -219,7 +219,7 @@ def test_chunk_step_matches_steps():
 @pytest.mark.parametrize("suite", SUITE_NAMES)
 def test_expert_all_suites(suite):
     """Expert >= 90% on 2 fixed init states of every task of every suite (physics only)."""
-    env = make_env(suite, render=False)
+    env = make_env(suite, render=False, batching="map")  # real branches: finished envs stop
     run = jax.jit(lambda t, i, k: run_episodes(env, expert_policy(env), t, i, k, env.max_steps))
     tasks = jnp.repeat(jnp.arange(env.num_tasks), 2)
     inits = jnp.tile(jnp.array([0, 25]), env.num_tasks)

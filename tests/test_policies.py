@@ -264,13 +264,14 @@ def test_trainable_mask_lora_follows_openpi(llm_lora, expert_lora):
 # ----------------------------------------------------------------------------- sampling
 
 
-def test_eval_mode_reproduces_sample_actions_bit_for_bit(model_params, obs, sde_rollout):
+def test_eval_mode_reproduces_sample_actions(model_params, obs, sde_rollout):
     params, _ = sde_rollout
     out = sample_jit(params, SDE_CFG, MODEL_CFG, jax.random.key(7), obs, mode="eval")
     reference = sample_actions_jit(
         model_params, MODEL_CFG, jax.random.key(0), obs, num_steps=SDE_CFG.num_steps, noise=out.chain[:, 0]
     )
-    np.testing.assert_array_equal(np.asarray(out.actions), np.asarray(reference))
+    # Two separately compiled programs: equal up to XLA's fusion-dependent float rounding (a few ulp).
+    np.testing.assert_allclose(np.asarray(out.actions), np.asarray(reference), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(out.chain[:, -1]), np.asarray(out.actions))
     np.testing.assert_array_equal(np.asarray(out.chain[:, 1:]), np.asarray(out.means))
     assert not np.any(np.asarray(out.stds)) and not np.any(np.asarray(out.log_probs))

@@ -1,4 +1,4 @@
-"""Batched environment: N envs (vmapped, or looped on CPU: `ManipEnv.batched`) with automatic reset of finished episodes.
+"""Batched environment: N envs (vmapped, or looped with lax.map: `ManipEnv.batched`) with automatic reset of finished episodes.
 
 Every method is a pure function of its inputs; jit them at the call site. The batch axis is the
 leading axis of every leaf of State, so it can be sharded over a device mesh

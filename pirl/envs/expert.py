@@ -316,8 +316,9 @@ def run_episodes(
 
     task_ids, init_ids i32[N]; env n follows policies[policy_ids[n]] (default 0) for at most
     min(num_steps, step_limits[n], env.max_steps) control steps and stops at its first success.
-    Batched with `env.batched`: on the CPU (a sequential lax.map) the policy switch and the
-    stopping are real branches, so a finished env costs nothing and only its own policy runs.
+    Batched with `env.batched`. With `batching="map"` (a sequential lax.map) the policy switch and
+    the stopping are real branches, so a finished env costs nothing and only its own policy runs;
+    under vmap every env runs every policy for all `num_steps`.
     Returns (success bool[N], first_success_step i32[N], -1 where never).
     """
     policies = (policies,) if callable(policies) else tuple(policies)

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+import pirl
 from pirl.checkpoints.train_state import TrainStateCheckpointer
 from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
 from pirl.distributed import mesh as mesh_lib
@@ -340,6 +341,11 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
 
     `env`: a ready ManipEnv (e.g. a custom scene or render_fn); None builds `make_rl_env(cfg)`."""
     _log_pirl_info()
+    if jax.default_backend() == "cpu" and not pirl.cpu_flags_in_effect():
+        log.warning(
+            "XLA_FLAGS turns XLA's CPU fusion emitters back on: MJX rollouts run many times slower "
+            "on the CPU (see pirl/__init__.py); drop xla_cpu_use_fusion_emitters from XLA_FLAGS"
+        )
     if cfg.compilation_cache_dir:
         cache_dir = Path(cfg.compilation_cache_dir).expanduser()
         cache_dir.mkdir(parents=True, exist_ok=True)
