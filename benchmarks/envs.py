@@ -24,11 +24,6 @@ from pirl.envs import make_env
 MODES = {"physics": (False, 0), "render128": (True, 128), "render224": (True, 224)}
 
 
-def _batching_mode(env) -> str:
-    """What `env.batched` does here (EnvConfig.batching, with "auto" resolved)."""
-    return "vmap" if env.config.batching == "auto" else env.config.batching
-
-
 def bench_pirl(suite: str, num_envs: int, mode: str, steps: int) -> dict:
     render, size = MODES[mode]
     env = make_env(suite, image_size=max(size, 8), render=render)
@@ -50,7 +45,7 @@ def bench_pirl(suite: str, num_envs: int, mode: str, steps: int) -> dict:
         "bench": "pirl_env",
         "suite": suite,
         "backend": jax.default_backend(),
-        "batching": _batching_mode(env),
+        "batching": env.config.batching,
         "num_envs": num_envs,
         "mode": mode,
         "steps": steps,

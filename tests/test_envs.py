@@ -3,7 +3,7 @@
 MJX compiles slowly on CPU (about a minute for one physics step program on a busy 2-core
 machine), so the fast tests avoid compiling the physics step; every test that steps physics is
 marked slow (CI) or nightly and shares one module-scoped libero_spatial env and its jitted
-functions where it can. Envs are batched with `env.batched` (a lax.map on the CPU).
+functions where it can. That env loops over its batch with lax.map (`batching="map"`).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_reset_obs_and_success_predicate(spatial):
 def test_expert_solves_spatial_and_random_does_not(spatial):
     """CI's check of the scripted expert: one init state of every libero_spatial task, expert
     >= 90%; random actions (as many envs, a short horizon) < 5%. One compiled program runs both:
-    the policy is picked per env, and finished envs are skipped (lax.map on the CPU)."""
+    the policy is picked per env, and finished envs are skipped (lax.map)."""
     env, _, fns = spatial
     n_random = 3
     tasks = jnp.concatenate([jnp.arange(NUM_ENVS), jnp.arange(n_random)])
@@ -149,6 +149,11 @@ def test_batch_env_expert_rewards_and_auto_reset(spatial):
     assert int(state.info["step"][0]) == 0 or not solved[0]  # the solved env was auto-reset
     with pytest.raises(ValueError, match="actions must be"):
         fns["step"](state, jnp.zeros((3, 7)))
+
+
+def test_unknown_batching_mode_is_refused():
+    with pytest.raises(ValueError, match="batching must be 'vmap' or 'map', got 'auto'"):
+        make_env("libero_spatial", render=False, batching="auto")
 
 
 def _mesh_sharding() -> NamedSharding:

@@ -60,10 +60,8 @@ def _metrics(run_dir) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def env():
-    # One environment per fake CPU device (the batch is sharded over the 8-device mesh): vmap.
-    return make_env(
-        "libero_spatial", image_size=28, render_fn=_flat_color_render, max_steps=MAX_STEPS, batching="vmap"
-    )
+    # One environment per fake CPU device (the batch is sharded over the 8-device mesh).
+    return make_env("libero_spatial", image_size=28, render_fn=_flat_color_render, max_steps=MAX_STEPS)
 
 
 @pytest.mark.slow

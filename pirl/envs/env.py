@@ -52,8 +52,8 @@ class EnvConfig:
     """Line-search iterations of the solver."""
     max_steps: int | None = None
     """Override the suite's episode limit (control steps)."""
-    batching: str = "auto"
-    """How `batched` maps over environments: vmap, map (a sequential lax.map), or auto (= vmap)."""
+    batching: str = "vmap"
+    """How `batched` maps over environments: vmap, or map (a sequential lax.map)."""
     controller: ctl.ControllerConfig = ctl.ControllerConfig()
     """Action scaling and IK gains."""
 
@@ -73,8 +73,8 @@ class ManipEnv:
     """One suite of MJX manipulation tasks. Construct with `make_env`."""
 
     def __init__(self, suite: tsk.SuiteSpec, config: EnvConfig, render_fn: RenderFn | None = None):
-        if config.batching not in ("auto", "vmap", "map"):
-            raise ValueError(f"batching must be 'auto', 'vmap' or 'map', got {config.batching!r}")
+        if config.batching not in ("vmap", "map"):
+            raise ValueError(f"batching must be 'vmap' or 'map', got {config.batching!r}")
         if config.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {config.image_size}")
         self.suite = suite
@@ -112,12 +112,11 @@ class ManipEnv:
     def batched(self, fn: Callable) -> Callable:
         """`fn` over one environment -> `fn` over a leading batch axis of every argument.
 
-        "auto" and "vmap" vectorise with vmap. "map" loops with lax.map: it compiles like a single
+        "vmap" (the default) vectorises. "map" loops with lax.map: it compiles like a single
         env (about 8 s less per program on the CPU) but steps slower. Measured on 2 CPU cores,
         10 chunk steps of libero_spatial inside a lax.scan (with pirl's XLA CPU flag, see
         pirl/__init__.py): 8 envs 678 env-steps/s vmapped, 358 with lax.map; 16 envs 658 and 478."""
-        mode = self.config.batching
-        if mode in ("auto", "vmap"):
+        if self.config.batching == "vmap":
             return jax.vmap(fn)
         return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
 

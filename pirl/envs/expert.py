@@ -31,10 +31,10 @@ from pirl.envs.env import ManipEnv, State
 
 # TCP orientation with the gripper pointing down at yaw 0 (home): x -> x, y -> -y, z -> -z.
 R_DOWN = np.diag([1.0, -1.0, -1.0])
-TCP_TIP_CLEARANCE = 0.026
+TCP_TIP_CLEARANCE = 0.026  # m: lowest TCP height that keeps the fingertips off the table
 # |TCP yaw| (rad from home) the expert plans grasps within; the nearest symmetric grasp yaw
 # drifts with every regrasp and would otherwise wind the last joint into its limit.
-YAW_LIMIT = 2.0  # m: lowest TCP height that keeps the fingertips off the table
+YAW_LIMIT = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
