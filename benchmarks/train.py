@@ -40,7 +40,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="full-size π0 in bf16 (needs a GPU/TPU)")
-    parser.add_argument("--env", default="libero_spatial")
+    parser.add_argument("--env", default="toy_spatial")
     parser.add_argument("--num-envs", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--chunk-steps", type=int, default=2)

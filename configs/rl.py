@@ -120,7 +120,7 @@ def pi0_demo_cpu() -> RLConfig:
         # One spatial task, 4 of its fixed initial states, short episodes: the expert solves it in
         # about 40 control steps. 16 environments: a rollout takes about 2 s on two CPU cores.
         env=EnvSpec(
-            name="libero_spatial",
+            name="toy_spatial",
             num_envs=16,
             image_size=56,
             max_episode_steps=50,

@@ -2,7 +2,7 @@
 
 MJX compiles slowly on CPU (about a minute for one physics step program on a busy 2-core
 machine), so the fast tests avoid compiling the physics step; every test that steps physics is
-marked slow (CI) or nightly and shares one module-scoped libero_spatial env and its jitted
+marked slow (CI) or nightly and shares one module-scoped toy_spatial env and its jitted
 functions where it can. That env loops over its batch with lax.map (`batching="map"`).
 """
 
@@ -31,12 +31,12 @@ from pirl.envs.scene import load_scene
 SUITE_NAMES = tuple(tsk.SUITES)
 
 
-NUM_ENVS = 6  # one shape for every fast test: libero_spatial has 6 tasks
+NUM_ENVS = 6  # one shape for every fast test: toy_spatial has 6 tasks
 
 
 @pytest.fixture(scope="module")
 def spatial():
-    env = make_env("libero_spatial", render=False, batching="map")  # real branches: finished envs stop
+    env = make_env("toy_spatial", render=False, batching="map")  # real branches: finished envs stop
     batch = BatchEnv(env, NUM_ENVS, reset_mode="same")
     fns = {
         "reset": jax.jit(batch.reset_to),
@@ -66,7 +66,7 @@ def test_suites_have_tasks_prompts_and_fixed_init_states():
         # Objects rest on the table at their collision half-height, upright.
         for i, adr in enumerate(info.object_qpos_adr):
             np.testing.assert_allclose(a.qpos[..., adr + 2], info.object_half_size[i, 2], atol=1e-6)
-    assert tsk.get_suite("libero_10").tasks[0].goals[1].kind == "in"
+    assert tsk.get_suite("toy_10").tasks[0].goals[1].kind == "in"
     assert tsk.get_suite("maniskill_put_on_plate").max_steps == 80
     with pytest.raises(ValueError, match="unknown suite"):
         tsk.get_suite("libero_100")
@@ -110,7 +110,7 @@ def test_reset_obs_and_success_predicate(spatial):
 
 @pytest.mark.slow
 def test_expert_solves_spatial_and_random_does_not(spatial):
-    """CI's check of the scripted expert: one init state of every libero_spatial task, expert
+    """CI's check of the scripted expert: one init state of every toy_spatial task, expert
     >= 90%; random actions (as many envs, a short horizon) < 5%. One compiled program runs both:
     the policy is picked per env, and finished envs are skipped (lax.map)."""
     env, _, fns = spatial
@@ -153,7 +153,7 @@ def test_batch_env_expert_rewards_and_auto_reset(spatial):
 
 def test_unknown_batching_mode_is_refused():
     with pytest.raises(ValueError, match="batching must be 'vmap' or 'map', got 'auto'"):
-        make_env("libero_spatial", render=False, batching="auto")
+        make_env("toy_spatial", render=False, batching="auto")
 
 
 def _mesh_sharding() -> NamedSharding:
@@ -206,7 +206,7 @@ def test_init_state_is_at_rest(spatial):
 
 @pytest.mark.slow
 def test_chunk_step_matches_steps():
-    env = make_env("libero_spatial", render=False)
+    env = make_env("toy_spatial", render=False)
     state = jax.jit(env.reset_to)(1, 3)
     actions = jnp.tile(jnp.array([[0.5, 0.0, -0.3, 0.0, 0.0, 0.1, -1.0]]), (3, 1))
     chunk = jax.jit(env.chunk_step)(state, actions)
@@ -242,7 +242,7 @@ def test_demos_command_writes_a_readable_lerobot_dataset(tmp_path):
     from pirl.envs.demos import DemoConfig, main
 
     cfg = DemoConfig(
-        suite="libero_spatial", episodes_per_task=1, out=str(tmp_path / "demos"), image_size=16, batch_size=6
+        suite="toy_spatial", episodes_per_task=1, out=str(tmp_path / "demos"), image_size=16, batch_size=6
     )
     main(cfg)
     ds = LeRobotDataset(cfg.out)

@@ -37,7 +37,7 @@ def _config(tmp_path, name: str, total_steps: int, **overrides):
         model=dataclasses.replace(demo.model, image_resolution=(28, 28)),
         policy=dataclasses.replace(demo.policy, action_chunk=2),
         env=EnvSpec(
-            name="libero_spatial", num_envs=8, image_size=28, max_episode_steps=MAX_STEPS, task_ids=(0,)
+            name="toy_spatial", num_envs=8, image_size=28, max_episode_steps=MAX_STEPS, task_ids=(0,)
         ),
         warm_start=WarmStartConfig(),  # no expert demos: norm stats from random init are not needed
         global_batch_size=8,
@@ -61,7 +61,7 @@ def _metrics(run_dir) -> dict[int, dict]:
 @pytest.fixture(scope="module")
 def env():
     # One environment per fake CPU device (the batch is sharded over the 8-device mesh).
-    return make_env("libero_spatial", image_size=28, render_fn=_flat_color_render, max_steps=MAX_STEPS)
+    return make_env("toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=MAX_STEPS)
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def test_grpo_targets_mask_after_first_done_and_filter(setup):
     cfg = RLConfig(
         model=setup[0].model,
         policy=FlowPolicyConfig(add_value_head=False),
-        env=EnvSpec(name="libero_spatial", num_envs=4, image_size=28, max_episode_steps=15),
+        env=EnvSpec(name="toy_spatial", num_envs=4, image_size=28, max_episode_steps=15),
         adv=AdvantageConfig(adv_type="grpo", group_size=2, normalize_advantages=False),
         rollout_epochs=1,
         global_batch_size=4,

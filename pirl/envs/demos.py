@@ -1,6 +1,6 @@
 """Roll out the scripted expert (batched, jitted, with rendering) and write a LeRobot dataset.
 
-    python -m pirl.envs.demos --suite libero_spatial --episodes-per-task 10 --out /tmp/demos \
+    python -m pirl.envs.demos --suite toy_spatial --episodes-per-task 10 --out /tmp/demos \
         --image-size 64
 
 Features follow openpi's LIBERO LeRobot dataset (the keys pirl.data's LIBERO config reads):
@@ -27,8 +27,8 @@ from pirl.envs.expert import expert_action
 class DemoConfig:
     """Options of the demo command."""
 
-    suite: str = "libero_spatial"
-    """Suite name (libero_spatial, libero_object, libero_goal, libero_10, maniskill_put_on_plate)."""
+    suite: str = "toy_spatial"
+    """Suite name (toy_spatial, toy_object, toy_goal, toy_10, maniskill_put_on_plate)."""
     episodes_per_task: int = 10
     """Episodes per task; init states 0..N-1 of the 50 fixed ones."""
     out: str = "/tmp/pirl_demos"

@@ -1,6 +1,6 @@
 """Manipulation environment API (Brax / MuJoCo Playground style) over an MJX scene.
 
-    env = make_env("libero_spatial", image_size=224)
+    env = make_env("toy_spatial", image_size=224)
     state = env.reset(rng)                    # random task and fixed init state
     state = env.reset_to(task_id, init_id)    # one of the 50 fixed initial states per task
     state = env.step(state, action)           # action f32[7] in [-1, 1]
@@ -114,7 +114,7 @@ class ManipEnv:
 
         "vmap" (the default) vectorises. "map" loops with lax.map: it compiles like a single
         env (about 8 s less per program on the CPU) but steps slower. Measured on 2 CPU cores,
-        10 chunk steps of libero_spatial inside a lax.scan (with pirl's XLA CPU flag, see
+        10 chunk steps of toy_spatial inside a lax.scan (with pirl's XLA CPU flag, see
         pirl/__init__.py): 8 envs 678 env-steps/s vmapped, 358 with lax.map; 16 envs 658 and 478."""
         if self.config.batching == "vmap":
             return jax.vmap(fn)
@@ -251,7 +251,7 @@ def make_env(
     render_fn: RenderFn | None = None,
     **overrides,
 ) -> ManipEnv:
-    """Build a suite's env: libero_spatial, libero_object, libero_goal, libero_10,
+    """Build a suite's env: toy_spatial, toy_object, toy_goal, toy_10,
     maniskill_put_on_plate. `overrides` set other EnvConfig fields."""
     fields = {f.name for f in dataclasses.fields(EnvConfig)}
     bad = set(overrides) - fields

@@ -159,7 +159,7 @@ def _spatial() -> SuiteSpec:
             {"plate": (-0.12, -0.19), "ramekin": (0.11, -0.06), "cookie_box": (0.11, 0.22)},
         ),
     )
-    return SuiteSpec("libero_spatial", "libero_spatial", tasks, {"plate": _BOWL_PLATE}, max_steps=240)
+    return SuiteSpec("toy_spatial", "toy_spatial", tasks, {"plate": _BOWL_PLATE}, max_steps=240)
 
 
 _OBJECT_NAMES = {
@@ -187,7 +187,7 @@ def _object() -> SuiteSpec:
                 Layout(objects, {"basket": (0.02, -0.2)}, jitter=0.012),
             )
         )
-    return SuiteSpec("libero_object", "libero_object", tuple(tasks), {"basket": _BASKET}, max_steps=240)
+    return SuiteSpec("toy_object", "toy_object", tuple(tasks), {"basket": _BASKET}, max_steps=240)
 
 
 _DRAWER_OPEN = 0.08
@@ -215,7 +215,7 @@ def _goal() -> SuiteSpec:
         ),
     )
     return SuiteSpec(
-        "libero_goal", "libero_goal", tasks, {"plate": _BOWL_PLATE, "stove": _STOVE}, max_steps=320
+        "toy_goal", "toy_goal", tasks, {"plate": _BOWL_PLATE, "stove": _STOVE}, max_steps=320
     )
 
 
@@ -277,7 +277,7 @@ def _libero10() -> SuiteSpec:
         "plate_left": Region("plate_left", radius=0.055),
         "plate_right": Region("plate_right", radius=0.055),
     }
-    return SuiteSpec("libero_10", "libero_10", tasks, regions, max_steps=480)
+    return SuiteSpec("toy_10", "toy_10", tasks, regions, max_steps=480)
 
 
 _MS_OBJECTS = ("carrot", "eggplant", "banana", "green_cube", "sponge")
@@ -308,10 +308,10 @@ def _maniskill() -> SuiteSpec:
 
 
 SUITES = {
-    "libero_spatial": _spatial,
-    "libero_object": _object,
-    "libero_goal": _goal,
-    "libero_10": _libero10,
+    "toy_spatial": _spatial,
+    "toy_object": _object,
+    "toy_goal": _goal,
+    "toy_10": _libero10,
     "maniskill_put_on_plate": _maniskill,
 }
 

@@ -24,8 +24,8 @@ from pirl.rl.optim import OptimizerConfig
 class EnvSpec:
     """Which MJX task suite to train on, and how many copies."""
 
-    name: str = "libero_spatial"
-    """Suite: libero_spatial, libero_object, libero_goal, libero_10 or maniskill_put_on_plate."""
+    name: str = "toy_spatial"
+    """Suite: toy_spatial, toy_object, toy_goal, toy_10 or maniskill_put_on_plate."""
     num_envs: int = 64
     """Environments stepped in parallel (sharded over the mesh's batch axes)."""
     image_size: int = 224

@@ -55,7 +55,7 @@ def tiny_ppo_config(**overrides: Any) -> RLConfig:
     fields: dict[str, Any] = dict(
         model=Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb")),
         policy=FlowPolicyConfig(value_head_hidden=(16,)),
-        env=EnvSpec(name="libero_spatial", num_envs=8, image_size=28, max_episode_steps=10),
+        env=EnvSpec(name="toy_spatial", num_envs=8, image_size=28, max_episode_steps=10),
         optim=OptimizerConfig(lr=1e-3, value_lr=1e-3),
         rollout_epochs=1,
         update_epochs=1,
