@@ -44,27 +44,27 @@ def test_report_summary_markdown_and_tolerant_log(tmp_path):
 
 
 def test_libero_state_and_request_layout():
-    from pirl.eval.libero import policy_request, quat_to_axis_angle
+    from pirl.envs.libero_pool import libero_state, quat_to_axis_angle
+    from pirl.eval.libero import policy_request
 
     angle = 0.7
     axis = np.array([0.0, 0.6, 0.8])
     quat = np.concatenate([axis * np.sin(angle / 2), [np.cos(angle / 2)]])  # robosuite x, y, z, w
     np.testing.assert_allclose(quat_to_axis_angle(quat), axis * angle, atol=1e-9)
     np.testing.assert_allclose(quat_to_axis_angle(np.array([0.0, 0.0, 0.0, 1.0])), 0.0)
-    image = np.zeros((8, 8, 3), np.uint8)
-    image[0, 0] = 255  # top-left pixel ends up bottom-right after the 180 degree rotation
-    obs = {
-        "agentview_image": image,
-        "robot0_eye_in_hand_image": image,
+    raw = {
         "robot0_eef_pos": np.array([1.0, 2.0, 3.0]),
         "robot0_eef_quat": quat,
         "robot0_gripper_qpos": np.array([0.04, -0.04]),
     }
-    request = policy_request(obs, "do it", resize_size=8)
+    state = libero_state(raw)
+    np.testing.assert_allclose(state, np.concatenate([[1, 2, 3], axis * angle, [0.04, -0.04]]), rtol=1e-6)
+    assert state.dtype == np.float32
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[0, 0] = 255  # top-left pixel ends up bottom-right after the 180 degree rotation
+    request = policy_request({"agentview_image": image, "wrist_image": image, "state": state}, "do it", 8)
     assert request["observation/image"][-1, -1, 0] == 255 and request["observation/image"][0, 0, 0] == 0
-    np.testing.assert_allclose(
-        request["observation/state"], np.concatenate([[1, 2, 3], axis * angle, [0.04, -0.04]]), rtol=1e-6
-    )
+    np.testing.assert_array_equal(request["observation/state"], state)
     assert request["observation/state"].dtype == np.float32 and request["prompt"] == "do it"
 
 

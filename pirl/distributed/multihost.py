@@ -129,3 +129,14 @@ def host_local_batch_to_global(local_batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
     )
+
+
+def process_local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global array split over its leading axis (the inverse of
+    `host_local_batch_to_global`): its addressable shards in row order, replicas counted once."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    by_start = {(s.index[0].start or 0): s for s in x.addressable_shards} if x.ndim else {}
+    if not by_start:
+        return np.asarray(x.addressable_shards[0].data)
+    return np.concatenate([np.asarray(by_start[k].data) for k in sorted(by_start)])

@@ -27,15 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from pirl.envs.libero_pool import EPISODE_LIMITS
 from pirl.eval.report import EpisodeLog, EpisodeResult, episode_key, write_report
 
 if TYPE_CHECKING:
     from pirl.serving.policy import Policy
 
 logger = logging.getLogger(__name__)
-
-RL_EPISODE_LIMITS = {"libero_spatial": 240, "libero_object": 240, "libero_goal": 320, "libero_10": 480}
-OPENPI_EPISODE_LIMITS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +64,7 @@ class MjxEvalConfig:
     def limit(self, suite: str, suite_default: int) -> int:
         if self.max_steps is not None:
             return self.max_steps
-        table = {"rl": RL_EPISODE_LIMITS, "openpi": OPENPI_EPISODE_LIMITS}.get(self.episode_limits, {})
+        table = EPISODE_LIMITS.get(self.episode_limits, {})
         return table.get(suite, suite_default)
 
 

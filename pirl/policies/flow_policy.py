@@ -216,6 +216,26 @@ def _scored(policy_cfg: FlowPolicyConfig, per_step: Float[Array, "b n h a"]) -> 
     return per_step[:, :, : policy_cfg.action_chunk, : policy_cfg.action_env_dim]
 
 
+def _draws(
+    rng: jax.Array, batch: int, num_steps: int, action_shape: tuple[int, int]
+) -> tuple[Float[Array, "b h a"], Int[Array, " b"], Float[Array, "k b h a"]]:
+    """The sampler's random draws: x_0, the stochastic step k, and the transition noise.
+
+    `rng` is one key for the whole batch, or keys[B] (one per example): then every example's draws
+    depend on its own key only, not on which other examples share the call."""
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    if rng.ndim == (1 if typed else 2):  # a batch of keys (typed, or raw uint32[B, 2])
+        if rng.shape[0] != batch:
+            raise ValueError(f"got {rng.shape[0]} per-example keys for a batch of {batch}")
+        x0, step, eps = jax.vmap(lambda key: _draws(key, 1, num_steps, action_shape))(rng)
+        return x0[:, 0], step[:, 0], jnp.moveaxis(eps[:, :, 0], 0, 1)
+    rng_noise, rng_step, rng_eps = jax.random.split(rng, 3)
+    x0 = jax.random.normal(rng_noise, (batch, *action_shape), jnp.float32)
+    step = jax.random.randint(rng_step, (batch,), 0, num_steps, jnp.int32)
+    eps = jax.random.normal(rng_eps, (num_steps, batch, *action_shape), jnp.float32)
+    return x0, step, eps
+
+
 def sample(
     params: dict,
     policy_cfg: FlowPolicyConfig,
@@ -230,7 +250,8 @@ def sample(
     mode="train": Flow-SDE single-step draws k ~ U{0..K-1} per sample and makes only step k
     stochastic; joint mode makes every step stochastic. mode="eval": the pure ODE (equal to
     `pi0.sample_actions(params["model"], model_cfg, rng, obs, num_steps=K, noise=chain[:, 0])`).
-    `noise` overrides the initial x_0 ~ N(0, I).
+    `noise` overrides the initial x_0 ~ N(0, I). `rng` is one key, or keys[B] (one per example, so
+    that an example's draws do not depend on how the batch is split).
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
@@ -240,8 +261,8 @@ def sample(
     schedule = denoise_schedule(num_steps, policy_cfg.noise_level)
     batch = obs.state.shape[0]
     shape = (batch, model_cfg.action_horizon, model_cfg.action_dim)
-    rng_noise, rng_step, rng_eps = jax.random.split(rng, 3)
-    x0 = jax.random.normal(rng_noise, shape, jnp.float32) if noise is None else noise.astype(jnp.float32)
+    x0, step_draw, eps = _draws(rng, batch, num_steps, shape[1:])
+    x0 = x0 if noise is None else noise.astype(jnp.float32)
 
     steps = jnp.arange(num_steps, dtype=jnp.int32)
     if mode == "eval":
@@ -251,9 +272,8 @@ def sample(
         denoise_index = jnp.full((batch,), -1, jnp.int32)
         stochastic = jnp.ones((num_steps, batch), bool)
     else:
-        denoise_index = jax.random.randint(rng_step, (batch,), 0, num_steps, jnp.int32)
+        denoise_index = step_draw
         stochastic = steps[:, None] == denoise_index[None, :]
-    eps = jax.random.normal(rng_eps, (num_steps, *shape), jnp.float32)
 
     cache = pi0.prefill(params["model"], model_cfg, obs)
 

@@ -22,12 +22,16 @@ from pirl.rl.optim import OptimizerConfig
 
 @dataclasses.dataclass(frozen=True)
 class EnvSpec:
-    """Which MJX task suite to train on, and how many copies."""
+    """Which task suite to train on, how many copies, and how episodes run."""
 
     name: str = "toy_spatial"
-    """Suite: toy_spatial, toy_object, toy_goal, toy_10 or maniskill_put_on_plate."""
+    """Suite. backend mjx: toy_spatial, toy_object, toy_goal, toy_10 or maniskill_put_on_plate;
+    backend libero: libero_spatial, libero_object, libero_goal, libero_10 or libero_90."""
+    backend: Literal["mjx", "libero"] = "mjx"
+    """'mjx': pirl's scenes, simulated and rendered on the devices; 'libero': the real LIBERO in host
+    worker processes (the `libero` extra) feeding the on-device policy."""
     num_envs: int = 64
-    """Environments stepped in parallel (sharded over the mesh's batch axes)."""
+    """Environments stepped in parallel (sharded over the mesh's batch axes and the processes)."""
     image_size: int = 224
     """Rendered camera resolution (square); resized on device if it differs from the model's."""
     max_episode_steps: int | None = None
@@ -36,6 +40,27 @@ class EnvSpec:
     """Tasks to train on (empty = every task of the suite)."""
     init_ids: tuple[int, ...] = ()
     """Fixed initial states (0..49) to train and evaluate on (empty = all 50)."""
+    auto_reset: bool = False
+    """RLinf's auto_reset: an environment resets as soon as its episode ends and carries on from
+    one rollout to the next (every step is trained on); False: each rollout starts fresh episodes
+    and environments whose episode ended idle, masked out."""
+    ignore_terminations: bool = False
+    """RLinf's ignore_terminations: success does not end an episode; episodes run to
+    max_episode_steps (the success reward is paid as a difference, so it can be taken back)."""
+    reward_coef: float = 1.0
+    """Success reward (RLinf's reward_coef; its LIBERO-10 recipe uses 5)."""
+    num_workers: int = 0
+    """libero: simulator processes on each host (0 = one per CPU core, at most one per environment)."""
+    pipeline_stage_num: int = 1
+    """libero: split each host's environments into this many stages; the device samples actions for
+    one stage while the CPUs step the others (RLinf's rollout.pipeline_stage_num)."""
+    settle_steps: int = 15
+    """libero: no-op steps with the gripper open after each reset while objects settle (RLinf: 15)."""
+    sample_micro_batch: int | None = None
+    """libero: environments per policy forward inside one sampling call (None = the whole stage).
+    A size that divides every stage makes trajectories bit-identical across pipeline_stage_num."""
+    worker_timeout_s: float = 300.0
+    """libero: seconds a worker may take per environment of a request before it is restarted."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +168,7 @@ class RLConfig:
     """Persistent XLA compilation cache (a re-run or --resume skips compiling); None = off."""
 
     def __post_init__(self):
+        self._check_env()
         if self.rollout_epochs < 1 or self.update_epochs < 1 or self.total_steps < 0:
             raise ValueError("rollout_epochs and update_epochs must be >= 1 and total_steps >= 0")
         if self.adv.adv_type not in ("gae", "grpo"):
@@ -172,11 +198,56 @@ class RLConfig:
                 f"which global_batch_size={self.global_batch_size} must divide"
             )
 
+    def _check_env(self) -> None:
+        env = self.env
+        if env.backend not in ("mjx", "libero"):
+            raise ValueError(f"env.backend must be 'mjx' or 'libero', got {env.backend!r}")
+        if env.backend == "mjx":
+            if env.auto_reset or env.ignore_terminations:
+                raise ValueError(
+                    "env.auto_reset / env.ignore_terminations are implemented by the libero backend only "
+                    "(--env.backend libero)"
+                )
+            return
+        from pirl.envs.libero_pool import EPISODE_LIMITS
+
+        if env.name not in EPISODE_LIMITS["rl"]:
+            raise ValueError(
+                f"env.name={env.name!r} is not a LIBERO suite; with --env.backend libero use one of "
+                f"{sorted(EPISODE_LIMITS['rl'])}"
+            )
+        stages = env.pipeline_stage_num
+        if stages < 1 or env.num_envs % stages:
+            raise ValueError(
+                f"env.num_envs={env.num_envs} must be a positive multiple of env.pipeline_stage_num={stages}"
+            )
+        micro = env.sample_micro_batch
+        if micro is not None and (micro < 1 or (env.num_envs // stages) % micro):
+            raise ValueError(
+                f"env.sample_micro_batch={micro} must divide the stage size num_envs/pipeline_stage_num = "
+                f"{env.num_envs // stages}"
+            )
+        if env.num_workers < 0 or env.settle_steps < 0 or env.worker_timeout_s <= 0:
+            raise ValueError("env.num_workers and env.settle_steps must be >= 0 and env.worker_timeout_s > 0")
+        if self.warm_start.sft_steps > 0:
+            raise ValueError(
+                "the expert warm start records demos in the MJX scenes; with --env.backend libero start from "
+                "--init-checkpoint (warm_start.sft_steps=0)"
+            )
+        if env.auto_reset and self.adv.adv_type == "grpo":
+            raise ValueError(
+                "GRPO groups share one reset state: use env.auto_reset=False with adv.adv_type='grpo'"
+            )
+
     @property
     def max_episode_steps(self) -> int:
         """Control steps per episode (the suite default unless overridden)."""
         if self.env.max_episode_steps is not None:
             return self.env.max_episode_steps
+        if self.env.backend == "libero":
+            from pirl.envs.libero_pool import EPISODE_LIMITS
+
+            return EPISODE_LIMITS["rl"][self.env.name]
         from pirl.envs.tasks import get_suite
 
         return get_suite(self.env.name).max_steps

@@ -105,6 +105,18 @@ def rollout(
     return RolloutOutput(trajectory=trajectory, final_value=final_out.value, final_state=final_state)
 
 
+def sample_reset_ids(
+    rng: jax.Array, task_pool: Int[Array, " n"], init_pool: Int[Array, " m"], num_envs: int, group: int
+) -> tuple[Int[Array, " e"], Int[Array, " e"]]:
+    """(task ids, initial-state ids) of `num_envs` fresh episodes: each run of `group` consecutive
+    environments shares one (task, initial state) drawn uniformly from the pools."""
+    k_task, k_init = jax.random.split(rng)
+    groups = num_envs // group
+    tasks = task_pool[jax.random.randint(k_task, (groups,), 0, task_pool.shape[0])]
+    inits = init_pool[jax.random.randint(k_init, (groups,), 0, init_pool.shape[0])]
+    return jnp.repeat(tasks, group), jnp.repeat(inits, group)
+
+
 def valid_for_metrics(trajectory: Trajectory) -> Array:
     """bool[T, B]: chunk steps up to and including each environment's first done."""
     from pirl.rl.advantages import valid_step_mask
@@ -112,19 +124,27 @@ def valid_for_metrics(trajectory: Trajectory) -> Array:
     return valid_step_mask(trajectory.dones)
 
 
-def episode_metrics(trajectory: Trajectory, valid: Array) -> dict[str, Array]:
+def episode_metrics(
+    trajectory: Trajectory, valid: Array, weights: Float[Array, " b"] | None = None
+) -> dict[str, Array]:
     """env/* metrics of a rollout in which every environment started a fresh episode.
 
     success_once: the task was accomplished at some step; return: summed reward of the first episode;
     episode_len: control-free count of valid chunk steps; success_at_end: success on the last valid step.
+    `weights` (per environment, e.g. 0 for padding) turn the means into weighted means.
     """
     valid_f = valid.astype(jnp.float32)
     success_once = jnp.any(trajectory.successes & valid, axis=0)
     last_valid = jnp.maximum(valid.sum(axis=0) - 1, 0)
     at_end = jnp.take_along_axis(trajectory.successes, last_valid[None], axis=0)[0]
+    w = jnp.ones(valid.shape[1], jnp.float32) if weights is None else weights.astype(jnp.float32)
+
+    def mean(x):
+        return (x.astype(jnp.float32) * w).sum() / w.sum()
+
     return {
-        "env/success_once": success_once.astype(jnp.float32).mean(),
-        "env/return": (trajectory.rewards * valid_f).sum(axis=0).mean(),
-        "env/episode_len": valid_f.sum(axis=0).mean(),
-        "env/success_at_end": at_end.astype(jnp.float32).mean(),
+        "env/success_once": mean(success_once),
+        "env/return": mean((trajectory.rewards * valid_f).sum(axis=0)),
+        "env/episode_len": mean(valid_f.sum(axis=0)),
+        "env/success_at_end": mean(at_end),
     }

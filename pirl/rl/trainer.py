@@ -46,10 +46,22 @@ log = logging.getLogger(__name__)
 
 
 def make_rl_env(cfg: RLConfig) -> Any:
-    """The MJX environment of the config (single-environment API; batched with vmap)."""
+    """The config's environment: an MJX suite (single-environment API; batched with vmap), or for
+    `env.backend = "libero"` the real LIBERO in host worker processes (`host_rollout.LiberoTrainEnv`)."""
+    if cfg.env.backend == "libero":
+        from pirl.rl.host_rollout import LiberoTrainEnv
+
+        return LiberoTrainEnv(cfg)
     from pirl.envs import make_env
 
     return make_env(cfg.env.name, image_size=cfg.env.image_size, max_steps=cfg.max_episode_steps)
+
+
+def state_dim_of(env: Any) -> int:
+    """Width of the env's proprio state (8 for LIBERO)."""
+    if hasattr(env, "state_dim"):
+        return env.state_dim
+    return jax.eval_shape(env.reset_to, 0, 0).obs["state"].shape[-1]
 
 
 def _id_pool(chosen: tuple[int, ...], count: int, field: str, limit: str) -> np.ndarray:
@@ -151,18 +163,31 @@ def build_programs(
     the step compiles once and keeps the FSDP layout from step to step."""
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
+    # (params, opt_state, opt_step, transitions, rng, *, adapter) -> (params, opt_state, opt_step, metrics)
+    update = jax.jit(
+        functools.partial(
+            update_lib.ppo_update,
+            cfg=cfg,
+            optimizer=optimizer,
+            trainable_mask=trainable,
+            batch_sharding=batch_sharding,
+        ),
+        donate_argnums=(0, 1),
+        out_shardings=(state_shardings["params"], state_shardings["opt_state"], replicated, replicated),
+    )
+    if cfg.env.backend == "libero":  # host simulators: rollouts driven from Python, same update
+        from pirl.rl.host_rollout import HostCollector
+
+        host = HostCollector(cfg, env, mesh)
+        return Programs(collect=host.collect, update=update, evaluate=host.evaluate, reset=None)
     chunk_steps = cfg.resolved_chunk_steps
     num_envs, group = cfg.env.num_envs, cfg.adv.group_size if cfg.adv.adv_type == "grpo" else 1
     reset_batch = jax.vmap(env.reset_to)
 
     def reset(rng, task_pool, init_pool):
         """Fresh episodes: each group of `group` envs shares a random (task, initial state)."""
-        k_task, k_init = jax.random.split(rng)
-        groups = num_envs // group
-        tasks = task_pool[jax.random.randint(k_task, (groups,), 0, task_pool.shape[0])]
-        inits = init_pool[jax.random.randint(k_init, (groups,), 0, init_pool.shape[0])]
-        state = reset_batch(jnp.repeat(tasks, group), jnp.repeat(inits, group))
-        return jax.lax.with_sharding_constraint(state, batch_sharding)
+        tasks, inits = rollout_lib.sample_reset_ids(rng, task_pool, init_pool, num_envs, group)
+        return jax.lax.with_sharding_constraint(reset_batch(tasks, inits), batch_sharding)
 
     def collect(params, adapter, rng, task_pool, init_pool):
         def one_epoch(_, key):
@@ -177,25 +202,12 @@ def build_programs(
                 model_cfg=cfg.model,
                 chunk_steps=chunk_steps,
             )
-            traj, metrics, adv, ret, valid = update_lib.compute_advantages(
-                cfg, out.trajectory, out.final_value
-            )
-            metrics |= _env_metrics(out.trajectory, rollout_lib.valid_for_metrics(out.trajectory), cfg)
-            return None, (update_lib.flatten_transitions(traj, adv, ret, valid), metrics)
+            return None, update_lib.rollout_targets(cfg, out.trajectory, out.final_value)
 
         _, (transitions, metrics) = jax.lax.scan(one_epoch, None, jax.random.split(rng, cfg.rollout_epochs))
         transitions = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
         transitions = jax.lax.with_sharding_constraint(transitions, batch_sharding)
         return transitions, jax.tree.map(jnp.mean, metrics)
-
-    # (params, opt_state, opt_step, transitions, rng, *, adapter) -> (params, opt_state, opt_step, metrics)
-    update = functools.partial(
-        update_lib.ppo_update,
-        cfg=cfg,
-        optimizer=optimizer,
-        trainable_mask=trainable,
-        batch_sharding=batch_sharding,
-    )
 
     def evaluate(params, adapter, task_ids, init_ids, rng):
         state = jax.lax.with_sharding_constraint(reset_batch(task_ids, init_ids), batch_sharding)
@@ -211,26 +223,16 @@ def build_programs(
             mode="eval",
         )
         traj = out.trajectory
-        metrics = _env_metrics(traj, rollout_lib.valid_for_metrics(traj), cfg)
+        metrics = update_lib.env_metrics(traj, cfg)
         frames = traj.env_obs.get("agentview_image")
         return metrics, jnp.any(traj.successes, axis=0), frames
 
     return Programs(
         collect=jax.jit(collect),
-        update=jax.jit(
-            update,
-            donate_argnums=(0, 1),
-            out_shardings=(state_shardings["params"], state_shardings["opt_state"], replicated, replicated),
-        ),
+        update=update,
         evaluate=jax.jit(evaluate),
         reset=jax.jit(reset),
     )
-
-
-def _env_metrics(traj: rollout_lib.Trajectory, valid: jax.Array, cfg: RLConfig) -> dict[str, jax.Array]:
-    metrics = rollout_lib.episode_metrics(traj, valid)
-    metrics["env/episode_len"] = metrics["env/episode_len"] * cfg.policy.action_chunk
-    return metrics
 
 
 def eval_pairs(cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
@@ -359,6 +361,7 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
     mesh_lib.check_divisible(cfg.global_batch_size, mesh, what="global_batch_size")
     if cfg.micro_batch_size is not None:
         mesh_lib.check_divisible(cfg.micro_batch_size, mesh, what="micro_batch_size")
+    owns_env = env is None
     if env is None:
         env = make_rl_env(cfg)
     elif env.max_steps != cfg.max_episode_steps:
@@ -375,7 +378,7 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
             env.prompts,
             tokenizer.tokenize,
             _stats_json(stats),
-            state_dim=jax.eval_shape(env.reset_to, 0, 0).obs["state"].shape[-1],
+            state_dim=state_dim_of(env),
             action_env_dim=cfg.policy.action_env_dim,
             action_chunk=cfg.policy.action_chunk,
             norm_type="quantile" if cfg.model.pi05 else "zscore",
@@ -499,4 +502,6 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
     finally:
         ckpt.close()
         writer.close()
+        if owns_env and hasattr(env, "close"):
+            env.close()  # the LIBERO worker processes
     return last_eval

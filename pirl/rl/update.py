@@ -23,7 +23,7 @@ from pirl.rl import advantages as adv_lib
 from pirl.rl.config import RLConfig
 from pirl.rl.losses import ppo_loss
 from pirl.rl.optim import accumulate_gradients, apply_updates, optimizer_metrics
-from pirl.rl.rollout import Trajectory
+from pirl.rl.rollout import Trajectory, episode_metrics, valid_for_metrics
 
 
 @flax.struct.dataclass
@@ -48,12 +48,17 @@ def compute_advantages(
     """GAE or GRPO targets for one rollout ([T, B] time-major).
 
     Returns (trajectory, rollout metrics, advantages [T, B], returns [T, B], valid mask [T, B]).
-    Each rollout starts fresh episodes, so a step is valid until (and including) the first done;
-    an episode that is still running after the last step was truncated by the rollout length and
-    is bootstrapped with the critic's value of the final observation.
+    Without auto-reset each rollout starts fresh episodes, so a step is valid until (and including)
+    the first done; with `env.auto_reset` every step is valid and the dones only cut the recursion
+    (the rollout added γ·V(final obs) to the reward of chunks that ended by truncation). An episode
+    still running after the last step was cut by the rollout length and is bootstrapped with the
+    critic's value of the final observation.
     """
     a = cfg.adv
-    valid = adv_lib.valid_step_mask(trajectory.dones)
+    if cfg.env.auto_reset:
+        valid = jnp.ones(trajectory.dones.shape, bool)
+    else:
+        valid = adv_lib.valid_step_mask(trajectory.dones)
     dones = trajectory.dones.astype(jnp.float32)
     if a.adv_type == "gae":
         next_value = final_value if a.bootstrap_on_truncation else jnp.zeros_like(final_value)
@@ -103,6 +108,25 @@ def flatten_transitions(
         returns=flat(returns),
         mask=flat(valid),
     )
+
+
+def env_metrics(trajectory: Trajectory, cfg: RLConfig, weights: Array | None = None) -> dict[str, Array]:
+    """env/* metrics of a rollout whose environments all started fresh episodes (lengths in control
+    steps); `weights` per environment (0 = padding)."""
+    metrics = episode_metrics(trajectory, valid_for_metrics(trajectory), weights)
+    metrics["env/episode_len"] = metrics["env/episode_len"] * cfg.policy.action_chunk
+    return metrics
+
+
+def rollout_targets(
+    cfg: RLConfig, trajectory: Trajectory, final_value: Float[Array, " b"]
+) -> tuple[Transitions, dict[str, Array]]:
+    """One rollout -> flat training transitions and its rollout/* metrics (plus env/* without auto-reset,
+    whose episodes span rollouts; the caller then measures them)."""
+    traj, metrics, adv, ret, valid = compute_advantages(cfg, trajectory, final_value)
+    if not cfg.env.auto_reset:
+        metrics |= env_metrics(traj, cfg)
+    return flatten_transitions(traj, adv, ret, valid), metrics
 
 
 def ppo_loss_fn(
