@@ -2,9 +2,19 @@
 
     python benchmarks/train.py                      # tiny π0, MJX env, CPU
     python benchmarks/train.py --full --num-envs 64 --image-size 224   # full π0 (bf16) on a GPU
+    python benchmarks/train.py --backend libero --workers 1,2,4 --stages 1,2   # real LIBERO
 
 Each line: {"phase", "seconds", "samples_per_s", ...}; the update line also reports model FLOPs
 utilisation (MFU) from XLA's cost analysis against `--peak-tflops` (989 = H100 SXM bf16 dense).
+
+`--backend libero` (needs the `libero` extra) times host rollouts of the real LIBERO against the
+number of worker processes and pipeline stages: one "libero_rollout" line per (workers, stages)
+with env-steps/s, rollout seconds, the policy's time, the time the host waited for the simulators,
+the workers' busy time and the pipelined overlap (the share of the policy's time the workers spent
+stepping); plus "libero_bare_env" lines: one LIBERO env stepped in a loop with both cameras
+rendered every step (the usual figure) and only at chunk ends (what the pool does).
+`--policy-latency-ms` adds a sleep to every policy call, emulating an accelerator's latency on a
+CPU-only machine (where the tiny model competes with the simulators for the same cores).
 """
 
 from __future__ import annotations
@@ -47,7 +57,20 @@ def main() -> None:
     parser.add_argument("--minibatch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--backend", choices=("mjx", "libero"), default="mjx")
+    parser.add_argument("--suite", default="libero_spatial", help="libero: the suite")
+    parser.add_argument("--workers", default="1,2,4", help="libero: worker counts (0 = the core count)")
+    parser.add_argument("--envs-per-worker", type=int, default=2, help="libero: environments per worker")
+    parser.add_argument("--stages", default="1,2", help="libero: pipeline stage counts")
+    parser.add_argument("--action-chunk", type=int, default=5, help="libero: actions per chunk")
+    parser.add_argument(
+        "--policy-latency-ms", type=float, default=0.0, help="libero: emulated policy latency"
+    )
+    parser.add_argument("--bare-steps", type=int, default=20, help="libero: steps of the bare-env loop")
     args = parser.parse_args()
+    if args.backend == "libero":
+        libero_main(args)
+        return
 
     from pirl.envs.env import make_env
     from pirl.models.config import Pi0Config
@@ -141,6 +164,122 @@ def main() -> None:
             }
         )
     )
+
+
+def bare_env_rate(suite: str, image_size: int, steps: int, chunk: int) -> list[dict]:
+    """Control steps/s of one LIBERO env stepped in a loop: cameras every step, and at chunk ends only."""
+    from pirl.envs.libero_pool import EpisodeSpec, LiberoPool
+
+    out = []
+    for every_step in (True, False):
+        with LiberoPool(1, 0, resolution=image_size, settle_steps=0, render_every_step=every_step) as pool:
+            pool.reset([0], [EpisodeSpec(suite, 0, 0, 0)])
+            rng = np.random.default_rng(0)
+            chunks = [rng.uniform(-0.3, 0.3, (chunk, 7)) for _ in range(max(1, steps // chunk))]
+            t0 = time.perf_counter()
+            for c in chunks:
+                pool.step([0], [c])
+            seconds = time.perf_counter() - t0
+        out.append(
+            {
+                "phase": "libero_bare_env",
+                "render": "every_step" if every_step else "chunk_end",
+                "steps_per_s": len(chunks) * chunk / seconds,
+                "image_size": image_size,
+                "cameras": 2,
+            }
+        )
+    return out
+
+
+def libero_main(args) -> None:
+    """Host rollouts of the real LIBERO against workers and pipeline stages (see the module doc)."""
+    import dataclasses
+
+    from pirl.distributed import mesh as mesh_lib
+    from pirl.envs.libero_pool import EpisodeSpec, default_num_workers
+    from pirl.models.config import Pi0Config
+    from pirl.policies import flow_policy
+    from pirl.policies.config import FlowPolicyConfig
+    from pirl.policies.env_io import make_env_adapter
+    from pirl.rl.config import EnvSpec, RLConfig
+    from pirl.rl.host_rollout import HostCollector, LiberoTrainEnv
+
+    for record in bare_env_rate(args.suite, args.image_size, args.bare_steps, args.action_chunk):
+        print(json.dumps(record), flush=True)
+    if args.full:
+        model = Pi0Config()
+    else:
+        model = Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb"), image_resolution=(56, 56))
+    policy = FlowPolicyConfig(action_chunk=args.action_chunk, value_head_hidden=(64, 64))
+    params = jax.jit(lambda k: flow_policy.init_policy_params(policy, model, k))(jax.random.key(0))
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(1, 1)), devices=jax.devices()[:1])
+    tokens = np.zeros(model.max_token_len, np.int32)
+    tokens[:4] = [2, 5, 6, 7]
+    for workers in (int(w) for w in args.workers.split(",")):
+        workers = workers or default_num_workers(1 << 30)
+        num_envs = workers * args.envs_per_worker
+        base = RLConfig(
+            model=model,
+            policy=policy,
+            env=EnvSpec(
+                name=args.suite,
+                backend="libero",
+                num_envs=num_envs,
+                image_size=args.image_size,
+                num_workers=workers,
+                task_ids=(0,),
+            ),
+            chunk_steps=args.chunk_steps,
+            rollout_epochs=1,
+            update_epochs=1,
+            global_batch_size=num_envs * args.chunk_steps,
+        )
+        env = LiberoTrainEnv(base)
+        adapter = make_env_adapter(
+            env.prompts, lambda p: (tokens, tokens > 0), None, action_chunk=args.action_chunk
+        )
+        specs = [EpisodeSpec(args.suite, 0, i % env.num_init_states, 0) for i in range(num_envs)]
+        try:
+            for stages in (int(s) for s in args.stages.split(",")):
+                if num_envs % stages:
+                    continue
+                cfg = dataclasses.replace(base, env=dataclasses.replace(base.env, pipeline_stage_num=stages))
+                collector = HostCollector(cfg, env, mesh)
+                collector.policy_latency_s = args.policy_latency_ms / 1000
+                collector.play(params, adapter, jax.random.key(1), "train", specs)  # start-up + compile
+                records = [
+                    collector.play(params, adapter, jax.random.key(2 + r), "train", specs)
+                    for r in range(args.repeats)
+                ]
+                wall = sum(r.timing.wall for r in records)
+                policy_s = sum(r.timing.policy for r in records)
+                busy = sum(r.timing.env_busy for r in records)
+                steps = sum(r.timing.control_steps for r in records)
+                print(
+                    json.dumps(
+                        {
+                            "phase": "libero_rollout",
+                            "workers": workers,
+                            "envs": num_envs,
+                            "stages": stages,
+                            "chunk_steps": args.chunk_steps,
+                            "rollout_seconds": wall / args.repeats,
+                            "env_steps_per_s": steps / wall,
+                            "policy_seconds": policy_s / args.repeats,
+                            "env_wait_seconds": sum(r.timing.env_wait for r in records) / args.repeats,
+                            "env_busy_seconds": busy / args.repeats,
+                            "pipeline_overlap": min(1.0, max(0.0, busy + policy_s - wall) / policy_s),
+                            "policy_latency_ms": args.policy_latency_ms,
+                            "image_size": args.image_size,
+                            "full": args.full,
+                            "device": jax.devices()[0].device_kind,
+                        }
+                    ),
+                    flush=True,
+                )
+        finally:
+            env.close()
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def host_local_batch_to_global(local_batch: Any, mesh: Mesh) -> Any:
 def process_local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of a global array split over its leading axis (the inverse of
     `host_local_batch_to_global`): its addressable shards in row order, replicas counted once."""
-    if x.is_fully_addressable:
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
         return np.asarray(x)
     by_start = {(s.index[0].start or 0): s for s in x.addressable_shards} if x.ndim else {}
     if not by_start:

@@ -50,6 +50,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -404,9 +405,13 @@ class _Process:
         env.setdefault("MUJOCO_GL", render_backend())
         env.setdefault("PYOPENGL_PLATFORM", env["MUJOCO_GL"])
         code = f"from pirl.envs.libero_pool import _worker_main; _worker_main({child_sock.fileno()}, {os.getpid()})"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(child_sock.fileno(),), env=env, close_fds=True
-        )
+        with warnings.catch_warnings():
+            # JAX warns on every fork of its (multithreaded) process; Popen's fork is followed directly
+            # by exec (no Python code runs in between), which is safe.
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=(child_sock.fileno(),), env=env, close_fds=True
+            )
         child_sock.close()
         self.conn = Connection(parent_sock.detach())
         self.conn.send(("init", options))

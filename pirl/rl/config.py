@@ -57,8 +57,9 @@ class EnvSpec:
     settle_steps: int = 15
     """libero: no-op steps with the gripper open after each reset while objects settle (RLinf: 15)."""
     sample_micro_batch: int | None = None
-    """libero: environments per policy forward inside one sampling call (None = the whole stage).
-    A size that divides every stage makes trajectories bit-identical across pipeline_stage_num."""
+    """libero: environments per device per policy forward within a sampling call (None = all of a
+    device's rows at once). A size that divides every stage's per-device rows makes trajectories
+    bit-identical across pipeline_stage_num."""
     worker_timeout_s: float = 300.0
     """libero: seconds a worker may take per environment of a request before it is restarted."""
 
@@ -225,7 +226,7 @@ class RLConfig:
         if micro is not None and (micro < 1 or (env.num_envs // stages) % micro):
             raise ValueError(
                 f"env.sample_micro_batch={micro} must divide the stage size num_envs/pipeline_stage_num = "
-                f"{env.num_envs // stages}"
+                f"{env.num_envs // stages} (and the rows each device holds of it)"
             )
         if env.num_workers < 0 or env.settle_steps < 0 or env.worker_timeout_s <= 0:
             raise ValueError("env.num_workers and env.settle_steps must be >= 0 and env.worker_timeout_s > 0")

@@ -47,7 +47,9 @@ from jaxtyping import Array, Float, Int
 from pirl.distributed import mesh as mesh_lib
 from pirl.distributed import multihost
 from pirl.envs.libero_pool import STATE_DIM, EpisodeSpec, LiberoPool, default_num_workers, suite_info
+from pirl.models.config import Pi0Config
 from pirl.policies import flow_policy
+from pirl.policies.config import FlowPolicyConfig
 from pirl.policies.env_io import EnvAdapter, env_obs_to_model, model_actions_to_env
 from pirl.rl import rollout as rollout_lib
 from pirl.rl import update as update_lib
@@ -136,19 +138,23 @@ def policy_chunk(
     task_id: Int[Array, " b"],
     keys: jax.Array,
     *,
-    cfg: RLConfig,
+    model_cfg: Pi0Config,
+    policy_cfg: FlowPolicyConfig,
     mode: str,
     upside_down: bool,
 ) -> ChunkSample:
     """Env observations -> model inputs -> flow-policy sample -> env action chunks (one batch)."""
     if upside_down:  # openpi's 180-degree rotation of raw LIBERO renders
         env_obs = {k: (v[:, ::-1, ::-1] if v.ndim == 4 else v) for k, v in env_obs.items()}
-    model_obs = env_obs_to_model(adapter, cfg.model, env_obs, task_id)
-    out = flow_policy.sample(params, cfg.policy, cfg.model, keys, model_obs, mode=mode)
+    model_obs = env_obs_to_model(adapter, model_cfg, env_obs, task_id)
+    out = flow_policy.sample(params, policy_cfg, model_cfg, keys, model_obs, mode=mode)
     actions = model_actions_to_env(adapter, out.actions, env_obs["state"])
     return ChunkSample(actions, out.chain, out.denoise_index, out.log_probs, out.value)
 
 
+@functools.partial(
+    jax.jit, static_argnames=("model_cfg", "policy_cfg", "micro_batch", "mode", "upside_down", "sharding")
+)
 def sample_stage(
     params: dict,
     adapter: EnvAdapter,
@@ -158,34 +164,63 @@ def sample_stage(
     rng: jax.Array,
     step: Int[Array, ""],
     *,
-    cfg: RLConfig,
+    model_cfg: Pi0Config,
+    policy_cfg: FlowPolicyConfig,
+    micro_batch: int | None,
     mode: str,
     upside_down: bool,
+    sharding: jax.sharding.NamedSharding,
 ) -> ChunkSample:
-    """One stage's action chunks: per-environment keys fold_in(fold_in(rng, step), env id), and the
-    batch computed in micro-batches of `env.sample_micro_batch` (a lax.map) so that an environment's
-    numbers do not depend on how many others share the call."""
+    """One stage's action chunks (compiled), with per-environment keys fold_in(fold_in(rng, step), env id).
+
+    Each device computes its rows in micro-batches of `micro_batch` (a lax.map over [micro-batch
+    step, device x micro-batch]), so an environment's numbers do not depend on how many others share
+    the call; None = all of a device's rows at once."""
     keys = jax.vmap(lambda g: jax.random.fold_in(jax.random.fold_in(rng, step), g))(env_ids)
     batch = env_ids.shape[0]
-    micro = cfg.env.sample_micro_batch or batch
-    if batch % micro:
-        raise ValueError(f"env.sample_micro_batch={micro} does not divide the stage of {batch} environments")
+    shards = math.prod(sharding.mesh.shape[a] for a in mesh_lib.batch_axes(sharding.mesh))
+    per_shard = batch // shards
+    micro = micro_batch or per_shard
+    if batch % shards or per_shard % micro:
+        raise ValueError(
+            f"a stage of {batch} environments over {shards} batch shards does not split into "
+            f"micro-batches of env.sample_micro_batch={micro}"
+        )
+    steps = per_shard // micro
+
+    def to_steps(x):  # [batch] rows (device-major) -> [steps, shards * micro]
+        x = x.reshape(shards, steps, micro, *x.shape[1:]).swapaxes(0, 1)
+        return x.reshape(steps, shards * micro, *x.shape[3:])
+
+    def from_steps(x):
+        x = x.reshape(steps, shards, micro, *x.shape[2:]).swapaxes(0, 1)
+        return x.reshape(batch, *x.shape[3:])
 
     def one(args):
-        obs, task, key = args
-        return policy_chunk(params, adapter, obs, task, key, cfg=cfg, mode=mode, upside_down=upside_down)
+        obs, task, key = jax.lax.with_sharding_constraint(args, sharding)
+        out = policy_chunk(
+            params,
+            adapter,
+            obs,
+            task,
+            key,
+            model_cfg=model_cfg,
+            policy_cfg=policy_cfg,
+            mode=mode,
+            upside_down=upside_down,
+        )
+        return jax.lax.with_sharding_constraint(out, sharding)
 
-    split = lambda x: x.reshape(batch // micro, micro, *x.shape[1:])  # noqa: E731
-    out = jax.lax.map(one, jax.tree.map(split, (env_obs, task_id, keys)))
-    return jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:]), out)
+    out = jax.lax.map(one, jax.tree.map(to_steps, (env_obs, task_id, keys)))
+    return jax.tree.map(from_steps, out)
 
 
 # ----------------------------------------------------------------------------- host side
 
 
 @dataclasses.dataclass
-class _Episode:
-    """Host bookkeeping of one environment's current episode."""
+class Episode:
+    """Host bookkeeping of one environment's episode."""
 
     spec: EpisodeSpec
     steps: int = 0
@@ -198,25 +233,36 @@ class _Episode:
 
 
 @dataclasses.dataclass
-class _Record:
-    """A rollout's record on the host: this process's environments, time-major numpy arrays."""
+class RolloutTiming:
+    """Where a rollout's time went (seconds) and how many control steps it ran."""
 
-    env_obs: dict[str, np.ndarray]
-    task_id: np.ndarray
-    sample: dict[str, np.ndarray]
-    rewards: np.ndarray
-    dones: np.ndarray
-    successes: np.ndarray
-    final_value: np.ndarray
-
-
-@dataclasses.dataclass
-class _Timing:
     wall: float = 0.0
     policy: float = 0.0
     env_wait: float = 0.0
     env_busy: float = 0.0
     control_steps: int = 0
+
+    def add(self, other: RolloutTiming) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+@dataclasses.dataclass
+class HostRecord:
+    """A rollout on the host: this process's environments, time-major numpy arrays [T, L, ...]."""
+
+    env_obs: dict[str, np.ndarray]
+    task_id: np.ndarray
+    sample: dict[str, np.ndarray]
+    """chain, denoise_index, log_probs, value of each policy call."""
+    rewards: np.ndarray
+    dones: np.ndarray
+    successes: np.ndarray
+    final_value: np.ndarray
+    """[L] critic value of the observation after the last chunk step (zeros in eval mode)."""
+    finished: list[Episode] = dataclasses.field(default_factory=list)
+    """Episodes that ended during the rollout."""
+    timing: RolloutTiming = dataclasses.field(default_factory=RolloutTiming)
 
 
 class HostCollector:
@@ -233,18 +279,31 @@ class HostCollector:
                 f"environments, which must split over the mesh's {shards} batch shards"
             )
         self.chunk_steps = cfg.resolved_chunk_steps
+        self.max_steps = cfg.max_episode_steps
         self.group = cfg.adv.group_size if cfg.adv.adv_type == "grpo" else 1
         if env.local_envs % self.group:
             raise ValueError(
                 f"each process's {env.local_envs} environments must hold whole GRPO groups of {self.group}"
             )
+        sharding = mesh_lib.batch_sharding(mesh)
+        micro = cfg.env.sample_micro_batch
+        if micro is not None and (cfg.env.num_envs // self.stages // shards) % micro:
+            raise ValueError(
+                f"env.sample_micro_batch={micro} must divide the environments each device holds per stage, "
+                f"num_envs / pipeline_stage_num / batch shards = {cfg.env.num_envs // self.stages // shards}"
+            )
         self._sample = {
-            mode: jax.jit(
-                functools.partial(sample_stage, cfg=cfg, mode=mode, upside_down=env.images_upside_down)
+            mode: functools.partial(
+                sample_stage,
+                model_cfg=cfg.model,
+                policy_cfg=cfg.policy,
+                micro_batch=micro,
+                mode=mode,
+                upside_down=env.images_upside_down,
+                sharding=sharding,
             )
             for mode in ("train", "eval")
         }
-        sharding = mesh_lib.batch_sharding(mesh)
 
         def targets(trajectory: Trajectory, final_value: Array):
             trajectory = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), trajectory)  # -> time-major
@@ -260,8 +319,12 @@ class HostCollector:
         self._reset_ids = jax.jit(
             functools.partial(rollout_lib.sample_reset_ids, num_envs=cfg.env.num_envs, group=self.group)
         )
-        self._carry: tuple[list[_Episode], list[dict]] | None = None
-        self._task_pool = self._init_pool = None
+        self.policy_latency_s = 0.0
+        """Added to every policy call (benchmarks: emulate an accelerator's latency on a CPU-only host)."""
+        self._carry: tuple[list[Episode], list[dict]] | None = None
+        # Pools auto-resets draw from (collect() sets the trainer's).
+        self._task_pool = np.arange(len(env.prompts))
+        self._init_pool = np.arange(env.num_init_states)
 
     # -------------------------------------------------------------- trainer API
 
@@ -269,7 +332,7 @@ class HostCollector:
         """`rollout_epochs` rollouts -> (flat transitions on the mesh, mean metrics)."""
         self._task_pool = multihost.process_local_rows(task_pool)
         self._init_pool = multihost.process_local_rows(init_pool)
-        epochs, timing, finished = [], _Timing(), []
+        epochs, timing, finished = [], RolloutTiming(), []
         for epoch in range(self.cfg.rollout_epochs):
             key = jax.random.fold_in(rng, epoch)
             k_reset, k_roll = jax.random.split(key)
@@ -281,7 +344,9 @@ class HostCollector:
                 )
                 lo = self.env.first_env
                 specs = [self._spec(tasks[lo + i], inits[lo + i]) for i in range(self.env.local_envs)]
-            record = self._play(params, adapter, k_roll, "train", specs, timing, finished)
+            record = self.play(params, adapter, k_roll, "train", specs)
+            timing.add(record.timing)
+            finished += record.finished
             trajectory, final_value = self._to_global(record)
             epochs.append(self._targets(trajectory, final_value))
         transitions = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[t for t, _ in epochs])
@@ -307,7 +372,7 @@ class HostCollector:
                 index = [(r * total + self.env.first_env + i) % n for i in range(local)]
                 specs = [self._spec(tasks[i], inits[i]) for i in index]
                 base = r * total
-                record = self._play(params, adapter, rng, "eval", specs, _Timing(), [], env_id_base=base)
+                record = self.play(params, adapter, rng, "eval", specs, env_id_base=base)
                 records.append(record)
                 weights.append(
                     np.array([base + self.env.first_env + i < n for i in range(local)], np.float32)
@@ -342,20 +407,23 @@ class HostCollector:
     def _spec(self, task_id, init_id) -> EpisodeSpec:
         return EpisodeSpec(self.env.name, int(task_id), int(init_id), self.cfg.seed)
 
-    def _play(
+    def play(
         self,
         params,
         adapter,
         rng,
-        mode: str,
-        specs: list[EpisodeSpec] | None,
-        timing: _Timing,
-        finished: list[_Episode],
+        mode: str = "train",
+        specs: list[EpisodeSpec] | None = None,
         env_id_base: int = 0,
-    ) -> _Record:
+    ) -> HostRecord:
         """One rollout of `chunk_steps` chunk steps of this process's environments (see module doc).
 
-        `specs`: fresh episodes, or None to continue the carried-over ones (auto-reset)."""
+        `specs`: one fresh episode per local environment, or None to continue the episodes carried
+        over from the previous rollout (auto-reset). `env_id_base` offsets the environments' global
+        ids (evaluation rounds)."""
+        if specs is None and self._carry is None:
+            raise ValueError("no episodes to continue: pass specs for a fresh start")
+        timing, finished = RolloutTiming(), []
         cfg, pool = self.cfg, self.env.pool
         env_cfg = cfg.env
         auto_reset = env_cfg.auto_reset and mode == "train"
@@ -370,9 +438,9 @@ class HostCollector:
         if specs is None:
             episodes, obs = self._carry
         else:
-            episodes, obs = [_Episode(spec) for spec in specs], [None] * L
+            episodes, obs = [Episode(spec) for spec in specs], [None] * L
             pending = [pool.submit_reset(slots, [specs[i] for i in slots]) for slots in stage_slots]
-        rec: _Record | None = None
+        rec: HostRecord | None = None
         steps_done = 0
 
         def absorb(s: int, t: int) -> None:
@@ -397,7 +465,7 @@ class HostCollector:
                     success_any |= success
                     terminated |= success and not ignore_terminations
                 steps_done += len(result.success)
-                truncated = ep.steps >= self.env.max_steps
+                truncated = ep.steps >= self.max_steps
                 ep.chunks += 1
                 ep.ret += reward
                 ep.success_once |= success_any
@@ -433,7 +501,7 @@ class HostCollector:
                 finished.extend(episodes[i] for i in ended)
                 new = [self._auto_reset_spec(rng, t, env_ids[i]) for i in ended]
                 for slot, spec in zip(ended, new, strict=True):
-                    episodes[slot] = _Episode(spec)
+                    episodes[slot] = Episode(spec)
                 t0 = time.perf_counter()
                 for slot, o in pool.reset(ended, new).items():
                     obs[slot] = o
@@ -471,12 +539,14 @@ class HostCollector:
                 live = [i for i in slots if auto_reset or not episodes[i].done]
                 if live:
                     chunks = [
-                        host.env_actions[i - slots[0], : self.env.max_steps - episodes[i].steps] for i in live
+                        host.env_actions[i - slots[0], : self.max_steps - episodes[i].steps] for i in live
                     ]
                     pending[s] = pool.submit_step(live, chunks)
         if auto_reset:
             self._carry = (episodes, obs)
         rec.final_value = final_value
+        rec.finished = finished
+        rec.timing = timing
         timing.wall += time.perf_counter() - t_start
         timing.env_busy += (sum(pool.busy_seconds.values()) - busy0) / max(1, pool.num_workers)
         timing.control_steps += steps_done
@@ -497,10 +567,12 @@ class HostCollector:
             params, adapter, batch["env_obs"], batch["task_id"], batch["env_ids"], rng, np.int32(step)
         )
         jax.block_until_ready(out.env_actions)
+        if self.policy_latency_s:
+            time.sleep(self.policy_latency_s)
         timing.policy += time.perf_counter() - t0
         return out
 
-    def _new_record(self, T: int, L: int, obs: list[dict]) -> _Record:
+    def _new_record(self, T: int, L: int, obs: list[dict]) -> HostRecord:
         probe = obs[0]
         k1, h, a = self.cfg.policy.num_steps + 1, self.cfg.model.action_horizon, self.cfg.model.action_dim
         lp_shape = {
@@ -508,7 +580,7 @@ class HostCollector:
             "action_level": (self.cfg.policy.action_chunk,),
             "token_level": (self.cfg.policy.action_chunk, self.cfg.policy.action_env_dim),
         }[self.cfg.policy.logprob_type]
-        return _Record(
+        return HostRecord(
             env_obs={k: np.zeros((T, L, *v.shape), v.dtype) for k, v in probe.items()},
             task_id=np.zeros((T, L), np.int32),
             sample={
@@ -529,7 +601,7 @@ class HostCollector:
         draw = np.random.default_rng(seed)
         return self._spec(draw.choice(self._task_pool), draw.choice(self._init_pool))
 
-    def _to_global(self, rec: _Record) -> tuple[Trajectory, Array]:
+    def _to_global(self, rec: HostRecord) -> tuple[Trajectory, Array]:
         """Batch-major global arrays of a record (each process contributes its rows)."""
         trajectory = Trajectory(
             env_obs=rec.env_obs,
@@ -547,7 +619,7 @@ class HostCollector:
 
     # -------------------------------------------------------------- metrics
 
-    def _finished_metrics(self, finished: list[_Episode]) -> dict[str, float]:
+    def _finished_metrics(self, finished: list[Episode]) -> dict[str, float]:
         """env/* over the episodes that ended in this step's rollouts (auto-reset), all processes."""
         stats = np.array(
             [[e.success_once, e.ret, e.steps, e.success_now] for e in finished] or np.zeros((0, 4)),
@@ -564,7 +636,7 @@ class HostCollector:
         names = ("env/success_once", "env/return", "env/episode_len", "env/success_at_end")
         return {name: float(sums[i] / count) for i, name in enumerate(names)} | {"env/episodes": float(count)}
 
-    def _timing_metrics(self, timing: _Timing) -> dict[str, float]:
+    def _timing_metrics(self, timing: RolloutTiming) -> dict[str, float]:
         """Where the rollout time went; `rollout/pipeline_overlap` = the share of the policy's time that
         the workers spent stepping (1: hidden behind the simulators, 0: the two took turns)."""
         overlap = max(0.0, timing.env_busy + timing.policy - timing.wall)
