@@ -9,9 +9,10 @@ utilisation (MFU) from XLA's cost analysis against `--peak-tflops` (989 = H100 S
 
 `--backend libero` (needs the `libero` extra) times host rollouts of the real LIBERO against the
 number of worker processes and pipeline stages: one "libero_rollout" line per (workers, stages)
-with env-steps/s, rollout seconds, the policy's time, the time the host waited for the simulators,
-the workers' busy time and the pipelined overlap (the share of the policy's time the workers spent
-stepping); plus "libero_bare_env" lines: one LIBERO env stepped in a loop with both cameras
+with env-steps/s (resets included), rollout seconds, the policy's time, the time the host waited
+for the simulators, the workers' busy time, the pipelined overlap (the share of the policy's time
+the workers spent stepping) and the control steps per second of one worker's stepping (resets
+excluded); plus "libero_bare_env" lines: one LIBERO env stepped in a loop with both cameras
 rendered every step (the usual figure) and only at chunk ends (what the pool does).
 `--policy-latency-ms` adds a sleep to every policy call, emulating an accelerator's latency on a
 CPU-only machine (where the tiny model competes with the simulators for the same cores).
@@ -269,6 +270,8 @@ def libero_main(args) -> None:
                             "policy_seconds": policy_s / args.repeats,
                             "env_wait_seconds": sum(r.timing.env_wait for r in records) / args.repeats,
                             "env_busy_seconds": busy / args.repeats,
+                            # Stepping alone (resets excluded), per worker: compare with the bare env loop.
+                            "steps_per_worker_second": steps / sum(r.timing.step_busy for r in records),
                             "pipeline_overlap": min(1.0, max(0.0, busy + policy_s - wall) / policy_s),
                             "policy_latency_ms": args.policy_latency_ms,
                             "image_size": args.image_size,

@@ -39,6 +39,7 @@ class ScriptedPool:
 
     def __init__(self):
         self.busy_seconds = collections.Counter()
+        self.busy_by_kind = collections.Counter()
         self.spec: dict[int, EpisodeSpec] = {}
         self.steps: dict[int, int] = {}
         self.resets = collections.Counter()

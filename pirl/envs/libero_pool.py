@@ -54,7 +54,7 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -228,6 +228,63 @@ class _RenderGate:
         cls._installed = True
 
 
+class _RenderContexts:
+    """Keeps each slot's offscreen render context across LIBERO's hard resets.
+
+    A hard reset rebuilds the scene from XML and robosuite then creates a new render context,
+    re-uploading every texture and mesh (about half of a reset's time). The rebuilt scene of the same
+    task has the same textures and meshes (only fixture positions move, which the renderer reads from
+    the simulation state), so the slot's context is re-attached to the new simulation instead; any
+    difference in the rendering assets makes a fresh one. Installed once per process on the class
+    robosuite instantiates."""
+
+    slot: Any = None
+    """The slot whose environment is being reset (set around robosuite's reset)."""
+    cache: ClassVar[dict] = {}
+    """slot -> its render context."""
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._installed:
+            return
+        from robosuite.environments import base
+
+        real = base.MjRenderContextOffscreen
+
+        def context_for(sim, *args, **kwargs):
+            cached = cls.cache.get(cls.slot)
+            if cached is not None and _same_render_assets(cached.model._model, sim.model._model):
+                cached.gl_ctx.make_current()
+                sim.forward()
+                cached.sim, cached.model, cached.data = sim, sim.model, sim.data
+                sim.add_render_context(cached)
+                return cached
+            context = real(sim, *args, **kwargs)
+            if cls.slot is not None:
+                cls.cache[cls.slot] = context
+            return context
+
+        base.MjRenderContextOffscreen = context_for
+        cls._installed = True
+
+
+def _same_render_assets(a: Any, b: Any) -> bool:
+    """Whether two MjModels upload the same textures, meshes, height fields and skins to a context."""
+    fields = (
+        "tex_height", "tex_width", "tex_data", "mesh_vertadr", "mesh_vertnum", "mesh_vert", "mesh_normal",
+        "mesh_texcoord", "mesh_face", "hfield_data", "skin_vert",
+    )  # fmt: skip
+    if (a.ntex, a.nmesh, a.nhfield, a.nskin) != (b.ntex, b.nmesh, b.nhfield, b.nskin):
+        return False
+    if (
+        a.vis.quality.shadowsize != b.vis.quality.shadowsize
+        or a.vis.quality.offsamples != b.vis.quality.offsamples
+    ):
+        return False
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields if hasattr(a, f))
+
+
 class _SlotEnv:
     """One environment slot inside a worker: keeps its task's LIBERO env between episodes."""
 
@@ -244,6 +301,7 @@ class _SlotEnv:
         from libero.libero.envs import OffScreenRenderEnv
 
         _RenderGate.install()
+        _RenderContexts.install()
         task_suite = benchmark.get_benchmark_dict()[suite]()
         task = task_suite.get_task(task_id)
         bddl = pathlib.Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
@@ -268,6 +326,7 @@ class _SlotEnv:
         settle = self.options.settle_steps
         try:
             _RenderGate.open = False
+            _RenderContexts.slot = self
             self.env.reset()
             _RenderGate.open = render and (settle == 0 or self.options.render_every_step)
             raw = self.env.set_init_state(self.init_states[spec.init_id])
@@ -276,6 +335,7 @@ class _SlotEnv:
                 raw, _, _, _ = self.env.step(list(DUMMY_ACTION))
         finally:
             _RenderGate.open = True
+            _RenderContexts.slot = None
         return self._observe(raw)
 
     def step(self, actions: np.ndarray, render: bool = True) -> ChunkOutcome:
@@ -297,6 +357,7 @@ class _SlotEnv:
         return np.asarray(self.env.get_sim_state(), np.float64)
 
     def close(self) -> None:
+        _RenderContexts.cache.pop(self, None)
         if self.env is not None:
             try:
                 self.env.close()
@@ -511,6 +572,8 @@ class LiberoPool:
         """Workers restarted so far (deaths, errors and timeouts)."""
         self.busy_seconds = collections.Counter()
         """worker -> seconds spent executing requests (as the workers measured them)."""
+        self.busy_by_kind = collections.Counter()
+        """request kind ("reset", "step", "replay") -> seconds spent on it, summed over workers."""
         self._ids = itertools.count()
         self._history: dict[int, tuple[EpisodeSpec, list[np.ndarray]]] = {}
         self._last_state: dict[int, np.ndarray] = {}
@@ -623,6 +686,7 @@ class LiberoPool:
         t0 = time.perf_counter()
         results = self._local.handle(ticket.kind, items)
         self.busy_seconds[0] += time.perf_counter() - t0
+        self.busy_by_kind[ticket.kind] += time.perf_counter() - t0
         self._record(ticket.kind, items, results)
         self._replies[(0, ticket.request_id)] = results
 
@@ -671,6 +735,7 @@ class LiberoPool:
             raise WorkerFailure(f"request {kind!r} raised:\n{payload}")
         self._inflight[worker].popleft()
         self.busy_seconds[worker] += seconds
+        self.busy_by_kind[kind] += seconds
         self._record(kind, items, payload)
         self._replies[(worker, request_id)] = payload
 

@@ -49,6 +49,8 @@ class EvalArgs:
     """Flow-matching Euler steps per action chunk."""
     num_workers: int = 2
     """libero: parallel LIBERO processes (0 = in the main process)."""
+    envs_per_worker: int = 1
+    """libero: environments per process."""
     settle_steps: int = 10
     """libero: no-op steps after reset."""
     resolution: int = 256
@@ -91,6 +93,7 @@ def run(args: EvalArgs) -> dict:
             action_chunk=args.action_chunk,
             resolution=args.resolution,
             num_workers=args.num_workers,
+            envs_per_worker=args.envs_per_worker,
             seed=args.seed,
             videos_per_task=args.videos_per_task,
         )

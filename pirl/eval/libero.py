@@ -67,7 +67,7 @@ class LiberoEvalConfig:
     num_workers: int = 2
     """Parallel LIBERO processes (0 = run in the main process)."""
     envs_per_worker: int = 1
-    """Environments per process (more keeps a process busy while the policy runs)."""
+    """Environments per process (more episodes per batched policy call without more processes)."""
     seed: int = 7
     """env.seed (openpi: it affects object positions even with fixed initial states)."""
     videos_per_task: int = 1

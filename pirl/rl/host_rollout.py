@@ -240,6 +240,9 @@ class RolloutTiming:
     policy: float = 0.0
     env_wait: float = 0.0
     env_busy: float = 0.0
+    """Seconds the workers were busy (average over workers)."""
+    step_busy: float = 0.0
+    """Worker-seconds spent executing chunks (summed over workers; resets excluded)."""
     control_steps: int = 0
 
     def add(self, other: RolloutTiming) -> None:
@@ -333,6 +336,7 @@ class HostCollector:
         self._task_pool = multihost.process_local_rows(task_pool)
         self._init_pool = multihost.process_local_rows(init_pool)
         epochs, timing, finished = [], RolloutTiming(), []
+        restarts = self.env.pool.restarts
         for epoch in range(self.cfg.rollout_epochs):
             key = jax.random.fold_in(rng, epoch)
             k_reset, k_roll = jax.random.split(key)
@@ -354,6 +358,7 @@ class HostCollector:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if self.cfg.env.auto_reset:
             metrics |= self._finished_metrics(finished)
+        metrics["rollout/worker_restarts"] = float(self.env.pool.restarts - restarts)
         return transitions, metrics | self._timing_metrics(timing)
 
     def evaluate(self, params, adapter, task_ids, init_ids, rng) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -432,7 +437,11 @@ class HostCollector:
         stage_slots = [list(range(s * b, (s + 1) * b)) for s in range(S)]
         env_ids = np.arange(L, dtype=np.int32) + self.env.first_env + env_id_base
         sample = self._sample[mode]
-        t_start, busy0 = time.perf_counter(), sum(pool.busy_seconds.values())
+        t_start, busy0, step_busy0 = (
+            time.perf_counter(),
+            sum(pool.busy_seconds.values()),
+            pool.busy_by_kind["step"],
+        )
 
         pending: list[Any] = [None] * S
         if specs is None:
@@ -549,6 +558,7 @@ class HostCollector:
         rec.timing = timing
         timing.wall += time.perf_counter() - t_start
         timing.env_busy += (sum(pool.busy_seconds.values()) - busy0) / max(1, pool.num_workers)
+        timing.step_busy += pool.busy_by_kind["step"] - step_busy0
         timing.control_steps += steps_done
         return rec
 
@@ -646,5 +656,4 @@ class HostCollector:
             "time/rollout_env_busy": timing.env_busy,
             "rollout/pipeline_overlap": min(1.0, overlap / timing.policy) if timing.policy else 0.0,
             "rollout/env_steps_per_s": timing.control_steps / timing.wall if timing.wall else 0.0,
-            "rollout/worker_restarts": float(self.env.pool.restarts),
         }
