@@ -30,7 +30,7 @@ def log(**fields) -> None:
 
 
 def make_dataset(root: Path, num_frames: int, use_videos: bool, image_size: int = 256) -> Path:
-    from pirl.data.lerobot import write_lerobot_dataset
+    from pirl.data.lerobot_writer import write_lerobot_dataset
 
     rng = np.random.default_rng(0)
     episodes, per_episode = [], 64

@@ -17,7 +17,7 @@ import sentencepiece
 import tyro
 from openpi_client import image_tools
 
-from pirl.data import configs, lerobot, loader
+from pirl.data import configs, lerobot, lerobot_writer, loader
 from pirl.data import transforms as T
 from pirl.data.normalize import NormStats
 
@@ -52,7 +52,9 @@ def make_episodes() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
-    return lerobot.write_lerobot_dataset(tmp_path_factory.mktemp("ds") / "toy", make_episodes(), fps=FPS)
+    return lerobot_writer.write_lerobot_dataset(
+        tmp_path_factory.mktemp("ds") / "toy", make_episodes(), fps=FPS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +152,7 @@ def test_episode_subset_and_repo_id_under_lerobot_home(dataset_root, monkeypatch
 
 def _video_codec_or_skip() -> str:
     try:
-        return lerobot._pick_video_codec(None)
+        return lerobot_writer.pick_video_codec()
     except RuntimeError as e:
         pytest.skip(f"PyAV cannot encode video here: {e}")
 
@@ -158,7 +160,7 @@ def _video_codec_or_skip() -> str:
 def test_video_dataset_decodes_frames_by_timestamp(tmp_path):
     _video_codec_or_skip()
     episodes = make_episodes()[:2]
-    root = lerobot.write_lerobot_dataset(tmp_path / "vid", episodes, fps=FPS, use_videos=True)
+    root = lerobot_writer.write_lerobot_dataset(tmp_path / "vid", episodes, fps=FPS, use_videos=True)
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["features"]["image"]["dtype"] == "video" and info["total_videos"] == 4
     assert info["features"]["image"]["info"]["video.fps"] == FPS
@@ -221,9 +223,11 @@ def test_writer_rejects_inconsistent_episodes(tmp_path):
     episodes = make_episodes()
     episodes[1]["state"] = episodes[1]["state"][:, :5]
     with pytest.raises(ValueError, match=r"episode 1: feature 'state'"):
-        lerobot.write_lerobot_dataset(tmp_path / "x", episodes, fps=FPS)
+        lerobot_writer.write_lerobot_dataset(tmp_path / "x", episodes, fps=FPS)
     with pytest.raises(ValueError, match="'task'"):
-        lerobot.write_lerobot_dataset(tmp_path / "y", [{"state": np.zeros((3, 2), np.float32)}], fps=FPS)
+        lerobot_writer.write_lerobot_dataset(
+            tmp_path / "y", [{"state": np.zeros((3, 2), np.float32)}], fps=FPS
+        )
 
 
 # ------------------------------------------------------------------------------------ transforms

@@ -16,7 +16,7 @@ import sentencepiece
 
 from pirl import norm_stats as norm_stats_cli
 from pirl.checkpoints.openpi_jax import flatten_params, load_openpi_params
-from pirl.data import configs, lerobot
+from pirl.data import configs, lerobot_writer
 from pirl.data.normalize import load_norm_stats
 from pirl.distributed.mesh import MeshConfig, make_mesh, param_shardings
 from pirl.logging.writer import read_jsonl
@@ -71,7 +71,7 @@ def compilation_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
-    dataset = lerobot.write_lerobot_dataset(root / "toy", make_episodes(), fps=10)
+    dataset = lerobot_writer.write_lerobot_dataset(root / "toy", make_episodes(), fps=10)
     words = ["pick", "up", "the", "red", "bowl", "open", "top", "drawer", "put", "it", "on", "plate"]
     rng = random.Random(0)
     proto = io.BytesIO()

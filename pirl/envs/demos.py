@@ -92,7 +92,7 @@ def rollout_expert(
 
 
 def main(cfg: DemoConfig) -> None:
-    from pirl.data.lerobot import write_lerobot_dataset
+    from pirl.data.lerobot_writer import write_lerobot_dataset
 
     env = make_env(cfg.suite, image_size=cfg.image_size, render=True)
     pairs = [(t, i) for t in range(env.num_tasks) for i in range(cfg.episodes_per_task)]
