@@ -305,9 +305,10 @@ def load_metadata(
     info = _read_json(info_path)
     version = info.get("codebase_version")
     if version not in SUPPORTED_VERSIONS:
+        found = f"codebase_version {version!r}" if version else "no codebase_version (LeRobot before v2.0)"
         raise LeRobotFormatError(
-            f"{info_path}: codebase_version {version!r} is not supported; pirl reads LeRobot "
-            f"{', '.join(SUPPORTED_VERSIONS)}"
+            f"{info_path}: {found} is not supported; pirl reads LeRobot {', '.join(SUPPORTED_VERSIONS)} "
+            "(lerobot's conversion scripts upgrade older datasets)"
         )
     fps = float(_require(info, "fps", info_path))
     features = _require(info, "features", info_path)

@@ -171,7 +171,7 @@ def concatenate_videos(inputs: Sequence[Path], output: Path) -> None:
             av.open(str(joined), "w", options={"movflags": "faststart"}) as sink,
         ):
             in_stream = source.streams.video[0]
-            out_stream = sink.add_stream_from_template(in_stream)
+            out_stream = sink.add_stream_from_template(in_stream, opaque=True)  # copy, no codec
             out_stream.time_base = in_stream.time_base
             for packet in source.demux(in_stream):
                 if packet.dts is None:  # demuxer flush packets
