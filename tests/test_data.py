@@ -453,11 +453,16 @@ def test_normalize_formulas_only_over_stats_dims():
 
 
 @pytest.mark.parametrize("shape", [(32, 32, 3), (48, 32, 3), (2, 20, 50, 3)])
-def test_resize_with_pad_matches_openpi_client(shape):
+def test_resize_with_pad_is_openpi_clients(shape):
     images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     out = T.resize_with_pad(images, 28, 28)
-    assert out.shape == (*shape[:-3], 28, 28, 3)
+    assert out.shape == (*shape[:-3], 28, 28, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out, image_tools.resize_with_pad(images, 28, 28))
+    # tf.image.resize_with_pad's semantics: a 16x32 image fills the width, centred with zero rows.
+    wide = T.resize_with_pad(np.full((16, 32, 3), 200, np.uint8), 28, 28)
+    assert (wide[7:21] == 200).all() and not wide[:7].any() and not wide[21:].any()
+    with pytest.raises(TypeError, match="uint8"):
+        T.resize_with_pad(images.astype(np.float32), 28, 28)
 
 
 def test_image_helpers_and_padding():
