@@ -657,3 +657,46 @@ def test_loader_device_batches_with_sharding(dataset, transform):
     assert isinstance(batch["state"], jax.Array) and batch["state"].sharding == sharding
     assert batch["image"]["base_0_rgb"].dtype == np.uint8
     assert len(batch["state"].addressable_shards) == len(jax.devices())
+
+
+def test_loader_rows_split_the_global_batch_and_state_is_per_process(dataset, transform, tmp_path):
+    """Two simulated processes' rows together are the 1-process batches; each reads only its rows;
+    the saved state restores the position and refuses a changed seed or batch size."""
+
+    class Recording:
+        def __init__(self):
+            self.read = []
+
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, index):
+            self.read.append(int(index))
+            return dataset[index]
+
+    whole = loader.BatchLoader(dataset, transform, 6, seed=2, num_workers=0)
+    parts = [Recording(), Recording()]
+    halves = [
+        loader.BatchLoader(part, transform, 6, seed=2, num_workers=1, rows=rows)
+        for part, rows in zip(parts, ([0, 1, 2], [3, 4, 5]), strict=True)
+    ]
+    for full, a, b in zip(whole.batches(5), halves[0].batches(5), halves[1].batches(5), strict=True):
+        np.testing.assert_array_equal(full["state"], np.concatenate([a["state"], b["state"]]))
+        np.testing.assert_array_equal(full["actions"], np.concatenate([a["actions"], b["actions"]]))
+    expected = [whole.batch_indices(loader.LoaderPosition(0, i)) for i in range(4)] + [
+        whole.batch_indices(loader.LoaderPosition(1, 0))
+    ]
+    assert sorted(parts[0].read) == sorted(np.concatenate([e[:3] for e in expected]).tolist())
+    assert sorted(parts[1].read) == sorted(np.concatenate([e[3:] for e in expected]).tolist())
+
+    path = halves[1].save_state(tmp_path)
+    assert path == tmp_path / "loader" / "process_0-of-1.json"
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == [3, 4, 5] and (saved["epoch"], saved["batch"]) == (1, 1)
+    fresh = loader.BatchLoader(dataset, transform, 6, seed=2, num_workers=0, rows=[3, 4, 5])
+    assert fresh.restore_state(tmp_path) and fresh.position == halves[1].position
+    assert not fresh.restore_state(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"seed=2.*seed=9"):
+        loader.BatchLoader(dataset, transform, 6, seed=9, num_workers=0).restore_state(tmp_path)
+    with pytest.raises(ValueError, match="increasing positions"):
+        loader.BatchLoader(dataset, transform, 6, rows=[4, 2])

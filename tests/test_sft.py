@@ -7,6 +7,7 @@ compiled steps through a module-scoped persistent compilation cache (same HLO ->
 """
 
 import io
+import json
 import random
 
 import jax
@@ -163,6 +164,8 @@ def test_lora_sft_lowers_loss_freezes_llm_and_resumes_exactly(workdir):
 
     # The same run in two halves: 3 steps, stop, resume to 6 -> identical EMA params and losses.
     train_sft(make_config(workdir, "split", num_steps=3))
+    saved = json.loads((workdir / "split" / "ckpt" / "3" / "loader" / "process_0-of-1.json").read_text())
+    assert (saved["epoch"], saved["batch"], saved["rows"]) == (0, 3, list(range(8)))  # 4 batches/epoch
     resumed = train_sft(make_config(workdir, "split"))
     assert resumed["step"] == 6
     split = flatten_params(load_openpi_params(workdir / "split" / "ckpt" / "6"))

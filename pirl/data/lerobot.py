@@ -574,7 +574,7 @@ class LeRobotDataset:
         self.episode_ends = np.cumsum(lengths, dtype=np.int64)
         self.episode_starts = self.episode_ends - np.asarray(lengths, np.int64)
         self._image_cache = _ByteBudgetCache(int(image_cache_mb * 2**20))
-        self._row_group_ends: dict[Path, np.ndarray] = {}
+        self._footers: dict[Path, tuple[pq.FileMetaData, np.ndarray]] = {}
         self._lock = threading.Lock()
 
     def _read_numeric_columns(self, selected: Sequence[int]) -> dict[str, list[np.ndarray]]:
@@ -690,33 +690,38 @@ class LeRobotDataset:
     def _parquet_image(self, ep: int, key: str, row_in_episode: int) -> np.ndarray:
         path, first_row = self._file_rows[ep]
         row = first_row + row_in_episode
-        ends = self._row_groups(path, ep)
+        metadata, ends = self._file_metadata(path, ep)
         group = int(np.searchsorted(ends, row, side="right"))
         group_start = int(ends[group - 1]) if group else 0
-        cells = self._image_cache.get((path, group, key), lambda: self._read_cells(path, group, key, ep))
+        cells = self._image_cache.get(
+            (path, group, key), lambda: self._read_cells(path, metadata, group, key, ep)
+        )
         image = _decode_image(cells[row - group_start], self.meta.root, path, key)
         self._check_image_shape(image, key, path)
         return image
 
-    def _row_groups(self, path: Path, ep: int) -> np.ndarray:
-        """Cumulative row counts of the row groups of a data file (read once per file)."""
+    def _file_metadata(self, path: Path, ep: int) -> tuple[pq.FileMetaData, np.ndarray]:
+        """A data file's parquet footer and the cumulative row counts of its row groups, read once
+        (the footer of a shared v3.0 file is larger than one frame's image)."""
         with self._lock:
-            if path in self._row_group_ends:
-                return self._row_group_ends[path]
+            if path in self._footers:
+                return self._footers[path]
         try:
-            meta = pq.ParquetFile(path).metadata
+            metadata = pq.read_metadata(path)
         except (pa.ArrowException, OSError) as e:
             raise LeRobotFormatError(f"{path} (episode {ep}) is not a readable parquet file: {e}") from e
-        ends = np.cumsum([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+        ends = np.cumsum([metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
         with self._lock:
-            self._row_group_ends[path] = ends
-        return ends
+            self._footers[path] = (metadata, ends)
+        return metadata, ends
 
-    def _read_cells(self, path: Path, group: int, key: str, ep: int) -> tuple[list, int]:
-        if key not in _schema_names(path, f"episode {ep}"):
+    def _read_cells(
+        self, path: Path, metadata: pq.FileMetaData, group: int, key: str, ep: int
+    ) -> tuple[list, int]:
+        if key not in metadata.schema.to_arrow_schema().names:
             raise LeRobotFormatError(f"{path}: missing image column {key!r}")
         try:
-            column = pq.ParquetFile(path).read_row_group(group, columns=[key]).column(key)
+            column = pq.ParquetFile(path, metadata=metadata).read_row_group(group, columns=[key]).column(key)
         except (pa.ArrowException, OSError) as e:
             raise LeRobotFormatError(f"{path} (episode {ep}) is not a readable parquet file: {e}") from e
         return column.to_pylist(), column.nbytes
