@@ -169,3 +169,34 @@ def test_norm_stats_cli_on_an_offline_hub_repo(offline_hub, local_dataset, tmp_p
     states = np.concatenate([e["state"] for e in make_episodes()])
     np.testing.assert_allclose(stats["norm_stats"]["state"]["mean"], states.mean(0), rtol=1e-5, atol=1e-5)
     assert not any(name.startswith("videos/") for name in fetched(tmp_path))
+
+
+def test_online_lists_the_repo_and_downloads_only_what_is_read(local_dataset, tmp_path, monkeypatch):
+    """The online path with huggingface_hub's two calls replaced by fakes serving `local_dataset`:
+    the repo is listed once, meta/ and the data files are downloaded, no video, no README."""
+    import huggingface_hub
+
+    listing = sorted(p.relative_to(local_dataset).as_posix() for p in local_dataset.rglob("*") if p.is_file())
+    downloads: list[str] = []
+
+    def fake_download(repo_id, filename, *, repo_type, revision, cache_dir):
+        assert (repo_id, repo_type, revision) == (REPO, "dataset", "v3.0")
+        downloads.append(filename)
+        target = Path(cache_dir) / "fake" / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((local_dataset / filename).read_bytes())
+        return str(target)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: [*listing, "README.md"]
+    )
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "lerobot"))
+    dataset = lerobot.LeRobotDataset(REPO, load_images=False, revision="v3.0", progress=False)
+    wanted = {n for n in listing if n.startswith(("meta/", "data/"))}
+    assert set(downloads) == wanted  # meta/ (info.json placed last: a complete meta/ or none), data
+    assert [name for name in downloads if name.startswith("meta/")][-1] == "meta/info.json"
+    assert fetched(tmp_path) == wanted
+    assert len(dataset) == sum(LENGTHS) and dataset.meta.revision == "v3.0"
