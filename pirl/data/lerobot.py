@@ -71,6 +71,7 @@ DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 VISUAL_DTYPES = ("image", "video")
+_OPEN_VIDEOS_PER_THREAD = 8  # video files a loader thread keeps open (their index read once)
 # Columns of v3.0's meta/episodes files that the reader needs (plus videos/<key>/... per video key).
 V3_EPISODE_COLUMNS = (
     "episode_index",
@@ -116,14 +117,22 @@ def resolve_root(
             f"no LeRobot dataset at {name!r}: {where}. Pass a dataset folder, or a Hub repo id "
             "('org/name'; fetched into HF_LEROBOT_HOME, default ~/.cache/huggingface/lerobot)."
         )
-    _fetch_metadata(name, cached, revision, progress)
+    try:
+        files = hub.list_repo_files(name, revision)
+    except hub.HubError as error:
+        raise hub.HubError(
+            f"no LeRobot dataset at {name!r}: no folder {path} (nor {cached}) holds meta/info.json, "
+            f"and as a Hub repo id: {error}"
+        ) from error
+    _fetch_metadata(name, files, cached, revision, progress)
     return cached, name
 
 
-def _fetch_metadata(repo_id: str, root: Path, revision: str | None, progress: bool) -> None:
+def _fetch_metadata(
+    repo_id: str, files: Sequence[str], root: Path, revision: str | None, progress: bool
+) -> None:
     """Fetch every file under meta/ (at least the ones its version needs); info.json last, so an
     interrupted fetch is completed by the next run."""
-    files = hub.list_repo_files(repo_id, revision)
     if "meta/info.json" not in files:
         offline = " (offline: only the cached files were listed)" if hub.hub_offline() else ""
         raise hub.HubError(
@@ -441,20 +450,31 @@ def decode_video_frames(
 
     if not video_path.is_file():
         raise LeRobotFormatError(f"missing video file {video_path}")
+    try:
+        with av.open(str(video_path)) as container:
+            return _decode_frames(container, video_path, timestamps, tolerance_s)
+    except av.error.FFmpegError as e:
+        raise LeRobotFormatError(f"{video_path} cannot be decoded: {e}") from e
+
+
+def _decode_frames(
+    container: Any, video_path: Path, timestamps: Sequence[float], tolerance_s: float
+) -> np.ndarray:
+    """`decode_video_frames` on an open PyAV container (seeks first, so it may be reused)."""
+    import av
+
     first, last = min(timestamps), max(timestamps)
     frames: list[Any] = []
     times: list[float] = []
     try:
-        with av.open(str(video_path)) as container:
-            stream = container.streams.video[0]
-            if first > 0:
-                container.seek(int(first / stream.time_base), stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                t = float(frame.pts * stream.time_base)
-                frames.append(frame)  # converted to RGB only if requested (below)
-                times.append(t)
-                if t >= last - tolerance_s:
-                    break
+        stream = container.streams.video[0]
+        container.seek(int(first / stream.time_base), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            t = float(frame.pts * stream.time_base)
+            frames.append(frame)  # converted to RGB only if requested (below)
+            times.append(t)
+            if t >= last - tolerance_s:
+                break
     except av.error.FFmpegError as e:
         raise LeRobotFormatError(f"{video_path} cannot be decoded: {e}") from e
     if not frames:
@@ -566,6 +586,9 @@ class LeRobotDataset:
         self.meta.fetch(self.meta.files_needed(selected, videos=wants_videos), progress=progress)
 
         self._file_rows: dict[int, tuple[Path, int]] = {}  # episode -> (data file, its first row there)
+        # Each data file's parquet footer and row-group ends, kept from the read below: a shared
+        # v3.0 file's footer is larger than one frame's image, so it is not read again per frame.
+        self._footers: dict[Path, tuple[pq.FileMetaData, np.ndarray]] = {}
         columns = self._read_numeric_columns(selected)
         self.columns: dict[str, np.ndarray] = {
             k: np.concatenate(v) if v else np.zeros((0,)) for k, v in columns.items()
@@ -574,8 +597,7 @@ class LeRobotDataset:
         self.episode_ends = np.cumsum(lengths, dtype=np.int64)
         self.episode_starts = self.episode_ends - np.asarray(lengths, np.int64)
         self._image_cache = _ByteBudgetCache(int(image_cache_mb * 2**20))
-        self._footers: dict[Path, tuple[pq.FileMetaData, np.ndarray]] = {}
-        self._lock = threading.Lock()
+        self._videos = threading.local()  # per thread: open video files (PyAV containers), LRU
 
     def _read_numeric_columns(self, selected: Sequence[int]) -> dict[str, list[np.ndarray]]:
         """Numeric columns of the selected episodes, in selection order; each data file read once."""
@@ -586,11 +608,19 @@ class LeRobotDataset:
         per_episode: dict[int, dict[str, np.ndarray]] = {}
         for path, eps in by_file.items():
             what = _episodes_text(eps)
-            names = set(_schema_names(path, what))
-            wanted = [k for k in keys if k in names]
+            if not path.is_file():
+                raise LeRobotFormatError(f"missing file {path} ({what})")
+            try:
+                parquet = pq.ParquetFile(path)
+                names = set(parquet.schema_arrow.names)
+                table = parquet.read(columns=[k for k in keys if k in names])
+            except (pa.ArrowException, OSError) as e:
+                raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file: {e}") from e
             if self.meta.version == "v3.0" and "episode_index" not in names:
                 raise LeRobotFormatError(f"{path} ({what}): missing column 'episode_index'")
-            table = _read_table(path, wanted, what)
+            footer = parquet.metadata
+            ends = np.cumsum([footer.row_group(i).num_rows for i in range(footer.num_row_groups)])
+            self._footers[path] = (footer, ends)
             file_columns = {k: _column_to_numpy(table, k, self.meta.features[k]["shape"], path) for k in keys}
             for ep in eps:
                 start, stop = self._episode_rows(path, table.num_rows, file_columns, ep)
@@ -670,7 +700,7 @@ class LeRobotDataset:
                 offset = self.meta.video_from_timestamp(ep, key)
                 timestamps = [offset + float(self.columns["timestamp"][r]) for r in rows]
                 path = self.meta.video_path(ep, key)
-                images = decode_video_frames(path, timestamps, self.video_tolerance_s)
+                images = self._video_frames(path, timestamps)
                 self._check_image_shape(images[0], key, path)
                 item[key] = images if key in frame_rows else images[0]
         if "task_index" in item:
@@ -690,41 +720,48 @@ class LeRobotDataset:
     def _parquet_image(self, ep: int, key: str, row_in_episode: int) -> np.ndarray:
         path, first_row = self._file_rows[ep]
         row = first_row + row_in_episode
-        metadata, ends = self._file_metadata(path, ep)
+        footer, ends = self._footers[path]
         group = int(np.searchsorted(ends, row, side="right"))
         group_start = int(ends[group - 1]) if group else 0
         cells = self._image_cache.get(
-            (path, group, key), lambda: self._read_cells(path, metadata, group, key, ep)
+            (path, group, key), lambda: self._read_cells(path, footer, group, key, ep)
         )
         image = _decode_image(cells[row - group_start], self.meta.root, path, key)
         self._check_image_shape(image, key, path)
         return image
 
-    def _file_metadata(self, path: Path, ep: int) -> tuple[pq.FileMetaData, np.ndarray]:
-        """A data file's parquet footer and the cumulative row counts of its row groups, read once
-        (the footer of a shared v3.0 file is larger than one frame's image)."""
-        with self._lock:
-            if path in self._footers:
-                return self._footers[path]
-        try:
-            metadata = pq.read_metadata(path)
-        except (pa.ArrowException, OSError) as e:
-            raise LeRobotFormatError(f"{path} (episode {ep}) is not a readable parquet file: {e}") from e
-        ends = np.cumsum([metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
-        with self._lock:
-            self._footers[path] = (metadata, ends)
-        return metadata, ends
-
     def _read_cells(
-        self, path: Path, metadata: pq.FileMetaData, group: int, key: str, ep: int
+        self, path: Path, footer: pq.FileMetaData, group: int, key: str, ep: int
     ) -> tuple[list, int]:
-        if key not in metadata.schema.to_arrow_schema().names:
+        """One row group of an image column (undecoded cells) and its size."""
+        if key not in footer.schema.to_arrow_schema().names:
             raise LeRobotFormatError(f"{path}: missing image column {key!r}")
         try:
-            column = pq.ParquetFile(path, metadata=metadata).read_row_group(group, columns=[key]).column(key)
+            column = pq.ParquetFile(path, metadata=footer).read_row_group(group, columns=[key]).column(key)
         except (pa.ArrowException, OSError) as e:
             raise LeRobotFormatError(f"{path} (episode {ep}) is not a readable parquet file: {e}") from e
         return column.to_pylist(), column.nbytes
+
+    def _video_frames(self, path: Path, timestamps: Sequence[float]) -> np.ndarray:
+        """decode_video_frames on this thread's open container of `path` (opening an mp4 reads its
+        whole index: for a shared v3.0 file, more than the frames)."""
+        import av
+
+        if not hasattr(self._videos, "open"):
+            self._videos.open = collections.OrderedDict()
+        containers = self._videos.open
+        container = containers.pop(path, None)
+        if container is None:
+            if not path.is_file():
+                raise LeRobotFormatError(f"missing video file {path}")
+            try:
+                container = av.open(str(path))
+            except av.error.FFmpegError as e:
+                raise LeRobotFormatError(f"{path} cannot be decoded: {e}") from e
+        containers[path] = container  # most recently used last
+        while len(containers) > _OPEN_VIDEOS_PER_THREAD:
+            containers.popitem(last=False)[1].close()
+        return _decode_frames(container, path, timestamps, self.video_tolerance_s)
 
     def episode_columns(self, position: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """Whole numeric columns of the `position`-th selected episode: {key: [T, *shape]}."""
