@@ -108,6 +108,10 @@ def test_repo_id_fetches_only_the_files_needed(offline_hub, local_dataset, tmp_p
 
     numeric = lerobot.LeRobotDataset(REPO, load_images=False, progress=False)
     assert fetched(tmp_path) == meta | data  # no videos, no README
+    home = tmp_path / "lerobot" / REPO
+    a_data_file = sorted(data)[0]
+    assert os.path.samefile(home / a_data_file, offline_hub / a_data_file)  # linked: one copy on disk
+    assert not os.path.samefile(home / "meta/info.json", offline_hub / "meta/info.json")  # copied
     assert numeric.meta.repo_id == REPO and numeric.meta.version == "v3.0"
     local = lerobot.LeRobotDataset(local_dataset, load_images=False)
     for index in range(len(local)):

@@ -3,7 +3,8 @@
 `fetch_files(repo_id, names, dest)` makes each named repo file exist at `dest/<name>`: files already
 there are kept, the others come from the Hugging Face cache (`HF_HUB_CACHE`, default
 ~/.cache/huggingface/hub), downloaded into it first when they are not cached, and are then
-hard-linked (copied across file systems) to `dest`. So a dataset fetched once is a plain folder
+hard-linked to `dest` (data and videos: no second copy on disk) or copied (meta/, which tools
+rewrite in place; also anything across file systems). So a dataset fetched once is a plain folder
 under `HF_LEROBOT_HOME` that lerobot and openpi read too, and a cache filled by `hf download` or
 `snapshot_download` is used without the network. Offline (`HF_HUB_OFFLINE=1`, or the Hub
 unreachable) a file in neither place is reported by name, all of them in one error.
@@ -96,16 +97,15 @@ def list_repo_files(repo_id: str, revision: str | None = None) -> list[str]:
     return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
 
 
-_link_lock = threading.Lock()
-
-
-def _place(cached: Path, target: Path) -> None:
-    """Hard-link (else copy) a cached file to `target`, atomically (a temp name, then rename)."""
+def _place(cached: Path, target: Path, link: bool) -> None:
+    """Put a cached file at `target` atomically (a temp name, then rename): hard-linked when `link`
+    (and possible), else copied."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _link_lock:
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     source = Path(os.path.realpath(cached))
     try:
+        if not link:
+            raise OSError("copy")
         os.link(source, tmp)
     except OSError:
         shutil.copyfile(source, tmp)
@@ -170,7 +170,9 @@ def fetch_files(
                 continue
             if unavailable or not_in_repo:
                 continue  # an error follows: keep `dest` as it was (files placed in order)
-            _place(cached, dest / name)
+            # Metadata is copied: tools (lerobot too) rewrite it in place, which through a hard link
+            # would change the cache's blob. The bulk (data, videos) is linked, not duplicated.
+            _place(cached, dest / name, link=not name.startswith("meta/"))
             bar.update()
     if not_in_repo:
         raise HubError(
