@@ -375,7 +375,7 @@ def write_lerobot_dataset(
             root, prepared, features, task_list, data_files_size_in_mb, video_files_size_in_mb, **layout
         )
     else:
-        video_info = _write_v21_files(root, prepared, features, task_list, **layout)
+        video_info = _write_v21_files(root, prepared, task_list, **layout)
     video_keys = [k for k, ft in features.items() if ft["dtype"] == "video"]
     for key in video_keys:
         all_features[key] = {**features[key], "info": video_info[key]}
@@ -489,7 +489,6 @@ def _prepare_episode(
 def _write_v21_files(
     root: Path,
     prepared: Sequence[Mapping[str, Any]],
-    features: Mapping[str, Mapping[str, Any]],
     task_list: Sequence[str],
     *,
     chunks_size: int,
@@ -516,17 +515,12 @@ def _write_v21_files(
         root / "meta" / "tasks.jsonl", [{"task_index": i, "task": t} for i, t in enumerate(task_list)]
     )
     _write_jsonl(root / "meta" / "episodes_stats.jsonl", stats_rows)
-    global_stats = {}
-    for key in prepared[0]["numeric"]:
-        x = np.concatenate([item["numeric"][key].reshape(item["length"], -1) for item in prepared])
-        x = x.astype(np.float64)
-        global_stats[key] = {
-            "min": x.min(0).tolist(),
-            "max": x.max(0).tolist(),
-            "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(),
-            "count": [len(x)],
-        }
+    global_stats = {  # over the frames of every episode: the user's numeric features
+        key: _feature_stats(
+            np.concatenate([item["numeric"][key] for item in prepared]), visual=False, quantiles=False
+        )
+        for key in prepared[0]["numeric"]
+    }
     (root / "meta" / "stats.json").write_text(json.dumps(global_stats, indent=4))
     return video_info
 
