@@ -75,6 +75,13 @@ class ScriptedPool:
     def wait(self, ticket):
         return ticket
 
+    def histories(self):
+        return {slot: (self.spec[slot], self.steps[slot]) for slot in self.spec}
+
+    def restore(self, histories):
+        for slot, (spec, steps) in histories.items():
+            self.spec[slot], self.steps[slot] = spec, steps
+
     def reset(self, slots, specs):
         return self.submit_reset(slots, specs)
 
@@ -211,3 +218,17 @@ def test_one_and_two_stages_give_bit_identical_records(policy):
         np.testing.assert_array_equal(one.sample[key], two.sample[key], err_msg=key)
     np.testing.assert_array_equal(one.final_value, two.final_value)
     np.testing.assert_array_equal(one.rewards, two.rewards)
+
+
+def test_evaluation_leaves_the_carried_over_episodes_alone(policy):
+    params, adapter = policy
+    collector, pool = _collector(auto_reset=True, max_episode_steps=4)
+    collector.play(params, adapter, jax.random.key(1), "train", _specs())
+    before = dict(pool.histories())
+    tasks, inits = np.zeros(6, np.int32), np.arange(6, dtype=np.int32) % 4
+    metrics, success, frames = collector.evaluate(params, adapter, tasks, inits, jax.random.key(9))
+    # Within 4 steps: init 0 succeeds at step 3, init 2 at step 2; init 1 never, init 3 only at step 5.
+    assert float(metrics["env/success_once"]) == pytest.approx(3 / 6)
+    assert success[:4].tolist() == [True, False, True, False] and frames.shape == (2, 4, 8, 8, 3)
+    assert pool.histories() == before  # the training episodes were put back
+    collector.play(params, adapter, jax.random.key(2), "train", None)  # and continue

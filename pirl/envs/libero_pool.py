@@ -631,6 +631,15 @@ class LiberoPool:
     def step(self, slots: Sequence[int], chunks: Sequence[np.ndarray]) -> dict[int, ChunkOutcome]:
         return self.wait(self.submit_step(slots, chunks))
 
+    def histories(self) -> dict[int, tuple[EpisodeSpec, list[np.ndarray]]]:
+        """Every slot's current episode: its reset spec and the chunks executed so far."""
+        return {slot: (spec, list(chunks)) for slot, (spec, chunks) in self._history.items()}
+
+    def restore(self, histories: dict[int, tuple[EpisodeSpec, list[np.ndarray]]]) -> None:
+        """Bring slots back to the episodes of `histories()` by replaying them (no rendering)."""
+        items = [(slot, spec, list(chunks)) for slot, (spec, chunks) in sorted(histories.items())]
+        self.wait(self._submit("replay", items))
+
     def sim_states(self, slots: Sequence[int]) -> dict[int, np.ndarray]:
         """Flattened MuJoCo states of `slots` (for tests: replays must reproduce them)."""
         return self.wait(self._submit("state", list(slots)))
@@ -744,6 +753,9 @@ class LiberoPool:
         if kind == "reset":
             for slot, spec in items:
                 self._history[slot] = (spec, [])
+        elif kind == "replay":
+            for slot, spec, chunks in items:
+                self._history[slot] = (spec, list(chunks))
         elif kind == "step":
             for slot, chunk in items:
                 self._history[slot][1].append(chunk)

@@ -371,7 +371,10 @@ class HostCollector:
         n, total, local = len(tasks), self.cfg.env.num_envs, self.env.local_envs
         rounds = -(-n // total)
         records, weights, frames = [], [], None
-        saved_carry, self._carry = self._carry, None  # evaluation never disturbs training episodes
+        # Evaluation borrows the training environments: carried-over episodes (auto-reset) are
+        # replayed into them afterwards.
+        saved_carry, self._carry = self._carry, None
+        saved_episodes = self.env.pool.histories() if saved_carry is not None else None
         try:
             for r in range(rounds):
                 index = [(r * total + self.env.first_env + i) % n for i in range(local)]
@@ -386,6 +389,8 @@ class HostCollector:
                     frames = record.env_obs["agentview_image"][:, : min(4, local), ::-1, ::-1]
         finally:
             self._carry = saved_carry
+            if saved_episodes is not None:
+                self.env.pool.restore(saved_episodes)
         stacked = {
             "rewards": np.concatenate([r.rewards for r in records], axis=1),
             "dones": np.concatenate([r.dones for r in records], axis=1),
