@@ -232,3 +232,25 @@ def test_evaluation_leaves_the_carried_over_episodes_alone(policy):
     assert success[:4].tolist() == [True, False, True, False] and frames.shape == (2, 4, 8, 8, 3)
     assert pool.histories() == before  # the training episodes were put back
     collector.play(params, adapter, jax.random.key(2), "train", None)  # and continue
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (dict(backend="mjx", name="toy_spatial", auto_reset=True), "libero backend only"),
+        (dict(backend="mjx", name="toy_spatial", reward_coef=5.0), "libero backend only"),
+        (dict(backend="libero", name="toy_spatial"), "not a LIBERO suite"),
+        (
+            dict(backend="libero", name="libero_10", num_envs=6, pipeline_stage_num=4),
+            "multiple of env.pipeline",
+        ),
+        (
+            dict(backend="libero", name="libero_10", num_envs=8, pipeline_stage_num=2, sample_micro_batch=3),
+            "divide",
+        ),
+    ],
+)
+def test_env_config_refusals(env, message):
+    with pytest.raises(ValueError, match=message):
+        RLConfig(env=EnvSpec(**env))
+    assert RLConfig(env=EnvSpec(backend="libero", name="libero_10")).max_episode_steps == 480

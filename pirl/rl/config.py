@@ -204,10 +204,10 @@ class RLConfig:
         if env.backend not in ("mjx", "libero"):
             raise ValueError(f"env.backend must be 'mjx' or 'libero', got {env.backend!r}")
         if env.backend == "mjx":
-            if env.auto_reset or env.ignore_terminations:
+            if env.auto_reset or env.ignore_terminations or env.reward_coef != 1.0:
                 raise ValueError(
-                    "env.auto_reset / env.ignore_terminations are implemented by the libero backend only "
-                    "(--env.backend libero)"
+                    "env.auto_reset / env.ignore_terminations / env.reward_coef are implemented by the libero "
+                    "backend only (--env.backend libero)"
                 )
             return
         from pirl.envs.libero_pool import EPISODE_LIMITS
