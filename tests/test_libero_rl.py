@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pirl.logging.writer import read_jsonl
+from support import free_port, run_metrics, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "libero_rl_worker.py"
@@ -32,21 +30,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _env(devices: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIRL_")}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        PYTHONPATH=str(ROOT),
-        MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"),
-    )
-    return env
-
-
 def _run(args: list[str], devices: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(WORKER), *args],
-        env=_env(devices),
+        env=subprocess_env(devices, {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")}),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -61,19 +48,6 @@ def scenarios(tmp_path_factory) -> Path:
     log, _ = proc.communicate(timeout=1500)
     (out / "worker.log").write_text(log)
     assert proc.returncode == 0, log[-6000:]
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metrics(run_dir: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for record in read_jsonl(run_dir / "tb" / "metrics.jsonl"):
-        out.setdefault(record["step"], {}).update(record)
     return out
 
 
@@ -100,7 +74,7 @@ def test_ppo_checkpoints_metrics_killed_worker_and_resume(scenarios):
     runs = scenarios / "runs"
     log = (scenarios / "worker.log").read_text()
     assert "LIBERO worker 1 failed" in log and "replaying" in log
-    full = _metrics(runs / "full")
+    full = run_metrics(runs / "full")
     assert {0, 1, 2} <= set(full)
     step2 = full[2]
     for key in (
@@ -124,7 +98,7 @@ def test_ppo_checkpoints_metrics_killed_worker_and_resume(scenarios):
     assert list((runs / "full" / "videos").glob("eval_step000002.mp4"))
 
     # "cut": 1 stage, no kill, stopped after step 1 and resumed: the same numbers at steps 1 and 2.
-    cut = _metrics(runs / "cut")
+    cut = run_metrics(runs / "cut")
     assert sorted(p.name for p in (runs / "cut" / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
     keys = [
         k
@@ -143,7 +117,7 @@ def test_ppo_checkpoints_metrics_killed_worker_and_resume(scenarios):
 def test_two_processes_stepping_their_own_environments_match_one(scenarios, tmp_path):
     # Each process runs 1 LIBERO worker with its 2 of the 4 environments and feeds its rows to the
     # global policy call (1 device each); the transitions must equal the 1-process 2-device run's.
-    coordinator = f"127.0.0.1:{_free_port()}"
+    coordinator = f"127.0.0.1:{free_port()}"
     procs = [
         _run(
             [

@@ -9,34 +9,16 @@ loss). The 2-process run's checkpoint must restore in a 1-process run with a dif
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import free_port, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multihost_worker.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIRL_")}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        PYTHONPATH=str(ROOT),
-    )
-    env.update(extra or {})
-    return env
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -59,13 +41,15 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 900) -> None:
 @pytest.mark.slow
 def test_two_processes_match_one_and_restore_elsewhere(tmp_path):
     # One process with 2 devices.
-    single = _run(["--out", str(tmp_path / "single.npz"), "--ckpt", str(tmp_path / "ckpt1")], _env(2))
+    single = _run(
+        ["--out", str(tmp_path / "single.npz"), "--ckpt", str(tmp_path / "ckpt1")], subprocess_env(2)
+    )
     # Two processes with 1 device each, one global mesh.
-    port = _free_port()
+    port = free_port()
     multi = [
         _run(
             ["--out", str(tmp_path / "multi.npz"), "--ckpt", str(tmp_path / "ckpt2")],
-            _env(
+            subprocess_env(
                 1,
                 {
                     "PIRL_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
@@ -99,7 +83,8 @@ def test_two_processes_match_one_and_restore_elsewhere(tmp_path):
         assert not np.allclose(sft_init[key.removeprefix("params/")], sft_two[key]), key
     # Saved by 2 processes on 2 devices, restored by 1 process on 1 device.
     restore = _run(
-        ["--out", str(tmp_path / "restored.npz"), "--ckpt", str(tmp_path / "ckpt2"), "--restore"], _env(1)
+        ["--out", str(tmp_path / "restored.npz"), "--ckpt", str(tmp_path / "ckpt2"), "--restore"],
+        subprocess_env(1),
     )
     _finish([restore])
     c = np.load(tmp_path / "restored.npz")
@@ -128,12 +113,14 @@ def test_each_process_reads_only_its_rows_and_resumes_exactly(tmp_path):
         tmp_path / "ds", episodes, fps=10, codebase_version="v3.0", data_files_size_in_mb=0.002
     )
     args = ["--data", str(data)]
-    single = _run(["--out", str(tmp_path / "single"), "--ckpt", str(tmp_path / "ckpt1"), *args], _env(2))
-    port = _free_port()
+    single = _run(
+        ["--out", str(tmp_path / "single"), "--ckpt", str(tmp_path / "ckpt1"), *args], subprocess_env(2)
+    )
+    port = free_port()
     multi = [
         _run(
             ["--out", str(tmp_path / "multi"), "--ckpt", str(tmp_path / "ckpt2"), *args],
-            _env(
+            subprocess_env(
                 1,
                 {
                     "PIRL_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",

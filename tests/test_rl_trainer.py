@@ -12,10 +12,10 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import run_metrics
 
 from configs.rl import pi0_demo_cpu
 from pirl.envs import make_env
-from pirl.logging.writer import read_jsonl
 from pirl.rl import trainer
 from pirl.rl.config import EnvSpec, WarmStartConfig
 
@@ -51,13 +51,6 @@ def _config(tmp_path, name: str, total_steps: int, **overrides):
     )
 
 
-def _metrics(run_dir) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for record in read_jsonl(run_dir / "tb" / "metrics.jsonl"):
-        out.setdefault(record["step"], {}).update(record)
-    return out
-
-
 @pytest.fixture(scope="module")
 def env():
     # One environment per fake CPU device (the batch is sharded over the 8-device mesh).
@@ -65,10 +58,10 @@ def env():
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_with_the_same_next_metrics(env, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_with_the_same_nextrun_metrics(env, tmp_path, monkeypatch):
     full = _config(tmp_path, "full", total_steps=3)
     trainer.train_rl(full, env=env)
-    reference = _metrics(tmp_path / "runs" / "full")
+    reference = run_metrics(tmp_path / "runs" / "full")
     assert {1, 2, 3} <= set(reference)
     assert (
         sorted(p.name for p in (tmp_path / "runs" / "full" / "checkpoints").iterdir() if p.name.isdigit())[-1]
@@ -93,7 +86,7 @@ def test_interrupted_run_resumes_with_the_same_next_metrics(env, tmp_path, monke
     assert (run_dir / "checkpoints" / "2").is_dir(), "the interrupted step's state was not saved"
 
     trainer.train_rl(dataclasses.replace(cut, resume=True), env=env)
-    resumed = _metrics(run_dir)
+    resumed = run_metrics(run_dir)
     keys = [k for k in reference[3] if k.split("/")[0] in ("train", "env", "rollout", "eval")]
     assert any(k.startswith("train/actor") for k in keys) and "env/success_once" in keys
     for key in keys:
