@@ -202,9 +202,9 @@ def libero_main(args) -> None:
     from pirl.models.config import Pi0Config
     from pirl.policies import flow_policy
     from pirl.policies.config import FlowPolicyConfig
-    from pirl.policies.env_io import make_env_adapter
     from pirl.rl.config import EnvSpec, RLConfig
     from pirl.rl.host_rollout import HostCollector, LiberoTrainEnv
+    from pirl.rl.synthetic import toy_env_adapter
 
     for record in bare_env_rate(args.suite, args.image_size, args.bare_steps, args.action_chunk):
         print(json.dumps(record), flush=True)
@@ -215,8 +215,6 @@ def libero_main(args) -> None:
     policy = FlowPolicyConfig(action_chunk=args.action_chunk, value_head_hidden=(64, 64))
     params = jax.jit(lambda k: flow_policy.init_policy_params(policy, model, k))(jax.random.key(0))
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(1, 1)), devices=jax.devices()[:1])
-    tokens = np.zeros(model.max_token_len, np.int32)
-    tokens[:4] = [2, 5, 6, 7]
     for workers in (int(w) for w in args.workers.split(",")):
         workers = workers or default_num_workers(1 << 30)
         num_envs = workers * args.envs_per_worker
@@ -237,9 +235,7 @@ def libero_main(args) -> None:
             global_batch_size=num_envs * args.chunk_steps,
         )
         env = LiberoTrainEnv(base)
-        adapter = make_env_adapter(
-            env.prompts, lambda p: (tokens, tokens > 0), None, action_chunk=args.action_chunk
-        )
+        adapter = toy_env_adapter(base, env.prompts)
         specs = [EpisodeSpec(args.suite, 0, i % env.num_init_states, 0) for i in range(num_envs)]
         try:
             for stages in (int(s) for s in args.stages.split(",")):

@@ -88,14 +88,12 @@ def _gather(tree, mesh):
 def rollouts(out: Path, env, cfg: RLConfig, stages: tuple[int, ...]) -> None:
     """Scenario 1: the same rollout with each stage count; writes the flat transitions."""
     from pirl.policies import flow_policy
-    from pirl.policies.env_io import make_env_adapter
     from pirl.rl.host_rollout import HostCollector
+    from pirl.rl.synthetic import toy_env_adapter
 
     mesh = mesh_lib.make_mesh(cfg.mesh)
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
-    tokens = np.zeros(cfg.model.max_token_len, np.int32)
-    tokens[:4] = [2, 5, 6, 7]
-    adapter = make_env_adapter(env.prompts, lambda p: (tokens, tokens > 0), None, action_chunk=2)
+    adapter = toy_env_adapter(cfg, env.prompts)
     task_pool, init_pool = np.asarray([0], np.int32), np.asarray([0, 1, 2, 3], np.int32)
     arrays, timings = {}, {}
     for s in stages:

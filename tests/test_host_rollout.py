@@ -21,9 +21,9 @@ from pirl.envs.libero_pool import ChunkOutcome, EpisodeSpec
 from pirl.models.config import Pi0Config
 from pirl.policies import flow_policy
 from pirl.policies.config import FlowPolicyConfig
-from pirl.policies.env_io import make_env_adapter
 from pirl.rl.config import EnvSpec, RLConfig
 from pirl.rl.host_rollout import HostCollector
+from pirl.rl.synthetic import toy_env_adapter
 
 NUM_ENVS = 16  # 2 stages x 8 fake devices x 1 environment
 MAX_STEPS = 6  # three chunks of two control steps
@@ -132,10 +132,7 @@ def _config(**env_overrides) -> RLConfig:
 def policy():
     cfg = _config()
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
-    tokens = np.zeros(cfg.model.max_token_len, np.int32)
-    tokens[:3] = [2, 5, 6]
-    adapter = make_env_adapter(ScriptedEnv.prompts, lambda p: (tokens, tokens > 0), None, action_chunk=2)
-    return params, adapter
+    return params, toy_env_adapter(cfg, ScriptedEnv.prompts)
 
 
 def _specs() -> list[EpisodeSpec]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -92,15 +92,16 @@ def synthetic_transitions(cfg: RLConfig, num: int, seed: int = 0) -> Transitions
     )
 
 
-def toy_env_adapter(cfg: RLConfig) -> EnvAdapter:
-    """An adapter for two tasks with fixed prompt token ids (no tokenizer) and no normalisation."""
+def toy_env_adapter(cfg: RLConfig, prompts: Sequence[str] = ("a b", "c d")) -> EnvAdapter:
+    """An adapter for `prompts` (default: two tasks) with fixed prompt token ids (no tokenizer) and
+    no normalisation."""
     length = cfg.model.max_token_len
 
     def tokenize(_prompt: str) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(length, dtype=np.int32) % 5, np.arange(length) < 4
 
     return make_env_adapter(
-        ["a b", "c d"],
+        list(prompts),
         tokenize,
         None,
         state_dim=TINY_STATE_DIM,
