@@ -15,7 +15,7 @@ from pirl.envs.osc import OSCConfig, OSCIndices, gripper_ctrl, orientation_error
 pytest.importorskip("robosuite")
 pytest.importorskip("libero")
 
-from pirl.envs import osc_reference as ref  # noqa: E402  (imports after the skip checks)
+from pirl.envs import osc_reference as ref
 
 FIXTURE = ref.load_fixture()
 SEQUENCES = sorted(FIXTURE["sequences"])
@@ -54,8 +54,10 @@ def test_orientation_error_matches_robosuite():
     from scipy.spatial.transform import Rotation
 
     rots = Rotation.random(8, random_state=0).as_matrix()
-    for a, b in zip(rots[:4], rots[4:]):
-        np.testing.assert_allclose(orientation_error(jnp.asarray(a), jnp.asarray(b)), rs_orientation_error(a, b), atol=1e-6)
+    for a, b in zip(rots[:4], rots[4:], strict=True):
+        np.testing.assert_allclose(
+            orientation_error(jnp.asarray(a), jnp.asarray(b)), rs_orientation_error(a, b), atol=1e-6
+        )
 
 
 def test_gripper_ramp_matches_panda_gripper():
@@ -136,7 +138,9 @@ def test_fixture_is_current(tmp_path):
     fresh = ref.record(tmp_path / "osc.json")
     for name, seq in FIXTURE["sequences"].items():
         for key in ("eef_pos", "eef_mat", "arm_qpos", "finger_qpos"):
-            np.testing.assert_allclose(fresh["sequences"][name][key], seq[key], atol=1e-6, err_msg=f"{name} {key}")
+            np.testing.assert_allclose(
+                fresh["sequences"][name][key], seq[key], atol=1e-6, err_msg=f"{name} {key}"
+            )
 
 
 @pytest.mark.nightly
