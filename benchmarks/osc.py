@@ -32,6 +32,9 @@ def bench(xml: str, init_qpos: np.ndarray, timestep: float, num_envs: int, steps
     data = mjx.make_data(model).replace(qpos=jnp.asarray(init_qpos, jnp.float32))
     data = osc_reset(cfg, idx, mx, data)
     batch = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_envs, *x.shape)), data)
+    # commit every leaf to the device, as the step's outputs will be: a mix of committed and
+    # uncommitted inputs makes the second call compile again
+    batch = jax.device_put(batch, jax.devices()[0])
     step = jax.jit(jax.vmap(lambda d, a: osc_control_step(cfg, idx, mx, d, a)))
     actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 1, num_envs, 7), minval=-0.5, maxval=0.5)
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ the model pirl's MJX controller runs on (controller state slots added, contacts 
 
     python -m pirl.envs.osc_reference                       # rewrite tests/fixtures/osc_reference.json
     python -m pirl.envs.osc_reference --no-record --mjx 0.002 0.005 0.01   # pirl's MJX OSC vs it
-    python -m pirl.envs.osc_reference --no-record --libero  # real LIBERO vs robot-only C vs MJX
+    python -m pirl.envs.osc_reference --no-record --libero libero_spatial libero_object  # real LIBERO too
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ def _import_robosuite():
 
 
 class RobosuiteArm:
-    """robosuite's SingleArm("MountedPanda") with LIBERO's OSC_POSE config in its own MjSim."""
+    """robosuite's SingleArm (LIBERO's MountedPanda by default; OnTheGroundPanda for the floor
+    scenes of libero_object) with LIBERO's OSC_POSE config in its own MjSim."""
 
-    def __init__(self, base_xpos=LIBERO_SPATIAL_BASE_XPOS):
+    def __init__(self, base_xpos=LIBERO_SPATIAL_BASE_XPOS, robot: str = "MountedPanda"):
         _import_robosuite()
         from robosuite.controllers import load_controller_config
         from robosuite.models import MujocoWorldBase
@@ -55,7 +56,7 @@ class RobosuiteArm:
 
         # as libero's ControlEnv: load_controller_config(default_controller="OSC_POSE"), 20 Hz
         self.robot = SingleArm(
-            "MountedPanda",
+            robot,
             idn=0,
             controller_config=load_controller_config(default_controller="OSC_POSE"),
             control_freq=20,
@@ -109,7 +110,7 @@ class RobosuiteArm:
         }
 
 
-def mjx_robot_model(xml: str, timestep: float = 0.002) -> mujoco.MjModel:
+def mjx_robot_model(xml: str, timestep: float = OSCConfig.timestep) -> mujoco.MjModel:
     """The robot-only MJCF as a model for pirl's MJX OSC: userdata for the controller state, the
     given timestep, contacts off (the free-space arm has none; MJX need not handle its meshes)."""
     spec = mujoco.MjSpec.from_string(xml)
@@ -197,7 +198,7 @@ def load_fixture(path: pathlib.Path = FIXTURE) -> dict:
 class MJXArm:
     """pirl's MJX OSC on the robot-only model: reset from a robot qpos, then open-loop actions."""
 
-    def __init__(self, xml: str, timestep: float = 0.002):
+    def __init__(self, xml: str, timestep: float = OSCConfig.timestep):
         self.model = mjx_robot_model(xml, timestep)
         self.cfg = OSCConfig(timestep=timestep)
         self.idx = OSCIndices.from_model(self.model)
@@ -272,7 +273,12 @@ def compare_with_libero(
     env = OffScreenRenderEnv(bddl_file_name=bddl, has_offscreen_renderer=False, use_camera_obs=False)
     env.seed(0)
     init_state = bench.get_task_init_states(task)[init]
-    arm = RobosuiteArm()
+    env.reset()
+    real_robot = env.env.robots[0]
+    root = env.env.sim.model.body_name2id(real_robot.robot_model.root_body)
+    # set_base_xpos subtracts the mount's bottom offset; undo it to land on LIBERO's base pose
+    base = np.array(env.env.sim.model.body_pos[root]) + real_robot.robot_model.bottom_offset
+    arm = RobosuiteArm(base_xpos=tuple(base), robot=real_robot.name)
     mjx_arm = MJXArm(arm.xml, timestep)
     idle = [0.0] * 6 + [-1.0]
     plans = {
@@ -341,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         help="replay the fixture with pirl's MJX OSC at these physics timesteps; print errors",
     )
     p.add_argument(
-        "--libero", action="store_true", help="compare with the real LIBERO env (libero_spatial 0/0)"
+        "--libero", nargs="*", metavar="SUITE", help="compare with the real LIBERO env (task 0, init 0)"
     )
     args = p.parse_args(argv)
     if not args.no_record:
@@ -354,9 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         print(
             json.dumps({"check": "mjx_vs_robosuite", "timestep": ts, "worst": worst, "per_sequence": errors})
         )
-    if args.libero:
+    for suite in ["libero_spatial"] if args.libero == [] else args.libero or []:
         for ts in args.mjx or [0.002]:
-            for row in compare_with_libero(timestep=ts):
+            for row in compare_with_libero(suite, timestep=ts):
                 print(json.dumps(row))
 
 
