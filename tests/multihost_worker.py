@@ -8,13 +8,16 @@ synthetic global batches:
 Process 0 writes the final parameters to `<out>.npz` (PPO) and `<out>.sft.npz` (SFT, with the
 step's loss and grad norm), and the initial ones to `<out>.init.npz` / `<out>.sft_init.npz`.
 With `--restore` it instead restores the latest checkpoint in `--ckpt` onto this process's mesh and
-writes those parameters to `<out>.npz`.
+writes those parameters to `<out>.npz`. With `--data <dataset>` it only runs the data check:
+`data_check` below.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 import time
 
 import jax
@@ -28,6 +31,7 @@ from pirl.distributed import mesh as mesh_lib  # noqa: E402
 from pirl.distributed import multihost  # noqa: E402
 
 SFT_BATCH = 8
+DATA_BATCH = 8
 
 
 def write_params(tree, mesh, path: str) -> None:
@@ -97,8 +101,9 @@ def sft_step(model_cfg, mesh, out: str) -> None:
     state = jax.jit(make_state, out_shardings=shardings)()
     write_params(state["params"], mesh, out + ".sft_init.npz")
     batch = synthetic_sft_batch(model_cfg, SFT_BATCH)
-    rows = multihost.process_batch_slice(SFT_BATCH)
-    batch = multihost.host_local_batch_to_global(jax.tree.map(lambda x: x[rows], batch), mesh)
+    sharding = mesh_lib.batch_sharding(mesh)
+    rows = multihost.process_batch_rows(sharding, SFT_BATCH)
+    batch = multihost.host_local_batch_to_global(jax.tree.map(lambda x: x[rows], batch), sharding, SFT_BATCH)
     train_step = jax.jit(
         sft_train.make_train_step(config, tx, mask),
         in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
@@ -109,15 +114,75 @@ def sft_step(model_cfg, mesh, out: str) -> None:
     write_params({"params": state["params"], "metrics": metrics}, mesh, out + ".sft.npz")
 
 
+class RecordingDataset:
+    """A dataset that records which frames this process read."""
+
+    def __init__(self, dataset):
+        self.dataset, self.read, self._lock = dataset, [], threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        with self._lock:
+            self.read.append(int(index))
+        return self.dataset[index]
+
+
+def data_check(data_dir: str, out: str, ckpt: str) -> None:
+    """SFT's data path over a mesh of every device: each process loads only its rows of each global
+    batch (`process_batch_rows`), the loader assembles global arrays; after 2 batches each process
+    saves its loader state, a fresh loader restores it and loads batch 3. Process 0 writes the
+    gathered global batches to `<out>.data.npz` (batch_0, batch_1, the restored loader's batch_2,
+    and batch_2 of the uninterrupted loader); every process writes the frames it read and its rows
+    to `<out>.data.p<i>.json`."""
+    from pirl.data.lerobot import LeRobotDataset
+    from pirl.data.loader import BatchLoader
+
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(1, -1)))
+    sharding = mesh_lib.batch_sharding(mesh)
+    rows = multihost.process_batch_rows(sharding, DATA_BATCH)
+
+    def loader() -> BatchLoader:
+        dataset = RecordingDataset(LeRobotDataset(data_dir, delta_timestamps={"actions": [0.0, 0.1, 0.2]}))
+        keys = ("image", "state", "actions", "actions_is_pad", "index")
+        return BatchLoader(
+            dataset, lambda item: {k: item[k] for k in keys}, DATA_BATCH, num_workers=2, rows=rows
+        )
+
+    gather = jax.jit(lambda x: x, out_shardings=mesh_lib.replicated(mesh))
+    first, second = loader(), loader()
+    batches = {}
+    for i, batch in enumerate(first.device_batches(sharding, num_batches=2)):
+        batches[f"batch_{i}"] = gather(batch)
+    first.save_state(ckpt)
+    assert second.restore_state(ckpt) and second.position == first.position
+    batches["resumed_batch_2"] = gather(next(second.device_batches(sharding, num_batches=1)))
+    batches["continued_batch_2"] = gather(next(first.device_batches(sharding, num_batches=1)))
+    first.close()
+    second.close()
+    if jax.process_index() == 0:
+        flat = {f"{name}/{k}": np.asarray(v) for name, b in batches.items() for k, v in b.items()}
+        np.savez(out + ".data.npz", **flat)
+    record = {"rows": rows.tolist(), "first": first.dataset.read, "second": second.dataset.read}
+    with open(f"{out}.data.p{jax.process_index()}.json", "w") as f:
+        json.dump(record, f)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True, help="output prefix (no extension)")
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--restore", action="store_true")
+    parser.add_argument("--data", help="a LeRobot dataset: run only the data check")
     args = parser.parse_args()
     t0 = time.perf_counter()
     out = args.out.removesuffix(".npz")
     multihost.initialize()
+    if args.data:
+        data_check(args.data, out, args.ckpt)
+        print(f"done {jax.process_index()} after {time.perf_counter() - t0:.1f} s", flush=True)
+        return
 
     from pirl.checkpoints.train_state import TrainStateCheckpointer
     from pirl.rl import synthetic

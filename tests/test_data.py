@@ -6,6 +6,7 @@ actions 7-D, two tasks. Every frame's values encode (episode, frame) so reads ca
 """
 
 import io
+import itertools
 import json
 import random
 
@@ -17,7 +18,7 @@ import sentencepiece
 import tyro
 from openpi_client import image_tools
 
-from pirl.data import configs, lerobot, loader
+from pirl.data import configs, lerobot, lerobot_writer, loader
 from pirl.data import transforms as T
 from pirl.data.normalize import NormStats
 
@@ -52,7 +53,9 @@ def make_episodes() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
-    return lerobot.write_lerobot_dataset(tmp_path_factory.mktemp("ds") / "toy", make_episodes(), fps=FPS)
+    return lerobot_writer.write_lerobot_dataset(
+        tmp_path_factory.mktemp("ds") / "toy", make_episodes(), fps=FPS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +153,7 @@ def test_episode_subset_and_repo_id_under_lerobot_home(dataset_root, monkeypatch
 
 def _video_codec_or_skip() -> str:
     try:
-        return lerobot._pick_video_codec(None)
+        return lerobot_writer.pick_video_codec()
     except RuntimeError as e:
         pytest.skip(f"PyAV cannot encode video here: {e}")
 
@@ -158,7 +161,7 @@ def _video_codec_or_skip() -> str:
 def test_video_dataset_decodes_frames_by_timestamp(tmp_path):
     _video_codec_or_skip()
     episodes = make_episodes()[:2]
-    root = lerobot.write_lerobot_dataset(tmp_path / "vid", episodes, fps=FPS, use_videos=True)
+    root = lerobot_writer.write_lerobot_dataset(tmp_path / "vid", episodes, fps=FPS, use_videos=True)
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["features"]["image"]["dtype"] == "video" and info["total_videos"] == 4
     assert info["features"]["image"]["info"]["video.fps"] == FPS
@@ -221,9 +224,184 @@ def test_writer_rejects_inconsistent_episodes(tmp_path):
     episodes = make_episodes()
     episodes[1]["state"] = episodes[1]["state"][:, :5]
     with pytest.raises(ValueError, match=r"episode 1: feature 'state'"):
-        lerobot.write_lerobot_dataset(tmp_path / "x", episodes, fps=FPS)
+        lerobot_writer.write_lerobot_dataset(tmp_path / "x", episodes, fps=FPS)
     with pytest.raises(ValueError, match="'task'"):
-        lerobot.write_lerobot_dataset(tmp_path / "y", [{"state": np.zeros((3, 2), np.float32)}], fps=FPS)
+        lerobot_writer.write_lerobot_dataset(
+            tmp_path / "y", [{"state": np.zeros((3, 2), np.float32)}], fps=FPS
+        )
+
+
+# ------------------------------------------------------------------------------------ LeRobot v3.0
+
+V3_TASKS = (*TASKS, "put the cup on the plate")
+
+
+def make_v3_episodes() -> list[dict]:
+    """The v2.1 test episodes, the third with a third task."""
+    episodes = make_episodes()
+    episodes[2]["task"] = V3_TASKS[2]
+    return episodes
+
+
+@pytest.fixture(scope="module", params=["image", "video"])
+def v3_root(request, tmp_path_factory):
+    """v3.0 with images in parquet or as mp4. The size limits (between the sizes of episodes 0+1
+    and 0+1+2) pack episodes 0 and 1 into one data / video file and start a new one (in chunk-001:
+    one file per chunk) for episode 2."""
+    video = request.param == "video"
+    if video:
+        _video_codec_or_skip()
+    return lerobot_writer.write_lerobot_dataset(
+        tmp_path_factory.mktemp("v3") / request.param,
+        make_v3_episodes(),
+        fps=FPS,
+        use_videos=video,
+        codebase_version="v3.0",
+        robot_type="panda",
+        chunks_size=1,
+        data_files_size_in_mb=0.0023 if video else 0.0093,
+        video_files_size_in_mb=0.0052,
+    )
+
+
+def test_written_layout_is_lerobot_v30(v3_root):
+    """Checked against lerobot 0.4's LeRobotDatasetMetadata / LeRobotDataset._save_episode_*."""
+    video = v3_root.name == "video"
+    info = json.loads((v3_root / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == FPS and info["robot_type"] == "panda"
+    assert info["total_episodes"] == 3 and info["total_frames"] == sum(LENGTHS) and info["total_tasks"] == 3
+    assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    assert info["video_path"] == (
+        "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4" if video else None
+    )
+    assert {"chunks_size", "data_files_size_in_mb", "video_files_size_in_mb", "splits"} <= set(info)
+    assert "total_chunks" not in info and "total_videos" not in info  # v2.1-only fields
+    assert info["features"]["image"]["dtype"] == ("video" if video else "image")
+    assert set(lerobot.DEFAULT_FEATURES) <= set(info["features"])
+    if video:
+        assert info["features"]["image"]["info"]["video.fps"] == FPS
+
+    data_files = sorted((v3_root / "data").glob("chunk-*/file-*.parquet"))
+    assert [p.relative_to(v3_root).as_posix() for p in data_files] == [
+        "data/chunk-000/file-000.parquet",
+        "data/chunk-001/file-000.parquet",
+    ]
+    first = pq.ParquetFile(data_files[0])
+    assert first.metadata.num_row_groups == 2  # one row group per appended episode
+    table = first.read()
+    np.testing.assert_array_equal(table.column("episode_index").to_numpy(), np.repeat([0, 1], LENGTHS[:2]))
+    np.testing.assert_array_equal(table.column("index").to_numpy(), np.arange(sum(LENGTHS[:2])))
+    np.testing.assert_array_equal(
+        table.column("timestamp").to_numpy()[LENGTHS[0] :], (np.arange(12) / FPS).astype(np.float32)
+    )
+    assert ("image" in table.column_names) != video
+    assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["state"]["length"] == 8
+
+    episode_files = sorted((v3_root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    assert episode_files and episode_files[0].relative_to(v3_root).as_posix() == (
+        "meta/episodes/chunk-000/file-000.parquet"
+    )
+    rows = [row for path in episode_files for row in pq.read_table(path).to_pylist()]
+    assert [r["episode_index"] for r in rows] == [0, 1, 2]
+    assert [r["tasks"] for r in rows] == [[V3_TASKS[0]], [V3_TASKS[1]], [V3_TASKS[2]]]
+    assert [(r["data/chunk_index"], r["data/file_index"]) for r in rows] == [(0, 0), (0, 0), (1, 0)]
+    bounds = np.cumsum([0, *LENGTHS])
+    assert [(r["dataset_from_index"], r["dataset_to_index"]) for r in rows] == [
+        (int(a), int(b)) for a, b in itertools.pairwise(bounds)
+    ]
+    stats = {k for k in rows[0] if k.startswith("stats/")}
+    for stat in ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"):
+        assert {f"stats/state/{stat}", f"stats/image/{stat}", f"stats/index/{stat}"} <= stats
+    assert np.asarray(rows[0]["stats/image/mean"]).shape == (3, 1, 1)
+    assert rows[1]["stats/state/count"] == [LENGTHS[1]]
+    assert {"meta/episodes/chunk_index", "meta/episodes/file_index"} <= set(rows[0])
+    if video:
+        for key in ("image", "wrist_image"):
+            assert [(r[f"videos/{key}/chunk_index"], r[f"videos/{key}/file_index"]) for r in rows] == [
+                (0, 0),
+                (0, 0),
+                (1, 0),
+            ]
+            assert (
+                rows[0][f"videos/{key}/from_timestamp"] == 0.0
+                and rows[2][f"videos/{key}/from_timestamp"] == 0.0
+            )
+            assert rows[1][f"videos/{key}/from_timestamp"] == pytest.approx(LENGTHS[0] / FPS)
+            assert rows[1][f"videos/{key}/to_timestamp"] == pytest.approx(sum(LENGTHS[:2]) / FPS)
+            assert (v3_root / "videos" / key / "chunk-001" / "file-000.mp4").is_file()
+
+    tasks = pq.read_table(v3_root / "meta" / "tasks.parquet")  # a pandas frame indexed by the task
+    pandas_meta = json.loads(tasks.schema.metadata[b"pandas"])
+    assert tasks.column("task_index").to_pylist() == [0, 1, 2]
+    assert tasks.column(pandas_meta["index_columns"][0]).to_pylist() == list(V3_TASKS)
+    stats_json = json.loads((v3_root / "meta" / "stats.json").read_text())
+    np.testing.assert_allclose(
+        stats_json["state"]["mean"],
+        np.concatenate([e["state"] for e in make_v3_episodes()]).mean(0),
+        rtol=1e-6,
+    )
+    assert stats_json["state"]["count"] == [sum(LENGTHS)] and np.asarray(
+        stats_json["image"]["std"]
+    ).shape == (3, 1, 1)
+
+
+def test_v30_reads_back_exactly_and_as_v21(v3_root, dataset):
+    """Every frame: the same sample (keys, dtypes, values; images exact from parquet) as the v2.1
+    copy of the episodes, tasks from meta/tasks.parquet; video frames found by timestamp."""
+    video = v3_root.name == "video"
+    ds = lerobot.LeRobotDataset(v3_root, delta_timestamps={"actions": [i / FPS for i in range(HORIZON)]})
+    assert ds.meta.version == "v3.0" and len(ds) == len(dataset) and ds.tasks == dict(enumerate(V3_TASKS))
+    episodes = make_v3_episodes()
+    for index in range(len(ds)):
+        item, reference = ds[index], dataset[index]
+        assert item.keys() == reference.keys()
+        ep = int(item["episode_index"])
+        assert item["task"] == V3_TASKS[ep]
+        for key in reference:
+            if key in ("task", "task_index") or (video and key in ("image", "wrist_image")):
+                continue
+            assert np.asarray(item[key]).dtype == np.asarray(reference[key]).dtype, key
+            np.testing.assert_array_equal(item[key], reference[key], err_msg=key)
+        if video:  # lossy: closest to its own source frame
+            t = int(item["frame_index"])
+            errors = [np.abs(item["image"].astype(int) - f).mean() for f in episodes[ep]["image"]]
+            assert int(np.argmin(errors)) == t and errors[t] < 8, (ep, t)
+    # An episode subset from both files, in the requested order.
+    subset = lerobot.LeRobotDataset(v3_root, episodes=[2, 0], load_images=not video)
+    assert len(subset) == LENGTHS[2] + LENGTHS[0]
+    np.testing.assert_array_equal(subset[0]["state"], episodes[2]["state"][0])
+    np.testing.assert_array_equal(subset[LENGTHS[2]]["actions"], episodes[0]["actions"][0])
+    if not video:
+        np.testing.assert_array_equal(subset[LENGTHS[2] + 3]["wrist_image"], episodes[0]["wrist_image"][3])
+
+
+def test_unknown_codebase_version_names_it_and_the_supported_ones(dataset_root, tmp_path):
+    for version in ("v1.6", "v4.0", None):
+        root = _copy_dataset(dataset_root, tmp_path / f"bad_{version}")
+        info = json.loads((root / "meta" / "info.json").read_text())
+        info["codebase_version"] = version
+        (root / "meta" / "info.json").write_text(json.dumps(info))
+        found = f"'{version}'" if version else "no codebase_version"
+        with pytest.raises(lerobot.LeRobotFormatError, match=rf"{found}.*v2\.0, v2\.1, v3\.0"):
+            lerobot.LeRobotDataset(root)
+    with pytest.raises(ValueError, match=r"v2\.1, v3\.0"):
+        lerobot_writer.write_lerobot_dataset(
+            tmp_path / "x", make_episodes(), fps=FPS, codebase_version="v2.0"
+        )
+
+
+def test_v30_unreadable_files_name_file_and_episodes(tmp_path):
+    root = lerobot_writer.write_lerobot_dataset(
+        tmp_path / "v3", make_v3_episodes(), fps=FPS, codebase_version="v3.0", data_files_size_in_mb=0.0093
+    )
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    with pytest.raises(lerobot.LeRobotFormatError, match=r"file-000\.parquet \(episodes 0, 1\).*parquet"):
+        lerobot.LeRobotDataset(root)
+    lerobot.LeRobotDataset(root, episodes=[2])  # the other file still reads
+    (root / "meta" / "tasks.parquet").unlink()
+    with pytest.raises(lerobot.LeRobotFormatError, match=r"missing file .*tasks\.parquet"):
+        lerobot.LeRobotDataset(root, episodes=[2])
 
 
 # ------------------------------------------------------------------------------------ transforms
@@ -275,11 +453,16 @@ def test_normalize_formulas_only_over_stats_dims():
 
 
 @pytest.mark.parametrize("shape", [(32, 32, 3), (48, 32, 3), (2, 20, 50, 3)])
-def test_resize_with_pad_matches_openpi_client(shape):
+def test_resize_with_pad_is_openpi_clients(shape):
     images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     out = T.resize_with_pad(images, 28, 28)
-    assert out.shape == (*shape[:-3], 28, 28, 3)
+    assert out.shape == (*shape[:-3], 28, 28, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out, image_tools.resize_with_pad(images, 28, 28))
+    # tf.image.resize_with_pad's semantics: a 16x32 image fills the width, centred with zero rows.
+    wide = T.resize_with_pad(np.full((16, 32, 3), 200, np.uint8), 28, 28)
+    assert (wide[7:21] == 200).all() and not wide[:7].any() and not wide[21:].any()
+    with pytest.raises(TypeError, match="uint8"):
+        T.resize_with_pad(images.astype(np.float32), 28, 28)
 
 
 def test_image_helpers_and_padding():
@@ -474,3 +657,46 @@ def test_loader_device_batches_with_sharding(dataset, transform):
     assert isinstance(batch["state"], jax.Array) and batch["state"].sharding == sharding
     assert batch["image"]["base_0_rgb"].dtype == np.uint8
     assert len(batch["state"].addressable_shards) == len(jax.devices())
+
+
+def test_loader_rows_split_the_global_batch_and_state_is_per_process(dataset, transform, tmp_path):
+    """Two simulated processes' rows together are the 1-process batches; each reads only its rows;
+    the saved state restores the position and refuses a changed seed or batch size."""
+
+    class Recording:
+        def __init__(self):
+            self.read = []
+
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, index):
+            self.read.append(int(index))
+            return dataset[index]
+
+    whole = loader.BatchLoader(dataset, transform, 6, seed=2, num_workers=0)
+    parts = [Recording(), Recording()]
+    halves = [
+        loader.BatchLoader(part, transform, 6, seed=2, num_workers=1, rows=rows)
+        for part, rows in zip(parts, ([0, 1, 2], [3, 4, 5]), strict=True)
+    ]
+    for full, a, b in zip(whole.batches(5), halves[0].batches(5), halves[1].batches(5), strict=True):
+        np.testing.assert_array_equal(full["state"], np.concatenate([a["state"], b["state"]]))
+        np.testing.assert_array_equal(full["actions"], np.concatenate([a["actions"], b["actions"]]))
+    expected = [whole.batch_indices(loader.LoaderPosition(0, i)) for i in range(4)] + [
+        whole.batch_indices(loader.LoaderPosition(1, 0))
+    ]
+    assert sorted(parts[0].read) == sorted(np.concatenate([e[:3] for e in expected]).tolist())
+    assert sorted(parts[1].read) == sorted(np.concatenate([e[3:] for e in expected]).tolist())
+
+    path = halves[1].save_state(tmp_path)
+    assert path == tmp_path / "loader" / "process_0-of-1.json"
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == [3, 4, 5] and (saved["epoch"], saved["batch"]) == (1, 1)
+    fresh = loader.BatchLoader(dataset, transform, 6, seed=2, num_workers=0, rows=[3, 4, 5])
+    assert fresh.restore_state(tmp_path) and fresh.position == halves[1].position
+    assert not fresh.restore_state(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match=r"seed=2.*seed=9"):
+        loader.BatchLoader(dataset, transform, 6, seed=9, num_workers=0).restore_state(tmp_path)
+    with pytest.raises(ValueError, match="increasing positions"):
+        loader.BatchLoader(dataset, transform, 6, rows=[4, 2])

@@ -237,15 +237,22 @@ def test_expert_all_suites(suite):
 
 @pytest.mark.nightly
 def test_demos_command_writes_a_readable_lerobot_dataset(tmp_path):
-    """`python -m pirl.envs.demos` end to end (1 episode per task, 16 px): pirl.data reads it."""
+    """`python -m pirl.envs.demos --format v3.0` end to end (1 episode per task, 16 px): pirl.data
+    reads it."""
     from pirl.data.lerobot import LeRobotDataset
     from pirl.envs.demos import DemoConfig, main
 
     cfg = DemoConfig(
-        suite="toy_spatial", episodes_per_task=1, out=str(tmp_path / "demos"), image_size=16, batch_size=6
+        suite="toy_spatial",
+        episodes_per_task=1,
+        out=str(tmp_path / "demos"),
+        image_size=16,
+        batch_size=6,
+        format="v3.0",
     )
     main(cfg)
     ds = LeRobotDataset(cfg.out)
+    assert ds.meta.version == "v3.0" and (tmp_path / "demos" / "meta" / "tasks.parquet").is_file()
     assert len(ds.meta.episodes) >= 5 and ds.fps == 20
     item = ds[0]
     assert item["image"].shape == (16, 16, 3) and item["wrist_image"].shape == (16, 16, 3)

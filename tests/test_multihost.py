@@ -8,6 +8,7 @@ loss). The 2-process run's checkpoint must restore in a 1-process run with a dif
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -104,3 +105,66 @@ def test_two_processes_match_one_and_restore_elsewhere(tmp_path):
     c = np.load(tmp_path / "restored.npz")
     for key in b.files:
         np.testing.assert_array_equal(b[key], c[key], err_msg=key)
+
+
+def test_each_process_reads_only_its_rows_and_resumes_exactly(tmp_path):
+    """SFT's data path on 2 processes x 1 device vs 1 process x 2 devices (a LeRobot v3.0 dataset,
+    episodes packed into shared files): the same global batches; each process read exactly its
+    half of every batch's frames (disjoint, together the 1-process reads); a loader restored from
+    each process's saved state continues with the same batch."""
+    from pirl.data.lerobot_writer import write_lerobot_dataset
+
+    rng = np.random.default_rng(0)
+    episodes = [
+        {
+            "image": rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+            "state": rng.normal(size=(n, 4)).astype(np.float32),
+            "actions": rng.normal(size=(n, 3)).astype(np.float32),
+            "task": f"task {ep % 2}",
+        }
+        for ep, n in enumerate((7, 9, 6, 8))
+    ]
+    data = write_lerobot_dataset(
+        tmp_path / "ds", episodes, fps=10, codebase_version="v3.0", data_files_size_in_mb=0.002
+    )
+    args = ["--data", str(data)]
+    single = _run(["--out", str(tmp_path / "single"), "--ckpt", str(tmp_path / "ckpt1"), *args], _env(2))
+    port = _free_port()
+    multi = [
+        _run(
+            ["--out", str(tmp_path / "multi"), "--ckpt", str(tmp_path / "ckpt2"), *args],
+            _env(
+                1,
+                {
+                    "PIRL_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                    "PIRL_NUM_PROCESSES": "2",
+                    "PIRL_PROCESS_ID": str(i),
+                },
+            ),
+        )
+        for i in range(2)
+    ]
+    _finish([single, *multi], timeout=300)
+    one, two = np.load(tmp_path / "single.data.npz"), np.load(tmp_path / "multi.data.npz")
+    assert sorted(one.files) == sorted(two.files) and "batch_0/image" in one.files
+    for key in one.files:
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+    for key in ("image", "state", "actions", "index"):
+        np.testing.assert_array_equal(one[f"resumed_batch_2/{key}"], one[f"continued_batch_2/{key}"])
+    assert not np.array_equal(one["batch_0/index"], one["batch_1/index"])
+
+    reads = {
+        name: json.loads((tmp_path / f"{name}.json").read_text())
+        for name in ("single.data.p0", "multi.data.p0", "multi.data.p1")
+    }
+    assert reads["multi.data.p0"]["rows"] == [0, 1, 2, 3] and reads["multi.data.p1"]["rows"] == [4, 5, 6, 7]
+    for stage, batches in (("first", 3), ("second", 1)):
+        everything = reads["single.data.p0"][stage]
+        mine, theirs = reads["multi.data.p0"][stage], reads["multi.data.p1"][stage]
+        assert len(everything) == 8 * batches and len(mine) == len(theirs) == 4 * batches
+        assert not set(mine) & set(theirs) and sorted(mine + theirs) == sorted(everything)
+    # Each global batch: rows 0-3 are frames process 0 read, rows 4-7 frames process 1 read.
+    for i in range(3):
+        batch = two["continued_batch_2/index" if i == 2 else f"batch_{i}/index"]
+        assert set(batch[:4]) <= set(reads["multi.data.p0"]["first"])
+        assert set(batch[4:]) <= set(reads["multi.data.p1"]["first"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pirl import norm_stats as cli
-from pirl.data import configs, lerobot
+from pirl.data import configs, lerobot_writer
 from pirl.data.normalize import (
     NormStats,
     RunningStats,
@@ -38,9 +38,16 @@ def make_episodes() -> list[dict]:
     return episodes
 
 
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    return lerobot.write_lerobot_dataset(tmp_path_factory.mktemp("ns") / "toy_ds", make_episodes(), fps=10)
+@pytest.fixture(scope="module", params=["v2.1", "v3.0"])
+def dataset_root(tmp_path_factory, request):
+    """The same episodes as LeRobot v2.1 and as v3.0 (episodes packed 2-3 per data file)."""
+    return lerobot_writer.write_lerobot_dataset(
+        tmp_path_factory.mktemp("ns") / "toy_ds",
+        make_episodes(),
+        fps=10,
+        codebase_version=request.param,
+        data_files_size_in_mb=0.02,
+    )
 
 
 def exact_state_and_actions(horizon: int, delta_mask) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ compiled steps through a module-scoped persistent compilation cache (same HLO ->
 """
 
 import io
+import json
 import random
 
 import jax
@@ -16,7 +17,7 @@ import sentencepiece
 
 from pirl import norm_stats as norm_stats_cli
 from pirl.checkpoints.openpi_jax import flatten_params, load_openpi_params
-from pirl.data import configs, lerobot
+from pirl.data import configs, lerobot_writer
 from pirl.data.normalize import load_norm_stats
 from pirl.distributed.mesh import MeshConfig, make_mesh, param_shardings
 from pirl.logging.writer import read_jsonl
@@ -71,7 +72,7 @@ def compilation_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
-    dataset = lerobot.write_lerobot_dataset(root / "toy", make_episodes(), fps=10)
+    dataset = lerobot_writer.write_lerobot_dataset(root / "toy", make_episodes(), fps=10)
     words = ["pick", "up", "the", "red", "bowl", "open", "top", "drawer", "put", "it", "on", "plate"]
     rng = random.Random(0)
     proto = io.BytesIO()
@@ -163,6 +164,8 @@ def test_lora_sft_lowers_loss_freezes_llm_and_resumes_exactly(workdir):
 
     # The same run in two halves: 3 steps, stop, resume to 6 -> identical EMA params and losses.
     train_sft(make_config(workdir, "split", num_steps=3))
+    saved = json.loads((workdir / "split" / "ckpt" / "3" / "loader" / "process_0-of-1.json").read_text())
+    assert (saved["epoch"], saved["batch"], saved["rows"]) == (0, 3, list(range(8)))  # 4 batches/epoch
     resumed = train_sft(make_config(workdir, "split"))
     assert resumed["step"] == 6
     split = flatten_params(load_openpi_params(workdir / "split" / "ckpt" / "6"))

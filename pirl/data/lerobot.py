@@ -1,6 +1,6 @@
-"""Read and write LeRobot v2.x datasets without lerobot (and without torch).
+"""Read LeRobot datasets (codebase v2.0, v2.1 and v3.0) without lerobot (and without torch).
 
-Layout (LeRobot codebase v2.0 / v2.1)::
+Layout v2.0 / v2.1 (lerobot <= 0.3; what openpi's pinned lerobot reads), one file per episode::
 
     <root>/meta/info.json            fps, features, path templates, totals
     <root>/meta/episodes.jsonl       {"episode_index", "tasks", "length"} per episode
@@ -10,25 +10,40 @@ Layout (LeRobot codebase v2.0 / v2.1)::
     <root>/data/chunk-XXX/episode_XXXXXX.parquet
     <root>/videos/chunk-XXX/<key>/episode_XXXXXX.mp4     (features with dtype "video")
 
-A dataset is named by a local path or by a repo id under `HF_LEROBOT_HOME`
-(default ~/.cache/huggingface/lerobot). Images come back as uint8 [H, W, 3] (not lerobot's float CHW);
-numeric features as numpy arrays; features of shape (1,) as scalars. Action chunks are assembled
-like lerobot's `delta_timestamps`: future frames of the same episode, the last frame repeated past
-the episode end, with a boolean `<key>_is_pad`.
+Layout v3.0 (lerobot >= 0.4), consecutive episodes packed into shared files::
+
+    <root>/meta/info.json            as above, plus data_files_size_in_mb / video_files_size_in_mb
+    <root>/meta/tasks.parquet        task strings (the pandas index) and their task_index
+    <root>/meta/episodes/chunk-XXX/file-XXX.parquet   one row per episode: episode_index, tasks,
+                                     length, data/chunk_index, data/file_index, dataset_from_index,
+                                     dataset_to_index, videos/<key>/{chunk_index, file_index,
+                                     from_timestamp, to_timestamp}, stats/<feature>/<stat>, ...
+    <root>/meta/stats.json           stats aggregated over all episodes
+    <root>/data/chunk-XXX/file-XXX.parquet           the frames of consecutive episodes
+    <root>/videos/<key>/chunk-XXX/file-XXX.mp4       the same; an episode's frame with timestamp t
+                                     is at from_timestamp + t in its file
+
+The version is read from meta/info.json ("codebase_version"). A dataset is named by a local
+folder, or by a repo id: found under `HF_LEROBOT_HOME` (default ~/.cache/huggingface/lerobot),
+else fetched from the Hugging Face Hub into it (`pirl.data.hub`; only the files a reader needs:
+meta/, then the data files of the selected episodes and, when images are read, their videos).
+
+Images come back as uint8 [H, W, 3] (not lerobot's float CHW); numeric features as numpy arrays;
+features of shape (1,) as scalars. Action chunks are assembled like lerobot's `delta_timestamps`:
+future frames of the same episode, the last frame repeated past the episode end, with a boolean
+`<key>_is_pad`. Writing: `pirl.data.lerobot_writer`.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import json
-import math
 import os
-import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +52,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-CODEBASE_VERSION = "v2.1"
+from pirl.data import hub
+
+SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 DEFAULT_CHUNK_SIZE = 1000
-DEFAULT_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
-DEFAULT_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+V3_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+V3_TASKS_PATH = "meta/tasks.parquet"
 # Columns every LeRobot frame carries; the writer adds them.
 DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
     "timestamp": {"dtype": "float32", "shape": [1], "names": None},
@@ -49,31 +70,84 @@ DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
     "index": {"dtype": "int64", "shape": [1], "names": None},
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
-_VISUAL_DTYPES = ("image", "video")
+VISUAL_DTYPES = ("image", "video")
+_OPEN_VIDEOS_PER_THREAD = 8  # video files a loader thread keeps open (their index read once)
+# Columns of v3.0's meta/episodes files that the reader needs (plus videos/<key>/... per video key).
+V3_EPISODE_COLUMNS = (
+    "episode_index",
+    "tasks",
+    "length",
+    "data/chunk_index",
+    "data/file_index",
+    "dataset_from_index",
+    "dataset_to_index",
+)
 
 
 class LeRobotFormatError(ValueError):
-    """A dataset file is missing, or a key in it is missing or has the wrong shape."""
+    """A dataset file is missing or unreadable, or a key in it is missing or has the wrong shape."""
 
 
 def lerobot_home() -> Path:
-    """`$HF_LEROBOT_HOME`, default ~/.cache/huggingface/lerobot."""
-    return Path(os.environ.get("HF_LEROBOT_HOME", "~/.cache/huggingface/lerobot")).expanduser()
+    """`$HF_LEROBOT_HOME`, else `$HF_HOME/lerobot`, else ~/.cache/huggingface/lerobot (lerobot's rule)."""
+    if os.environ.get("HF_LEROBOT_HOME"):
+        return Path(os.environ["HF_LEROBOT_HOME"]).expanduser()
+    hf_home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return Path(hf_home).expanduser() / "lerobot"
 
 
-def resolve_root(repo_id_or_path: str | os.PathLike) -> Path:
-    """The dataset folder: a local path if it holds meta/info.json, else `lerobot_home() / repo_id`."""
+def resolve_root(
+    repo_id_or_path: str | os.PathLike, *, revision: str | None = None, progress: bool = True
+) -> tuple[Path, str | None]:
+    """(dataset folder, Hub repo id or None): a local folder holding meta/info.json, else
+    `lerobot_home() / repo_id`, its meta/ fetched from the Hub if it is not there yet."""
     path = Path(repo_id_or_path).expanduser()
     if (path / "meta" / "info.json").is_file():
-        return path
-    cached = lerobot_home() / str(repo_id_or_path)
-    if (cached / "meta" / "info.json").is_file():
-        return cached
-    raise LeRobotFormatError(
-        f"no LeRobot dataset at {str(repo_id_or_path)!r}: neither {path / 'meta' / 'info.json'} nor "
-        f"{cached / 'meta' / 'info.json'} exists. Pass a dataset folder, or a repo id downloaded under "
-        "HF_LEROBOT_HOME (default ~/.cache/huggingface/lerobot)."
-    )
+        return path, None
+    name = str(repo_id_or_path)
+    is_repo = hub.looks_like_repo_id(name) and not path.exists()
+    cached = lerobot_home() / name
+    if not path.is_absolute() and (cached / "meta" / "info.json").is_file():
+        return cached, name if is_repo else None
+    if not is_repo:
+        where = f"{path / 'meta' / 'info.json'} does not exist"
+        if not path.is_absolute():
+            where += f" (nor {cached / 'meta' / 'info.json'})"
+        raise LeRobotFormatError(
+            f"no LeRobot dataset at {name!r}: {where}. Pass a dataset folder, or a Hub repo id "
+            "('org/name'; fetched into HF_LEROBOT_HOME, default ~/.cache/huggingface/lerobot)."
+        )
+    try:
+        files = hub.list_repo_files(name, revision)
+    except hub.HubError as error:
+        raise hub.HubError(
+            f"no LeRobot dataset at {name!r}: no folder {path} (nor {cached}) holds meta/info.json, "
+            f"and as a Hub repo id: {error}"
+        ) from error
+    _fetch_metadata(name, files, cached, revision, progress)
+    return cached, name
+
+
+def _fetch_metadata(
+    repo_id: str, files: Sequence[str], root: Path, revision: str | None, progress: bool
+) -> None:
+    """Fetch every file under meta/ (at least the ones its version needs); info.json last, so an
+    interrupted fetch is completed by the next run."""
+    if "meta/info.json" not in files:
+        offline = " (offline: only the cached files were listed)" if hub.hub_offline() else ""
+        raise hub.HubError(
+            f"dataset repo {repo_id!r} has no meta/info.json{offline}: not a LeRobot dataset, or not cached"
+        )
+    # The version says which meta files must exist (offline, the listing holds only cached files).
+    version = _read_json(hub.cached_file(repo_id, "meta/info.json", revision)).get("codebase_version")
+    if version == "v3.0":
+        required = [V3_TASKS_PATH]
+        if not any(f.startswith("meta/episodes/") for f in files):
+            required.append(V3_EPISODES_PATH.format(chunk_index=0, file_index=0))
+    else:
+        required = ["meta/episodes.jsonl", "meta/tasks.jsonl"]
+    names = [*required, *(f for f in files if f.startswith("meta/") and f != "meta/info.json")]
+    hub.fetch_files(repo_id, [*names, "meta/info.json"], root, revision=revision, progress=progress)
 
 
 def _read_json(path: Path) -> Any:
@@ -104,17 +178,52 @@ def _require(mapping: Mapping, key: str, where: Path | str, what: str = "key") -
     return mapping[key]
 
 
+def _episodes_text(episodes: Sequence[int]) -> str:
+    episodes = list(episodes)
+    if len(episodes) == 1:
+        return f"episode {episodes[0]}"
+    shown = ", ".join(str(e) for e in episodes[:8]) + (", ..." if len(episodes) > 8 else "")
+    return f"episodes {shown}"
+
+
+def _schema_names(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise LeRobotFormatError(f"missing file {path} ({what})")
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file: {e}") from e
+
+
+def _read_table(path: Path, columns: Sequence[str] | None, what: str) -> pa.Table:
+    """A parquet file (or some of its columns); a missing or unreadable file names itself and `what`."""
+    if not path.is_file():
+        raise LeRobotFormatError(f"missing file {path} ({what})")
+    try:
+        return pq.read_table(path, columns=None if columns is None else list(columns))
+    except (pa.ArrowException, OSError) as e:
+        raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file: {e}") from e
+
+
 @dataclass(frozen=True)
 class LeRobotMetadata:
-    """The parsed meta/ folder of a dataset."""
+    """The parsed meta/ folder of a dataset (any supported version)."""
 
     root: Path
     info: dict[str, Any]
+    version: str
+    """codebase_version from info.json: "v2.0", "v2.1" or "v3.0"."""
     fps: float
     features: dict[str, dict[str, Any]]
     tasks: dict[int, str]
     episodes: tuple[dict[str, Any], ...]
+    """One dict per episode, by episode_index: episode_index, tasks, length (v3.0: also the file
+    indices, dataset_from/to_index and video timestamps; not the per-episode stats)."""
     stats: dict[str, Any] | None
+    repo_id: str | None = None
+    """The Hub repo the dataset comes from (missing files are fetched from it); None = local."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of `repo_id`; None = main."""
 
     @property
     def image_keys(self) -> list[str]:
@@ -126,29 +235,90 @@ class LeRobotMetadata:
 
     @property
     def numeric_keys(self) -> list[str]:
-        return [k for k, ft in self.features.items() if ft["dtype"] not in (*_VISUAL_DTYPES, "string")]
+        return [k for k, ft in self.features.items() if ft["dtype"] not in (*VISUAL_DTYPES, "string")]
 
-    def episode_chunk(self, episode_index: int) -> int:
-        return episode_index // int(self.info.get("chunks_size", DEFAULT_CHUNK_SIZE))
+    @property
+    def episodes_source(self) -> Path:
+        """Where the episode list comes from (for messages)."""
+        return self.root / ("meta/episodes" if self.version == "v3.0" else "meta/episodes.jsonl")
+
+    @functools.cached_property
+    def episode_by_index(self) -> dict[int, dict[str, Any]]:
+        return {int(e["episode_index"]): e for e in self.episodes}
+
+    def episode(self, episode_index: int) -> dict[str, Any]:
+        """The metadata row of one episode (raises naming the source if there is none)."""
+        try:
+            return self.episode_by_index[int(episode_index)]
+        except KeyError:
+            raise LeRobotFormatError(f"{self.episodes_source}: no episode {episode_index}") from None
+
+    def data_file(self, episode_index: int) -> str:
+        """The parquet file holding an episode's frames, relative to the root."""
+        if self.version == "v3.0":
+            row = self.episode(episode_index)
+            return self.info.get("data_path", V3_DATA_PATH).format(
+                chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
+            )
+        chunk = int(episode_index) // int(self.info.get("chunks_size", DEFAULT_CHUNK_SIZE))
+        return self.info.get("data_path", V2_DATA_PATH).format(
+            episode_chunk=chunk, episode_index=int(episode_index)
+        )
+
+    def video_file(self, episode_index: int, key: str) -> str:
+        """The mp4 holding an episode's frames of video feature `key`, relative to the root."""
+        if self.version == "v3.0":
+            row = self.episode(episode_index)
+            return (self.info.get("video_path") or V3_VIDEO_PATH).format(
+                video_key=key,
+                chunk_index=int(row[f"videos/{key}/chunk_index"]),
+                file_index=int(row[f"videos/{key}/file_index"]),
+            )
+        chunk = int(episode_index) // int(self.info.get("chunks_size", DEFAULT_CHUNK_SIZE))
+        return (self.info.get("video_path") or V2_VIDEO_PATH).format(
+            episode_chunk=chunk, video_key=key, episode_index=int(episode_index)
+        )
 
     def data_path(self, episode_index: int) -> Path:
-        template = self.info.get("data_path", DEFAULT_DATA_PATH)
-        rel = template.format(episode_chunk=self.episode_chunk(episode_index), episode_index=episode_index)
-        return self.root / rel
+        return self.root / self.data_file(episode_index)
 
     def video_path(self, episode_index: int, key: str) -> Path:
-        template = self.info.get("video_path") or DEFAULT_VIDEO_PATH
-        rel = template.format(
-            episode_chunk=self.episode_chunk(episode_index), video_key=key, episode_index=episode_index
-        )
-        return self.root / rel
+        return self.root / self.video_file(episode_index, key)
+
+    def video_from_timestamp(self, episode_index: int, key: str) -> float:
+        """Where the episode starts in its video file (v3.0 packs episodes; v2.x: 0)."""
+        if self.version != "v3.0":
+            return 0.0
+        return float(self.episode(episode_index)[f"videos/{key}/from_timestamp"])
+
+    def files_needed(self, episodes: Sequence[int], videos: bool) -> list[str]:
+        """Data files (and video files when `videos`) of the given episodes, relative, deduplicated."""
+        names = [self.data_file(ep) for ep in episodes]
+        if videos:
+            names += [self.video_file(ep, key) for key in self.video_keys for ep in episodes]
+        return list(dict.fromkeys(names))
+
+    def fetch(self, names: Sequence[str], progress: bool = True) -> None:
+        """Fetch the files among `names` that are missing from the Hub (no-op for a local dataset)."""
+        if self.repo_id is not None:
+            hub.fetch_files(self.repo_id, names, self.root, revision=self.revision, progress=progress)
 
 
-def load_metadata(repo_id_or_path: str | os.PathLike) -> LeRobotMetadata:
-    """Parse meta/ of a dataset; a missing file or key raises `LeRobotFormatError` naming both."""
-    root = resolve_root(repo_id_or_path)
+def load_metadata(
+    repo_id_or_path: str | os.PathLike, *, revision: str | None = None, progress: bool = True
+) -> LeRobotMetadata:
+    """Parse meta/ of a dataset; a missing file or key raises `LeRobotFormatError` naming both, an
+    unsupported codebase_version names it and the supported ones."""
+    root, repo_id = resolve_root(repo_id_or_path, revision=revision, progress=progress)
     info_path = root / "meta" / "info.json"
     info = _read_json(info_path)
+    version = info.get("codebase_version")
+    if version not in SUPPORTED_VERSIONS:
+        found = f"codebase_version {version!r}" if version else "no codebase_version (LeRobot before v2.0)"
+        raise LeRobotFormatError(
+            f"{info_path}: {found} is not supported; pirl reads LeRobot {', '.join(SUPPORTED_VERSIONS)} "
+            "(lerobot's conversion scripts upgrade older datasets)"
+        )
     fps = float(_require(info, "fps", info_path))
     features = _require(info, "features", info_path)
     for key, ft in features.items():
@@ -156,26 +326,73 @@ def load_metadata(repo_id_or_path: str | os.PathLike) -> LeRobotMetadata:
         if "shape" not in ft:
             raise LeRobotFormatError(f"{info_path}: feature {key!r} has no 'shape'")
         ft["shape"] = [int(s) for s in ft["shape"]]
-    tasks_path = root / "meta" / "tasks.jsonl"
-    tasks = {}
-    for row in _read_jsonl(tasks_path):
-        tasks[int(_require(row, "task_index", tasks_path))] = str(_require(row, "task", tasks_path))
-    episodes_path = root / "meta" / "episodes.jsonl"
-    episodes = sorted(_read_jsonl(episodes_path), key=lambda r: r.get("episode_index", -1))
-    for row in episodes:
-        _require(row, "episode_index", episodes_path)
-        _require(row, "length", episodes_path)
+    video_keys = [k for k, ft in features.items() if ft["dtype"] == "video"]
+    if version == "v3.0":
+        tasks = _read_v3_tasks(root / V3_TASKS_PATH)
+        episodes = _read_v3_episodes(root, video_keys)
+    else:
+        tasks_path = root / "meta" / "tasks.jsonl"
+        tasks = {}
+        for row in _read_jsonl(tasks_path):
+            tasks[int(_require(row, "task_index", tasks_path))] = str(_require(row, "task", tasks_path))
+        episodes_path = root / "meta" / "episodes.jsonl"
+        episodes = _read_jsonl(episodes_path)
+        for row in episodes:
+            _require(row, "episode_index", episodes_path)
+            _require(row, "length", episodes_path)
+    episodes = sorted(episodes, key=lambda r: int(r["episode_index"]))
     stats_path = root / "meta" / "stats.json"
     stats = _read_json(stats_path) if stats_path.is_file() else None
     return LeRobotMetadata(
         root=root,
         info=info,
+        version=version,
         fps=fps,
         features=features,
         tasks=tasks,
         episodes=tuple(episodes),
         stats=stats,
+        repo_id=repo_id,
+        revision=revision,
     )
+
+
+def _read_v3_tasks(path: Path) -> dict[int, str]:
+    """meta/tasks.parquet: lerobot writes a pandas frame indexed by the task string."""
+    table = _read_table(path, None, "tasks")
+    names = table.column_names
+    _require(dict.fromkeys(names), "task_index", path, "column")
+    pandas_meta = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}"))
+    index_columns = [c for c in pandas_meta.get("index_columns", []) if isinstance(c, str)]
+    text = next((c for c in ["task", *index_columns, "__index_level_0__"] if c in names), None)
+    if text is None:
+        raise LeRobotFormatError(f"{path}: no task-string column ('task' or the pandas index) in {names}")
+    indices = table.column("task_index").to_pylist()
+    return {int(i): str(t) for i, t in zip(indices, table.column(text).to_pylist(), strict=True)}
+
+
+def _read_v3_episodes(root: Path, video_keys: Sequence[str]) -> list[dict[str, Any]]:
+    folder = root / "meta" / "episodes"
+    paths = sorted(folder.glob("chunk-*/file-*.parquet"))
+    if not paths:
+        raise LeRobotFormatError(f"missing episode metadata: no {folder}/chunk-*/file-*.parquet")
+    required = [
+        *V3_EPISODE_COLUMNS,
+        *(f"videos/{k}/{c}" for k in video_keys for c in ("chunk_index", "file_index", "from_timestamp")),
+    ]
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        names = _schema_names(path, "episode metadata")
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise LeRobotFormatError(f"{path}: missing column(s) {missing} (columns: {names})")
+        keep = [c for c in names if not c.startswith("stats/")]
+        rows.extend(_read_table(path, keep, "episode metadata").to_pylist())
+    seen = collections.Counter(int(r["episode_index"]) for r in rows)
+    repeated = sorted(e for e, n in seen.items() if n > 1)
+    if repeated:
+        raise LeRobotFormatError(f"{folder}: episodes {repeated} are listed more than once")
+    return rows
 
 
 def _column_to_numpy(table: pa.Table, key: str, shape: Sequence[int], path: Path) -> np.ndarray:
@@ -233,20 +450,33 @@ def decode_video_frames(
 
     if not video_path.is_file():
         raise LeRobotFormatError(f"missing video file {video_path}")
+    try:
+        with av.open(str(video_path)) as container:
+            return _decode_frames(container, video_path, timestamps, tolerance_s)
+    except av.error.FFmpegError as e:
+        raise LeRobotFormatError(f"{video_path} cannot be decoded: {e}") from e
+
+
+def _decode_frames(
+    container: Any, video_path: Path, timestamps: Sequence[float], tolerance_s: float
+) -> np.ndarray:
+    """`decode_video_frames` on an open PyAV container (seeks first, so it may be reused)."""
+    import av
+
     first, last = min(timestamps), max(timestamps)
-    frames: list[np.ndarray] = []
+    frames: list[Any] = []
     times: list[float] = []
-    with av.open(str(video_path)) as container:
+    try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if first > 0:
-            container.seek(int(first / stream.time_base), stream=stream, backward=True, any_frame=False)
+        container.seek(int(first / stream.time_base), stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
             t = float(frame.pts * stream.time_base)
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(frame)  # converted to RGB only if requested (below)
             times.append(t)
             if t >= last - tolerance_s:
                 break
+    except av.error.FFmpegError as e:
+        raise LeRobotFormatError(f"{video_path} cannot be decoded: {e}") from e
     if not frames:
         raise LeRobotFormatError(f"{video_path}: no frames decoded at timestamps {list(timestamps)}")
     times_arr = np.asarray(times)
@@ -257,24 +487,65 @@ def decode_video_frames(
             raise LeRobotFormatError(
                 f"{video_path}: no frame within {tolerance_s}s of timestamp {t:.4f}s (closest {times_arr[i]:.4f}s)"
             )
-        out.append(frames[i])
+        out.append(frames[i].to_ndarray(format="rgb24"))
     return np.stack(out)
 
 
-class LeRobotDataset:
-    """Random access to the frames of a LeRobot v2.x dataset.
+class _ByteBudgetCache:
+    """Thread-safe LRU of loaded values under a total byte budget; a key requested by several
+    threads at once is loaded once (the others wait for it)."""
 
-    Numeric columns of all episodes are read at construction (small); images are decoded per
-    request, from parquet (PNG/JPEG bytes, the last `cache_episodes` episodes' columns cached) or
-    from video by timestamp. `item = dataset[i]` is a flat dict keyed by feature name, plus "task".
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self._items: collections.OrderedDict[Hashable, tuple[Any, int]] = collections.OrderedDict()
+        self._size = 0
+        self._loading: dict[Hashable, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], tuple[Any, int]]) -> Any:
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key][0]
+                pending = self._loading.get(key)
+                if pending is None:
+                    self._loading[key] = threading.Event()
+                    break
+            pending.wait()  # loaded by another thread (or it failed: then try ourselves)
+        try:
+            value, size = load()
+            with self._lock:
+                self._items[key] = (value, size)
+                self._size += size
+                while self._size > self.budget and len(self._items) > 1:
+                    _, (_, dropped) = self._items.popitem(last=False)
+                    self._size -= dropped
+            return value
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
+
+
+class LeRobotDataset:
+    """Random access to the frames of a LeRobot v2.0 / v2.1 / v3.0 dataset.
+
+    Numeric columns of the selected episodes are read at construction (small); images are decoded
+    per request: from parquet (PNG/JPEG bytes; the row group holding the frame is read and cached,
+    up to `image_cache_mb`), or from video by timestamp. `item = dataset[i]` is a flat dict keyed by
+    feature name, plus "task". Only what is read is fetched from the Hub (see the module docstring).
 
     Args:
-      repo_id_or_path: dataset folder or repo id under HF_LEROBOT_HOME.
+      repo_id_or_path: dataset folder, or repo id (under HF_LEROBOT_HOME, else fetched from the Hub).
       delta_timestamps: {feature: [seconds, ...]} to return that feature as a chunk [len, *shape]
         of frames at those offsets (lerobot's convention), with `<feature>_is_pad` bool[len].
       episodes: restrict to these episode indices (e.g. a train/val split); default all.
-      load_images: False skips image and video features (fast access to numeric columns).
+      load_images: False skips image and video features (fast access to numeric columns; no video
+        file is fetched).
       video_tolerance_s: maximum distance between a requested and a decoded video timestamp.
+      image_cache_mb: budget of the cache of parquet image row groups (undecoded bytes).
+      revision: Hub revision (branch, tag or commit) when fetching; default main.
+      progress: show a progress bar while fetching from the Hub.
     """
 
     def __init__(
@@ -285,9 +556,11 @@ class LeRobotDataset:
         episodes: Sequence[int] | None = None,
         load_images: bool = True,
         video_tolerance_s: float = 1e-4,
-        cache_episodes: int = 8,
+        image_cache_mb: float = 256,
+        revision: str | None = None,
+        progress: bool = True,
     ):
-        self.meta = load_metadata(repo_id_or_path)
+        self.meta = load_metadata(repo_id_or_path, revision=revision, progress=progress)
         self.load_images = load_images
         self.video_tolerance_s = video_tolerance_s
         self.delta_indices: dict[str, np.ndarray] = {}
@@ -299,43 +572,90 @@ class LeRobotDataset:
                 )
             self.delta_indices[key] = np.asarray([round(t * self.meta.fps) for t in offsets], np.int64)
 
-        all_episodes = {int(e["episode_index"]): e for e in self.meta.episodes}
         if episodes is None:
-            selected = sorted(all_episodes)
+            selected = sorted(self.meta.episode_by_index)
         else:
-            missing = [e for e in episodes if e not in all_episodes]
+            missing = [e for e in episodes if e not in self.meta.episode_by_index]
             if missing:
                 raise LeRobotFormatError(
-                    f"{self.meta.root / 'meta' / 'episodes.jsonl'}: episodes {missing} are not in the dataset"
+                    f"{self.meta.episodes_source}: episodes {missing} are not in the dataset"
                 )
-            selected = list(episodes)
+            selected = [int(e) for e in episodes]
         self.episode_indices: list[int] = selected
+        wants_videos = load_images and bool(self.meta.video_keys)
+        self.meta.fetch(self.meta.files_needed(selected, videos=wants_videos), progress=progress)
 
-        columns: dict[str, list[np.ndarray]] = {k: [] for k in self.meta.numeric_keys}
-        lengths = []
-        for ep in selected:
-            path = self.meta.data_path(ep)
-            if not path.is_file():
-                raise LeRobotFormatError(f"missing data file {path} (episode {ep})")
-            names = set(_schema_names(path))
-            table = pq.read_table(path, columns=[k for k in columns if k in names])
-            for key in columns:
-                columns[key].append(_column_to_numpy(table, key, self.meta.features[key]["shape"], path))
-            lengths.append(table.num_rows)
-            declared = int(all_episodes[ep]["length"])
-            if table.num_rows != declared:
-                raise LeRobotFormatError(
-                    f"{path}: {table.num_rows} frames, but meta/episodes.jsonl says length {declared} for "
-                    f"episode {ep}"
-                )
+        self._file_rows: dict[int, tuple[Path, int]] = {}  # episode -> (data file, its first row there)
+        # Each data file's parquet footer and row-group ends, kept from the read below: a shared
+        # v3.0 file's footer is larger than one frame's image, so it is not read again per frame.
+        self._footers: dict[Path, tuple[pq.FileMetaData, np.ndarray]] = {}
+        columns = self._read_numeric_columns(selected)
         self.columns: dict[str, np.ndarray] = {
             k: np.concatenate(v) if v else np.zeros((0,)) for k, v in columns.items()
         }
+        lengths = [int(self.meta.episode(ep)["length"]) for ep in selected]
         self.episode_ends = np.cumsum(lengths, dtype=np.int64)
         self.episode_starts = self.episode_ends - np.asarray(lengths, np.int64)
-        self._cache: collections.OrderedDict[tuple[int, str], list] = collections.OrderedDict()
-        self._cache_size = cache_episodes
-        self._cache_lock = threading.Lock()
+        self._image_cache = _ByteBudgetCache(int(image_cache_mb * 2**20))
+        self._videos = threading.local()  # per thread: open video files (PyAV containers), LRU
+
+    def _read_numeric_columns(self, selected: Sequence[int]) -> dict[str, list[np.ndarray]]:
+        """Numeric columns of the selected episodes, in selection order; each data file read once."""
+        keys = self.meta.numeric_keys
+        by_file: dict[Path, list[int]] = {}
+        for ep in selected:
+            by_file.setdefault(self.meta.data_path(ep), []).append(ep)
+        per_episode: dict[int, dict[str, np.ndarray]] = {}
+        for path, eps in by_file.items():
+            what = _episodes_text(eps)
+            if not path.is_file():
+                raise LeRobotFormatError(f"missing file {path} ({what})")
+            try:
+                parquet = pq.ParquetFile(path)
+                names = set(parquet.schema_arrow.names)
+                table = parquet.read(columns=[k for k in keys if k in names])
+            except (pa.ArrowException, OSError) as e:
+                raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file: {e}") from e
+            if self.meta.version == "v3.0" and "episode_index" not in names:
+                raise LeRobotFormatError(f"{path} ({what}): missing column 'episode_index'")
+            footer = parquet.metadata
+            ends = np.cumsum([footer.row_group(i).num_rows for i in range(footer.num_row_groups)])
+            self._footers[path] = (footer, ends)
+            file_columns = {k: _column_to_numpy(table, k, self.meta.features[k]["shape"], path) for k in keys}
+            for ep in eps:
+                start, stop = self._episode_rows(path, table.num_rows, file_columns, ep)
+                self._file_rows[ep] = (path, start)
+                per_episode[ep] = {k: v[start:stop] for k, v in file_columns.items()}
+        return {k: [per_episode[ep][k] for ep in selected] for k in keys}
+
+    def _episode_rows(
+        self, path: Path, num_rows: int, file_columns: Mapping[str, np.ndarray], ep: int
+    ) -> tuple[int, int]:
+        """[start, stop) rows of episode `ep` in its data file, checked against the metadata."""
+        row = self.meta.episode(ep)
+        declared = int(row["length"])
+        if self.meta.version != "v3.0":  # one file per episode
+            if num_rows != declared:
+                raise LeRobotFormatError(
+                    f"{path}: {num_rows} frames, but meta/episodes.jsonl says length {declared} for episode {ep}"
+                )
+            return 0, num_rows
+        rows = np.flatnonzero(file_columns["episode_index"] == ep)
+        if len(rows) != declared or (len(rows) and rows[-1] - rows[0] + 1 != len(rows)):
+            raise LeRobotFormatError(
+                f"{path}: episode {ep} has {len(rows)} frames"
+                + (" (not contiguous)" if len(rows) == declared else "")
+                + f", but {self.meta.episodes_source} says length {declared}"
+            )
+        start = int(rows[0]) if len(rows) else 0
+        if "index" in file_columns and declared:
+            first = int(file_columns["index"][start])
+            if first != int(row["dataset_from_index"]):
+                raise LeRobotFormatError(
+                    f"{path}: episode {ep} starts at global index {first}, but "
+                    f"{self.meta.episodes_source} says dataset_from_index {int(row['dataset_from_index'])}"
+                )
+        return start, start + declared
 
     def __len__(self) -> int:
         return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
@@ -370,16 +690,17 @@ class LeRobotDataset:
         for key, column in self.columns.items():
             item[key] = column[frame_rows[key]] if key in frame_rows else column[index]
         if self.load_images:
+            ep = self.episode_indices[pos]
             for key in self.meta.image_keys:
                 rows = frame_rows.get(key, np.asarray([index]))
-                images = np.stack([self._parquet_image(pos, key, int(r - start)) for r in rows])
+                images = np.stack([self._parquet_image(ep, key, int(r - start)) for r in rows])
                 item[key] = images if key in frame_rows else images[0]
             for key in self.meta.video_keys:
                 rows = frame_rows.get(key, np.asarray([index]))
-                timestamps = [float(self.columns["timestamp"][r]) for r in rows]
-                ep = self.episode_indices[pos]
+                offset = self.meta.video_from_timestamp(ep, key)
+                timestamps = [offset + float(self.columns["timestamp"][r]) for r in rows]
                 path = self.meta.video_path(ep, key)
-                images = decode_video_frames(path, timestamps, self.video_tolerance_s)
+                images = self._video_frames(path, timestamps)
                 self._check_image_shape(images[0], key, path)
                 item[key] = images if key in frame_rows else images[0]
         if "task_index" in item:
@@ -396,27 +717,51 @@ class LeRobotDataset:
                 f"{path}: {key!r} frames decode to shape {image.shape}, info.json says {list(shape)}"
             )
 
-    def _parquet_image(self, position: int, key: str, row: int) -> np.ndarray:
-        ep = self.episode_indices[position]
-        path = self.meta.data_path(ep)
-        cells = self._image_column(ep, key, path)
-        image = _decode_image(cells[row], self.meta.root, path, key)
+    def _parquet_image(self, ep: int, key: str, row_in_episode: int) -> np.ndarray:
+        path, first_row = self._file_rows[ep]
+        row = first_row + row_in_episode
+        footer, ends = self._footers[path]
+        group = int(np.searchsorted(ends, row, side="right"))
+        group_start = int(ends[group - 1]) if group else 0
+        cells = self._image_cache.get(
+            (path, group, key), lambda: self._read_cells(path, footer, group, key, ep)
+        )
+        image = _decode_image(cells[row - group_start], self.meta.root, path, key)
         self._check_image_shape(image, key, path)
         return image
 
-    def _image_column(self, ep: int, key: str, path: Path) -> list:
-        with self._cache_lock:
-            if (ep, key) in self._cache:
-                self._cache.move_to_end((ep, key))
-                return self._cache[(ep, key)]
-        if key not in _schema_names(path):
+    def _read_cells(
+        self, path: Path, footer: pq.FileMetaData, group: int, key: str, ep: int
+    ) -> tuple[list, int]:
+        """One row group of an image column (undecoded cells) and its size."""
+        if key not in footer.schema.to_arrow_schema().names:
             raise LeRobotFormatError(f"{path}: missing image column {key!r}")
-        cells = pq.read_table(path, columns=[key]).column(key).to_pylist()
-        with self._cache_lock:
-            self._cache[(ep, key)] = cells
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return cells
+        try:
+            column = pq.ParquetFile(path, metadata=footer).read_row_group(group, columns=[key]).column(key)
+        except (pa.ArrowException, OSError) as e:
+            raise LeRobotFormatError(f"{path} (episode {ep}) is not a readable parquet file: {e}") from e
+        return column.to_pylist(), column.nbytes
+
+    def _video_frames(self, path: Path, timestamps: Sequence[float]) -> np.ndarray:
+        """decode_video_frames on this thread's open container of `path` (opening an mp4 reads its
+        whole index: for a shared v3.0 file, more than the frames)."""
+        import av
+
+        if not hasattr(self._videos, "open"):
+            self._videos.open = collections.OrderedDict()
+        containers = self._videos.open
+        container = containers.pop(path, None)
+        if container is None:
+            if not path.is_file():
+                raise LeRobotFormatError(f"missing video file {path}")
+            try:
+                container = av.open(str(path))
+            except av.error.FFmpegError as e:
+                raise LeRobotFormatError(f"{path} cannot be decoded: {e}") from e
+        containers[path] = container  # most recently used last
+        while len(containers) > _OPEN_VIDEOS_PER_THREAD:
+            containers.popitem(last=False)[1].close()
+        return _decode_frames(container, path, timestamps, self.video_tolerance_s)
 
     def episode_columns(self, position: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """Whole numeric columns of the `position`-th selected episode: {key: [T, *shape]}."""
@@ -430,304 +775,3 @@ class LeRobotDataset:
                 )
             out[key] = self.columns[key][start:end]
         return out
-
-
-def _schema_names(path: Path) -> list[str]:
-    return pq.read_schema(path).names
-
-
-# --------------------------------------------------------------------------------------------------
-# Writer
-
-
-def _infer_features(episode: Mapping[str, Any], use_videos: bool) -> dict[str, dict[str, Any]]:
-    features = {}
-    for key, value in episode.items():
-        if key == "task":
-            continue
-        arr = np.asarray(value)
-        if arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3:
-            features[key] = {
-                "dtype": "video" if use_videos else "image",
-                "shape": list(arr.shape[1:]),
-                "names": ["height", "width", "channels"],
-            }
-        elif arr.ndim in (1, 2):
-            dtype = "float32" if np.issubdtype(arr.dtype, np.floating) else str(arr.dtype)
-            features[key] = {"dtype": dtype, "shape": [1] if arr.ndim == 1 else [arr.shape[1]], "names": None}
-        else:
-            raise ValueError(
-                f"cannot infer a LeRobot feature for key {key!r} of shape {arr.shape}: give `features`"
-            )
-    return features
-
-
-def _hf_feature(ft: Mapping[str, Any]) -> dict[str, Any]:
-    if ft["dtype"] == "image":
-        return {"_type": "Image"}
-    if list(ft["shape"]) == [1]:
-        return {"dtype": ft["dtype"], "_type": "Value"}
-    return {
-        "feature": {"dtype": ft["dtype"], "_type": "Value"},
-        "length": ft["shape"][0],
-        "_type": "Sequence",
-    }
-
-
-def _encode_png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def _pick_video_codec(preferred: str | None) -> str:
-    import av
-
-    for name in [preferred] if preferred else ["libsvtav1", "libx264", "h264", "mpeg4"]:
-        try:
-            av.codec.Codec(name, "w")
-            return name
-        except Exception:
-            continue
-    raise RuntimeError(f"no usable video encoder in PyAV (tried {preferred or 'libsvtav1, libx264, mpeg4'})")
-
-
-def encode_video(frames: np.ndarray, path: Path, fps: float, codec: str | None = None) -> dict[str, Any]:
-    """Encode uint8 [T, H, W, 3] frames as an mp4 (key frame every 2 frames, as lerobot does).
-
-    Returns lerobot's `info` entry for the feature (codec, size, fps, pixel format).
-    """
-    import av
-
-    codec = _pick_video_codec(codec)
-    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config per file unless told not to
-    if codec == "libsvtav1" and min(frames.shape[1:3]) < 64:
-        codec = _pick_video_codec("libx264")  # SVT-AV1 rejects frames smaller than 64 pixels
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1:3]
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = 2
-        if codec in ("libx264", "h264"):
-            stream.options = {"crf": "18", "g": "2"}
-        elif codec == "libsvtav1":
-            stream.options = {"crf": "30", "g": "2"}
-        else:
-            stream.codec_context.bit_rate = 8_000_000
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, 1) / rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return {
-        "video.height": int(height),
-        "video.width": int(width),
-        "video.codec": {"libx264": "h264", "libsvtav1": "av1"}.get(codec, codec),
-        "video.pix_fmt": "yuv420p",
-        "video.is_depth_map": False,
-        "video.fps": float(fps),
-        "video.channels": 3,
-        "has_audio": False,
-    }
-
-
-def _feature_stats(values: np.ndarray, visual: bool) -> dict[str, Any]:
-    if visual:  # per channel, in [0, 1], shaped (3, 1, 1) as lerobot's episodes_stats
-        x = values.astype(np.float64) / 255.0
-        reduce = dict(axis=(0, 1, 2))
-        stats = {
-            "min": x.min(**reduce),
-            "max": x.max(**reduce),
-            "mean": x.mean(**reduce),
-            "std": x.std(**reduce),
-        }
-        stats = {k: v.reshape(3, 1, 1).tolist() for k, v in stats.items()}
-    else:
-        x = values.astype(np.float64).reshape(len(values), -1)
-        stats = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
-        stats = {k: v.tolist() for k, v in stats.items()}
-    stats["count"] = [len(values)]
-    return stats
-
-
-def write_lerobot_dataset(
-    root: str | os.PathLike,
-    episodes: Sequence[Mapping[str, Any]],
-    fps: float,
-    features: Mapping[str, Mapping[str, Any]] | None = None,
-    tasks: Sequence[str] | None = None,
-    use_videos: bool = False,
-    *,
-    robot_type: str | None = None,
-    video_codec: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write episodes as a LeRobot v2.1 dataset that this reader and lerobot both read.
-
-    Args:
-      root: output folder (created; must not hold a dataset unless `overwrite`).
-      episodes: one dict per episode: {feature: array [T, ...]} with the same T for every feature,
-        plus "task": the episode's language instruction (str). Images are uint8 [T, H, W, 3];
-        vectors [T, D]; scalars [T].
-      fps: frames per second (timestamps are frame_index / fps).
-      features: lerobot feature specs {key: {"dtype", "shape", "names"}}; inferred from the first
-        episode when None (uint8 [T, H, W, 3] -> image, else float32/int vectors).
-      tasks: task strings in task-index order; tasks of episodes not listed are appended.
-      use_videos: store image features as mp4 videos (dtype "video") instead of PNG bytes in parquet.
-      robot_type, video_codec: written to info.json / used for encoding (default: first of
-        libsvtav1, libx264, mpeg4 that PyAV can encode).
-
-    Returns the dataset root.
-    """
-    root = Path(root).expanduser()
-    if not episodes:
-        raise ValueError("write_lerobot_dataset: `episodes` is empty")
-    if (root / "meta" / "info.json").exists():
-        if not overwrite:
-            raise FileExistsError(f"{root} already holds a dataset; pass overwrite=True to replace it")
-        shutil.rmtree(root)
-    features = {k: dict(v) for k, v in (features or _infer_features(episodes[0], use_videos)).items()}
-    for key, ft in features.items():
-        if use_videos and ft["dtype"] == "image":
-            ft["dtype"] = "video"
-        ft["shape"] = [int(s) for s in ft["shape"]]
-        ft.setdefault("names", None)
-        if ft["dtype"] not in _VISUAL_DTYPES and len(ft["shape"]) > 1:
-            raise ValueError(
-                f"feature {key!r}: only scalars and vectors are supported, got shape {ft['shape']}"
-            )
-    user_keys = [k for k in features if k not in DEFAULT_FEATURES]
-    all_features = {**features, **{k: dict(v) for k, v in DEFAULT_FEATURES.items()}}
-
-    task_list = list(tasks or [])
-    for i, episode in enumerate(episodes):
-        task = episode.get("task")
-        if not isinstance(task, str):
-            raise ValueError(f"episode {i}: 'task' must be the episode's instruction string, got {task!r}")
-        if task not in task_list:
-            task_list.append(task)
-    task_index = {t: i for i, t in enumerate(task_list)}
-
-    (root / "meta").mkdir(parents=True, exist_ok=True)
-    hf_meta = json.dumps(
-        {
-            "info": {
-                "features": {
-                    k: _hf_feature(all_features[k])
-                    for k in all_features
-                    if all_features[k]["dtype"] != "video"
-                }
-            }
-        }
-    )
-    episodes_rows, stats_rows = [], []
-    global_index = 0
-    sums: dict[str, list[np.ndarray]] = collections.defaultdict(list)
-    for ep, episode in enumerate(episodes):
-        missing = [k for k in user_keys if k not in episode]
-        if missing:
-            raise ValueError(f"episode {ep}: missing features {missing} (has {sorted(episode)})")
-        length = len(np.asarray(episode[user_keys[0]]))
-        if length == 0:
-            raise ValueError(f"episode {ep}: no frames")
-        chunk = ep // DEFAULT_CHUNK_SIZE
-        arrays: dict[str, pa.Array] = {}
-        ep_stats: dict[str, Any] = {}
-        for key in user_keys:
-            ft = features[key]
-            value = np.asarray(episode[key])
-            want = (length, *ft["shape"]) if ft["shape"] != [1] else (length,)
-            if ft["shape"] == [1] and value.shape == (length, 1):
-                value = value[:, 0]
-            if value.shape != want:
-                raise ValueError(f"episode {ep}: feature {key!r} has shape {value.shape}, expected {want}")
-            if ft["dtype"] in _VISUAL_DTYPES:
-                if value.dtype != np.uint8:
-                    raise ValueError(f"episode {ep}: image feature {key!r} must be uint8, got {value.dtype}")
-                ep_stats[key] = _feature_stats(value, visual=True)
-                if ft["dtype"] == "video":
-                    rel = DEFAULT_VIDEO_PATH.format(episode_chunk=chunk, video_key=key, episode_index=ep)
-                    ft["info"] = encode_video(value, root / rel, fps, video_codec)
-                else:
-                    cells = [
-                        {"bytes": _encode_png(img), "path": f"frame_{i:06d}.png"}
-                        for i, img in enumerate(value)
-                    ]
-                    arrays[key] = pa.array(
-                        cells, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-                    )
-            else:
-                value = value.astype(ft["dtype"])
-                ep_stats[key] = _feature_stats(value, visual=False)
-                sums[key].append(value.reshape(length, -1))
-                if ft["shape"] == [1]:
-                    arrays[key] = pa.array(value)
-                else:
-                    arrays[key] = pa.FixedSizeListArray.from_arrays(
-                        pa.array(value.reshape(-1)), ft["shape"][0]
-                    )
-        frame_index = np.arange(length, dtype=np.int64)
-        defaults = {
-            "timestamp": (frame_index / fps).astype(np.float32),
-            "frame_index": frame_index,
-            "episode_index": np.full(length, ep, np.int64),
-            "index": global_index + frame_index,
-            "task_index": np.full(length, task_index[episode["task"]], np.int64),
-        }
-        for key, value in defaults.items():
-            arrays[key] = pa.array(value)
-            ep_stats[key] = _feature_stats(value, visual=False)
-        table = pa.table(arrays).replace_schema_metadata({"huggingface": hf_meta})
-        data_path = root / DEFAULT_DATA_PATH.format(episode_chunk=chunk, episode_index=ep)
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, data_path)
-        episodes_rows.append({"episode_index": ep, "tasks": [episode["task"]], "length": length})
-        stats_rows.append({"episode_index": ep, "stats": ep_stats})
-        global_index += length
-
-    video_keys = [k for k, ft in features.items() if ft["dtype"] == "video"]
-    for key in video_keys:
-        all_features[key] = features[key]
-    info = {
-        "codebase_version": CODEBASE_VERSION,
-        "robot_type": robot_type,
-        "total_episodes": len(episodes),
-        "total_frames": global_index,
-        "total_tasks": len(task_list),
-        "total_videos": len(video_keys) * len(episodes),
-        "total_chunks": math.ceil(len(episodes) / DEFAULT_CHUNK_SIZE),
-        "chunks_size": DEFAULT_CHUNK_SIZE,
-        "fps": fps,
-        "splits": {"train": f"0:{len(episodes)}"},
-        "data_path": DEFAULT_DATA_PATH,
-        "video_path": DEFAULT_VIDEO_PATH if video_keys else None,
-        "features": all_features,
-    }
-    (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
-    _write_jsonl(root / "meta" / "episodes.jsonl", episodes_rows)
-    _write_jsonl(
-        root / "meta" / "tasks.jsonl", [{"task_index": i, "task": t} for i, t in enumerate(task_list)]
-    )
-    _write_jsonl(root / "meta" / "episodes_stats.jsonl", stats_rows)
-    global_stats = {}
-    for key, parts in sums.items():
-        x = np.concatenate(parts).astype(np.float64)
-        global_stats[key] = {
-            "min": x.min(0).tolist(),
-            "max": x.max(0).tolist(),
-            "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(),
-            "count": [len(x)],
-        }
-    (root / "meta" / "stats.json").write_text(json.dumps(global_stats, indent=4))
-    return root
-
-
-def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))

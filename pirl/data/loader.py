@@ -7,12 +7,24 @@ deterministic order: epoch `e` visits `permutation(seed, e)` of the frames in ch
 checkpoint resumes the exact sequence. `device_batches` puts each batch on devices with a given
 sharding (uint8 images travel as uint8; the model converts them to [-1, 1]).
 
+Multi-host: every process walks the same global sequence but reads, decodes and transforms only
+`rows`, its rows of each global batch (`pirl.distributed.multihost.process_batch_rows`: those its
+devices hold under the batch sharding); `device_batches` assembles the global arrays from every
+process's rows. A job on N processes thus sees the same global batches as one process, and its
+position is one (epoch, batch) pair; `save_state` still writes each process's own state
+(`<dir>/loader/process_<i>-of-<n>.json`: position, rows, seed, batch size) and `restore_state`
+reads it back, refusing a seed or batch size that would change the sequence. pirl keeps this
+thread-pool loader rather than grain: grain shards the *dataset* per process (so N processes see
+different batches than one) and ties a saved iterator state to the process count; here the rows
+split is ~20 lines and a checkpoint resumes exactly on any number of processes.
+
 ```python
 dataset = LeRobotDataset(root, delta_timestamps={"actions": [t / fps for t in range(H)]})
-loader = BatchLoader(dataset, transform, batch_size=32, seed=0, num_workers=2)
-for batch in loader.device_batches(sharding):       # {"image", "image_mask", "state", ..., "actions"}
+rows = process_batch_rows(batch_sharding, 32)        # all 32 rows on a single host
+loader = BatchLoader(dataset, transform, batch_size=32, seed=0, num_workers=2, rows=rows)
+for batch in loader.device_batches(batch_sharding):  # {"image", "image_mask", "state", ..., "actions"}
     ...
-    position = loader.position                       # save with the checkpoint
+    loader.save_state(step_dir)                      # with the checkpoint
 ```
 """
 
@@ -21,13 +33,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-from collections.abc import Callable, Iterator
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 
 Batch = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 class Dataset(Protocol):
@@ -63,12 +80,14 @@ class BatchLoader:
     Args:
       dataset: random-access frames (e.g. `LeRobotDataset`).
       transform: per-sample function (e.g. from `pirl.data.configs.make_transforms`).
-      batch_size: samples per batch (global batch on a single host).
+      batch_size: samples per global batch (over all processes).
       seed: shuffling seed; epoch e uses permutation(seed, e).
       shuffle: False visits frames in order (validation).
       num_workers: threads assembling batches; 0 assembles in the calling thread.
       prefetch: batches requested ahead of the consumer (at least num_workers).
       position: where to start (a saved `LoaderPosition`).
+      rows: this process's rows of every global batch (sorted positions in [0, batch_size), e.g.
+        from `process_batch_rows`); only these are read. None = all (a single process).
     """
 
     def __init__(
@@ -82,6 +101,7 @@ class BatchLoader:
         num_workers: int = 2,
         prefetch: int = 4,
         position: LoaderPosition = LoaderPosition(),
+        rows: Sequence[int] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -97,6 +117,14 @@ class BatchLoader:
         self.num_workers = num_workers
         self.prefetch = max(prefetch, num_workers, 1)
         self._position = position
+        self.rows = np.arange(batch_size) if rows is None else np.asarray(rows, np.int64)
+        if (
+            self.rows.ndim != 1
+            or not len(self.rows)
+            or np.any(np.diff(self.rows) <= 0)
+            or not 0 <= self.rows[0] <= self.rows[-1] < batch_size
+        ):
+            raise ValueError(f"rows must be increasing positions in [0, {batch_size}), got {list(self.rows)}")
         self._pool = (
             concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="pirl-loader")
             if num_workers > 0
@@ -117,7 +145,7 @@ class BatchLoader:
         self._position = position
 
     def batch_indices(self, position: LoaderPosition) -> np.ndarray:
-        """Frame indices int64[batch_size] of the batch at `position`."""
+        """Frame indices int64[batch_size] of the global batch at `position`."""
         n = len(self.dataset)
         if self.shuffle:
             order = np.random.default_rng([self.seed, position.epoch]).permutation(n)
@@ -125,6 +153,10 @@ class BatchLoader:
             order = np.arange(n)
         start = position.batch * self.batch_size
         return order[start : start + self.batch_size]
+
+    def process_indices(self, position: LoaderPosition) -> np.ndarray:
+        """Frame indices of this process's rows of the global batch at `position`."""
+        return self.batch_indices(position)[self.rows]
 
     def load_batch(self, indices: np.ndarray) -> Batch:
         """Read, transform and stack the samples at `indices`."""
@@ -139,18 +171,19 @@ class BatchLoader:
             batch, count = batch + 1, count + 1
 
     def batches(self, num_batches: int | None = None) -> Iterator[Batch]:
-        """Host (numpy) batches from the current position; endless unless `num_batches` is given."""
+        """Host (numpy) batches of this process's rows from the current position; endless unless
+        `num_batches` is given."""
         positions = self._positions(self._position, num_batches)
         if self._pool is None:
             for pos in positions:
-                batch = self.load_batch(self.batch_indices(pos))
+                batch = self.load_batch(self.process_indices(pos))
                 self._position = self._after(pos)
                 yield batch
             return
         pending: collections.deque[tuple[LoaderPosition, concurrent.futures.Future]] = collections.deque()
         try:
             for pos in positions:
-                pending.append((pos, self._pool.submit(self.load_batch, self.batch_indices(pos))))
+                pending.append((pos, self._pool.submit(self.load_batch, self.process_indices(pos))))
                 if len(pending) < self.prefetch:
                     continue
                 yield self._deliver(pending)
@@ -183,9 +216,59 @@ class BatchLoader:
     def device_batches(
         self, sharding: jax.sharding.Sharding | None = None, num_batches: int | None = None
     ) -> Iterator[Batch]:
-        """`batches()` placed on devices with `sharding` (batch dim first); string leaves are dropped."""
+        """`batches()` as global arrays with `sharding` (batch dim first; every process passes its
+        rows); string leaves are dropped."""
         for batch in self.batches(num_batches):
-            yield to_device(batch, sharding)
+            yield to_device(batch, sharding, self.batch_size)
+
+    def state(self) -> dict[str, Any]:
+        """This process's loader state: position, rows, and what fixes the global sequence."""
+        return {
+            **self._position.to_dict(),
+            "rows": [int(r) for r in self.rows],
+            "global_batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "dataset_frames": len(self.dataset),
+        }
+
+    def save_state(self, directory: str | os.PathLike) -> Path:
+        """Write `state()` to `<directory>/loader/process_<i>-of-<n>.json` (one file per process)."""
+        path = _state_path(directory)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state()))
+        os.replace(tmp, path)
+        return path
+
+    def restore_state(self, directory: str | os.PathLike) -> bool:
+        """Continue from this process's saved state in `directory` (False if it has none).
+
+        Raises if the seed, batch size, shuffling or dataset differ (the sequence would not be the
+        one saved). Other rows (another process layout) are fine: the position is global.
+        """
+        path = _state_path(directory)
+        if not path.is_file():
+            return False
+        saved = json.loads(path.read_text())
+        current = self.state()
+        changed = [
+            k for k in ("global_batch_size", "seed", "shuffle", "dataset_frames") if saved[k] != current[k]
+        ]
+        if changed:
+            raise ValueError(
+                f"{path}: the loader was saved with "
+                + ", ".join(f"{k}={saved[k]!r}" for k in changed)
+                + f", now {', '.join(f'{k}={current[k]!r}' for k in changed)}; resuming would not continue its "
+                "batch sequence: restore those settings, or start a new run"
+            )
+        if saved["rows"] != current["rows"]:
+            log.info(
+                "%s: this process now reads other rows of each batch; the global position still resumes exactly",
+                path,
+            )
+        self.set_position(LoaderPosition.from_dict(saved))
+        return True
 
     def close(self) -> None:
         if self._pool is not None:
@@ -198,10 +281,25 @@ class BatchLoader:
         self.close()
 
 
-def to_device(batch: Batch, sharding: jax.sharding.Sharding | None = None) -> Batch:
-    """device_put the numeric leaves of a host batch (strings, e.g. an untokenised prompt, are dropped)."""
+def _state_path(directory: str | os.PathLike) -> Path:
+    index, count = jax.process_index(), jax.process_count()
+    return Path(directory) / "loader" / f"process_{index}-of-{count}.json"
+
+
+def to_device(
+    batch: Batch, sharding: jax.sharding.Sharding | None = None, global_batch_size: int | None = None
+) -> Batch:
+    """The numeric leaves of a host batch on devices (strings, e.g. an untokenised prompt, are
+    dropped). With a sharding over several processes, `batch` holds this process's rows and the
+    global arrays ([global_batch_size, ...]) are assembled from every process's."""
     numeric = _drop_strings(batch)
-    return jax.device_put(numeric, sharding) if sharding is not None else jax.device_put(numeric)
+    if sharding is None:
+        return jax.device_put(numeric)
+    if sharding.is_fully_addressable:
+        return jax.device_put(numeric, sharding)
+    from pirl.distributed.multihost import host_local_batch_to_global
+
+    return host_local_batch_to_global(numeric, sharding, global_batch_size)
 
 
 def _drop_strings(tree: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from jaxtyping import Float, UInt8
-from PIL import Image
+from openpi_client import image_tools
 
 from pirl.data.normalize import NormStats
 
@@ -238,45 +238,23 @@ def unnormalize(
 # Images.
 
 
-def _resize_with_pad_one(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    cur_height, cur_width = image.shape[:2]
-    if (cur_height, cur_width) == (height, width):
-        return image
-    ratio = max(cur_width / width, cur_height / height)
-    resized_height, resized_width = int(cur_height / ratio), int(cur_width / ratio)
-    resized = np.asarray(
-        Image.fromarray(image).resize((resized_width, resized_height), resample=Image.BILINEAR)
-    )
-    out = np.zeros((height, width, image.shape[2]), np.uint8)
-    top = max(0, int((height - resized_height) / 2))
-    left = max(0, int((width - resized_width) / 2))
-    out[top : top + resized_height, left : left + resized_width] = resized
-    return out
-
-
 def resize_with_pad(
     images: UInt8[np.ndarray, "*b h w c"], height: int, width: int
 ) -> UInt8[np.ndarray, "*b {height} {width} c"]:
-    """Aspect-preserving bilinear resize then zero padding to [height, width] (openpi's PIL version).
+    """Aspect-preserving bilinear resize then zero padding to [height, width]: openpi_client's
+    `image_tools.resize_with_pad` (PIL; what openpi's policies apply), restricted to uint8 images.
 
     Images already of the target size are returned unchanged.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError(f"resize_with_pad expects uint8 images, got {images.dtype}")
-    if images.shape[-3:-1] == (height, width):
-        return images
-    lead = images.shape[:-3]
-    flat = images.reshape(-1, *images.shape[-3:])
-    out = np.stack([_resize_with_pad_one(im, height, width) for im in flat])
-    return out.reshape(*lead, height, width, images.shape[-1])
+    return image_tools.resize_with_pad(images, height, width)
 
 
 def to_uint8_hwc(image: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] -> uint8 (255·x, truncated, as openpi); CHW -> HWC."""
-    image = np.asarray(image)
-    if np.issubdtype(image.dtype, np.floating):
-        image = (255 * image).astype(np.uint8)
+    image = image_tools.convert_to_uint8(np.asarray(image))
     if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
         image = np.transpose(image, (1, 2, 0))
     return image

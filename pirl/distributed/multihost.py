@@ -9,8 +9,8 @@
 4. none of these: a single process, nothing to initialise.
 
 Each host then works on its own shard only: arrays are created inside `jit` with batch-split
-shardings (each host computes only its environments), and host-side data comes from
-`process_batch_slice` and is assembled with `host_local_batch_to_global`.
+shardings (each host computes only its environments), and host-side data is loaded for the rows
+`process_batch_rows` names and assembled with `host_local_batch_to_global`.
 """
 
 from __future__ import annotations
@@ -110,22 +110,29 @@ def describe_devices(mesh: Mesh | None = None) -> str:
     return "\n".join(lines)
 
 
-def process_batch_slice(global_batch_size: int) -> slice:
-    """The rows of a global batch this process loads (contiguous, equal shares per process)."""
-    count, index = jax.process_count(), jax.process_index()
-    if global_batch_size % count:
-        raise ValueError(
-            f"global batch {global_batch_size} does not split over {count} processes; use a multiple of {count}"
-        )
-    share = global_batch_size // count
-    return slice(index * share, (index + 1) * share)
+def process_batch_rows(sharding: jax.sharding.Sharding, global_batch_size: int) -> np.ndarray:
+    """The rows of a global batch [global_batch_size, ...] this process's devices hold under
+    `sharding` (increasing): the rows it loads, in the order `host_local_batch_to_global` expects."""
+    rows: set[int] = set()
+    for index in sharding.addressable_devices_indices_map((global_batch_size,)).values():
+        rows.update(range(*index[0].indices(global_batch_size)))
+    return np.asarray(sorted(rows), np.int64)
 
 
-def host_local_batch_to_global(local_batch: Any, mesh: Mesh) -> Any:
-    """Assemble each process's rows (see `process_batch_slice`) into global arrays split over the mesh."""
-    from pirl.distributed.mesh import batch_sharding
+def host_local_batch_to_global(
+    local_batch: Any, sharding: Mesh | jax.sharding.Sharding, global_batch_size: int | None = None
+) -> Any:
+    """Assemble each process's rows (see `process_batch_rows`) into global arrays of
+    `global_batch_size` rows (None: inferred from the sharding) split over the mesh (a Mesh:
+    its batch sharding)."""
+    if isinstance(sharding, Mesh):
+        from pirl.distributed.mesh import batch_sharding
 
-    sharding = batch_sharding(mesh)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
-    )
+        sharding = batch_sharding(sharding)
+
+    def assemble(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        shape = None if global_batch_size is None else (global_batch_size, *x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return jax.tree.map(assemble, local_batch)

@@ -1,7 +1,7 @@
 """Roll out the scripted expert (batched, jitted, with rendering) and write a LeRobot dataset.
 
     python -m pirl.envs.demos --suite toy_spatial --episodes-per-task 10 --out /tmp/demos \
-        --image-size 64
+        --image-size 64 [--format v3.0]
 
 Features follow openpi's LIBERO LeRobot dataset (the keys pirl.data's LIBERO config reads):
 `image` (agentview, upright), `wrist_image`, `state` f32[8], `actions` f32[7], plus LeRobot's
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,9 @@ class DemoConfig:
     """Steps kept after success."""
     use_videos: bool = False
     """Store images as mp4 instead of PNG-in-parquet."""
+    format: Literal["v2.1", "v3.0"] = "v2.1"
+    """LeRobot codebase version: v2.1 (one file per episode; openpi's lerobot reads it) or v3.0
+    (episodes packed into shared files, as lerobot >= 0.4 writes)."""
     overwrite: bool = False
     """Replace an existing dataset at `out`."""
 
@@ -92,7 +96,7 @@ def rollout_expert(
 
 
 def main(cfg: DemoConfig) -> None:
-    from pirl.data.lerobot import write_lerobot_dataset
+    from pirl.data.lerobot_writer import write_lerobot_dataset
 
     env = make_env(cfg.suite, image_size=cfg.image_size, render=True)
     pairs = [(t, i) for t in range(env.num_tasks) for i in range(cfg.episodes_per_task)]
@@ -119,6 +123,7 @@ def main(cfg: DemoConfig) -> None:
         fps=env.suite.control_hz,
         tasks=env.prompts,
         use_videos=cfg.use_videos,
+        codebase_version=cfg.format,
         robot_type="panda",
         overwrite=cfg.overwrite,
     )

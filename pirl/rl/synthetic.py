@@ -114,8 +114,9 @@ def place_transitions(transitions: Transitions, mesh: Mesh) -> Transitions:
     each process contributes only its own rows (works for one or many processes)."""
     num = transitions.mask.shape[0]
     mesh_lib.check_divisible(num, mesh, what="the number of transitions")
-    rows = multihost.process_batch_slice(num)
-    return multihost.host_local_batch_to_global(jax.tree.map(lambda x: x[rows], transitions), mesh)
+    sharding = mesh_lib.batch_sharding(mesh)
+    rows = multihost.process_batch_rows(sharding, num)
+    return multihost.host_local_batch_to_global(jax.tree.map(lambda x: x[rows], transitions), sharding, num)
 
 
 UpdateFn = Callable[

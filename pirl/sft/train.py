@@ -6,9 +6,12 @@ with `stop_gradient` on frozen leaves, AdamW (global-norm clipping, warm-up + co
 untouched (bit-identical), EMA over the trainable leaves. Params and optimizer state are sharded
 FSDP-style over the mesh, the batch over all mesh axes.
 
-Checkpoints (`<checkpoint_dir>/<step>/`): `state` + `metadata` (params, opt state, EMA, rng, loader
-position; resumable on any mesh) and, for RL presets and openpi tools, `params` (openpi's orbax
-layout; the EMA params when EMA is on) and `assets/<asset id>/norm_stats.json`.
+Data: each process reads only its rows of every global batch (those its devices hold; see
+`pirl.data.loader`), so a multi-host job reads each frame once and sees the same batches as one
+process. Checkpoints (`<checkpoint_dir>/<step>/`): `state` + `metadata` (params, opt state, EMA, rng,
+global loader position; resumable on any mesh), `loader/process_<i>-of-<n>.json` (each process's
+loader state) and, for RL presets and openpi tools, `params` (openpi's orbax layout; the EMA params
+when EMA is on) and `assets/<asset id>/norm_stats.json`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pirl.data.lerobot import LeRobotDataset, load_metadata
 from pirl.data.loader import BatchLoader, LoaderPosition, to_device
 from pirl.data.normalize import load_norm_stats, save_norm_stats
 from pirl.distributed import mesh as mesh_lib
+from pirl.distributed import multihost
 from pirl.logging.writer import MetricWriter, progress
 from pirl.models import pi0
 from pirl.models.config import Pi0Config
@@ -171,8 +175,11 @@ class SFTData:
     norm_stats_dir: Path
 
 
-def make_data(config: SFTConfig, position: LoaderPosition = LoaderPosition()) -> SFTData:
-    """Train / val loaders over the dataset (the last val_fraction of episodes held out)."""
+def make_data(
+    config: SFTConfig, position: LoaderPosition = LoaderPosition(), rows: np.ndarray | None = None
+) -> SFTData:
+    """Train / val loaders over the dataset (the last val_fraction of episodes held out), reading
+    only `rows` of every global batch (this process's; None = all)."""
     data_cfg, model_cfg = config.data, config.model
     meta = load_metadata(data_cfg.repo_id)
     norm_dir = (
@@ -198,6 +205,7 @@ def make_data(config: SFTConfig, position: LoaderPosition = LoaderPosition()) ->
             shuffle=shuffle,
             num_workers=config.num_workers,
             position=start,
+            rows=rows,
         )
 
     train = loader(episodes[: len(episodes) - num_val], True, position)
@@ -247,17 +255,19 @@ def save_checkpoint(
     step: int,
     state: TrainState,
     config: SFTConfig,
-    position: LoaderPosition,
+    loader: BatchLoader,
     norm_stats: dict[str, Any],
     *,
     force: bool = False,
 ) -> bool:
-    """Train state + metadata (async), then openpi-layout params and norm-stats assets."""
-    started = ckpt.save(step, state, {"loader_position": position.to_dict()}, force=force)
+    """Train state + metadata (async), then this process's loader state, openpi-layout params and
+    norm-stats assets."""
+    started = ckpt.save(step, state, {"loader_position": loader.position.to_dict()}, force=force)
     if not started:
         return False
     ckpt.wait()
     step_dir = Path(ckpt.directory) / str(step)
+    loader.save_state(step_dir)
     export = state.get("ema_params", state["params"])
     save_openpi_params(export, step_dir, overwrite=True)
     save_norm_stats(
@@ -277,7 +287,8 @@ def _val_loss(
     for i, batch in enumerate(loader.epoch_batches()):
         if i >= config.val_batches:
             break
-        losses.append(eval_fn(params, jax.random.fold_in(rng, i), to_device(batch, sharding)))
+        device_batch = to_device(batch, sharding, loader.batch_size)
+        losses.append(eval_fn(params, jax.random.fold_in(rng, i), device_batch))
     return float(np.mean(jax.device_get(losses))) if losses else float("nan")
 
 
@@ -304,7 +315,9 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     abstract_state = jax.eval_shape(make_state, abstract_params)
     state_shardings = _state_shardings(abstract_state, mesh)
 
-    data = make_data(config)  # first: a bad dataset / tokenizer / norm stats fails before any state
+    rows = multihost.process_batch_rows(batch_sharding, config.batch_size)
+    # First: a bad dataset / tokenizer / norm stats fails before any state is built.
+    data = make_data(config, rows=rows)
     ckpt = TrainStateCheckpointer(
         config.checkpoint_dir, max_to_keep=config.keep_checkpoints, save_interval=config.save_interval
     )
@@ -312,8 +325,9 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     if restored is not None:
         state = restored.state
         start_step = restored.step
-        saved_position = restored.metadata.get("loader_position", {"epoch": 0, "batch": 0})
-        data.train.set_position(LoaderPosition.from_dict(saved_position))
+        if not data.train.restore_state(Path(ckpt.directory) / str(start_step)):
+            saved_position = restored.metadata.get("loader_position", {"epoch": 0, "batch": 0})
+            data.train.set_position(LoaderPosition.from_dict(saved_position))
         log.info("resumed from step %d (%s)", start_step, ckpt.directory)
     else:
         params = init_params(config, init_rng, state_shardings["params"])
@@ -358,14 +372,16 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
                 step,
                 state,
                 config,
-                data.train.position,
+                data.train,
                 data.norm_stats,
                 force=step == config.num_steps,
             )
             bar.update(1)
     except BaseException:
-        if step > start_step:
-            ckpt.emergency_save(step, state, {"loader_position": data.train.position.to_dict()})
+        if step > start_step and ckpt.emergency_save(
+            step, state, {"loader_position": data.train.position.to_dict()}
+        ):
+            data.train.save_state(Path(ckpt.directory) / str(step))
         raise
     finally:
         bar.close()
