@@ -118,7 +118,7 @@ def test_mjx_eval_end_to_end_and_resume(policy, tmp_path):
         return jnp.broadcast_to(color, (2, size, size, 3))
 
     cfg = MjxEvalConfig(
-        suites=("libero_spatial",),
+        suites=("toy_spatial",),
         task_ids=(0,),
         episodes_per_task=2,
         max_steps=4,
@@ -126,13 +126,13 @@ def test_mjx_eval_end_to_end_and_resume(policy, tmp_path):
         videos_per_task=1,
     )
     summary = evaluate_mjx(policy, cfg, tmp_path, render_fn=flat_color_render)
-    suite = summary["suites"]["libero_spatial"]
+    suite = summary["suites"]["toy_spatial"]
     assert suite["episodes"] == 2 and set(suite["tasks"]) == {"0"}
     episodes = report.EpisodeLog(tmp_path).load()
     assert {k[3] for k in episodes} == {0, 1}
     assert all(1 <= r.length <= 4 and r.backend == "mjx" for r in episodes.values())
     assert (tmp_path / report.RESULTS_MD).is_file() and (tmp_path / report.RESULTS_JSON).is_file()
-    assert len(list((tmp_path / "videos").glob("mjx_libero_spatial_task00_ep000_*"))) == 1
+    assert len(list((tmp_path / "videos").glob("mjx_toy_spatial_task00_ep000_*"))) == 1
     # Resume: nothing left to run, so nothing is appended and the summary is unchanged.
     lines = (tmp_path / report.EPISODES_FILE).read_text().splitlines()
     again = evaluate_mjx(policy, cfg, tmp_path, render_fn=flat_color_render)

@@ -65,7 +65,11 @@ MECH_NONE, MECH_DRAWER, MECH_KNOB = 0, 1, 2
 
 
 def _mechanism_tables(env: ManipEnv):
-    """Per (task, goal): mechanism type, body whose origin is the grasp point, pull direction."""
+    """Per (task, goal): mechanism type, body whose origin is the grasp point, pull direction.
+
+    Host numpy arrays computed from the MuJoCo model: they enter a trace as constants, so nothing
+    traced is ever kept between calls (an earlier cache of jnp arrays on the env object leaked a
+    tracer into the next compilation)."""
     m = env.info.mj_model
     t_n = env.num_tasks
     kind = np.zeros((t_n, tsk.MAX_GOALS), np.int32)
@@ -83,7 +87,7 @@ def _mechanism_tables(env: ManipEnv):
                 pull[t, g] = d.xmat[b].reshape(3, 3) @ m.jnt_axis[jid]
             elif goal.kind == "turn_on":
                 kind[t, g], body[t, g] = MECH_KNOB, m.body("knob").id
-    return jnp.asarray(kind), jnp.asarray(body), jnp.asarray(pull)
+    return kind, body, pull
 
 
 def _yaw_of(mat: jax.Array) -> jax.Array:
@@ -143,9 +147,8 @@ def expert_action(env: ManipEnv, state: State, cfg: ExpertConfig = ExpertConfig(
     info, data = env.info, state.data
     task_id = state.info["task_id"]
     table = env.goal_table
-    if not hasattr(env, "_expert_mech_tables"):  # host-side, built once per env
-        env._expert_mech_tables = _mechanism_tables(env)
-    mech_kind, mech_body, mech_pull = env._expert_mech_tables
+    # Built per trace from the host model (never cached across traces).
+    mech_kind, mech_body, mech_pull = (jnp.asarray(x) for x in _mechanism_tables(env))
     tcp, mat = ctl.tcp_pose(info, data)
     yaw = _yaw_of(mat)
     fingers = data.qpos[info.finger_qpos_adr]

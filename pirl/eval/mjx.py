@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 class MjxEvalConfig:
     """MJX-suite evaluation options."""
 
-    suites: tuple[str, ...] = ("libero_spatial",)
-    """MJX suites: libero_spatial, libero_object, libero_goal, libero_10, maniskill_put_on_plate."""
+    suites: tuple[str, ...] = ("toy_spatial",)
+    """MJX suites: toy_spatial, toy_object, toy_goal, toy_10, maniskill_put_on_plate."""
     task_ids: tuple[int, ...] = ()
     """Tasks of each suite (empty = all)."""
     episodes_per_task: int = 50
