@@ -166,9 +166,9 @@ def load_checkpoint_params(checkpoint: str | pathlib.Path, model_cfg: Pi0Config)
         return load_openpi_params(path, expected=expected)
     logger.info("loading pirl run checkpoint %s", step_dir)
     params = load_pirl_run_params(step_dir)
-    found = flatten_params(params)
+    found, expected = flatten_params(params), flatten_params(expected)
     check_params_match(
-        {k: tuple(v.shape) for k, v in flatten_params(expected).items()},
+        {k: tuple(v.shape) for k, v in expected.items()},
         {k: tuple(np.shape(v)) for k, v in found.items()},
         source=f"pirl checkpoint {step_dir}",
     )
@@ -176,7 +176,7 @@ def load_checkpoint_params(checkpoint: str | pathlib.Path, model_cfg: Pi0Config)
         if not np.issubdtype(np.asarray(value).dtype, np.floating):
             raise UserError(
                 f"pirl checkpoint {step_dir}: parameter '{key}' has dtype {np.asarray(value).dtype}, "
-                f"expected a floating dtype (float32) of shape {tuple(np.shape(value))}"
+                f"expected {expected[key].dtype} (or another float dtype) of shape {tuple(expected[key].shape)}"
             )
     return params
 
@@ -422,7 +422,9 @@ class Policy:
                 raise InvalidRequestError(
                     f"{src!r} has shape {image.shape}; sides must be 1..{MAX_IMAGE_SIDE}"
                 )
-            if image.dtype != np.uint8 and not np.all(np.isfinite(image.astype(np.float32))):
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = image.dtype == np.uint8 or np.all(np.isfinite(image.astype(np.float32)))
+            if not finite:
                 raise InvalidRequestError(f"{src!r} has values that are NaN, inf or beyond float32's range")
         parts = []
         for key in cfg.state_keys:
