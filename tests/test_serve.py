@@ -367,9 +367,10 @@ def test_pipelined_large_requests_are_bounded(policy, start_server):
         for t in threads:
             t.start()
         last, stable_since = None, time.monotonic()
-        while time.monotonic() - stable_since < 0.5:  # until the clients stop making progress
+        while min(sent) < 1 or time.monotonic() - stable_since < 0.5:  # until both clients stall
             if sent != last:
                 last, stable_since = list(sent), time.monotonic()
+            assert all(t.is_alive() for t in threads), "a client thread ended early"
             time.sleep(0.02)
         growth = rss_mb() - base
         assert max(sent) <= 5, sent
