@@ -462,12 +462,16 @@ def _column_to_numpy(table: pa.Table, key: str, shape: Sequence[int], path: Path
         if flat.size != n * want:
             got = flat.size // max(n, 1)
             raise LeRobotFormatError(
-                f"{path}: column {key!r} has {got} values per frame, info.json says shape {list(shape)}"
+                f"{path}: column {key!r} has {got} values per frame, but meta/info.json features[{key!r}] "
+                f"says shape {list(shape)}; make them agree"
             )
         return flat.reshape(n, *shape) if list(shape) != [1] else flat.reshape(n)
     flat = column.to_numpy(zero_copy_only=False)
     if list(shape) != [1]:
-        raise LeRobotFormatError(f"{path}: column {key!r} holds scalars, info.json says shape {list(shape)}")
+        raise LeRobotFormatError(
+            f"{path}: column {key!r} holds scalars, but meta/info.json features[{key!r}] says shape "
+            f"{list(shape)}; make them agree"
+        )
     return flat
 
 
@@ -788,7 +792,8 @@ class LeRobotDataset:
         want = tuple(shape) if list(names)[:1] != ["channels"] else (shape[1], shape[2], shape[0])
         if image.shape != want:
             raise LeRobotFormatError(
-                f"{path}: {key!r} frames decode to shape {image.shape}, info.json says {list(shape)}"
+                f"{path}: {key!r} frames decode to shape {image.shape}, but meta/info.json features[{key!r}] "
+                f"says shape {list(shape)}; make them agree"
             )
 
     def _parquet_image(self, ep: int, key: str, row_in_episode: int) -> np.ndarray:
