@@ -292,6 +292,8 @@ def test_internal_errors_send_no_traceback(policy, start_server, caplog):
 
 
 def test_connection_cap(start_server):
+    with pytest.raises(UserError, match="max_connections must be >= 1, got 0"):
+        ServerConfig(max_connections=0)
     srv = start_server(max_connections=2)
     first, second = raw_connect(srv), raw_connect(srv)
     third = raw_connect(srv, metadata=False)
