@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pirl.distributed import hlo
 from pirl.distributed import mesh as mesh_lib
 from pirl.policies import flow_policy
 from pirl.policies.config import FlowPolicyConfig
@@ -28,7 +29,8 @@ def _run_update(setup, devices):
     mesh = mesh_lib.make_mesh(
         mesh_lib.MeshConfig(axis_sizes=(2, -1) if len(devices) > 1 else (1, 1)), devices
     )
-    ppo = synthetic.make_ppo_update_setup(cfg, mesh, params=params)
+    # The shuffle permutes within each device's block of transitions: draw the 8-device minibatches.
+    ppo = synthetic.make_ppo_update_setup(cfg, mesh, params=params, shuffle_shards=8)
     batch = synthetic.place_transitions(synthetic.synthetic_transitions(cfg, 16), mesh)
     p, _, step, metrics = ppo.update(
         ppo.params, ppo.opt_state, jnp.zeros((), jnp.int32), batch, jax.random.key(1)
@@ -87,3 +89,64 @@ def test_grpo_targets_mask_after_first_done_and_filter(setup):
     assert np.asarray(valid)[:, 0].tolist() == [True, True, False]  # masked after the first done
     assert np.asarray(valid)[:, 3].tolist() == [True, False, False]
     assert "rollout/returns_mean" not in metrics
+
+
+def _collectives(jitted, *args):
+    return hlo.collectives(jitted.lower(*args).compile().as_text())
+
+
+def test_update_moves_no_transition_data_between_devices():
+    """The compiled 8-device update (2 epochs of shuffled minibatches, 2 micro-batches each) exchanges
+    parameters, gradients and statistics only: no collective carries a transition field (its
+    leading dim N) or anything near a whole field's size. The old global `x[perm]` shuffle lowered
+    to an all-reduce of every image of the buffer (2 x 451,584 bytes here)."""
+    num = 192
+    cfg = synthetic.tiny_ppo_config(update_epochs=2, global_batch_size=16, micro_batch_size=8)
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(2, -1)))
+    ppo = synthetic.make_ppo_update_setup(cfg, mesh)
+    batch = synthetic.place_transitions(synthetic.synthetic_transitions(cfg, num), mesh)
+    ops = _collectives(
+        ppo.update, ppo.params, ppo.opt_state, jnp.zeros((), jnp.int32), batch, jax.random.key(1)
+    )
+    assert {op.op for op in ops} >= {"all-reduce", "all-gather"}  # FSDP gathers + gradient reductions
+    image_bytes = batch.env_obs["agentview_image"].nbytes  # 451,584; the chain field is larger
+    largest = max(ops, key=lambda op: op.bytes)
+    assert largest.bytes < image_bytes / 4, largest
+    carrying_n = [op for op in ops if any(num in dims for _, dims in op.shapes)]
+    assert not carrying_n, carrying_n
+
+
+def test_flattening_rollouts_is_local():
+    """[E, T, B] rollouts with B split over 8 devices -> flat env-major transitions split the same
+    way: no collective at all (time-major flattening all-gathers the buffer)."""
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(2, -1)))
+    epochs, steps, envs = 2, 3, 16
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, ("data", "fsdp")))
+    images = jax.ShapeDtypeStruct((epochs, steps, envs, 28, 28, 3), jnp.uint8, sharding=spec)
+    scalars = jax.ShapeDtypeStruct((epochs, steps, envs), jnp.float32, sharding=spec)
+
+    def flatten(images, values):
+        traj = Trajectory(
+            env_obs={"image": images},
+            task_id=values,
+            chain=values,
+            denoise_index=values,
+            log_probs=values,
+            values=values,
+            rewards=values,
+            dones=values,
+            successes=values,
+        )
+        flat = jax.vmap(lambda t: update_lib.flatten_transitions(t, t.values, t.values, t.dones))(traj)
+        return update_lib.merge_rollout_epochs(flat)
+
+    out = jax.jit(flatten, out_shardings=mesh_lib.batch_sharding(mesh))
+    assert _collectives(out, images, scalars) == []
+    # Env-major order: row (b, e, t) of the flat batch is environment b's step t of epoch e.
+    values = jnp.arange(epochs * steps * envs, dtype=jnp.float32).reshape(epochs, steps, envs)
+    flat = jax.jit(flatten)(jnp.zeros((epochs, steps, envs, 1, 1, 1), jnp.uint8), values)
+    b, e, t = 5, 1, 2
+    assert float(flat.old_values[(b * epochs + e) * steps + t]) == float(values[e, t, b])
+    # The time-major flattening this replaced gathers the image buffer.
+    time_major = jax.jit(lambda x: x.reshape(-1, *x.shape[3:]), out_shardings=mesh_lib.batch_sharding(mesh))
+    assert any(op.op == "all-gather" for op in _collectives(time_major, images))

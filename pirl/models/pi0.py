@@ -210,12 +210,13 @@ def embed_prefix(params: Params, cfg: Pi0Config, obs: Observation) -> tuple[jax.
     """
     batch = obs.state.shape[0]
     n_cam = len(cfg.image_keys)
-    images = jnp.concatenate([obs.images[k] for k in cfg.image_keys], axis=0)  # [n_cam*B, h, w, 3]
+    # Sample-major [B*n_cam]: with the batch split over devices, each device's cameras stay on it
+    # (a camera-major concatenation along the sharded axis would move every image between devices).
+    images = jnp.stack([obs.images[k] for k in cfg.image_keys], axis=1)
+    images = images.reshape(batch * n_cam, *images.shape[2:])
     img_tokens = siglip_module(cfg).apply({"params": params["PaliGemma"]["img"]}, images)
     n_img, width = img_tokens.shape[1], img_tokens.shape[2]
-    img_tokens = (
-        img_tokens.reshape(n_cam, batch, n_img, width).transpose(1, 0, 2, 3).reshape(batch, -1, width)
-    )
+    img_tokens = img_tokens.reshape(batch, n_cam * n_img, width)
     img_mask = jnp.stack([obs.image_masks[k] for k in cfg.image_keys], axis=1)  # [B, n_cam]
     tokens, masks = [img_tokens], [jnp.repeat(img_mask, n_img, axis=1)]
     if obs.tokenized_prompt is not None:

@@ -314,6 +314,10 @@ class HostCollector:
             return jax.lax.with_sharding_constraint(transitions, sharding), metrics
 
         self._targets = jax.jit(targets)
+        self._merge_epochs = jax.jit(
+            lambda ts: update_lib.merge_rollout_epochs(jax.tree.map(lambda *xs: jnp.stack(xs), *ts)),
+            out_shardings=sharding,
+        )
         self._metrics = jax.jit(
             lambda traj, weights: update_lib.env_metrics(
                 jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj), cfg, weights
@@ -353,7 +357,7 @@ class HostCollector:
             finished += record.finished
             trajectory, final_value = self._to_global(record)
             epochs.append(self._targets(trajectory, final_value))
-        transitions = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[t for t, _ in epochs])
+        transitions = self._merge_epochs([t for t, _ in epochs])
         metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *[m for _, m in epochs])
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if self.cfg.env.auto_reset:

@@ -213,7 +213,8 @@ def accumulate_gradients(
       loss_fn: `(params, micro_batch) -> (scalar loss, aux pytree of arrays)`, or
         `(params, micro_batch, rng)` when `rng` is given (then micro-batch i gets `fold_in(rng, i)`).
       params: full parameter tree.
-      batch: pytree of arrays with a common leading batch axis `[N, ...]`, N divisible by num_micro.
+      batch: pytree of arrays with a common leading batch axis `[N, ...]`, N divisible by num_micro;
+        micro-batch i holds rows i, i + num_micro, i + 2·num_micro, ...
       num_micro: number of micro-batches (1: a plain value_and_grad).
       trainable_mask: optional bools; gradients are taken w.r.t. trainable leaves only, and frozen
         leaves get zero gradients (which the optimizer drops), so no memory is spent on them.
@@ -245,8 +246,10 @@ def accumulate_gradients(
     if num_micro == 1:
         (loss, aux), grads = micro_value_and_grad(trainable, batch, 0)
     else:
+        # Strided micro-batches (rows i, i + num_micro, ...): a device's contiguous block of the
+        # batch then feeds every micro-batch equally, so the split needs no data movement.
         micro_batches = jax.tree.map(
-            lambda x: x.reshape(num_micro, batch_size // num_micro, *x.shape[1:]), batch
+            lambda x: jnp.swapaxes(x.reshape(batch_size // num_micro, num_micro, *x.shape[1:]), 0, 1), batch
         )
         first = jax.tree.map(lambda x: x[0], micro_batches)
         (loss_shape, aux_shape), grad_shape = jax.eval_shape(micro_value_and_grad, trainable, first, 0)

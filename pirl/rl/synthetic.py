@@ -154,6 +154,7 @@ def make_ppo_update_setup(
     params: PyTree | None = None,
     seed: int = 0,
     min_shard_size: int = 256,
+    shuffle_shards: int | None = None,
 ) -> PPOUpdateSetup:
     """Init (or place) the policy params FSDP-sharded over `mesh`, build the optimizer and its
     state, and jit `ppo_update` with the minibatches pinned to the mesh's batch axes.
@@ -187,6 +188,7 @@ def make_ppo_update_setup(
         optimizer=optimizer,
         trainable_mask=trainable,
         batch_sharding=batch_sharding,
+        shuffle_shards=shuffle_shards,
     )
 
     return PPOUpdateSetup(

@@ -205,8 +205,9 @@ def build_programs(
             return None, update_lib.rollout_targets(cfg, out.trajectory, out.final_value)
 
         _, (transitions, metrics) = jax.lax.scan(one_epoch, None, jax.random.split(rng, cfg.rollout_epochs))
-        transitions = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
-        transitions = jax.lax.with_sharding_constraint(transitions, batch_sharding)
+        transitions = jax.lax.with_sharding_constraint(
+            update_lib.merge_rollout_epochs(transitions), batch_sharding
+        )
         return transitions, jax.tree.map(jnp.mean, metrics)
 
     def evaluate(params, adapter, task_ids, init_ids, rng):

@@ -4,17 +4,27 @@
 GRPO group scores); `ppo_update` runs every optimizer step of a global step inside one compiled
 function: `lax.scan` over epochs, each a permutation of the transitions cut into minibatches, each
 minibatch's gradient accumulated over micro-batches.
+
+No transition crosses devices. The rollout is split over the environments, so transitions are
+flattened env-major (`flatten_transitions`, `merge_rollout_epochs`): each device's block of the
+flat batch is its own environments' steps. The shuffle (`shard_local_minibatches`) permutes within
+each device's block and gives every minibatch an equal share of every block; micro-batches are
+strided slices of a minibatch (`optim.accumulate_gradients`). Only gradients, parameters (FSDP)
+and small statistics are exchanged.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
 from pirl.policies import flow_policy
@@ -28,7 +38,8 @@ from pirl.rl.rollout import Trajectory, episode_metrics, valid_for_metrics
 
 @flax.struct.dataclass
 class Transitions:
-    """Flat training batch: every leaf is [N, ...] (N = epochs × chunk steps × envs)."""
+    """Flat training batch: every leaf is [N, ...] (N = envs × epochs × chunk steps, env-major, so
+    that a device's block of N holds its own environments' transitions)."""
 
     env_obs: dict[str, Array]
     task_id: Array
@@ -92,10 +103,14 @@ def compute_advantages(
 def flatten_transitions(
     trajectory: Trajectory, advantages: Array, returns: Array, valid: Array
 ) -> Transitions:
-    """[T, B, ...] rollout leaves -> [T·B, ...] transitions."""
+    """[T, B, ...] rollout leaves -> [B·T, ...] transitions, env-major.
+
+    The environments (B) are split over the devices and time is not, so env-major flattening is a
+    local reshape; time-major ([T·B]) would interleave every device's environments in each block
+    and XLA would all-gather the whole buffer to build it."""
 
     def flat(x):
-        return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+        return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
     return Transitions(
         env_obs=jax.tree.map(flat, trajectory.env_obs),
@@ -108,6 +123,62 @@ def flatten_transitions(
         returns=flat(returns),
         mask=flat(valid),
     )
+
+
+def merge_rollout_epochs(transitions: Transitions) -> Transitions:
+    """[E, N, ...] transitions of E rollouts (N split over the devices) -> [N·E, ...], keeping each
+    device's rows on that device (epochs are merged inside each environment's block)."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), transitions)
+
+
+def batch_shards(sharding: NamedSharding | None) -> int:
+    """How many blocks the leading (batch) dim is split into under `sharding` (1 for None)."""
+    if sharding is None or not len(sharding.spec) or sharding.spec[0] is None:
+        return 1
+    axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+    return math.prod(sharding.mesh.shape[a] for a in axes)
+
+
+def shard_local_minibatches(
+    batch: Any,
+    key: jax.Array,
+    num_minibatches: int,
+    shards: int,
+    sharding: NamedSharding | None = None,
+) -> Any:
+    """Shuffle a flat [N, ...] batch into [num_minibatches, N / num_minibatches, ...] without moving
+    rows between the `shards` contiguous blocks of N (one per device under `sharding`).
+
+    Each block is permuted on its own key and dealt out evenly: minibatch m takes the next
+    N / (shards·num_minibatches) rows of every block, so it stays split over the devices like the
+    batch (stratified sampling over the environment groups of the blocks). A global permutation
+    `x[perm]` would instead lower to a gather plus an all-reduce of the whole buffer.
+    """
+    num = jax.tree.leaves(batch)[0].shape[0]
+    if num % (shards * num_minibatches):
+        raise ValueError(
+            f"{num} transitions cannot be dealt into {num_minibatches} minibatches from {shards} device "
+            f"blocks: make env.num_envs x chunk steps x rollout_epochs a multiple of {shards * num_minibatches}"
+        )
+    per_shard, per_mb = num // shards, num // (shards * num_minibatches)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, per_shard))(jax.random.split(key, shards))
+
+    def constrain(x, spec):
+        if sharding is None:
+            return x
+        return lax.with_sharding_constraint(x, NamedSharding(sharding.mesh, spec))
+
+    axes = None if sharding is None else sharding.spec[0]
+
+    def deal(x):
+        tail = x.shape[1:]
+        x = constrain(x.reshape(shards, per_shard, *tail), PartitionSpec(axes))
+        x = jax.vmap(lambda rows, perm: rows[perm])(x, constrain(perms, PartitionSpec(axes)))
+        x = jnp.swapaxes(x.reshape(shards, num_minibatches, per_mb, *tail), 0, 1)
+        x = constrain(x, PartitionSpec(None, axes))
+        return x.reshape(num_minibatches, shards * per_mb, *tail)
+
+    return jax.tree.map(deal, batch)
 
 
 def env_metrics(trajectory: Trajectory, cfg: RLConfig, weights: Array | None = None) -> dict[str, Array]:
@@ -162,12 +233,15 @@ def ppo_update(
     adapter: EnvAdapter,
     optimizer: optax.GradientTransformation,
     trainable_mask: Any,
-    batch_sharding: Any = None,
+    batch_sharding: NamedSharding | None = None,
+    shuffle_shards: int | None = None,
 ) -> tuple[dict, Any, Array, dict[str, Array]]:
     """All optimizer steps of one global step; returns (params, opt_state, opt_step, mean metrics).
 
-    `batch_sharding`, when given, re-pins each shuffled minibatch to the mesh's batch axes so the
-    gather after the permutation does not leave it replicated.
+    `batch_sharding`: how `batch` is split over the mesh; the shuffle then permutes within each
+    device's block (`shard_local_minibatches`) and each minibatch is pinned to the batch axes.
+    `shuffle_shards` overrides the block count (default: the sharding's), e.g. to reproduce an
+    8-device run's minibatches on one device.
     """
     num = batch.mask.shape[0]
     mb_size = cfg.global_batch_size
@@ -175,6 +249,7 @@ def ppo_update(
         raise ValueError(f"{num} transitions are not a multiple of global_batch_size={mb_size}")
     num_minibatches = num // mb_size
     num_micro = 1 if cfg.micro_batch_size is None else mb_size // cfg.micro_batch_size
+    shards = batch_shards(batch_sharding) if shuffle_shards is None else shuffle_shards
 
     def loss_fn(p, mb):
         return ppo_loss_fn(p, mb, cfg=cfg, adapter=adapter)
@@ -192,8 +267,7 @@ def ppo_update(
         return (params, opt_state, opt_step + 1), metrics
 
     def epoch(carry, key):
-        perm = jax.random.permutation(key, num)
-        shuffled = jax.tree.map(lambda x: x[perm].reshape(num_minibatches, mb_size, *x.shape[1:]), batch)
+        shuffled = shard_local_minibatches(batch, key, num_minibatches, shards, batch_sharding)
         return lax.scan(minibatch_step, carry, shuffled)
 
     keys = jax.random.split(rng, cfg.update_epochs)
