@@ -169,16 +169,67 @@ def data_check(data_dir: str, out: str, ckpt: str) -> None:
         json.dump(record, f)
 
 
+def train_rl_check(run_root: str) -> None:
+    """The real trainer (`train_rl`) on a tiny π0 and a short toy_spatial MJX episode (1 environment
+    per device, flat-colour frames instead of the ray caster), 2 global steps with an evaluation and
+    a video at steps 0 and 2. Process 0 writes the step metrics it logged to `<run_root>.p0.json`."""
+    import dataclasses
+
+    from pirl.envs import make_env
+    from pirl.models.config import Pi0Config
+    from pirl.policies.config import FlowPolicyConfig
+    from pirl.rl import trainer
+    from pirl.rl.config import EnvSpec, RLConfig
+
+    steps = 4  # two chunk steps of two control steps
+
+    def render(data):
+        color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
+        return jnp.broadcast_to(color, (2, 28, 28, 3))
+
+    devices = jax.device_count()
+    cfg = RLConfig(
+        name="multi",
+        run_root=run_root,
+        model=Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb"), action_dim=8, action_horizon=2),
+        policy=FlowPolicyConfig(num_steps=2, action_chunk=2, value_head_hidden=(16,)),
+        env=EnvSpec(
+            name="toy_spatial", num_envs=devices, image_size=28, max_episode_steps=steps, task_ids=(0,)
+        ),
+        rollout_epochs=1,
+        update_epochs=1,
+        global_batch_size=devices,
+        total_steps=2,
+        random_init=True,
+        eval_interval=2,
+        eval_episodes=devices,
+        video_interval=2,
+        save_interval=2,
+    )
+    env = make_env("toy_spatial", image_size=28, render_fn=render, max_steps=steps)
+    last = trainer.train_rl(cfg, env=env)
+    if jax.process_index() == 0:
+        with open(f"{run_root}.p0.json", "w") as f:
+            json.dump({"last_eval": last, "config": dataclasses.asdict(cfg)["name"]}, f)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True, help="output prefix (no extension)")
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--restore", action="store_true")
     parser.add_argument("--data", help="a LeRobot dataset: run only the data check")
+    parser.add_argument(
+        "--train-rl", action="store_true", help="run only the trainer check (runs under --out)"
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     out = args.out.removesuffix(".npz")
     multihost.initialize()
+    if args.train_rl:
+        train_rl_check(out)
+        print(f"done {jax.process_index()} after {time.perf_counter() - t0:.1f} s", flush=True)
+        return
     if args.data:
         data_check(args.data, out, args.ckpt)
         print(f"done {jax.process_index()} after {time.perf_counter() - t0:.1f} s", flush=True)

@@ -96,12 +96,12 @@ def _collectives(jitted, *args):
 
 
 def test_update_moves_no_transition_data_between_devices():
-    """The compiled 8-device update (2 epochs of shuffled minibatches, 2 micro-batches each) exchanges
+    """The compiled 8-device update (12 shuffled minibatches of 2 micro-batches each) exchanges
     parameters, gradients and statistics only: no collective carries a transition field (its
     leading dim N) or anything near a whole field's size. The old global `x[perm]` shuffle lowered
     to an all-reduce of every image of the buffer (2 x 451,584 bytes here)."""
     num = 192
-    cfg = synthetic.tiny_ppo_config(update_epochs=2, global_batch_size=16, micro_batch_size=8)
+    cfg = synthetic.tiny_ppo_config(global_batch_size=16, micro_batch_size=8)
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(2, -1)))
     ppo = synthetic.make_ppo_update_setup(cfg, mesh)
     batch = synthetic.place_transitions(synthetic.synthetic_transitions(cfg, num), mesh)

@@ -147,3 +147,23 @@ def process_local_rows(x: jax.Array) -> np.ndarray:
     if not by_start:
         return np.asarray(x.addressable_shards[0].data)
     return np.concatenate([np.asarray(by_start[k].data) for k in sorted(by_start)])
+
+
+def device_put_global(tree: Any, sharding: Any) -> Any:
+    """`jax.device_put` of a tree whose every leaf holds the same value on every process onto a
+    sharding that may span several processes. Leaves go through host memory (a device array
+    committed to one local device cannot be put on other processes' devices); PRNG key arrays keep
+    their key type. `sharding`: one Sharding for every leaf, or a tree of them like `tree`."""
+
+    def put(x: Any, sharding: jax.sharding.Sharding) -> Any:
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=impl)
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        return jax.device_put(np.asarray(x), sharding)
+
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: put(x, sharding), tree)
+    return jax.tree.map(put, tree, sharding)

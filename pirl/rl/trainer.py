@@ -21,12 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 import pirl
 from pirl.checkpoints.train_state import TrainStateCheckpointer
 from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
 from pirl.distributed import mesh as mesh_lib
+from pirl.distributed import multihost
 from pirl.logging.video import video_grid, write_video
 from pirl.logging.writer import MetricWriter, progress
 from pirl.models import pi0
@@ -94,8 +96,10 @@ def load_tokenizer(cfg: RLConfig, env: Any, run_dir: Path):
         path = find_tokenizer(cfg.init_checkpoint)
     elif cfg.random_init:
         path = run_dir / "assets" / "tokenizer.model"
-        if not path.exists():
+        if jax.process_index() == 0 and not path.exists():
             train_tiny_tokenizer(list(env.prompts), path, cfg.model.vocab_size)
+        if jax.process_count() > 1:  # the other processes read process 0's file
+            multihost_utils.sync_global_devices("pirl tokenizer written")
     else:
         raise ValueError("no tokenizer: set --tokenizer-path or --init-checkpoint")
     return PaligemmaTokenizer(path, max_len=cfg.model.max_token_len)
@@ -137,6 +141,9 @@ def _stats_json(stats: dict[str, NormStats] | None) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- programs
+
+VIDEO_EPISODES = 4
+"""Evaluation episodes tiled into the logged video."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +233,8 @@ def build_programs(
         traj = out.trajectory
         metrics = update_lib.env_metrics(traj, cfg)
         frames = traj.env_obs.get("agentview_image")
+        if frames is not None:  # the video's episodes, gathered to every process (not the whole batch)
+            frames = jax.lax.with_sharding_constraint(frames[:, :VIDEO_EPISODES], replicated)
         return metrics, jnp.any(traj.successes, axis=0), frames
 
     return Programs(
@@ -356,7 +365,9 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    writes_files = jax.process_index() == 0  # config, videos (MetricWriter also writes on process 0 only)
+    if writes_files:
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     mesh = mesh_lib.make_mesh(cfg.mesh)
     mesh_lib.check_divisible(cfg.env.num_envs, mesh, what="env.num_envs")
     mesh_lib.check_divisible(cfg.global_batch_size, mesh, what="global_batch_size")
@@ -406,19 +417,20 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
     value_mask = {k: jax.tree.map(lambda _, k=k: k == "value_head", v) for k, v in params.items()}
     optimizer = make_optimizer(cfg.optim, trainable, value_mask)
     param_shardings = mesh_lib.param_shardings(jax.eval_shape(lambda: params), mesh)
-    params = jax.device_put(params, param_shardings)
+    params = multihost.device_put_global(params, param_shardings)
     opt_state = jax.jit(optimizer.init)(params)
     # Leaves created inside optimizer.init (step counts) come out on one device: replicate them over
     # the mesh so that every state leaf, and the update's pinned out_shardings, span the same devices.
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = jax.tree.map(
-        lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), opt_state
+        lambda x: x if isinstance(x.sharding, NamedSharding) else multihost.device_put_global(x, replicated),
+        opt_state,
     )
     state = {
         "params": params,
         "opt_state": opt_state,
-        "opt_step": jax.device_put(np.zeros((), np.int32), replicated),
-        "rng": jax.device_put(rng, replicated),
+        "opt_step": multihost.device_put_global(np.zeros((), np.int32), replicated),
+        "rng": multihost.device_put_global(rng, replicated),
     }
     start = 0
     if resumable:
@@ -433,11 +445,11 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
     log.info("compiling the rollout, update and evaluation programs on first use")
     # Every small input (prompt tokens, norm stats, task / init pools) lives replicated on the mesh, so
     # no argument of a program is committed to a single device while the params span all of them.
-    adapter = jax.device_put(adapter, replicated)
-    task_pool = jax.device_put(np.asarray(task_ids_of(cfg, env)), replicated)
-    init_pool = jax.device_put(np.asarray(init_ids_of(cfg, env)), replicated)
+    adapter = multihost.device_put_global(adapter, replicated)
+    task_pool = multihost.device_put_global(task_ids_of(cfg, env), replicated)
+    init_pool = multihost.device_put_global(init_ids_of(cfg, env), replicated)
     eval_tasks, eval_inits = (
-        jax.device_put(np.asarray(x, np.int32), replicated) for x in eval_pairs(cfg, env, mesh)
+        multihost.device_put_global(np.asarray(x, np.int32), replicated) for x in eval_pairs(cfg, env, mesh)
     )
 
     last_eval: dict[str, float] = {}
@@ -451,10 +463,11 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
         metrics["time/eval"] = time.time() - t0
         writer.scalars(metrics, step)
         if frames is not None and cfg.video_interval and step % cfg.video_interval == 0:
-            grid = video_grid(np.asarray(frames[:, : min(4, frames.shape[1])]).transpose(1, 0, 2, 3, 4))
+            grid = video_grid(np.asarray(frames).transpose(1, 0, 2, 3, 4))
             fps = max(1.0, 20.0 / cfg.policy.action_chunk)  # one frame per chunk step
             writer.video("eval/video", grid, step, fps=fps)
-            write_video(run_dir / "videos" / f"eval_step{step:06d}.mp4", grid, fps=fps)
+            if writes_files:
+                write_video(run_dir / "videos" / f"eval_step{step:06d}.mp4", grid, fps=fps)
         return metrics
 
     completed = start  # global steps whose results `state` holds

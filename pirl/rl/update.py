@@ -15,9 +15,8 @@ and small statistics are exchanged.
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import flax.struct
 import jax
