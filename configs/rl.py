@@ -16,9 +16,10 @@ from pirl.policies.config import FlowPolicyConfig
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig, WarmStartConfig
 from pirl.rl.losses import PPOLossConfig
 from pirl.rl.optim import OptimizerConfig
+from pirl.rl.rlinf_config import OPENPI_MODELS
 
 PI0 = Pi0Config()
-PI05_LIBERO = Pi0Config(pi05=True, action_horizon=10, discrete_state_input=False)
+PI05_LIBERO = OPENPI_MODELS["pi05_libero"]
 
 # Values every RLinf openpi recipe shares (its examples/embodiment/config/*.yaml; docs/rlinf_presets.md
 # has the full table). RLinf's LIBERO env renders 256x256 cameras, never bootstraps without auto-reset,
@@ -78,11 +79,21 @@ def pi0_libero_grpo() -> RLConfig:
     return RLConfig(
         name="pi0_libero_grpo",
         model=PI0,
-        policy=FlowPolicyConfig(num_steps=4, action_chunk=10, add_value_head=False),
+        policy=FlowPolicyConfig(
+            num_steps=4,
+            action_chunk=10,
+            add_value_head=False,
+            chunk_critic_input=False,
+            detach_critic_input=False,
+        ),
         # reward_coef: the recipe interpolates ${algorithm.reward_coef} = 1.0 over env/libero_10's 5.0
         env=_libero_env("libero_10", 480),
         adv=AdvantageConfig(
-            adv_type="grpo", group_size=8, filter_rewards=True, filter_bounds=(0.1, 0.9), bootstrap_on_truncation=False
+            adv_type="grpo",
+            group_size=8,
+            filter_rewards=True,
+            filter_bounds=(0.1, 0.9),
+            bootstrap_on_truncation=False,
         ),
         loss=PPOLossConfig(entropy_bonus=0.0),
         optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=2.0, **RLINF_OPTIM),
@@ -99,7 +110,13 @@ def pi05_libero_ppo() -> RLConfig:
     return RLConfig(
         name="pi05_libero_ppo",
         model=PI05_LIBERO,
-        policy=FlowPolicyConfig.pi05(num_steps=3, action_chunk=5, value_vlm_mode="mean_token"),
+        policy=FlowPolicyConfig.pi05(
+            num_steps=3,
+            action_chunk=5,
+            value_vlm_mode="mean_token",
+            chunk_critic_input=False,
+            detach_critic_input=False,
+        ),
         env=_libero_env("libero_spatial", 240),
         adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95, bootstrap_on_truncation=False),
         loss=PPOLossConfig(entropy_bonus=0.0),
@@ -117,10 +134,22 @@ def pi05_libero_grpo() -> RLConfig:
     return RLConfig(
         name="pi05_libero_grpo",
         model=PI05_LIBERO,
-        policy=FlowPolicyConfig.pi05(num_steps=4, action_chunk=10, add_value_head=False),
+        # model/pi0_5.yaml's value_after_vlm (False) stands; without a critic it has no effect.
+        policy=FlowPolicyConfig.pi05(
+            num_steps=4,
+            action_chunk=10,
+            add_value_head=False,
+            value_after_vlm=False,
+            chunk_critic_input=False,
+            detach_critic_input=False,
+        ),
         env=_libero_env("libero_10", 480),
         adv=AdvantageConfig(
-            adv_type="grpo", group_size=8, filter_rewards=True, filter_bounds=(0.1, 0.9), bootstrap_on_truncation=False
+            adv_type="grpo",
+            group_size=8,
+            filter_rewards=True,
+            filter_bounds=(0.1, 0.9),
+            bootstrap_on_truncation=False,
         ),
         loss=PPOLossConfig(entropy_bonus=0.0),
         optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=1.0, **RLINF_OPTIM),
@@ -149,7 +178,7 @@ def pi0_maniskill_ppo() -> RLConfig:
             reward_coef=1.0,
             use_rel_reward=True,
         ),
-        adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95),
+        adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95, filter_bounds=(0.0, 1.0)),
         loss=PPOLossConfig(entropy_bonus=0.005, entropy_type="chunk_level"),
         optim=OptimizerConfig(lr=7.91e-6, value_lr=1.55e-4, clip_grad_norm=1.0, **RLINF_OPTIM),
         rollout_epochs=1,

@@ -95,7 +95,11 @@ def aggregate_loss(
       agg: 'token-mean', 'seq-mean-token-mean' or 'seq-mean-token-sum'.
     """
     x = jnp.asarray(x, jnp.float32)
-    m = jnp.ones(x.shape, jnp.float32) if mask is None else expand_trailing(jnp.asarray(mask, jnp.float32), x.ndim)
+    m = (
+        jnp.ones(x.shape, jnp.float32)
+        if mask is None
+        else expand_trailing(jnp.asarray(mask, jnp.float32), x.ndim)
+    )
     m = jnp.broadcast_to(m, x.shape)
     if weights is not None:
         w = expand_trailing(jnp.asarray(weights, jnp.float32), x.ndim)
@@ -113,9 +117,11 @@ def aggregate_loss(
 def entropy_scale(entropy_type: EntropyType, action_chunk: int, action_dim: int) -> float:
     """Factor turning a per-element mean entropy into RLinf's `entropy_type` aggregate: 1 per
     element, × action_dim summed per action step, × action_chunk·action_dim summed per chunk."""
-    return {"token_level": 1.0, "action_level": float(action_dim), "chunk_level": float(action_chunk * action_dim)}[
-        entropy_type
-    ]
+    return {
+        "token_level": 1.0,
+        "action_level": float(action_dim),
+        "chunk_level": float(action_chunk * action_dim),
+    }[entropy_type]
 
 
 def huber(error: Array, delta: float) -> Array:

@@ -65,7 +65,9 @@ def control_step_reward(
     return penalty + coef * success * 1.0
 
 
-def shape_chunk_reward(spec: EnvSpec, success_reward: Array, steps_before: Array, steps_after: Array) -> Array:
+def shape_chunk_reward(
+    spec: EnvSpec, success_reward: Array, steps_before: Array, steps_after: Array
+) -> Array:
     """Shaped reward of an MJX chunk from the env's own (1 on the step success is first reached, then
     the episode terminates) and the episode's control-step counter before / after the chunk."""
     executed = (steps_after - steps_before).astype(jnp.float32)
@@ -126,7 +128,10 @@ def rollout(
                 next_state.reward.astype(jnp.float32)
                 if env_spec is None
                 else shape_chunk_reward(
-                    env_spec, next_state.reward.astype(jnp.float32), state.info["step"], next_state.info["step"]
+                    env_spec,
+                    next_state.reward.astype(jnp.float32),
+                    state.info["step"],
+                    next_state.info["step"],
                 )
             ),
             dones=next_state.done.astype(bool),

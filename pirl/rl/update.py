@@ -176,7 +176,9 @@ def ppo_loss_fn(
     log_probs, entropy, values = flow_policy.log_prob_and_value(
         params, cfg.policy, cfg.model, obs, batch.chain, batch.denoise_index
     )
-    entropy = entropy * entropy_scale(cfg.loss.entropy_type, cfg.policy.action_chunk, cfg.policy.action_env_dim)
+    entropy = entropy * entropy_scale(
+        cfg.loss.entropy_type, cfg.policy.action_chunk, cfg.policy.action_env_dim
+    )
     critic = cfg.adv.adv_type == "gae"
     return ppo_loss(
         cfg.loss,
