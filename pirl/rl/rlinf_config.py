@@ -316,7 +316,7 @@ class _Mapper:
                     self.unsupported[key] = reason
                     break
             else:
-                self.unsupported[key] = "unknown RLinf key: pirl has no equivalent"
+                self.unsupported[key] = f"{self.flat[key]!r}: unknown RLinf key: pirl has no equivalent"
                 self.blocking[key] = self.unsupported[key]
 
 

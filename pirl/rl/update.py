@@ -195,6 +195,14 @@ def ppo_loss_fn(
     )
 
 
+def normalize_step_advantages(cfg: RLConfig, batch: Transitions) -> Transitions:
+    """With `adv.normalize_advantages`: the advantages normalised over the valid transitions of the
+    whole global step (every rollout epoch together, as RLinf), invalid ones set to 0."""
+    if not cfg.adv.normalize_advantages:
+        return batch
+    return batch.replace(advantages=adv_lib.normalize_advantages(batch.advantages, batch.mask))
+
+
 def recompute_log_probs(params: dict, batch: Transitions, *, cfg: RLConfig, adapter: EnvAdapter) -> Array:
     """Old log-probs of every transition rescored under `params` (RLinf's recompute_logprobs), in
     micro-batches of `micro_batch_size` (sequential: one micro-batch's activations at a time)."""
@@ -242,8 +250,7 @@ def ppo_update(
     num_minibatches = num // mb_size
     num_micro = 1 if cfg.micro_batch_size is None else mb_size // cfg.micro_batch_size
 
-    if cfg.adv.normalize_advantages:
-        batch = batch.replace(advantages=adv_lib.normalize_advantages(batch.advantages, batch.mask))
+    batch = normalize_step_advantages(cfg, batch)
     if cfg.recompute_logprobs:
         batch = batch.replace(old_log_probs=recompute_log_probs(params, batch, cfg=cfg, adapter=adapter))
 
