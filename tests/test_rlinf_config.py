@@ -385,10 +385,10 @@ def test_unknown_and_unsupported_keys_are_named(config_dir, tmp_path):
 
 def test_missing_group_file_and_bad_interpolation(tmp_path):
     path = _write(tmp_path / "r.yaml", dict(defaults=["env/nowhere@env.train"]))
-    with pytest.raises(UserError, match="env/nowhere.yaml"):
+    with pytest.raises(UserError, match=r"env/nowhere\.yaml"):
         rlinf_config.compose(path)
     path = _write(tmp_path / "s.yaml", dict(a="${b.c}"))
-    with pytest.raises(UserError, match="b.c does not exist"):
+    with pytest.raises(UserError, match=r"b\.c does not exist"):
         rlinf_config.compose(path)
 
 
