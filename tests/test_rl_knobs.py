@@ -3,6 +3,7 @@ critic warm-up, truncation bootstrap, global-step advantage normalisation, rewar
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -214,3 +215,21 @@ def test_mjx_chunk_reward_shaping():
 def test_mjx_refuses_auto_reset_with_a_reason():
     with pytest.raises(ValueError, match="libero backend only"):
         _cfg(env=EnvSpec(name="toy_spatial", num_envs=2, auto_reset=True))
+
+
+def test_lora_rank_and_alpha_are_config_values():
+    from pirl.models import pi0
+    from pirl.models.config import Pi0Config
+
+    cfg = Pi0Config.tiny(paligemma_variant="dummy_lora", lora_rank=8, lora_alpha=2.0)
+    assert cfg.llm.lora_attn.rank == 8 and cfg.llm.lora_attn.scaling == pytest.approx(0.25)
+    assert cfg.expert.lora_attn is None  # the expert is not a LoRA variant
+    shapes = [
+        x.shape
+        for path, x in jax.tree_util.tree_leaves_with_path(pi0.abstract_params(cfg))
+        if "lora_a" in str(path)
+    ]
+    assert shapes and all(s[-1] == 8 for s in shapes)
+    assert Pi0Config.tiny(paligemma_variant="dummy_lora").llm.lora_attn.rank == 4  # the variant's own
+    with pytest.raises(ValueError, match="LoRA variant"):
+        Pi0Config.tiny(lora_rank=8)
