@@ -9,6 +9,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
+from pirl.errors import UserError
 from pirl.models.lora import LoRAConfig
 
 GemmaVariant = Literal["dummy", "dummy_lora", "gemma_300m", "gemma_300m_lora", "gemma_2b", "gemma_2b_lora"]
@@ -142,12 +143,12 @@ class Pi0Config:
         if (self.lora_rank is not None or self.lora_alpha is not None) and not (
             self.llm.lora_attn or self.expert.lora_attn
         ):
-            raise ValueError(
+            raise UserError(
                 "lora_rank / lora_alpha need a LoRA variant: set paligemma_variant and/or "
                 "action_expert_variant to a *_lora one (e.g. gemma_2b_lora)"
             )
         if self.lora_rank is not None and self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+            raise UserError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if self.max_token_len is None:
             object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
         if self.discrete_state_input is None:

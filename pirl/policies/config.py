@@ -8,6 +8,8 @@ frozen). `FlowPolicyConfig.pi05()` and `FlowPolicyConfig.flow_noise()` give the 
 import dataclasses
 from typing import Literal
 
+from pirl.errors import UserError
+
 NoiseMethod = Literal["flow_sde", "flow_noise"]
 LogprobType = Literal["token_level", "action_level", "chunk_level"]
 
@@ -67,7 +69,7 @@ class FlowPolicyConfig:
         if self.logprob_type not in _LOGPROB_TYPES:
             raise ValueError(f"logprob_type must be one of {_LOGPROB_TYPES}, got {self.logprob_type!r}")
         if self.value_vlm_mode not in _VALUE_VLM_MODES:
-            raise ValueError(f"value_vlm_mode must be one of {_VALUE_VLM_MODES}, got {self.value_vlm_mode!r}")
+            raise UserError(f"value_vlm_mode must be one of {_VALUE_VLM_MODES}, got {self.value_vlm_mode!r}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.noise_level < 0:

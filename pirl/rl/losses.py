@@ -28,6 +28,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from pirl.errors import UserError
+
 Array = jax.Array
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
@@ -60,9 +62,9 @@ class PPOLossConfig:
 
     def __post_init__(self):
         if self.loss_agg_func not in _LOSS_AGGS:
-            raise ValueError(f"loss.loss_agg_func must be one of {_LOSS_AGGS}, got {self.loss_agg_func!r}")
+            raise UserError(f"loss.loss_agg_func must be one of {_LOSS_AGGS}, got {self.loss_agg_func!r}")
         if self.entropy_type not in _ENTROPY_TYPES:
-            raise ValueError(f"loss.entropy_type must be one of {_ENTROPY_TYPES}, got {self.entropy_type!r}")
+            raise UserError(f"loss.entropy_type must be one of {_ENTROPY_TYPES}, got {self.entropy_type!r}")
 
 
 def expand_trailing(x: Array, ndim: int) -> Array:
