@@ -179,7 +179,7 @@ def pi0_maniskill_ppo() -> RLConfig:
             use_rel_reward=True,
         ),
         adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95, filter_bounds=(0.0, 1.0)),
-        loss=PPOLossConfig(entropy_bonus=0.005, entropy_type="chunk_level"),
+        loss=PPOLossConfig(entropy_bonus=0.005),
         optim=OptimizerConfig(lr=7.91e-6, value_lr=1.55e-4, clip_grad_norm=1.0, **RLINF_OPTIM),
         rollout_epochs=1,
         update_epochs=4,

@@ -1,4 +1,4 @@
-"""RLinf's algorithm knobs on small arrays: loss aggregation and per-episode weighting, entropy_type,
+"""RLinf's algorithm knobs on small arrays: loss aggregation and per-episode weighting,
 critic warm-up, truncation bootstrap, global-step advantage normalisation, reward shaping."""
 
 from __future__ import annotations
@@ -100,10 +100,7 @@ def test_seq_mean_aggregations_by_hand():
         losses.PPOLossConfig(loss_agg_func="sum")
 
 
-def test_entropy_type_scales_the_bonus_and_critic_warmup_drops_the_actor():
-    assert losses.entropy_scale("token_level", 5, 7) == 1.0
-    assert losses.entropy_scale("action_level", 5, 7) == 7.0
-    assert losses.entropy_scale("chunk_level", 5, 7) == 35.0
+def test_critic_warmup_drops_the_actor_and_entropy_terms():
     cfg = losses.PPOLossConfig(entropy_bonus=0.1)
     lp = jnp.log(jnp.asarray([1.5, 1.0]))
     kwargs = dict(

@@ -379,6 +379,7 @@ def test_unknown_and_unsupported_keys_are_named(config_dir, tmp_path):
     # Keys without a meaning in pirl are reported with the reason, not silently dropped.
     assert "FSDP" in imported.unsupported["actor.fsdp_config.sharding_strategy"]
     assert "does not add a KL term" in imported.unsupported["algorithm.kl_beta"]
+    assert "no effect for openpi" in imported.unsupported["algorithm.entropy_type"]
     every_key = rlinf_config.flatten(rlinf_config.compose(path))
     assert set(every_key) == set(imported.mapped) | set(imported.unsupported)
 

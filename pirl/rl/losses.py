@@ -33,9 +33,7 @@ from pirl.errors import UserError
 Array = jax.Array
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
-EntropyType = Literal["token_level", "action_level", "chunk_level"]
 _LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
-_ENTROPY_TYPES = ("token_level", "action_level", "chunk_level")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +54,10 @@ class PPOLossConfig:
     """β: the loss subtracts β × mean entropy (0.005 for Flow-Noise, 0 for Flow-SDE)."""
     loss_agg_func: LossAgg = "token-mean"
     """RLinf's loss aggregation of the policy loss (see the module docstring)."""
-    entropy_type: EntropyType = "token_level"
-    """Entropy granularity before its mean: per element, summed over action dims (action_level),
-    or summed over the whole scored chunk (chunk_level), as RLinf's `entropy_type`."""
 
     def __post_init__(self):
         if self.loss_agg_func not in _LOSS_AGGS:
             raise UserError(f"loss.loss_agg_func must be one of {_LOSS_AGGS}, got {self.loss_agg_func!r}")
-        if self.entropy_type not in _ENTROPY_TYPES:
-            raise UserError(f"loss.entropy_type must be one of {_ENTROPY_TYPES}, got {self.entropy_type!r}")
 
 
 def expand_trailing(x: Array, ndim: int) -> Array:
@@ -114,16 +107,6 @@ def aggregate_loss(
     if agg == "seq-mean-token-mean":
         return jnp.mean(token_sum / jnp.maximum(jnp.sum(m, axis=-1), 1.0))
     raise ValueError(f"unknown loss aggregation {agg!r}; use one of {_LOSS_AGGS}")
-
-
-def entropy_scale(entropy_type: EntropyType, action_chunk: int, action_dim: int) -> float:
-    """Factor turning a per-element mean entropy into RLinf's `entropy_type` aggregate: 1 per
-    element, × action_dim summed per action step, × action_chunk·action_dim summed per chunk."""
-    return {
-        "token_level": 1.0,
-        "action_level": float(action_dim),
-        "chunk_level": float(action_chunk * action_dim),
-    }[entropy_type]
 
 
 def huber(error: Array, delta: float) -> Array:
@@ -269,7 +252,7 @@ def ppo_loss(
       values, old_values, returns: f32 `[N]`; all three or none (critic-free GRPO).
       entropy: optional f32, broadcastable against `logprobs` by trailing axes (e.g. per element for
         Flow-Noise); its masked mean is the `entropy_loss` metric and is weighted by
-        `cfg.entropy_bonus` in the loss (scale it by `entropy_scale` for RLinf's entropy_type).
+        `cfg.entropy_bonus` in the loss.
       weights: optional f32 `[N]` per-sample loss weights (see `aggregate_loss`).
       critic_warmup: (traced) bool; True drops the policy and entropy terms (RLinf's critic
         warm-up: only the critic learns).

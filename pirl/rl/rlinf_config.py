@@ -463,7 +463,19 @@ def _map(m: _Mapper, name: str) -> None:
             m.set(key, "adv", "filter_bounds", bounds)
     m.take("algorithm.update_epoch", "top", "update_epochs", int)
     m.take("algorithm.loss_agg_func", "loss", "loss_agg_func", str)
-    m.take("algorithm.entropy_type", "loss", "entropy_type", str)
+    m.expect(
+        "algorithm.entropy_type",
+        lambda v: v in ("token_level", "chunk_level"),
+        "RLinf's openpi model returns one mean entropy per sample, which action_level cannot reshape",
+        meaning="",
+    )
+    if "algorithm.entropy_type" in m.mapped:
+        del m.mapped["algorithm.entropy_type"]
+        m.unsupported["algorithm.entropy_type"] = (
+            "no effect for openpi: RLinf's openpi model already averages the entropy over denoise steps, "
+            "chunk and action dims into one value per sample (pirl's entropy), which token_level and "
+            "chunk_level leave as is"
+        )
     m.take("algorithm.entropy_bonus", "loss", "entropy_bonus", float)
     m.take("algorithm.clip_ratio_low", "loss", "clip_ratio_low", float)
     m.take("algorithm.clip_ratio_high", "loss", "clip_ratio_high", float)

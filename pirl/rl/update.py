@@ -21,7 +21,7 @@ from pirl.policies import flow_policy
 from pirl.policies.env_io import EnvAdapter, env_obs_to_model
 from pirl.rl import advantages as adv_lib
 from pirl.rl.config import RLConfig
-from pirl.rl.losses import entropy_scale, ppo_loss
+from pirl.rl.losses import ppo_loss
 from pirl.rl.optim import accumulate_gradients, apply_updates, optimizer_metrics
 from pirl.rl.rollout import Trajectory, episode_metrics, valid_for_metrics
 
@@ -175,9 +175,6 @@ def ppo_loss_fn(
     obs = env_obs_to_model(adapter, cfg.model, batch.env_obs, batch.task_id)
     log_probs, entropy, values = flow_policy.log_prob_and_value(
         params, cfg.policy, cfg.model, obs, batch.chain, batch.denoise_index
-    )
-    entropy = entropy * entropy_scale(
-        cfg.loss.entropy_type, cfg.policy.action_chunk, cfg.policy.action_env_dim
     )
     critic = cfg.adv.adv_type == "gae"
     return ppo_loss(
