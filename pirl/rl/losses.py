@@ -14,7 +14,9 @@ Formulas (πRL, RLinf's code):
 
 Aggregation (RLinf's `loss_agg_func`): 'token-mean' is the masked mean over every broadcast
 element; 'seq-mean-token-mean' / 'seq-mean-token-sum' first take the masked mean / sum over the
-last axis, then the plain mean over the rest. With per-sample `weights` (RLinf's override when
+last axis, then the plain mean over the rest (for token-level log-probs RLinf's
+seq-mean-token-mean divides by its un-broadcast per-sample mask, i.e. by 1; pirl by the count of
+valid elements). With per-sample `weights` (RLinf's override when
 episodes neither auto-reset nor ignore terminations: weight = max_episode_steps / the sample's
 episode length) the policy and value terms become mean(x · mask · weight) over *all* elements
 (RLinf's `masked_mean_ratio`), so every episode weighs the same whatever its length.
