@@ -155,3 +155,42 @@ def test_each_process_reads_only_its_rows_and_resumes_exactly(tmp_path):
         batch = two["continued_batch_2/index" if i == 2 else f"batch_{i}/index"]
         assert set(batch[:4]) <= set(reads["multi.data.p0"]["first"])
         assert set(batch[4:]) <= set(reads["multi.data.p1"]["first"])
+
+
+@pytest.mark.slow
+def test_train_rl_on_two_processes(tmp_path):
+    """The real trainer on 2 processes x 2 devices (tiny π0, toy_spatial MJX, one environment per
+    device) for 2 global steps, evaluating with a video at steps 0 and 2: both processes finish,
+    only process 0 writes the config, metrics and videos (one record per step, not two), and the
+    video holds the evaluation frames gathered from both processes' devices."""
+    port = free_port()
+    out = tmp_path / "runs"
+    procs = [
+        _run(
+            ["--out", str(out), "--ckpt", str(tmp_path / "unused"), "--train-rl"],
+            subprocess_env(
+                2,
+                {
+                    "PIRL_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                    "PIRL_NUM_PROCESSES": "2",
+                    "PIRL_PROCESS_ID": str(i),
+                },
+            ),
+        )
+        for i in range(2)
+    ]
+    _finish(procs, timeout=900)
+    run_dir = out / "multi"
+    assert json.loads((run_dir / "config.json").read_text())["name"] == "multi"
+    records = [json.loads(line) for line in (run_dir / "tb" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in records if "eval/success_once" in r]
+    trains = [r["step"] for r in records if "train/actor/policy_loss" in r]
+    assert evals == [0, 2] and trains == [1, 2]  # written once, by process 0
+    assert all(np.isfinite(r["train/actor/policy_loss"]) for r in records if "train/actor/policy_loss" in r)
+    videos = sorted(p.name for p in (run_dir / "videos").iterdir())
+    assert [v.split(".")[0] for v in videos] == ["eval_step000000", "eval_step000002"], videos
+    assert all((run_dir / "videos" / v).stat().st_size > 0 for v in videos)
+    last = json.loads((tmp_path / "runs.p0.json").read_text())["last_eval"]
+    assert 0.0 <= last["eval/success_once"] <= 1.0
+    assert not (tmp_path / "runs.p1.json").exists()
+    assert (run_dir / "checkpoints" / "2").is_dir()

@@ -90,7 +90,9 @@ class ManipEnv:
                 f"timestep {config.timestep} does not divide the {suite.control_hz} Hz control period"
             )
         self.substeps = round(substeps)
-        self.mx = mjx.put_model(m)
+        # MJX defaults to jax.devices()[0], which on every process but 0 of a multi-process job is
+        # another host's device (closing over it fails to compile): use this process's first one.
+        self.mx = mjx.put_model(m, device=jax.local_devices()[0])
         self.goal_table = tsk.make_goal_table(suite, self.info)
         init = tsk.make_init_states(suite, self.info)
         self.init_qpos = jnp.asarray(init.qpos)
@@ -105,7 +107,7 @@ class ManipEnv:
         if config.render and render_fn is None:
             render_fn = default_render_fn(m, suite.cameras, config.image_size)
         self._render = render_fn if config.render else None
-        self._data0 = mjx.make_data(m)
+        self._data0 = mjx.make_data(m, device=jax.local_devices()[0])
 
     # ------------------------------------------------------------------ batching
 

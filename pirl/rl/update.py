@@ -284,8 +284,10 @@ def recompute_log_probs(params: dict, batch: Transitions, *, cfg: RLConfig, adap
         )
         return log_probs
 
-    chunks = jax.tree.map(lambda x: x.reshape(num // micro, micro, *x.shape[1:]), batch)
-    out = lax.map(one, chunks)
+    # Strided chunks (rows i, i + num/micro, ...), like accumulate_gradients' micro-batches: each
+    # device's block of the batch feeds every chunk, so no transition moves between devices.
+    chunks = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(micro, num // micro, *x.shape[1:]), 0, 1), batch)
+    out = jnp.swapaxes(lax.map(one, chunks), 0, 1)
     return jax.lax.stop_gradient(out.reshape(num, *out.shape[2:]))
 
 
