@@ -15,12 +15,14 @@ It subclasses ValueError so library callers that already catch ValueError keep w
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -69,3 +71,30 @@ def run_cli(main: Callable[[], T]) -> T:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def check_at_least(bounds: dict[str, tuple[float | None, float]]) -> None:
+    """Raise a UserError for the first `name: (value, lowest allowed)` whose value is below its bound
+    (None values are not checked); names are config paths such as "env.num_envs"."""
+    for name, (value, lowest) in bounds.items():
+        if value is not None and value < lowest:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{name} must be >= {lowest}, got {value}: change {flag}")
+
+
+# Filesystem failures the user fixes (space, permissions, a path through a file), not bugs.
+DISK_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.ENOTDIR}
+)
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Report a write that fails for lack of space or permission as one UserError naming the file
+    (or `path` when the error names none)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        raise UserError(f"cannot write {error.filename or path}: {os.strerror(error.errno)}") from error

@@ -24,6 +24,7 @@ from pirl.data import transforms as T
 from pirl.data.configs import DataConfig, get_data_config
 from pirl.data.lerobot import LeRobotDataset
 from pirl.data.normalize import NormStats, RunningStats, save_norm_stats, widen_small_ranges
+from pirl.errors import run_cli
 
 logger = logging.getLogger("pirl.norm_stats")
 
@@ -122,4 +123,4 @@ def main(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    tyro.cli(main)
+    run_cli(lambda: tyro.cli(main))

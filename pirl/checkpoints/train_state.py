@@ -115,6 +115,31 @@ def _quiet_orbax_thread_errors() -> None:
 STATE_ITEM, METADATA_ITEM = "state", "metadata"
 
 
+def committed_steps(directory: str | Path) -> list[int]:
+    """The committed step numbers under a local checkpoint directory, ascending, read from the
+    directory listing alone (no orbax manager; [] when it does not exist)."""
+    path = Path(os.path.expanduser(str(directory)))
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def check_resume_matches(directory: str | Path, resume: bool, *, resume_flag: str, new_run_hint: str) -> None:
+    """Refuse (UserError) a fresh run over the committed checkpoints of an earlier one, and a resume
+    with nothing to resume, before anything is built; `new_run_hint` says how to start a new run."""
+    if "://" in str(directory):
+        return  # remote filesystems: orbax decides
+    steps = committed_steps(directory)
+    path = os.path.abspath(os.path.expanduser(str(directory)))
+    if resume and not steps:
+        raise UserError(f"{resume_flag}: there is no checkpoint to resume in {path}; drop {resume_flag} to start a new run")
+    if not resume and steps:
+        raise UserError(
+            f"{path} already holds checkpoints {steps} of an earlier run: pass {resume_flag} to continue "
+            f"it, or {new_run_hint} to start a new run beside it"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class RestoredTrainState:
     """What `restore` / `restore_latest` return."""
