@@ -1,0 +1,253 @@
+"""Training that never loses, mixes or leaks: relative run directories, refused re-runs and
+resumes, one-line user errors (exit 2, no traceback unless --debug), config counts checked at
+parse time, write failures that keep every committed checkpoint, and SIGTERM handled like Ctrl-C.
+
+Everything here is refused before an environment is built or anything is compiled, so it is cheap;
+the trainers' own SIGTERM path is tested in tests/test_rl_trainer.py, the whole main job in
+tests/test_main_job.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import pytest
+from support import subprocess_env
+
+from pirl import train
+from pirl.checkpoints.train_state import TrainStateCheckpointer
+from pirl.errors import UserError, run_cli
+from pirl.rl import trainer
+
+
+def test_relative_checkpoint_directory_resolves_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with TrainStateCheckpointer("runs/x/checkpoints", max_to_keep=2) as ckpt:
+        assert ckpt.directory == tmp_path / "runs" / "x" / "checkpoints"
+        for step in (1, 2, 3):  # asynchronous saves: each one waits for the previous commit
+            assert ckpt.save(step, {"w": jnp.full((4,), float(step))})
+    monkeypatch.chdir(tmp_path / "runs")
+    with TrainStateCheckpointer("x/checkpoints") as ckpt:
+        restored = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
+    assert restored.step == 3 and float(restored.state["w"][0]) == 3.0
+    assert sorted(p.name for p in (tmp_path / "runs" / "x" / "checkpoints").iterdir()) == ["2", "3"]
+
+
+# A save that hits the file-size limit (RLIMIT_FSIZE: a real write failure, also as root) inside the
+# background writer: one line, exit 2, and the committed step survives.
+WRITE_FAILS = textwrap.dedent(
+    """
+    import resource, signal, sys
+    import jax, jax.numpy as jnp
+    from pirl.checkpoints.train_state import TrainStateCheckpointer
+    from pirl.errors import run_cli
+
+    def main():
+        ckpt = TrainStateCheckpointer(sys.argv[1], max_to_keep=1)
+        ckpt.save(1, {"w": jnp.ones(8)})
+        ckpt.wait()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        big = {"w": jax.random.normal(jax.random.key(0), (100_000,))}
+        try:
+            ckpt.save(2, big)
+            ckpt.save(3, big)
+        except BaseException:
+            ckpt.emergency_save(2, big)
+            raise
+
+    run_cli(main)
+    """
+)
+
+
+def test_a_failing_checkpoint_write_is_one_line_and_keeps_committed_steps(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", WRITE_FAILS, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(1),
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and len(lines) <= 2, out.stderr[-3000:]
+    assert lines[-1].startswith(
+        f"error: could not write checkpoint step 2 in {tmp_path / 'ckpt'}: File too large"
+    )
+    assert "committed steps [1] are intact" in lines[-1]
+    with TrainStateCheckpointer(tmp_path / "ckpt") as ckpt:
+        restored = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((8,), jnp.float32)})
+    assert restored.step == 1 and float(restored.state["w"].sum()) == 8.0
+
+
+def _cli(argv, monkeypatch, capsys) -> tuple[int, list[str]]:
+    """Run `python -m pirl.train argv` in this process; (exit status, stderr lines)."""
+    monkeypatch.setattr(sys, "argv", ["pirl.train", *argv])
+    with pytest.raises(SystemExit) as stop:
+        run_cli(train.main)
+    return stop.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Fail the test if a refused run gets as far as building its environment."""
+
+    def fail(cfg):
+        raise AssertionError("the environment was built before the run was refused")
+
+    monkeypatch.setattr(trainer, "make_rl_env", fail)
+
+
+FAST = [
+    "--compilation-cache-dir",
+    "None",
+    "--warm-start.sft-steps",
+    "0",
+    "--warm-start.episodes-per-task",
+    "0",
+]
+
+
+def test_refusals_name_the_way_on_and_create_nothing(tmp_path, monkeypatch, capsys, nothing_built):
+    monkeypatch.chdir(tmp_path)
+    checkpoints = tmp_path / "runs" / "pi0_demo_cpu" / "checkpoints"
+    for argv, message in [
+        (["--init-checkpoint", "/no/such/ckpt"], "error: --init-checkpoint /no/such/ckpt does not exist"),
+        (["--tokenizer-path", "nope.model"], "error: --tokenizer-path nope.model does not exist"),
+        (["--norm-stats-path", "no_stats"], "error: --norm-stats-path no_stats does not exist"),
+        (["--resume"], f"error: --resume: there is no checkpoint to resume in {checkpoints}"),
+    ]:
+        code, err = _cli(["pi0_demo_cpu", *FAST, *argv], monkeypatch, capsys)
+        assert code == 2 and len(err) == 1 and err[0].startswith(message), err
+        assert not (tmp_path / "runs").exists(), "a refused run left a run directory behind"
+
+    code, err = _cli(["pi0_libero_ppo"], monkeypatch, capsys)
+    assert code == 2 and len(err) == 1 and "pass --init-checkpoint" in err[0], err
+
+    # A run directory through a regular file (what a read-only one is for root, who ignores chmod).
+    (tmp_path / "file").write_text("")
+    code, err = _cli(["pi0_demo_cpu", *FAST, "--run-root", "file/runs"], monkeypatch, capsys)
+    assert code == 2 and err == ["error: cannot write file/runs/pi0_demo_cpu: Not a directory"], err
+
+    # An earlier run's checkpoints: refused without --resume, nothing deleted.
+    (checkpoints / "10" / "state").mkdir(parents=True)
+    code, err = _cli(["pi0_demo_cpu", *FAST], monkeypatch, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"{checkpoints} already holds checkpoints [10]" in err[0]
+    assert "--resume" in err[0] and "--name" in err[0]
+    assert (checkpoints / "10" / "state").is_dir() and not (checkpoints.parent / "config.json").exists()
+
+
+def test_debug_adds_the_traceback(tmp_path, monkeypatch, capsys, nothing_built):
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli(["pi0_demo_cpu", "--debug", *FAST, "--tokenizer-path", "nope"], monkeypatch, capsys)
+    assert code == 2 and err[0].startswith("Traceback") and err[-1].startswith("error: --tokenizer-path nope")
+    monkeypatch.setenv("PIRL_DEBUG", "1")
+    code, err = _cli(["pi0_demo_cpu", *FAST, "--tokenizer-path", "nope"], monkeypatch, capsys)
+    assert code == 2 and err[0].startswith("Traceback")
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["x"])
+    with pytest.raises(ZeroDivisionError):
+        run_cli(lambda: 1 / 0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--env.num-envs", "0"], "env.num_envs must be >= 1, got 0"),
+        (["--global-batch-size", "0"], "global_batch_size must be >= 1, got 0"),
+        (["--warm-start.batch-size", "0"], "warm_start.batch_size must be >= 1, got 0"),
+        (["--eval-episodes", "0"], "eval_episodes must be >= 1, got 0"),
+        (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1, got 0"),
+        (["--env.max-episode-steps", "0"], "env.max_episode_steps must be >= 1, got 0"),
+        (["--warm-start.episodes-per-task", "0"], "warm_start.sft_steps=800 needs demonstrations"),
+    ],
+)
+def test_bad_counts_are_refused_at_parse_time(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.parse_config(["pi0_demo_cpu", *argv])
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())  # undo tyro's boxed wrapping
+    assert stop.value.code == 2 and message in err, err
+
+
+def test_sft_counts_are_checked():
+    from pirl.sft.config import sft_config_for
+
+    for field in ("batch_size", "log_interval", "save_interval", "keep_checkpoints"):
+        with pytest.raises(UserError, match=f"{field} must be >= 1, got 0"):
+            sft_config_for("pi0_libero", **{field: 0})
+
+
+def test_the_command_line_exits_2_in_one_line(tmp_path):
+    """The real entry point: exit 2, one line on stderr, no traceback, no run directory."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pirl.train", "pi0_demo_cpu", "--init-checkpoint", "missing"],
+        cwd=tmp_path,
+        env=subprocess_env(1),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines() == ["error: --init-checkpoint missing does not exist"]
+    assert not (tmp_path / "runs").exists()
+
+
+# The trainers' pattern (see pirl/checkpoints/train_state.py) under run_cli: SIGTERM must reach the
+# `except BaseException` branch, write the emergency checkpoint and exit 143.
+LOOP = textwrap.dedent(
+    """
+    import sys, time
+    import jax.numpy as jnp
+    from pirl.checkpoints.train_state import TrainStateCheckpointer
+    from pirl.errors import run_cli
+
+    def main():
+        ckpt = TrainStateCheckpointer(sys.argv[1], save_interval=1000)
+        state, step = {"w": jnp.zeros(4)}, 0
+        try:
+            while True:
+                state, step = {"w": state["w"] + 1}, step + 1
+                if step == 3:
+                    print("running", flush=True)
+                time.sleep(0.01)
+        except BaseException:
+            ckpt.emergency_save(step, state)
+            raise
+        finally:
+            ckpt.close()
+
+    run_cli(main)
+    """
+)
+
+
+def test_sigterm_saves_an_emergency_checkpoint_and_exits_nonzero(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOOP, str(tmp_path / "ckpt")],
+        env=subprocess_env(1),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by signal SIGTERM" in err and "Traceback" not in err, err[-3000:]
+    with TrainStateCheckpointer(tmp_path / "ckpt") as ckpt:
+        (step,) = ckpt.all_steps()
+        restored = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
+    assert step >= 3 and float(restored.state["w"][0]) == step
