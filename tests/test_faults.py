@@ -9,10 +9,15 @@ tests/test_main_job.py.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -251,3 +256,51 @@ def test_sigterm_saves_an_emergency_checkpoint_and_exits_nonzero(tmp_path):
         (step,) = ckpt.all_steps()
         restored = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
     assert step >= 3 and float(restored.state["w"][0]) == step
+
+
+def _children(pid: int) -> set[int]:
+    """Live child processes of `pid` (Linux /proc)."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="real LIBERO is not installed")
+def test_sigterm_stops_pirl_eval_and_its_libero_workers(tmp_path):
+    """`python -m pirl.eval --backend libero` under SIGTERM: exit 143, no worker outlives it."""
+    cmd = [
+        sys.executable, "-m", "pirl.eval", "--random-tiny", "--backend", "libero",
+        "--suites", "libero_spatial", "--task-ids", "0", "--episodes-per-task", "50",
+        "--num-workers", "2", "--resolution", "64", "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = subprocess_env(1, {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")})
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.5)
+        assert len(workers) >= 2, "the evaluation started no worker processes"
+        time.sleep(2.0)  # let the workers start building their scenes
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), f"workers {workers} outlived pirl.eval"
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (not exited, not a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return not f.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return False
