@@ -304,3 +304,36 @@ def _alive(pid: int) -> bool:
             return not f.read().split(") ", 1)[1].startswith("Z")
     except FileNotFoundError:
         return False
+
+
+def test_earlier_logs_are_set_aside_not_mixed(tmp_path):
+    """A fresh run moves the logs of an earlier run without checkpoints aside; a resume moves the
+    records of steps after the last checkpoint (a killed run's) to metrics.superseded.jsonl."""
+    import dataclasses
+    import json
+
+    from configs.rl import pi0_demo_cpu
+
+    cfg = dataclasses.replace(pi0_demo_cpu(), run_root=str(tmp_path))
+    run = tmp_path / "pi0_demo_cpu"
+    (run / "tb").mkdir(parents=True)
+    (run / "tb" / "metrics.jsonl").write_text('{"step": 1, "x": 1.0}\n')
+    trainer.prepare_run_dir(cfg)
+    (aside,) = run.glob("previous-*")
+    assert (aside / "tb" / "metrics.jsonl").read_text() == '{"step": 1, "x": 1.0}\n'
+    assert (
+        not (run / "tb").exists() and json.loads((run / "config.json").read_text())["name"] == "pi0_demo_cpu"
+    )
+
+    (run / "checkpoints" / "2").mkdir(parents=True)
+    (run / "tb").mkdir()
+    records = (
+        "".join(json.dumps({"step": s, "x": float(s)}) + "\n" for s in (0, 1, 2, 3, 4)) + '{"step": 5, "x'
+    )
+    (run / "tb" / "metrics.jsonl").write_text(records)
+    trainer.prepare_run_dir(dataclasses.replace(cfg, resume=True))
+    kept = [json.loads(line)["step"] for line in (run / "tb" / "metrics.jsonl").read_text().splitlines()]
+    moved = (run / "tb" / "metrics.superseded.jsonl").read_text().splitlines()
+    assert (
+        kept == [0, 1, 2] and [json.loads(line)["step"] for line in moved[:2]] == [3, 4] and len(moved) == 3
+    )

@@ -24,7 +24,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import pirl
-from pirl.checkpoints.train_state import TrainStateCheckpointer, check_resume_matches
+from pirl.checkpoints.train_state import TrainStateCheckpointer, check_resume_matches, committed_steps
 from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
 from pirl.distributed import mesh as mesh_lib
 from pirl.errors import UserError, disk_errors
@@ -173,8 +173,32 @@ def prepare_run_dir(cfg: RLConfig) -> Path:
             for path in earlier:
                 path.rename(aside / path.name)
             log.warning("moved the logs of an earlier run without checkpoints to %s", aside)
+        if cfg.resume and jax.process_index() == 0:
+            set_aside_metrics_after(
+                run_dir / "tb" / "metrics.jsonl", committed_steps(run_dir / "checkpoints")[-1]
+            )
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     return run_dir
+
+
+def set_aside_metrics_after(path: Path, step: int) -> int:
+    """Move the records of steps after `step` (logged after the last checkpoint by a run that was
+    killed) from metrics.jsonl to metrics.superseded.jsonl, so the resumed run's records of those steps
+    are the only ones; returns how many were moved."""
+    if not path.is_file():
+        return 0
+    keep, later = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            (later if json.loads(line).get("step", 0) > step else keep).append(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            later.append(line if line.endswith("\n") else line + "\n")
+    if later:
+        with open(path.with_name("metrics.superseded.jsonl"), "a", encoding="utf-8") as f:
+            f.writelines(later)
+        path.write_text("".join(keep))
+        log.warning("moved %d metric records of steps after checkpoint %d to %s", len(later), step, f.name)
+    return len(later)
 
 
 # ----------------------------------------------------------------------------- programs
