@@ -10,6 +10,7 @@ tests/test_main_job.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -309,7 +310,6 @@ def _alive(pid: int) -> bool:
 def test_earlier_logs_are_set_aside_not_mixed(tmp_path):
     """A fresh run moves the logs of an earlier run without checkpoints aside; a resume moves the
     records of steps after the last checkpoint (a killed run's) to metrics.superseded.jsonl."""
-    import dataclasses
     import json
 
     from configs.rl import pi0_demo_cpu
@@ -337,3 +337,24 @@ def test_earlier_logs_are_set_aside_not_mixed(tmp_path):
     assert (
         kept == [0, 1, 2] and [json.loads(line)["step"] for line in moved[:2]] == [3, 4] and len(moved) == 3
     )
+
+
+def test_sft_refuses_to_start_over_an_earlier_runs_checkpoints(tmp_path):
+    from pirl.sft.config import sft_config_for
+    from pirl.sft.train import train_sft
+
+    (tmp_path / "tok.model").write_text("")
+    (tmp_path / "ckpt" / "7" / "state").mkdir(parents=True)
+    cfg = sft_config_for(
+        "pi0_libero",
+        tokenizer_path=str(tmp_path / "tok.model"),
+        norm_stats_dir=str(tmp_path),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        log_dir=str(tmp_path / "logs"),
+        resume=False,
+    )
+    with pytest.raises(UserError, match=r"already holds checkpoints \[7\].*--resume.*--checkpoint-dir"):
+        train_sft(cfg)
+    with pytest.raises(UserError, match=r"--tokenizer-path .*missing\.model does not exist"):
+        train_sft(dataclasses.replace(cfg, tokenizer_path=str(tmp_path / "missing.model")))
+    assert (tmp_path / "ckpt" / "7" / "state").is_dir() and not (tmp_path / "logs").exists()
