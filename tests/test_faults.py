@@ -358,3 +358,16 @@ def test_sft_refuses_to_start_over_an_earlier_runs_checkpoints(tmp_path):
     with pytest.raises(UserError, match=r"--tokenizer-path .*missing\.model does not exist"):
         train_sft(dataclasses.replace(cfg, tokenizer_path=str(tmp_path / "missing.model")))
     assert (tmp_path / "ckpt" / "7" / "state").is_dir() and not (tmp_path / "logs").exists()
+
+
+def test_other_clis_report_user_errors_in_one_line(monkeypatch, capsys):
+    import tyro
+
+    from pirl import norm_stats
+
+    monkeypatch.setattr(sys, "argv", ["pirl.norm_stats", "--config-name", "pi0_libro"])
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: tyro.cli(norm_stats.main))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: unknown data config 'pi0_libro'") and "pi0_libero" in err[0]

@@ -16,7 +16,7 @@ from typing import Literal
 
 import tyro
 
-from pirl.errors import run_cli
+from pirl.errors import UserError, run_cli
 from pirl.serving.policy import policy_from_args
 
 
@@ -75,7 +75,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(x.strip() for x in text.split(",") if x.strip())
     if not names:
-        raise SystemExit("error: --suites needs at least one suite")
+        raise UserError("--suites needs at least one suite, e.g. --suites libero_spatial")
     return names
 
 
