@@ -4,6 +4,11 @@ Per global step: `collect` (jit: `rollout_epochs` rollouts from fresh resets →
 flat transitions, all on device) and `update` (jit: every PPO optimizer step of the step). Both are
 compiled once with the parameters FSDP-sharded and the environment / transition batch split over
 the mesh's batch axes. The host only loops, logs, evaluates, writes videos and saves checkpoints.
+
+Before any environment, tokenizer or compilation, `train_rl` checks the named files exist and the run
+directory matches `resume` (no fresh run over an earlier run's checkpoints, no resume from nothing);
+any exception (Ctrl-C, SIGTERM under `pirl.errors.run_cli`, a failed write) first saves an emergency
+checkpoint of the last completed step.
 """
 
 from __future__ import annotations

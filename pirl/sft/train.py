@@ -11,7 +11,8 @@ Data: each process reads only its rows of every global batch (those its devices 
 process. Checkpoints (`<checkpoint_dir>/<step>/`): `state` + `metadata` (params, opt state, EMA, rng,
 global loader position; resumable on any mesh), `loader/process_<i>-of-<n>.json` (each process's
 loader state) and, for RL presets and openpi tools, `params` (openpi's orbax layout; the EMA params
-when EMA is on) and `assets/<asset id>/norm_stats.json`.
+when EMA is on) and `assets/<asset id>/norm_stats.json`. `check_sft_run` refuses, before anything
+is built, missing files and a run without `resume` over an earlier run's checkpoints.
 """
 
 from __future__ import annotations
