@@ -9,6 +9,7 @@ programs instead of compiling them again.
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -34,6 +35,11 @@ SHORT = [
 ]  # fmt: skip
 
 
+def _child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _train(cwd, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pirl.train", "pi0_demo_cpu", *SHORT, *args]
     return subprocess.run(
@@ -46,9 +52,9 @@ def test_readme_main_job_from_a_fresh_directory_then_resume(tmp_path):
     work = tmp_path / "fresh_clone"
     work.mkdir()
     cache = ["--compilation-cache-dir", str(tmp_path / "xla_cache")]
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), _child_cpu_s()
     first = _train(work, "--total-steps", "2", *cache)
-    t1 = time.monotonic()
+    t1, c1 = time.monotonic(), _child_cpu_s()
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = work / "runs" / "pi0_demo_cpu"  # the default, relative --run-root
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["1", "2"]
@@ -62,7 +68,7 @@ def test_readme_main_job_from_a_fresh_directory_then_resume(tmp_path):
     logged_before = len(list(read_jsonl(run_dir / "tb" / "metrics.jsonl")))
 
     resumed = _train(work, "--resume", "--total-steps", "3", *cache)
-    t2 = time.monotonic()
+    t2, c2 = time.monotonic(), _child_cpu_s()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step 2" in resumed.stderr
     new_records = list(read_jsonl(run_dir / "tb" / "metrics.jsonl"))[logged_before:]
@@ -79,4 +85,7 @@ def test_readme_main_job_from_a_fresh_directory_then_resume(tmp_path):
     assert "--resume" in err[-1] and "--name" in err[-1] and str(run_dir / "checkpoints") in err[-1]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
     assert len(list(read_jsonl(run_dir / "tb" / "metrics.jsonl"))) == logged_before + len(new_records)
-    print(f"\nmain job: first run {t1 - t0:.0f} s, resumed run {t2 - t1:.0f} s")
+    print(
+        f"\nmain job: first run {t1 - t0:.0f} s wall / {c1 - c0:.0f} s CPU, "
+        f"resumed run {t2 - t1:.0f} s wall / {c2 - c1:.0f} s CPU"
+    )
