@@ -371,3 +371,20 @@ def test_other_clis_report_user_errors_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1, err
     assert err[0].startswith("error: unknown data config 'pi0_libro'") and "pi0_libero" in err[0]
+
+
+def test_disk_errors_become_one_line_naming_the_path(tmp_path):
+    import errno
+
+    from pirl.errors import disk_errors
+
+    full = pytest.raises(
+        UserError, match=f"^cannot write {tmp_path}/tb/metrics.jsonl: No space left on device$"
+    )
+    with full, disk_errors(tmp_path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "tb" / "metrics.jsonl"))
+    quota = pytest.raises(UserError, match=f"^cannot write {tmp_path}: Disk quota exceeded$")
+    with quota, disk_errors(tmp_path):
+        raise OSError(errno.EDQUOT, "quota")  # no file name: the run directory is named
+    with pytest.raises(ConnectionResetError), disk_errors(tmp_path):  # not a disk problem: unchanged
+        raise ConnectionResetError(errno.ECONNRESET, "reset")

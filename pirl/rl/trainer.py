@@ -29,7 +29,12 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import pirl
-from pirl.checkpoints.train_state import TrainStateCheckpointer, check_resume_matches, committed_steps
+from pirl.checkpoints.train_state import (
+    CheckpointWriteError,
+    TrainStateCheckpointer,
+    check_resume_matches,
+    committed_steps,
+)
 from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
 from pirl.distributed import mesh as mesh_lib
 from pirl.errors import UserError, disk_errors
@@ -572,8 +577,9 @@ def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mes
             bar.update(1)
         bar.close()
         ckpt.save(cfg.total_steps, state, {"name": cfg.name}, force=True)
-    except BaseException:
-        ckpt.emergency_save(completed, state, {"name": cfg.name})
+    except BaseException as error:
+        if not isinstance(error, CheckpointWriteError):  # a full disk would only fail again
+            ckpt.emergency_save(completed, state, {"name": cfg.name})
         raise
     finally:
         ckpt.close()

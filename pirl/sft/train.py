@@ -31,7 +31,12 @@ import numpy as np
 import optax
 
 from pirl.checkpoints.openpi_jax import load_openpi_params, merge_missing_params, save_openpi_params
-from pirl.checkpoints.train_state import TrainStateCheckpointer, check_resume_matches, committed_steps
+from pirl.checkpoints.train_state import (
+    CheckpointWriteError,
+    TrainStateCheckpointer,
+    check_resume_matches,
+    committed_steps,
+)
 from pirl.data.configs import asset_id_for, make_transforms_for_model
 from pirl.data.lerobot import LeRobotDataset, load_metadata
 from pirl.data.loader import BatchLoader, LoaderPosition, to_device
@@ -418,9 +423,12 @@ def _train_sft(config: SFTConfig) -> dict[str, Any]:
                 force=step == config.num_steps,
             )
             bar.update(1)
-    except BaseException:
-        if step > start_step and ckpt.emergency_save(
-            step, state, {"loader_position": data.train.position.to_dict()}
+    except BaseException as error:
+        # (not after a failed checkpoint write: a full disk would only fail again)
+        if (
+            not isinstance(error, CheckpointWriteError)
+            and step > start_step
+            and ckpt.emergency_save(step, state, {"loader_position": data.train.position.to_dict()})
         ):
             data.train.save_state(Path(ckpt.directory) / str(step))
         raise
