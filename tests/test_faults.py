@@ -372,6 +372,20 @@ def test_other_clis_report_user_errors_in_one_line(monkeypatch, capsys):
     assert stop.value.code == 2 and len(err) == 1, err
     assert err[0].startswith("error: unknown data config 'pi0_libro'") and "pi0_libero" in err[0]
 
+    from pirl import serve
+    from pirl.eval import __main__ as eval_cli
+
+    for name, main in [
+        ("pirl.serve", lambda: serve.main(tyro.cli(serve.ServeArgs))),
+        ("pirl.eval", eval_cli.main),
+    ]:
+        monkeypatch.setattr(sys, "argv", [name, "--checkpoint", "/no/such/checkpoint"])
+        with pytest.raises(SystemExit) as stop:
+            run_cli(main)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) <= 2 and "Traceback" not in "".join(err), (name, err)
+        assert err[-1].startswith("error: checkpoint /no/such/checkpoint does not exist"), (name, err)
+
 
 def test_disk_errors_become_one_line_naming_the_path(tmp_path):
     import errno
