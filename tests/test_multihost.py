@@ -3,7 +3,8 @@
 Both runs apply two PPO update steps and then one SFT train step to the same global batches with
 parameters FSDP-sharded over all devices; they must end with the same parameters (and the same SFT
 loss). The 2-process run's checkpoint must restore in a 1-process run with a different mesh
-(1 device instead of 2).
+(1 device instead of 2). The real trainer (`train_rl`) runs on 2 processes x 2 devices with
+evaluation and video (`test_train_rl_on_two_processes`).
 """
 
 from __future__ import annotations
