@@ -11,7 +11,8 @@ Printed per preset:
 - the analytic FLOP count of the step (`pirl.distributed.cost_model`) and XLA's cost-analysis
   figure, which counts the body of every `lax.scan` once (see docs/scaling.md);
 - every cross-device collective of the per-device program (bytes, static: once per appearance);
-- the MFU the FLOPs imply at `--step-seconds` on `--chip`.
+- the update time the analytic FLOPs imply at an assumed `--mfu` on `--chip`, and the MFU at a
+  measured `--step-seconds`.
 
 The CPU compiler's memory plan is a proxy for the GPU / TPU one (same HLO, different fusion and
 scheduling); docs/scaling.md compares it with the analytic estimate. Compiling full π0 on a CPU takes
@@ -53,7 +54,9 @@ def abstract_transitions(cfg, num: int, sharding):
     )
 
 
-def update_row(name: str, mesh_sizes: tuple[int, ...], step_seconds: float, chip_name: str) -> dict:
+def update_row(
+    name: str, mesh_sizes: tuple[int, ...], step_seconds: float | None, chip_name: str, mfu: float
+) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -157,9 +160,11 @@ def update_row(name: str, mesh_sizes: tuple[int, ...], step_seconds: float, chip
                 (f"{op.op} {op.shapes}" for op in sorted(ops, key=lambda op: -op.bytes)[:1]), None
             ),
         },
-        "step_seconds": step_seconds,
         "chip": chip.name,
-        "mfu": analytic_total / (step_seconds * devices * chip.peak_flops),
+        "assumed_mfu": mfu,
+        "step_seconds_at_assumed_mfu": analytic_total / (devices * chip.peak_flops * mfu),
+        "step_seconds": step_seconds,
+        "mfu": None if step_seconds is None else analytic_total / (step_seconds * devices * chip.peak_flops),
     }
 
 
@@ -176,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.presets:
         try:
-            row = update_row(name, tuple(args.mesh), args.step_seconds, args.chip)
+            row = update_row(name, tuple(args.mesh), args.step_seconds, args.chip, args.mfu)
         except Exception as error:  # e.g. the host runs out of memory: report it, go on
             row = {"program": "ppo_update", "preset": name, "error": repr(error)[:500]}
             traceback.print_exc()
