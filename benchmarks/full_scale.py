@@ -175,8 +175,12 @@ def main() -> None:
     parser.add_argument("--presets", nargs="*", default=["pi0_libero_ppo"], choices=PRESETS)
     parser.add_argument("--mesh", type=int, nargs=2, default=(1, 8), help="(data, fsdp) sizes, 8 devices")
     parser.add_argument(
-        "--step-seconds", type=float, default=60.0, help="assumed update time per global step"
+        "--step-seconds",
+        type=float,
+        default=None,
+        help="measured update time per global step (gives the MFU)",
     )
+    parser.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the implied step time")
     parser.add_argument("--chip", default="h100", help="pirl.distributed.cost_model.CHIPS key for the MFU")
     args = parser.parse_args()
     for name in args.presets:

@@ -167,3 +167,32 @@ def device_put_global(tree: Any, sharding: Any) -> Any:
     if isinstance(sharding, jax.sharding.Sharding):
         return jax.tree.map(lambda x: put(x, sharding), tree)
     return jax.tree.map(put, tree, sharding)
+
+
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+    """Wait until every process reaches `name` (the coordination service's barrier, not a device
+    collective, so a process may arrive many minutes after another). No-op with one process."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client has no public accessor (orbax reads it the same way)
+
+    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
+
+
+def compile_then_barrier(name: str, jitted: Any) -> Any:
+    """`jitted`, but with several processes its first call compiles ahead of time and waits for every
+    process before running: gloo's CPU collectives give up after 30 s when one process is still
+    compiling a program the other has started. Later calls reuse the compiled program (same
+    shapes and shardings every call)."""
+    if jax.process_count() == 1:
+        return jitted
+    compiled = None
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal compiled
+        if compiled is None:
+            compiled = jitted.lower(*args, **kwargs).compile()
+            barrier(f"pirl compiled {name}")
+        return compiled(*args, **kwargs)
+
+    return call

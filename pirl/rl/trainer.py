@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 import pirl
@@ -110,7 +109,7 @@ def load_tokenizer(cfg: RLConfig, env: Any, run_dir: Path):
         if jax.process_index() == 0 and not path.exists():
             train_tiny_tokenizer(list(env.prompts), path, cfg.model.vocab_size)
         if jax.process_count() > 1:  # the other processes read process 0's file
-            multihost_utils.sync_global_devices("pirl tokenizer written")
+            multihost.barrier("pirl tokenizer written")
     else:
         raise ValueError("no tokenizer: set --tokenizer-path or --init-checkpoint")
     return PaligemmaTokenizer(path, max_len=cfg.model.max_token_len)
@@ -315,9 +314,9 @@ def build_programs(
         return metrics, jnp.any(traj.successes, axis=0), frames
 
     return Programs(
-        collect=jax.jit(collect),
-        update=update,
-        evaluate=jax.jit(evaluate),
+        collect=multihost.compile_then_barrier("collect", jax.jit(collect)),
+        update=multihost.compile_then_barrier("update", update),
+        evaluate=multihost.compile_then_barrier("evaluate", jax.jit(evaluate)),
         reset=jax.jit(reset),
     )
 
