@@ -3,6 +3,8 @@ critic warm-up, truncation bootstrap, global-step advantage normalisation, rewar
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ from pirl.rl import advantages as adv_lib
 from pirl.rl import losses
 from pirl.rl import update as update_lib
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig
-from pirl.rl.rollout import Trajectory, control_step_reward, shape_chunk_reward
+from pirl.rl.rollout import Trajectory, control_step_reward, finished_episode_metrics, shape_chunk_reward
 
 
 def _cfg(**overrides) -> RLConfig:
@@ -209,9 +211,128 @@ def test_mjx_chunk_reward_shaping():
     np.testing.assert_allclose(shape_chunk_reward(EnvSpec(), success, before, after), [1.0, 0.0, 0.0])
 
 
-def test_mjx_refuses_auto_reset_with_a_reason():
-    with pytest.raises(ValueError, match="libero backend only"):
-        _cfg(env=EnvSpec(name="toy_spatial", num_envs=2, auto_reset=True))
+def test_mjx_ignore_terminations_pays_success_as_a_difference():
+    # Per control step successes 0 0 1 1 | 0 0 1 1 | 1 0 ... in chunks of 2 / 2 / 2: RLinf's per-step
+    # rewards summed per chunk (coef 5, step penalty on the first step) with the env's flag before/after.
+    spec = EnvSpec(reward_coef=5.0, use_step_penalty=True, ignore_terminations=True)
+    steps_before, steps_after = jnp.asarray([0, 2, 4, 6]), jnp.asarray([2, 4, 6, 8])
+    success_before = jnp.asarray([True, False, True, True])  # env 0: a leftover flag of a past episode
+    success_after = jnp.asarray([False, True, True, False])
+    env_reward = jnp.asarray([0.0, 1.0, 2.0, 1.0])  # success steps in the chunk (terminate_on_success=False)
+    got = shape_chunk_reward(spec, env_reward, steps_before, steps_after, success_before, success_after)
+    np.testing.assert_allclose(got, [-1.0, 5.0, 0.0, -5.0])  # paid once, taken back when lost
+    per_step = [  # the same numbers from control_step_reward step by step (env 3: 1 -> 1, 0)
+        control_step_reward(1, 1, 0, coef=5.0, rel=True, step_penalty=True)
+        + control_step_reward(0, 1, 0, coef=5.0, rel=True, step_penalty=True)
+    ]
+    assert per_step == [-5.0]
+    # Absolute rewards: coef per success step minus one per executed step.
+    absolute = dataclasses.replace(spec, use_rel_reward=False)
+    np.testing.assert_allclose(
+        shape_chunk_reward(absolute, env_reward, steps_before, steps_after, success_before, success_after),
+        [-2.0, 3.0, 8.0, 3.0],
+    )
+
+
+def test_bootstrap_terminations_needs_auto_reset():
+    with pytest.raises(ValueError, match="bootstrap_terminations"):
+        _cfg(adv=AdvantageConfig(bootstrap_terminations=True))
+    cfg = _cfg(
+        env=EnvSpec(name="toy_spatial", num_envs=2, image_size=28, max_episode_steps=30, auto_reset=True),
+        adv=AdvantageConfig(bootstrap_terminations=True),
+    )
+    assert cfg.env.auto_reset and not cfg.episode_weights_active
+
+
+# ----------------------------------------------------------------------------- MJX auto-reset
+
+AR_MAX_STEPS = 4  # episodes of two chunks of two control steps; rollouts of three chunks
+
+
+def _flat_color_render(data):
+    # The ray caster compiles for minutes on a CPU; a colour that follows the arm is enough here.
+    color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
+    return jnp.broadcast_to(color, (2, 28, 28, 3))
+
+
+@pytest.fixture(scope="module")
+def auto_reset_rollout():
+    """A jitted MJX auto-reset rollout (toy_spatial, tiny π0, 2 envs) and what it needs."""
+    from pirl.envs import make_env
+    from pirl.models.config import Pi0Config
+    from pirl.policies import flow_policy
+    from pirl.rl import rollout as rollout_lib
+    from pirl.rl.synthetic import toy_env_adapter
+
+    cfg = RLConfig(
+        model=Pi0Config.tiny(
+            image_keys=("base_0_rgb", "left_wrist_0_rgb"),
+            image_resolution=(28, 28),
+            action_dim=8,
+            action_horizon=4,
+        ),
+        policy=FlowPolicyConfig(num_steps=2, action_chunk=2, value_head_hidden=(16,)),
+        env=EnvSpec(
+            name="toy_spatial", num_envs=2, image_size=28, max_episode_steps=AR_MAX_STEPS, auto_reset=True
+        ),
+        adv=AdvantageConfig(gamma=0.5),
+        chunk_steps=3,
+        rollout_epochs=1,
+        global_batch_size=6,
+    )
+    env = make_env("toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=AR_MAX_STEPS)
+    params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
+    adapter = toy_env_adapter(cfg, env.prompts)
+    pools = (jnp.asarray([0, 1], jnp.int32), jnp.asarray([3, 7], jnp.int32))
+
+    @jax.jit
+    def play(state, ret, rng):
+        return rollout_lib.rollout(
+            params,
+            adapter,
+            state,
+            rng,
+            env=env,
+            policy_cfg=cfg.policy,
+            model_cfg=cfg.model,
+            chunk_steps=3,
+            env_spec=cfg.env,
+            reset_pools=pools,
+            adv_cfg=cfg.adv,
+            episode_return=ret,
+        )
+
+    start = jax.jit(jax.vmap(env.reset_to))(jnp.asarray([0, 1]), jnp.asarray([3, 7]))
+    return play, start, pools
+
+
+def test_mjx_auto_reset_carries_episodes_across_rollouts(auto_reset_rollout):
+    play, start, (task_pool, init_pool) = auto_reset_rollout
+    first = play(start, jnp.zeros(2), jax.random.key(1))
+    # Chunk 2 ends the 4-step episode (time limit): the env resets, and chunk 3 is the new
+    # episode's first two steps, which carry into the next rollout.
+    np.testing.assert_array_equal(np.asarray(first.trajectory.dones), [[False] * 2, [True] * 2, [False] * 2])
+    np.testing.assert_array_equal(np.asarray(first.final_state.info["step"]), [2, 2])
+    assert np.isin(np.asarray(first.final_state.info["task_id"]), np.asarray(task_pool)).all()
+    assert np.isin(np.asarray(first.final_state.info["init_id"]), np.asarray(init_pool)).all()
+    # The truncated chunk's reward is γ·V(final obs) (no success: every other reward is 0).
+    rewards = np.asarray(first.trajectory.rewards)
+    assert np.all(rewards[[0, 2]] == 0.0) and np.all(rewards[1] != 0.0)
+    np.testing.assert_array_equal(np.asarray(first.finished["done"]), np.asarray(first.trajectory.dones))
+    np.testing.assert_array_equal(np.asarray(first.finished["length"])[1], [AR_MAX_STEPS] * 2)
+    np.testing.assert_allclose(np.asarray(first.finished["return"]), 0.0)  # no bootstrap in the return
+
+    second = play(first.final_state, first.episode_return, jax.random.key(2))
+    # The carried episode goes on where it stopped: its first chunk reaches step 4 and ends it,
+    # and the next episode (chunks 2 and 3) ends at the rollout's last chunk.
+    np.testing.assert_array_equal(
+        np.asarray(second.trajectory.env_obs["state"][0]), np.asarray(first.final_state.obs["state"])
+    )
+    np.testing.assert_array_equal(np.asarray(second.trajectory.dones), [[True] * 2, [False] * 2, [True] * 2])
+    np.testing.assert_array_equal(np.asarray(second.final_state.info["step"]), [0, 0])
+    metrics = {k: float(v) for k, v in finished_episode_metrics(second.finished).items()}
+    assert metrics["env/episodes"] == 4.0 and metrics["env/episode_len"] == AR_MAX_STEPS
+    assert metrics["env/success_once"] == 0.0 and metrics["env/return"] == 0.0
 
 
 def test_lora_rank_and_alpha_are_config_values():

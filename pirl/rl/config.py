@@ -90,6 +90,9 @@ class AdvantageConfig:
     bootstrap_on_truncation: bool = True
     """Bootstrap an episode cut by the time limit with γ·V(its final obs) (never a termination).
     RLinf bootstraps only with env.auto_reset, so its recipes without auto-reset correspond to False."""
+    bootstrap_terminations: bool = False
+    """RLinf's bootstrap_type: always: with env.auto_reset, chunks that end by success also get
+    γ·V(final obs) added to their reward, like truncated ones (False: RLinf's 'standard')."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,13 +220,16 @@ class RLConfig:
         env = self.env
         if env.backend not in ("mjx", "libero"):
             raise ValueError(f"env.backend must be 'mjx' or 'libero', got {env.backend!r}")
+        if env.auto_reset and self.adv.adv_type == "grpo":
+            raise ValueError(
+                "GRPO groups share one reset state: use env.auto_reset=False with adv.adv_type='grpo'"
+            )
+        if self.adv.bootstrap_terminations and not (env.auto_reset and self.adv.bootstrap_on_truncation):
+            raise ValueError(
+                "adv.bootstrap_terminations (RLinf's bootstrap_type: always) acts only with env.auto_reset=True "
+                "and adv.bootstrap_on_truncation=True; set it False otherwise"
+            )
         if env.backend == "mjx":
-            if env.auto_reset or env.ignore_terminations:
-                raise ValueError(
-                    "env.auto_reset / env.ignore_terminations are implemented by the libero backend only "
-                    "(--env.backend libero): the MJX rollout starts fresh episodes every rollout and its "
-                    "episodes end on success"
-                )
             return
         from pirl.envs.libero_pool import EPISODE_LIMITS
 
@@ -249,10 +255,6 @@ class RLConfig:
             raise ValueError(
                 "the expert warm start records demos in the MJX scenes; with --env.backend libero start from "
                 "--init-checkpoint (warm_start.sft_steps=0)"
-            )
-        if env.auto_reset and self.adv.adv_type == "grpo":
-            raise ValueError(
-                "GRPO groups share one reset state: use env.auto_reset=False with adv.adv_type='grpo'"
             )
 
     @property

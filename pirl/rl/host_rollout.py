@@ -498,8 +498,8 @@ class HostCollector:
                     ep.done = True
                     rec.dones[t - 1, slot] = True
                     ended.append(slot)
-                    if truncated and not terminated:
-                        truncated_obs[slot] = result.obs
+                    if (truncated and not terminated) or (terminated and cfg.adv.bootstrap_terminations):
+                        truncated_obs[slot] = result.obs  # bootstrapped (bootstrap_type always: every done)
             if auto_reset and ended:
                 if truncated_obs and cfg.adv.bootstrap_on_truncation:
                     # γ·V(final observation) for chunks cut by the time limit (RLinf's "standard" bootstrap)

@@ -54,7 +54,12 @@ def make_rl_env(cfg: RLConfig) -> Any:
         return LiberoTrainEnv(cfg)
     from pirl.envs import make_env
 
-    return make_env(cfg.env.name, image_size=cfg.env.image_size, max_steps=cfg.max_episode_steps)
+    return make_env(
+        cfg.env.name,
+        image_size=cfg.env.image_size,
+        max_steps=cfg.max_episode_steps,
+        terminate_on_success=not cfg.env.ignore_terminations,
+    )
 
 
 def state_dim_of(env: Any) -> int:
@@ -149,6 +154,26 @@ class Programs:
     reset: Any
 
 
+class AutoResetCollect:
+    """`collect` with env.auto_reset on the MJX backend: the environments' states and running
+    returns carry over from one global step to the next (held here, like `HostCollector`'s).
+
+    They are not checkpointed: a resumed run (or a new `AutoResetCollect`) starts fresh episodes."""
+
+    def __init__(self, collect: Any, start: Any):
+        self._collect, self._start = collect, start
+        self.carry: Any = None
+        """(batched env state, f32[num_envs] returns so far), or None before the first rollout."""
+
+    def __call__(self, params, adapter, rng, task_pool, init_pool):
+        if self.carry is None:
+            self.carry = self._start(jax.random.fold_in(rng, 1), task_pool, init_pool)
+        transitions, metrics, self.carry = self._collect(
+            params, adapter, rng, task_pool, init_pool, self.carry
+        )
+        return transitions, metrics
+
+
 def build_programs(
     cfg: RLConfig,
     env: Any,
@@ -189,26 +214,48 @@ def build_programs(
         tasks, inits = rollout_lib.sample_reset_ids(rng, task_pool, init_pool, num_envs, group)
         return jax.lax.with_sharding_constraint(reset_batch(tasks, inits), batch_sharding)
 
-    def collect(params, adapter, rng, task_pool, init_pool):
-        def one_epoch(_, key):
+    auto_reset = cfg.env.auto_reset
+
+    def collect(params, adapter, rng, task_pool, init_pool, carry=None):
+        def one_epoch(carry, key):
             k_reset, k_roll = jax.random.split(key)
+            state, ret = (reset(k_reset, task_pool, init_pool), None) if carry is None else carry
             out = rollout_lib.rollout(
                 params,
                 adapter,
-                reset(k_reset, task_pool, init_pool),
+                state,
                 k_roll,
                 env=env,
                 policy_cfg=cfg.policy,
                 model_cfg=cfg.model,
                 chunk_steps=chunk_steps,
                 env_spec=cfg.env,
+                reset_pools=(task_pool, init_pool) if auto_reset else None,
+                adv_cfg=cfg.adv,
+                episode_return=ret,
             )
-            return None, update_lib.rollout_targets(cfg, out.trajectory, out.final_value)
+            carry = (out.final_state, out.episode_return) if auto_reset else None
+            return carry, (update_lib.rollout_targets(cfg, out.trajectory, out.final_value), out.finished)
 
-        _, (transitions, metrics) = jax.lax.scan(one_epoch, None, jax.random.split(rng, cfg.rollout_epochs))
+        carry, ((transitions, metrics), finished) = jax.lax.scan(
+            one_epoch, carry, jax.random.split(rng, cfg.rollout_epochs)
+        )
         transitions = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), transitions)
         transitions = jax.lax.with_sharding_constraint(transitions, batch_sharding)
-        return transitions, jax.tree.map(jnp.mean, metrics)
+        metrics = jax.tree.map(jnp.mean, metrics)
+        if not auto_reset:
+            return transitions, metrics
+        return transitions, metrics | rollout_lib.finished_episode_metrics(finished), carry
+
+    if auto_reset:
+        collect = AutoResetCollect(
+            jax.jit(collect),
+            jax.jit(
+                lambda rng, tasks, inits: (reset(rng, tasks, inits), jnp.zeros((num_envs,), jnp.float32))
+            ),
+        )
+    else:
+        collect = jax.jit(collect)
 
     def evaluate(params, adapter, task_ids, init_ids, rng):
         state = jax.lax.with_sharding_constraint(reset_batch(task_ids, init_ids), batch_sharding)
@@ -229,7 +276,7 @@ def build_programs(
         return metrics, jnp.any(traj.successes, axis=0), frames
 
     return Programs(
-        collect=jax.jit(collect),
+        collect=collect,
         update=update,
         evaluate=jax.jit(evaluate),
         reset=jax.jit(reset),
@@ -369,6 +416,14 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
         raise ValueError(
             f"the given env ends episodes after {env.max_steps} steps but the config says "
             f"{cfg.max_episode_steps}: build it with make_env(..., max_steps={cfg.max_episode_steps})"
+        )
+    elif (
+        getattr(env, "config", None) is not None
+        and env.config.terminate_on_success == cfg.env.ignore_terminations
+    ):
+        raise ValueError(
+            f"env.ignore_terminations={cfg.env.ignore_terminations} needs an env built with "
+            f"make_env(..., terminate_on_success={not cfg.env.ignore_terminations})"
         )
     tokenizer = load_tokenizer(cfg, env, run_dir)
     rng = jax.random.key(cfg.seed)
