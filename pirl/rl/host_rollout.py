@@ -142,12 +142,15 @@ def policy_chunk(
     policy_cfg: FlowPolicyConfig,
     mode: str,
     upside_down: bool,
+    noise_level: Array | None = None,
 ) -> ChunkSample:
     """Env observations -> model inputs -> flow-policy sample -> env action chunks (one batch)."""
     if upside_down:  # openpi's 180-degree rotation of raw LIBERO renders
         env_obs = {k: (v[:, ::-1, ::-1] if v.ndim == 4 else v) for k, v in env_obs.items()}
     model_obs = env_obs_to_model(adapter, model_cfg, env_obs, task_id)
-    out = flow_policy.sample(params, policy_cfg, model_cfg, keys, model_obs, mode=mode)
+    out = flow_policy.sample(
+        params, policy_cfg, model_cfg, keys, model_obs, mode=mode, noise_level=noise_level
+    )
     actions = model_actions_to_env(adapter, out.actions, env_obs["state"])
     return ChunkSample(actions, out.chain, out.denoise_index, out.log_probs, out.value)
 
@@ -163,6 +166,7 @@ def sample_stage(
     env_ids: Int[Array, " b"],
     rng: jax.Array,
     step: Int[Array, ""],
+    noise_level: Array | None = None,
     *,
     model_cfg: Pi0Config,
     policy_cfg: FlowPolicyConfig,
@@ -171,7 +175,8 @@ def sample_stage(
     upside_down: bool,
     sharding: jax.sharding.NamedSharding,
 ) -> ChunkSample:
-    """One stage's action chunks (compiled), with per-environment keys fold_in(fold_in(rng, step), env id).
+    """One stage's action chunks (compiled), with per-environment keys fold_in(fold_in(rng, step), env id)
+    (`noise_level`: the Flow-SDE level under policy.noise_anneal, None = the config's).
 
     Each device computes its rows in micro-batches of `micro_batch` (a lax.map over [micro-batch
     step, device x micro-batch]), so an environment's numbers do not depend on how many others share
@@ -208,6 +213,7 @@ def sample_stage(
             policy_cfg=policy_cfg,
             mode=mode,
             upside_down=upside_down,
+            noise_level=noise_level,
         )
         return jax.lax.with_sharding_constraint(out, sharding)
 
@@ -322,6 +328,7 @@ class HostCollector:
         self._reset_ids = jax.jit(
             functools.partial(rollout_lib.sample_reset_ids, num_envs=cfg.env.num_envs, group=self.group)
         )
+        self._noise_level: np.float32 | None = None  # the training rollouts' level (noise_anneal)
         self.policy_latency_s = 0.0
         """Added to every policy call (benchmarks: emulate an accelerator's latency on a CPU-only host)."""
         self._carry: tuple[list[Episode], list[dict]] | None = None
@@ -331,8 +338,13 @@ class HostCollector:
 
     # -------------------------------------------------------------- trainer API
 
-    def collect(self, params, adapter, rng, task_pool, init_pool) -> tuple[Any, dict[str, Any]]:
-        """`rollout_epochs` rollouts -> (flat transitions on the mesh, mean metrics)."""
+    def collect(
+        self, params, adapter, rng, task_pool, init_pool, global_step: int = 0
+    ) -> tuple[Any, dict[str, Any]]:
+        """`rollout_epochs` rollouts -> (flat transitions on the mesh, mean metrics); `global_step`
+        sets the Flow-SDE noise level under policy.noise_anneal."""
+        policy = self.cfg.policy
+        self._noise_level = np.float32(policy.noise_level_at(global_step)) if policy.noise_anneal else None
         self._task_pool = multihost.process_local_rows(task_pool)
         self._init_pool = multihost.process_local_rows(init_pool)
         epochs, timing, finished = [], RolloutTiming(), []
@@ -585,8 +597,9 @@ class HostCollector:
             "env_ids": env_ids[slots],
         }
         batch = multihost.host_local_batch_to_global(local, self.mesh)
+        level = self._noise_level if sample is self._sample["train"] else None
         out = sample(
-            params, adapter, batch["env_obs"], batch["task_id"], batch["env_ids"], rng, np.int32(step)
+            params, adapter, batch["env_obs"], batch["task_id"], batch["env_ids"], rng, np.int32(step), level
         )
         jax.block_until_ready(out.env_actions)
         if self.policy_latency_s:
@@ -635,6 +648,9 @@ class HostCollector:
             rewards=rec.rewards,
             dones=rec.dones,
             successes=rec.successes,
+            noise_level=None
+            if self._noise_level is None
+            else np.full(rec.rewards.shape, self._noise_level, np.float32),
         )
         batch_major = jax.tree.map(lambda x: np.swapaxes(x, 0, 1), trajectory)
         return multihost.host_local_batch_to_global((batch_major, rec.final_value), self.mesh)

@@ -64,6 +64,9 @@ class Trajectory:
     """bool[T, B]: the episode ended (success or time limit) within this chunk step."""
     successes: Array
     """bool[T, B]: the task was accomplished within this chunk step."""
+    noise_level: Array | None = None
+    """f32[T, B] Flow-SDE noise level the chunks were sampled with (policy.noise_anneal; None: the
+    config's constant level), so that PPO rescores them at the same level."""
 
 
 def control_step_reward(
@@ -139,6 +142,7 @@ def rollout(
     reset_pools: tuple[Array, Array] | None = None,
     adv_cfg: AdvantageConfig | None = None,
     episode_return: Float[Array, " b"] | None = None,
+    noise_level: Array | float | None = None,
 ) -> RolloutOutput:
     """Play `chunk_steps` chunk steps in every environment of the batched `env_state`.
 
@@ -147,7 +151,9 @@ def rollout(
     the pure ODE (deterministic given the noise). `env_spec` shapes the rewards
     (`shape_chunk_reward`); None keeps the env's success reward. `reset_pools` = (task ids,
     initial-state ids) turns on auto-reset (see the module docstring), with `adv_cfg`'s bootstrap
-    rules and `episode_return` the carried-in running returns (None = zeros).
+    rules and `episode_return` the carried-in running returns (None = zeros). `noise_level`: the
+    Flow-SDE level of this rollout (`policy_cfg.noise_level_at(global_step)` under noise_anneal;
+    recorded in the trajectory), None = the config's constant level.
     """
     chunk_step = env.batched(env.chunk_step)
     auto_reset = reset_pools is not None
@@ -158,7 +164,7 @@ def rollout(
     def policy_step(state, key):
         task_id = state.info["task_id"]
         obs = env_obs_to_model(adapter, model_cfg, state.obs, task_id)
-        out = flow_policy.sample(params, policy_cfg, model_cfg, key, obs, mode=mode)
+        out = flow_policy.sample(params, policy_cfg, model_cfg, key, obs, mode=mode, noise_level=noise_level)
         return out, task_id
 
     def reward_of(state, next_state):
@@ -229,6 +235,7 @@ def rollout(
             rewards=reward,
             dones=dones,
             successes=successes,
+            noise_level=None if noise_level is None else jnp.full((batch,), noise_level, jnp.float32),
         )
         return (next_state, ret), (record, finished)
 

@@ -165,11 +165,11 @@ class AutoResetCollect:
         self.carry: Any = None
         """(batched env state, f32[num_envs] returns so far), or None before the first rollout."""
 
-    def __call__(self, params, adapter, rng, task_pool, init_pool):
+    def __call__(self, params, adapter, rng, task_pool, init_pool, global_step=0):
         if self.carry is None:
             self.carry = self._start(jax.random.fold_in(rng, 1), task_pool, init_pool)
         transitions, metrics, self.carry = self._collect(
-            params, adapter, rng, task_pool, init_pool, self.carry
+            params, adapter, rng, task_pool, init_pool, np.int32(global_step), self.carry
         )
         return transitions, metrics
 
@@ -216,7 +216,9 @@ def build_programs(
 
     auto_reset = cfg.env.auto_reset
 
-    def collect(params, adapter, rng, task_pool, init_pool, carry=None):
+    def collect(params, adapter, rng, task_pool, init_pool, global_step, carry=None):
+        noise_level = cfg.policy.noise_level_at(global_step) if cfg.policy.noise_anneal else None
+
         def one_epoch(carry, key):
             k_reset, k_roll = jax.random.split(key)
             state, ret = (reset(k_reset, task_pool, init_pool), None) if carry is None else carry
@@ -233,6 +235,7 @@ def build_programs(
                 reset_pools=(task_pool, init_pool) if auto_reset else None,
                 adv_cfg=cfg.adv,
                 episode_return=ret,
+                noise_level=noise_level,
             )
             carry = (out.final_state, out.episode_return) if auto_reset else None
             return carry, (update_lib.rollout_targets(cfg, out.trajectory, out.final_value), out.finished)
@@ -255,7 +258,10 @@ def build_programs(
             ),
         )
     else:
-        collect = jax.jit(collect)
+        jitted = jax.jit(collect)
+        collect = lambda params, adapter, rng, tasks, inits, global_step=0: jitted(  # noqa: E731
+            params, adapter, rng, tasks, inits, np.int32(global_step)
+        )
 
     def evaluate(params, adapter, task_ids, init_ids, rng):
         state = jax.lax.with_sharding_constraint(reset_batch(task_ids, init_ids), batch_sharding)
@@ -523,7 +529,7 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
             k_collect, k_update = jax.random.split(rng_step)
             t0 = time.time()
             transitions, roll_metrics = programs.collect(
-                state["params"], adapter, k_collect, task_pool, init_pool
+                state["params"], adapter, k_collect, task_pool, init_pool, global_step=step
             )
             roll_metrics = _host(roll_metrics)
             t1 = time.time()
