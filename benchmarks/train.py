@@ -14,6 +14,8 @@ for the simulators, the workers' busy time, the pipelined overlap (the share of 
 the workers spent stepping) and the control steps per second of one worker's stepping (resets
 excluded); plus "libero_bare_env" lines: one LIBERO env stepped in a loop with both cameras
 rendered every step (the usual figure) and only at chunk ends (what the pool does).
+`--auto-reset` times MJX rollouts with RLinf's auto-reset (episodes of half a rollout, so every
+environment resets and bootstraps once per rollout): the "rollout" line then has "auto_reset": true.
 `--policy-latency-ms` adds a sleep to every policy call, emulating an accelerator's latency on a
 CPU-only machine (where the tiny model competes with the simulators for the same cores).
 """
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--minibatch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--auto-reset", action="store_true", help="mjx: auto-resetting rollouts")
     parser.add_argument("--backend", choices=("mjx", "libero"), default="mjx")
     parser.add_argument("--suite", default="libero_spatial", help="libero: the suite")
     parser.add_argument("--workers", default="1,2,4", help="libero: worker counts (0 = the core count)")
@@ -93,13 +96,22 @@ def main() -> None:
     cfg = RLConfig(
         model=model,
         policy=policy,
-        env=EnvSpec(name=args.env, num_envs=args.num_envs, image_size=args.image_size),
+        env=EnvSpec(
+            name=args.env,
+            num_envs=args.num_envs,
+            image_size=args.image_size,
+            auto_reset=args.auto_reset,
+            # auto-reset: every episode ends (time limit) halfway through the rollout
+            max_episode_steps=max(1, args.chunk_steps // 2) * policy.action_chunk
+            if args.auto_reset
+            else None,
+        ),
         chunk_steps=args.chunk_steps,
         rollout_epochs=1,
         update_epochs=1,
         global_batch_size=args.minibatch,
     )
-    env = make_env(cfg.env.name, image_size=cfg.env.image_size)
+    env = make_env(cfg.env.name, image_size=cfg.env.image_size, max_steps=cfg.max_episode_steps)
     tokens = np.zeros(model.max_token_len, np.int32)
     tokens[:4] = [2, 5, 6, 7]
     adapter = make_env_adapter(
@@ -111,7 +123,19 @@ def main() -> None:
 
     roll = jax.jit(
         lambda p, s, k: rollout_lib.rollout(
-            p, adapter, s, k, env=env, policy_cfg=policy, model_cfg=model, chunk_steps=args.chunk_steps
+            p,
+            adapter,
+            s,
+            k,
+            env=env,
+            policy_cfg=policy,
+            model_cfg=model,
+            chunk_steps=args.chunk_steps,
+            env_spec=cfg.env,
+            reset_pools=(jnp.zeros(1, jnp.int32), jnp.arange(env.num_init_states))
+            if args.auto_reset
+            else None,
+            adv_cfg=cfg.adv,
         )
     )
     out, t_roll = _timed(roll, params, state, jax.random.key(1), repeats=args.repeats)
@@ -125,6 +149,7 @@ def main() -> None:
                 "chunk_samples_per_s": n * args.chunk_steps / t_roll,
                 "num_envs": n,
                 "image_size": args.image_size,
+                "auto_reset": args.auto_reset,
                 "full": args.full,
                 "device": jax.devices()[0].device_kind,
             }

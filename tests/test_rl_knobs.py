@@ -4,6 +4,7 @@ critic warm-up, truncation bootstrap, global-step advantage normalisation, rewar
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -246,6 +247,7 @@ def test_bootstrap_terminations_needs_auto_reset():
 
 # ----------------------------------------------------------------------------- MJX auto-reset
 
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 AR_MAX_STEPS = 4  # episodes of two chunks of two control steps; rollouts of three chunks
 
 
@@ -280,12 +282,15 @@ def auto_reset_rollout():
         rollout_epochs=1,
         global_batch_size=6,
     )
-    env = make_env("toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=AR_MAX_STEPS)
+    # lax.map batching and XLA's cheapest backend pass: these programs run once, compiling dominates.
+    env = make_env(
+        "toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=AR_MAX_STEPS, batching="map"
+    )
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
     adapter = toy_env_adapter(cfg, env.prompts)
     pools = (jnp.asarray([0, 1], jnp.int32), jnp.asarray([3, 7], jnp.int32))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def play(state, ret, rng):
         return rollout_lib.rollout(
             params,
@@ -302,7 +307,9 @@ def auto_reset_rollout():
             episode_return=ret,
         )
 
-    start = jax.jit(jax.vmap(env.reset_to))(jnp.asarray([0, 1]), jnp.asarray([3, 7]))
+    start = jax.jit(env.batched(env.reset_to), compiler_options=FAST_COMPILE)(
+        jnp.asarray([0, 1]), jnp.asarray([3, 7])
+    )
     return play, start, pools
 
 

@@ -2,8 +2,8 @@
 
 One rollout = every environment plays one episode from a given (task, initial state) for
 `chunk_steps` chunk steps: observe → `sample` an action chunk → `chunk_step` the environment.
-Environments whose episode ended keep stepping (a fixed-shape program) but those steps are masked
-out of the loss by `valid_step_mask`. The rollout records what PPO needs to rescore each
+Without auto-reset, environments whose episode ended keep stepping (a fixed-shape program) but
+those steps are masked out of the loss by `valid_step_mask`. The rollout records what PPO needs to rescore each
 transition: the raw env observation (uint8 images, state, task id), the denoise chain and its
 stochastic step, old log-probs and values, rewards and dones; plus the critic's value of the final
 observation, which bootstraps episodes cut by the time limit.

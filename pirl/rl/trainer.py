@@ -1,6 +1,7 @@
 """The RL training loop: `train_rl(RLConfig)`.
 
-Per global step: `collect` (jit: `rollout_epochs` rollouts from fresh resets → advantages →
+Per global step: `collect` (jit: `rollout_epochs` rollouts from fresh resets, or with
+`env.auto_reset` continuing the episodes of the previous rollout (`AutoResetCollect`) → advantages →
 flat transitions, all on device) and `update` (jit: every PPO optimizer step of the step). Both are
 compiled once with the parameters FSDP-sharded and the environment / transition batch split over
 the mesh's batch axes. The host only loops, logs, evaluates, writes videos and saves checkpoints.
