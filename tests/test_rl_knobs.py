@@ -1,5 +1,7 @@
 """RLinf's algorithm knobs on small arrays: loss aggregation and per-episode weighting,
-critic warm-up, truncation bootstrap, global-step advantage normalisation, reward shaping."""
+critic warm-up, truncation bootstrap, global-step advantage normalisation, reward shaping; and the
+episode rules of MJX rollouts (auto-reset, ignore_terminations, bootstrap_type always) through
+`rollout()` on a scripted stand-in env with exact numbers (the real MJX suite: nightly)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ class EnvSpec:
     auto_reset: bool = False
     """RLinf's auto_reset: an environment resets as soon as its episode ends and carries on from
     one rollout to the next (every step is trained on); False: each rollout starts fresh episodes
-    and environments whose episode ended idle, masked out."""
+    and environments whose episode ended idle, masked out. The carried episodes are not part of a
+    checkpoint: a resumed run starts fresh ones."""
     ignore_terminations: bool = False
     """RLinf's ignore_terminations: success does not end an episode; episodes run to
     max_episode_steps (the success reward is paid as a difference, so it can be taken back)."""
