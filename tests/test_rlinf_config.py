@@ -350,6 +350,24 @@ def test_maniskill_recipe_maps_auto_reset_and_bootstrap_always(config_dir):
     assert not cfg.adv.bootstrap_on_truncation and not cfg.adv.bootstrap_terminations
 
 
+def test_noise_anneal_maps_for_flow_sde_only(config_dir):
+    recipe = yaml.safe_load((config_dir / "libero_spatial_ppo_openpi.yaml").read_text())
+    openpi = recipe["actor"]["model"]["openpi"]
+    recipe["actor"]["model"]["openpi"] = dict(openpi, noise_anneal=True, noise_params=[0.6, 0.2, 100])
+    _write(config_dir / "anneal.yaml", recipe)
+    imported = rlinf_config.read_rlinf_config(config_dir / "anneal.yaml")
+    policy = imported.config.policy
+    assert policy.noise_method == "flow_sde" and policy.noise_anneal
+    assert policy.noise_params == (0.6, 0.2, 100)
+    assert float(policy.noise_level_at(50)) == pytest.approx(0.4)
+    # Flow-Noise: the noise head sets the std, so RLinf's annealing has no effect: refused.
+    recipe = yaml.safe_load((config_dir / "maniskill_ppo_openpi.yaml").read_text())
+    recipe["actor"]["model"]["openpi"]["noise_anneal"] = True
+    _write(config_dir / "anneal_noise.yaml", recipe)
+    with pytest.raises(UserError, match=r"actor\.model\.openpi\.noise_anneal: True: anneals the Flow-SDE"):
+        rlinf_config.read_rlinf_config(config_dir / "anneal_noise.yaml")
+
+
 def test_kl_beta_zero_is_accepted_and_nonzero_refused(config_dir):
     imported = rlinf_config.read_rlinf_config(config_dir / "maniskill_ppo_openpi.yaml")
     assert "no KL term" in imported.mapped["algorithm.kl_beta"]
@@ -384,14 +402,14 @@ def test_self_in_defaults_puts_the_file_first(tmp_path):
 def test_unknown_and_unsupported_keys_are_named(config_dir, tmp_path):
     recipe = yaml.safe_load((config_dir / "libero_spatial_ppo_openpi.yaml").read_text())
     recipe["algorithm"]["my_new_knob"] = 3
-    recipe["actor"]["model"]["openpi"] = dict(recipe["actor"]["model"]["openpi"], noise_anneal=True)
+    recipe["algorithm"]["kl_beta"] = 0.05
     path = config_dir / "custom.yaml"
     _write(path, recipe)
     with pytest.raises(UserError) as err:
         rlinf_config.read_rlinf_config(path)
     message = str(err.value)
     assert "algorithm.my_new_knob: 3: unknown RLinf key" in message
-    assert "actor.model.openpi.noise_anneal" in message
+    assert "algorithm.kl_beta: 0.05" in message
     imported = rlinf_config.read_rlinf_config(path, allow_unsupported=True)
     assert "algorithm.my_new_knob" in imported.report()
     # Keys without a meaning in pirl are reported with the reason, not silently dropped.
