@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pirl.models.config import Pi0Config
+from pirl.models.config import Pi0Config, model_config_for
 from pirl.policies.config import FlowPolicyConfig
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig, WarmStartConfig
 from pirl.rl.losses import PPOLossConfig
 from pirl.rl.optim import OptimizerConfig
 
-PI0 = Pi0Config()
-PI05_LIBERO = Pi0Config(pi05=True, action_horizon=10, discrete_state_input=False)
+PI0 = model_config_for("pi0_libero", action_horizon=50)
+PI05_LIBERO = model_config_for("pi05_libero", action_horizon=10)
 
 
 def pi0_libero_ppo() -> RLConfig:
@@ -138,6 +138,7 @@ def pi0_demo_cpu() -> RLConfig:
         global_batch_size=80,
         total_steps=60,
         random_init=True,
+        data_config="pi0_toy",
         # 32 evaluation episodes (8 per initial state, fixed noise): a less noisy curve than 8.
         eval_interval=10,
         eval_episodes=32,

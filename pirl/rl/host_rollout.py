@@ -361,8 +361,12 @@ class HostCollector:
         metrics["rollout/worker_restarts"] = float(self.env.pool.restarts - restarts)
         return transitions, metrics | self._timing_metrics(timing)
 
-    def evaluate(self, params, adapter, task_ids, init_ids, rng) -> tuple[dict, np.ndarray, np.ndarray]:
-        """Fixed (task, initial state) episodes with the ODE sampler, in rounds of `num_envs`.
+    def evaluate(
+        self, params, adapter, task_ids, init_ids, rng, episode_ids=None
+    ) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Fixed (task, initial state) episodes with the ODE sampler, in rounds of `num_envs`
+        (`episode_ids`, the MJX program's per-episode noise index, is not used: the pool's
+        environments draw by environment id).
 
         Returns (env/* metrics over the given episodes, this process's per-episode success, upright
         agentview frames [T, n, S, S, 3] of this process's first episodes for a video)."""

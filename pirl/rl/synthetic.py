@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from pirl.data.configs import get_data_config
 from pirl.distributed import mesh as mesh_lib
 from pirl.distributed import multihost
 from pirl.models.config import Pi0Config
@@ -101,10 +102,12 @@ def toy_env_adapter(cfg: RLConfig, prompts: Sequence[str] = ("a b", "c d")) -> E
         return np.arange(length, dtype=np.int32) % 5, np.arange(length) < 4
 
     return make_env_adapter(
+        get_data_config("pi0_toy"),
         list(prompts),
         tokenize,
         None,
         state_dim=TINY_STATE_DIM,
+        model_image_keys=cfg.model.image_keys,
         action_env_dim=cfg.policy.action_env_dim,
         action_chunk=cfg.policy.action_chunk,
     )
