@@ -242,7 +242,7 @@ def libero_main(args) -> None:
             global_batch_size=num_envs * args.chunk_steps,
         )
         env = LiberoTrainEnv(base)
-        adapter = toy_env_adapter(base, env.prompts)
+        adapter = toy_env_adapter(base, env.prompts, rotate_images=True)
         specs = [EpisodeSpec(args.suite, 0, i % env.num_init_states, 0) for i in range(num_envs)]
         try:
             for stages in (int(s) for s in args.stages.split(",")):

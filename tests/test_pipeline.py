@@ -148,6 +148,22 @@ def test_pi05_libero_quantile_and_absolute_actions_match_openpi(tokenizer, param
     assert adapter.delta_mask is None and adapter.use_quantiles
 
 
+def test_raw_libero_renders_are_rotated_by_the_adapter(tokenizer):
+    # openpi's LIBERO client rotates raw renders by 180 degrees; the adapter does it wherever
+    # observations become model inputs (rollout sampling and PPO's rescoring alike).
+    data = get_data_config("pi0_libero")
+    plain = make_env_adapter(data, PROMPTS, tokenizer.tokenize, STATS)
+    rotating = make_env_adapter(data, PROMPTS, tokenizer.tokenize, STATS, rotate_images=True)
+    agent, wrist = _images()
+    raw = {"agentview_image": agent[None], "wrist_image": wrist[None], "state": RAW_STATE[None]}
+    upright = {**raw, "agentview_image": agent[None, ::-1, ::-1], "wrist_image": wrist[None, ::-1, ::-1]}
+    a = env_obs_to_model(rotating, MODEL, jax.tree.map(jnp.asarray, raw), jnp.array([0]))
+    b = env_obs_to_model(plain, MODEL, jax.tree.map(jnp.asarray, upright), jnp.array([0]))
+    for key in ("base_0_rgb", "left_wrist_0_rgb"):
+        np.testing.assert_array_equal(np.asarray(a.images[key]), np.asarray(b.images[key]))
+    assert float(a.images["base_0_rgb"][0, -1, -1, 0]) == agent[0, 0, 0] / 255.0 * 2.0 - 1.0
+
+
 def test_data_config_or_stats_that_do_not_fit_the_env_fail_naming_both_sides(tokenizer):
     def make(data, stats=STATS, **kw):
         return make_env_adapter(data, PROMPTS, tokenizer.tokenize, stats, env_name="env 'toy_spatial'", **kw)
@@ -193,3 +209,178 @@ def test_policy_description_round_trips_and_wins_over_defaults(tmp_path, tokeniz
         UserError, match="--data-config pi05_libero conflicts with the checkpoint's data config 'pi0_libero'"
     ):
         resolve_data_config(dataclasses.replace(cfg, data_config="pi05_libero"), description)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on a short MJX episode (tiny π0, a flat-colour renderer: the ray caster compiles for
+# minutes on a CPU). Both tests share one persistent compilation cache.
+
+MAX_STEPS = 4  # two chunk steps of two control steps
+
+
+def _flat_color_render(data):
+    color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
+    return jnp.broadcast_to(color, (2, 28, 28, 3))
+
+
+def _moved_forward(table, info, data, task_id):
+    # An outcome that depends on the executed actions (arm joint 0 moving forward), so a random
+    # tiny policy succeeds in some episodes and not in others.
+    del table, info, task_id
+    return data.qvel[0] > 0.0
+
+
+@pytest.fixture(scope="module")
+def mjx_env():
+    from pirl.envs import make_env
+
+    return make_env("toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=MAX_STEPS)
+
+
+def _tiny_rl_config(tmp_path, name: str, **overrides):
+    from configs.rl import pi0_demo_cpu
+    from pirl.rl.config import EnvSpec, WarmStartConfig
+
+    demo = pi0_demo_cpu()
+    return dataclasses.replace(
+        demo,
+        name=name,
+        run_root=str(tmp_path / "runs"),
+        model=dataclasses.replace(demo.model, image_resolution=(28, 28)),
+        policy=dataclasses.replace(demo.policy, action_chunk=2),
+        env=EnvSpec(
+            name="toy_spatial",
+            num_envs=8,
+            image_size=28,
+            max_episode_steps=MAX_STEPS,
+            task_ids=(0,),
+            init_ids=(0, 1, 2, 3),
+        ),
+        warm_start=WarmStartConfig(),
+        global_batch_size=8,
+        update_epochs=1,
+        video_interval=0,
+        save_interval=1,
+        compilation_cache_dir=str(tmp_path.parent / "pipeline_xla_cache"),
+        **overrides,
+    )
+
+
+@pytest.mark.slow
+def test_pirl_eval_reproduces_the_trainers_evaluation(mjx_env, tmp_path, monkeypatch):
+    from pirl.data.normalize import save_norm_stats
+    from pirl.eval.mjx import MjxEvalConfig, evaluate_mjx
+    from pirl.logging.writer import read_jsonl
+    from pirl.rl import trainer
+
+    monkeypatch.setattr("pirl.envs.tasks.task_success", _moved_forward)
+    save_norm_stats(tmp_path / "stats", STATS)
+    # A π0 run with pi0_libero's transforms (z-score, delta on dims 0..5) and given norm stats;
+    # no PPO step: the trainer evaluates the initial policy on its 8 fixed episodes and saves.
+    cfg = _tiny_rl_config(
+        tmp_path,
+        "evalrun",
+        data_config="pi0_libero",
+        norm_stats_path=str(tmp_path / "stats"),
+        total_steps=0,
+        eval_interval=1,
+        eval_episodes=8,
+    )
+    trainer.train_rl(cfg, env=mjx_env)
+    run = tmp_path / "runs" / "evalrun"
+    logged = [r for r in read_jsonl(run / "tb" / "metrics.jsonl") if "eval/success_once" in r]
+    trainer_success = logged[0]["eval/success_once"]
+    assert 0.0 < trainer_success < 1.0, "the outcome must depend on the actions for this test to bite"
+
+    # pirl.eval on the run directory alone: data config, norm stats, tokenizer and Euler steps come
+    # from its assets; the episodes are the trainer's (task 0, init ids 0..3 cycled, seed + 1).
+    policy = Policy.from_checkpoint(run)
+    assert policy.data_cfg.name == "pi0_libero" and policy.num_steps == cfg.policy.num_steps
+    eval_cfg = MjxEvalConfig(
+        suites=("toy_spatial",),
+        task_ids=(0,),
+        init_ids=(0, 1, 2, 3),
+        episodes_per_task=8,
+        max_steps=MAX_STEPS,
+        action_chunk=cfg.policy.action_chunk,
+        videos_per_task=0,
+        seed=cfg.seed + 1,
+    )
+    summary = evaluate_mjx(policy, eval_cfg, tmp_path / "eval", render_fn=_flat_color_render)
+    assert summary["suites"]["toy_spatial"]["success_rate"] == trainer_success
+
+
+@pytest.mark.slow
+def test_openpi_pytorch_checkpoint_trains_with_pi0_libero_delta_transform(mjx_env, tmp_path, monkeypatch):
+    """An RLinf-style checkpoint (openpi-PyTorch model.safetensors, norm stats under
+    <ckpt>/physical-intelligence/libero/) through `pirl.train pi0_libero_ppo --init-checkpoint`:
+    the pi0_libero data config (delta on dims 0..5) drives the rollouts of two PPO steps."""
+    from pirl.checkpoints import export_pytorch_params
+    from pirl.data.normalize import load_norm_stats, save_norm_stats
+    from pirl.logging.writer import read_jsonl
+    from pirl.rl import trainer
+    from pirl.train import parse_config
+
+    model = Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb"))
+    ckpt = tmp_path / "RLinf-Pi0-tiny"
+    export_pytorch_params(pi0.init_params(model, jax.random.key(1)), model, ckpt)
+    save_norm_stats(ckpt / "physical-intelligence" / "libero", STATS)
+    tok = train_tiny_tokenizer(list(mjx_env.prompts), tmp_path / "tok" / "tokenizer.model", 512)
+    # The CLI of the README's real-LIBERO command, with a tiny model and the MJX toy suite; no
+    # --norm-stats-path and no delta flag: both follow from the checkpoint and its data config.
+    argv = ["pi0_libero_ppo", "--init-checkpoint", str(ckpt), "--tokenizer-path", str(tok)]
+    argv += ["--model.paligemma-variant", "dummy", "--model.action-expert-variant", "dummy"]
+    argv += [
+        "--model.siglip-variant",
+        "mu/14",
+        "--model.vocab-size",
+        "512",
+        "--model.image-resolution",
+        "28",
+        "28",
+    ]
+    argv += ["--model.action-horizon", "10", "--model.max-token-len", "16", "--model.dtype", "float32"]
+    argv += ["--model.no-remat", "--model.image-keys", "base_0_rgb", "left_wrist_0_rgb"]
+    argv += ["--policy.action-chunk", "2", "--policy.value-head-hidden", "32"]
+    argv += ["--env.name", "toy_spatial", "--env.num-envs", "8", "--env.image-size", "28"]
+    argv += ["--env.max-episode-steps", str(MAX_STEPS), "--env.task-ids", "0"]
+    argv += [
+        "--rollout-epochs",
+        "1",
+        "--update-epochs",
+        "1",
+        "--global-batch-size",
+        "8",
+        "--micro-batch-size",
+        "8",
+    ]
+    argv += ["--total-steps", "2", "--eval-interval", "0", "--video-interval", "0", "--save-interval", "1"]
+    argv += [
+        "--run-root",
+        str(tmp_path / "runs"),
+        "--compilation-cache-dir",
+        str(tmp_path.parent / "pipeline_xla_cache"),
+    ]
+    cfg = parse_config(argv)
+    assert cfg.model == model and cfg.data_config is None
+
+    adapters = []
+    original = trainer.make_adapter
+    monkeypatch.setattr(
+        trainer, "make_adapter", lambda *a, **k: adapters.append(original(*a, **k)) or adapters[-1]
+    )
+    trainer.train_rl(cfg, env=mjx_env)
+    adapter = adapters[-1]
+    assert adapter.delta_mask == (True,) * 6 + (False,) and not adapter.use_quantiles
+    np.testing.assert_allclose(np.asarray(adapter.state_stats.mean), MEAN_S)
+    np.testing.assert_allclose(np.asarray(adapter.action_stats.std), STD_A)
+    rows = read_jsonl(tmp_path / "runs" / "pi0_libero_ppo" / "tb" / "metrics.jsonl")
+    losses = {r["step"]: r["train/actor/policy_loss"] for r in rows if "train/actor/policy_loss" in r}
+    assert sorted(losses) == [1, 2] and np.isfinite(list(losses.values())).all()
+    # The run directory is a complete policy: pi0_libero's transforms, the checkpoint's norm stats.
+    run = tmp_path / "runs" / "pi0_libero_ppo"
+    described = find_policy_description(run)
+    assert described.data.name == "pi0_libero" and described.data.delta_action_mask == (6, -1)
+    assert described.model == model and described.num_steps == cfg.policy.num_steps
+    np.testing.assert_array_equal(load_norm_stats(run / "assets")["actions"].mean, MEAN_A)
+    assert (run / "assets" / "tokenizer.model").read_bytes() == tok.read_bytes()

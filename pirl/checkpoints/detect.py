@@ -2,7 +2,7 @@
 
 Kinds: "pytorch" (openpi-PyTorch / RLinf: a .safetensors file or a directory holding *.safetensors),
 "pirl_run" (a pirl RL / SFT run: `<run>/checkpoints/<step>/state`, or the run's checkpoints/ or
-a step directory; the latest step is used) and "openpi_jax" (an orbax `<ckpt>/params` tree).
+a step directory; the latest step is used; an SFT step's openpi-layout `params/` export is read) and "openpi_jax" (an orbax `<ckpt>/params` tree).
 The trainer's `--init-checkpoint`, `pirl.eval --checkpoint` and `pirl.serve --checkpoint` all load
 through `load_checkpoint_params`.
 """
@@ -93,6 +93,9 @@ def load_checkpoint_params(checkpoint: str | pathlib.Path, model_cfg: Any, dtype
     if kind == "pytorch":
         return load_pytorch_params(path, model_cfg, dtype=dtype)
     if kind == "pirl_run":
-        params = load_pirl_run_params(find_pirl_step_dir(path))
+        step_dir = find_pirl_step_dir(path)
+        if (step_dir / "params").is_dir():  # an SFT step: its openpi-layout export (EMA when on)
+            return load_openpi_params(step_dir, expected=pi0.abstract_params(model_cfg), dtype=dtype)
+        params = load_pirl_run_params(step_dir)
         return params if dtype is None else jax.tree.map(lambda x: np.asarray(x, dtype), params)
     return load_openpi_params(path, expected=pi0.abstract_params(model_cfg), dtype=dtype)

@@ -72,6 +72,10 @@ class EnvAdapter:
     """Leading action steps the env executes."""
     action_env_dim: int = flax.struct.field(pytree_node=False, default=7)
     """Leading action dims the env uses."""
+    rotate_images: bool = flax.struct.field(pytree_node=False, default=False)
+    """Rotate camera images by 180 degrees before the model: raw LIBERO renders are upside down
+    (openpi's LIBERO client rotates them). Applied wherever observations become model inputs, so
+    rollouts and PPO's rescoring of the recorded raw observations see the same images."""
 
 
 def _cut(stats: NormStats, dim: int, quantiles: bool) -> NormStats:
@@ -98,6 +102,7 @@ def make_env_adapter(
     model_image_keys: Sequence[str] = IMAGE_KEYS,
     env_cameras: Sequence[str] = ENV_CAMERAS,
     env_name: str = "the environment",
+    rotate_images: bool = False,
 ) -> EnvAdapter:
     """Build the adapter on the host from the policy's data config: check that it fits the env,
     tokenise every task prompt, turn the norm stats into arrays.
@@ -170,6 +175,7 @@ def make_env_adapter(
         cameras=tuple(cameras),
         action_chunk=action_chunk,
         action_env_dim=action_env_dim,
+        rotate_images=rotate_images,
     )
 
 
@@ -203,7 +209,8 @@ def env_obs_to_model(
     for key in model_cfg.image_keys:
         source = sources.get(key)
         if source is not None:
-            images[key] = _image_to_model(env_obs[source], model_cfg.image_resolution)
+            image = env_obs[source][:, ::-1, ::-1] if adapter.rotate_images else env_obs[source]
+            images[key] = _image_to_model(image, model_cfg.image_resolution)
             masks[key] = jnp.ones((batch,), bool)
         else:
             images[key] = jnp.zeros((batch, *model_cfg.image_resolution, 3), jnp.float32)

@@ -93,9 +93,11 @@ def synthetic_transitions(cfg: RLConfig, num: int, seed: int = 0) -> Transitions
     )
 
 
-def toy_env_adapter(cfg: RLConfig, prompts: Sequence[str] = ("a b", "c d")) -> EnvAdapter:
+def toy_env_adapter(
+    cfg: RLConfig, prompts: Sequence[str] = ("a b", "c d"), *, rotate_images: bool = False
+) -> EnvAdapter:
     """An adapter for `prompts` (default: two tasks) with fixed prompt token ids (no tokenizer) and
-    no normalisation."""
+    no normalisation; `rotate_images` for raw (upside-down) LIBERO renders."""
     length = cfg.model.max_token_len
 
     def tokenize(_prompt: str) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +110,7 @@ def toy_env_adapter(cfg: RLConfig, prompts: Sequence[str] = ("a b", "c d")) -> E
         None,
         state_dim=TINY_STATE_DIM,
         model_image_keys=cfg.model.image_keys,
+        rotate_images=rotate_images,
         action_env_dim=cfg.policy.action_env_dim,
         action_chunk=cfg.policy.action_chunk,
     )

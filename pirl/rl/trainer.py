@@ -193,6 +193,7 @@ def make_adapter(cfg: RLConfig, env: Any, data_cfg: DataConfig, tokenizer: Any, 
         model_image_keys=cfg.model.image_keys,
         env_cameras=getattr(env, "image_keys", ENV_CAMERAS) or ENV_CAMERAS,
         env_name=f"env {cfg.env.name!r}",
+        rotate_images=getattr(env, "images_upside_down", False),
     )
 
 
@@ -295,9 +296,7 @@ def build_programs(
     )
 
 
-def eval_pairs(
-    cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def eval_pairs(cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fixed episodes of an evaluation, padded to split over the mesh: (task, initial state,
     episode number within its task). Episode e of a task starts from init_ids[e % len(init_ids)],
     as `pirl.eval --task-ids ... --init-ids ...` numbers them."""
