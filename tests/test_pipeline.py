@@ -223,11 +223,15 @@ def _flat_color_render(data):
     return jnp.broadcast_to(color, (2, 28, 28, 3))
 
 
-def _moved_forward(table, info, data, task_id):
-    # An outcome that depends on the executed actions (arm joint 0 moving forward), so a random
-    # tiny policy succeeds in some episodes and not in others.
-    del table, info, task_id
-    return data.qvel[0] > 0.0
+def _gripper_closing(table, info, data, task_id):
+    # An outcome that depends on the executed actions: the gripper command (action dim 6, absolute
+    # under pi0_libero) is closing. Random noise per episode makes a tiny random policy succeed in
+    # some episodes and not in others.
+    from pirl.envs.controller import ControllerConfig, gripper_targets
+
+    del table, task_id
+    half_open = gripper_targets(ControllerConfig(), jnp.float32(0.0))[0]
+    return data.ctrl[info.finger_ctrl_ids[0]] < half_open
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +277,7 @@ def test_pirl_eval_reproduces_the_trainers_evaluation(mjx_env, tmp_path, monkeyp
     from pirl.logging.writer import read_jsonl
     from pirl.rl import trainer
 
-    monkeypatch.setattr("pirl.envs.tasks.task_success", _moved_forward)
+    monkeypatch.setattr("pirl.envs.tasks.task_success", _gripper_closing)
     save_norm_stats(tmp_path / "stats", STATS)
     # A π0 run with pi0_libero's transforms (z-score, delta on dims 0..5) and given norm stats;
     # no PPO step: the trainer evaluates the initial policy on its 8 fixed episodes and saves.

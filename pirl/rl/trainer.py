@@ -98,9 +98,13 @@ def task_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
 def saved_policy(cfg: RLConfig) -> PolicyDescription | None:
     """The policy description saved with `init_checkpoint` (a pirl run's assets), or on --resume
     with the run itself; None for checkpoints without one (openpi, RLinf)."""
+    if cfg.init_checkpoint and not Path(cfg.init_checkpoint).expanduser().exists():
+        raise UserError(
+            f"--init-checkpoint {cfg.init_checkpoint} does not exist; pass the directory of an SFT checkpoint"
+        )
     if cfg.resume and (Path(cfg.run_dir) / "assets" / POLICY_FILE).is_file():
         return find_policy_description(Path(cfg.run_dir) / "assets")
-    if cfg.init_checkpoint and Path(cfg.init_checkpoint).expanduser().exists():
+    if cfg.init_checkpoint:
         return find_policy_description(cfg.init_checkpoint)
     return None
 
