@@ -251,38 +251,3 @@ def test_env_config_refusals(env, message):
     with pytest.raises(ValueError, match=message):
         RLConfig(env=EnvSpec(**env))
     assert RLConfig(env=EnvSpec(backend="libero", name="libero_10")).max_episode_steps == 480
-
-
-class _RampPool(ScriptedPool):
-    """Renders with a vertical ramp, so a 180-degree rotation changes what the model sees."""
-
-    def _obs(self, slot: int) -> dict[str, np.ndarray]:
-        obs = super()._obs(slot)
-        ramp = (np.arange(8, dtype=np.uint8) * 25)[:, None, None]
-        return {**obs, "agentview_image": obs["agentview_image"] + ramp}
-
-
-def test_ppo_rescores_the_images_the_rollout_sampled_with(policy):
-    # The record keeps the raw (upside-down) renders; the adapter rotates them both when sampling and
-    # when PPO rescores the record, so unchanged params give back the recorded log-probs (ratio 1).
-    from pirl.policies.env_io import env_obs_to_model
-
-    params, adapter = policy
-    cfg = _config()
-    collector = HostCollector(cfg, ScriptedEnv(_RampPool()), mesh_lib.make_mesh(cfg.mesh))
-    rec = collector.play(params, adapter, jax.random.key(1), "train", _specs())
-    flat = lambda x: np.asarray(x).reshape(-1, *np.shape(x)[2:])  # noqa: E731
-    obs = env_obs_to_model(
-        adapter, cfg.model, {k: flat(v) for k, v in rec.env_obs.items()}, flat(rec.task_id)
-    )
-    log_probs, _, _ = flow_policy.log_prob_and_value(
-        params, cfg.policy, cfg.model, obs, flat(rec.sample["chain"]), flat(rec.sample["denoise_index"])
-    )
-    np.testing.assert_allclose(np.asarray(log_probs), flat(rec.sample["log_probs"]), rtol=1e-4, atol=1e-4)
-    upright = env_obs_to_model(
-        adapter.replace(rotate_images=False),
-        cfg.model,
-        {k: flat(v) for k, v in rec.env_obs.items()},
-        flat(rec.task_id),
-    )
-    assert not np.allclose(np.asarray(upright.images["base_0_rgb"]), np.asarray(obs.images["base_0_rgb"]))
