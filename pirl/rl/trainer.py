@@ -186,6 +186,11 @@ def load_norm_stats_for(cfg: RLConfig, data_cfg: DataConfig | None = None) -> di
 
 def make_adapter(cfg: RLConfig, env: Any, data_cfg: DataConfig, tokenizer: Any, stats: dict | None):
     """The on-device adapter of the run's policy, built from its data config and checked against the env."""
+    if cfg.model.discrete_state_input:
+        raise UserError(
+            "model.discrete_state_input puts the state into the prompt, but RL rollouts tokenise each task's "
+            "prompt once on the host: use a model with discrete_state_input=False (openpi's pi05_libero)"
+        )
     return make_env_adapter(
         data_cfg,
         env.prompts,
