@@ -17,6 +17,8 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from pirl.errors import UserError
+
 CheckpointKind = Literal["pytorch", "pirl_run", "openpi_jax"]
 
 logger = logging.getLogger(__name__)
@@ -82,8 +84,10 @@ def load_pirl_run_params(step_dir: str | pathlib.Path) -> dict:
 
 
 def load_checkpoint_params(checkpoint: str | pathlib.Path, model_cfg: Any, dtype: Any = None) -> dict:
-    """Model params (openpi's tree) from a checkpoint of any kind; `dtype` casts every leaf."""
-    from pirl.checkpoints.openpi_jax import load_openpi_params
+    """Model params (openpi's tree) from a checkpoint of any kind, checked against `model_cfg`'s
+    parameter tree (`pi0.abstract_params`): a missing, unexpected or mis-shaped parameter raises
+    `CheckpointMismatchError` naming the first. `dtype` casts every leaf."""
+    from pirl.checkpoints.openpi_jax import check_params_match, flatten_params, load_openpi_params
     from pirl.checkpoints.pytorch import load_pytorch_params
     from pirl.models import pi0
 
@@ -92,10 +96,23 @@ def load_checkpoint_params(checkpoint: str | pathlib.Path, model_cfg: Any, dtype
     logger.info("loading %s checkpoint %s", kind, path)
     if kind == "pytorch":
         return load_pytorch_params(path, model_cfg, dtype=dtype)
-    if kind == "pirl_run":
-        step_dir = find_pirl_step_dir(path)
-        if (step_dir / "params").is_dir():  # an SFT step: its openpi-layout export (EMA when on)
-            return load_openpi_params(step_dir, expected=pi0.abstract_params(model_cfg), dtype=dtype)
-        params = load_pirl_run_params(step_dir)
-        return params if dtype is None else jax.tree.map(lambda x: np.asarray(x, dtype), params)
-    return load_openpi_params(path, expected=pi0.abstract_params(model_cfg), dtype=dtype)
+    expected = pi0.abstract_params(model_cfg)
+    if kind == "openpi_jax":
+        return load_openpi_params(path, expected=expected, dtype=dtype)
+    step_dir = find_pirl_step_dir(path)
+    if (step_dir / "params").is_dir():  # an SFT step: its openpi-layout export (EMA when on)
+        return load_openpi_params(step_dir, expected=expected, dtype=dtype)
+    params = load_pirl_run_params(step_dir)
+    found, want = flatten_params(params), flatten_params(expected)
+    check_params_match(
+        {k: tuple(v.shape) for k, v in want.items()},
+        {k: tuple(np.shape(v)) for k, v in found.items()},
+        source=f"pirl checkpoint {step_dir}",
+    )
+    for key, value in found.items():  # the model computes in floating point; ints would be a wrong file
+        if not np.issubdtype(np.asarray(value).dtype, np.floating):
+            raise UserError(
+                f"pirl checkpoint {step_dir}: parameter '{key}' has dtype {np.asarray(value).dtype}, "
+                f"expected {want[key].dtype} (or another float dtype) of shape {tuple(want[key].shape)}"
+            )
+    return params if dtype is None else jax.tree.map(lambda x: np.asarray(x, dtype), params)

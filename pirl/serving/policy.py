@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
+from pirl.checkpoints import CheckpointMismatchError
 from pirl.checkpoints.detect import (
     find_pirl_step_dir,
     load_checkpoint_params,
@@ -229,17 +230,27 @@ class Policy:
                     f"--config-name {config_name} conflicts with the checkpoint's data config "
                     f"{saved.data.name!r} (its assets/policy.json); drop --config-name"
                 )
-            data_cfg, model_cfg, steps = saved.data, model_cfg or saved.model, saved.num_steps
+            data_cfg, steps = saved.data, saved.num_steps
+            if model_cfg is not None:
+                origin = "the model_cfg argument"
+            else:
+                model_cfg, origin = saved.model, "the checkpoint's assets/policy.json"
         else:
-            data_cfg = data_configs.get_data_config(config_name or "pi0_libero")
+            data_cfg, steps = data_configs.get_data_config(config_name or "pi0_libero"), 10
             step_dir = find_pirl_step_dir(path) if path.is_dir() else None
-            if model_cfg is None and step_dir is not None:
-                model_cfg = read_run_model_config(step_dir)
-            model_cfg = model_cfg or model_config_for(data_cfg.name, data_cfg.action_horizon)
-            steps = 10
+            if model_cfg is not None:
+                origin = "the model_cfg argument"
+            elif step_dir is not None and (model_cfg := read_run_model_config(step_dir)) is not None:
+                origin = f"{pirl_run_dir(step_dir) / 'config.json'}"
+            else:
+                model_cfg = model_config_for(data_cfg.name, data_cfg.action_horizon)
+                origin = f"the preset of --config-name {data_cfg.name!r}"
         num_steps = num_steps or steps
         roots = asset_roots(path)
-        params = load_checkpoint_params(path, model_cfg)
+        try:
+            params = load_checkpoint_params(path, model_cfg)
+        except CheckpointMismatchError as e:
+            raise UserError(f"{e} (The model config came from {origin}.)") from None
         tokenizer = PaligemmaTokenizer(
             tokenizer_path or _first_found(find_tokenizer, roots), max_len=model_cfg.max_token_len
         )
@@ -249,7 +260,7 @@ class Policy:
             asset_id = data_configs.asset_id_for(data_cfg.asset_id or data_cfg.repo_id)
             loaders = [functools.partial(load_norm_stats, asset_id=asset_id), load_norm_stats]
             norm_stats = _first_found(lambda root: _first_found(lambda f: f(root), loaders), roots)
-        meta = {"checkpoint": str(path)}
+        meta = {"checkpoint": path.name}  # a name: clients need not learn the server's paths
         return cls(
             params, model_cfg, data_cfg, norm_stats, tokenizer, num_steps=num_steps, metadata=meta, **kwargs
         )
@@ -342,13 +353,32 @@ class Policy:
                 raise InvalidRequestError(
                     f"{src!r} has shape {image.shape}; sides must be 1..{MAX_IMAGE_SIDE}"
                 )
-        state = np.concatenate([np.asarray(obs[k]).reshape(-1) for k in cfg.state_keys])
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = image.dtype == np.uint8 or np.all(np.isfinite(image.astype(np.float32)))
+            if not finite:
+                raise InvalidRequestError(f"{src!r} has values that are NaN, inf or beyond float32's range")
+        parts = []
+        for key in cfg.state_keys:
+            try:  # a ragged list cannot become an array
+                parts.append(np.asarray(obs[key]).reshape(-1))
+            except (ValueError, TypeError):
+                raise InvalidRequestError(
+                    f"{key!r} must be a flat array (or list) of {cfg.state_dim} numbers, got a ragged "
+                    f"{type(obs[key]).__name__}"
+                ) from None
+        state = np.concatenate(parts)
         if not np.issubdtype(state.dtype, np.number) or state.shape != (cfg.state_dim,):
             raise InvalidRequestError(
                 f"state {list(cfg.state_keys)} must be {cfg.state_dim} numbers, got shape {state.shape} dtype {state.dtype}"
             )
-        if not np.all(np.isfinite(state)):
-            raise InvalidRequestError(f"state {list(cfg.state_keys)} has non-finite values: {state}")
+        # The model computes in float32: a finite float64 such as 1e300 would become inf there.
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = np.flatnonzero(~np.isfinite(state.astype(np.float32)))
+        if bad.size:
+            raise InvalidRequestError(
+                f"state {list(cfg.state_keys)} has values that are NaN, inf or beyond float32's range "
+                f"(about ±3.4e38) at indices {bad[:8].tolist()}"
+            )
         if "prompt" in obs:
             prompt = obs["prompt"]
             if isinstance(prompt, np.ndarray) and prompt.ndim == 0:
@@ -366,9 +396,15 @@ class Policy:
         """Validate and transform one request into a model-ready sample (numpy, no batch axis)."""
         obs = self.validate(obs)
         try:
-            return self._input_transform(obs)
+            with np.errstate(over="ignore", invalid="ignore"):
+                sample = self._input_transform(obs)
         except (KeyError, ValueError, TypeError) as e:
             raise InvalidRequestError(f"cannot transform the observation: {e}") from e
+        if not np.all(np.isfinite(sample["state"])):
+            raise InvalidRequestError(
+                "state overflows float32 once normalised with the norm stats; check its units and range"
+            )
+        return sample
 
     # ------------------------------------------------------------------ inference
 
@@ -467,7 +503,7 @@ def policy_from_args(args: Any) -> Policy:
             args.config_name or "pi0_libero", seed=args.seed, num_steps=args.num_steps or 10
         )
     if args.checkpoint is None:
-        raise SystemExit("error: pass --checkpoint DIR (or --random-tiny for a smoke test)")
+        raise UserError("pass --checkpoint DIR (or --random-tiny for a smoke test)")
     return Policy.from_checkpoint(
         args.checkpoint,
         args.config_name,
