@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from pirl.errors import UserError
 from pirl.data.configs import get_data_config
+from pirl.errors import UserError
 from pirl.models.config import Pi0Config, model_config_for
 from pirl.policies.config import FlowPolicyConfig
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig
