@@ -348,8 +348,7 @@ def _map(m: _Mapper, name: str) -> None:
     if config_name in OPENPI_MODELS:
         model = OPENPI_MODELS[config_name]
         m.used.add("actor.model.openpi.config_name")
-        m.mapped["actor.model.openpi.config_name"] = f"model = openpi's {config_name}, data_config = {config_name}"
-        m.fields["top"]["data_config"] = config_name  # its transforms (pi0_libero: delta on 6 dims)
+        m.mapped["actor.model.openpi.config_name"] = f"model and data config = openpi's {config_name}"
     else:
         model = OPENPI_MODELS["pi0_libero"]
         if "actor.model.openpi.config_name" in m.flat:
@@ -623,7 +622,7 @@ def _build(m: _Mapper, path: Path) -> RLConfig:
     ):
         top.pop("chunk_steps")  # pirl's default resolution gives the same number
     try:
-        return RLConfig(
+        cfg = RLConfig(
             model=model,
             policy=FlowPolicyConfig(**f["policy"]),
             env=EnvSpec(**f["env"]),
@@ -632,6 +631,11 @@ def _build(m: _Mapper, path: Path) -> RLConfig:
             optim=OptimizerConfig(**f["optim"]),
             **top,
         )
+        # openpi's config name also names the input / output transforms (pi0_libero: delta on 6
+        # dims); left unset (None) where pirl's default resolves to the same data config.
+        if model_name in OPENPI_MODELS and model_name != cfg.default_data_config:
+            cfg = dataclasses.replace(cfg, data_config=model_name)
+        return cfg
     except ValueError as err:
         raise UserError(f"the RLinf config {path} maps to an invalid pirl config: {err}") from err
 
