@@ -349,7 +349,16 @@ def test_openpi_pytorch_checkpoint_trains_with_pi0_libero_delta_transform(mjx_en
     argv += ["--model.action-horizon", "10", "--model.max-token-len", "16", "--model.dtype", "float32"]
     argv += ["--model.no-remat", "--model.image-keys", "base_0_rgb", "left_wrist_0_rgb"]
     argv += ["--policy.action-chunk", "2", "--policy.value-head-hidden", "32"]
-    argv += ["--env.name", "toy_spatial", "--env.num-envs", "8", "--env.image-size", "28"]
+    argv += [
+        "--env.backend",
+        "mjx",
+        "--env.name",
+        "toy_spatial",
+        "--env.num-envs",
+        "8",
+        "--env.image-size",
+        "28",
+    ]
     argv += ["--env.max-episode-steps", str(MAX_STEPS), "--env.task-ids", "0"]
     argv += [
         "--rollout-epochs",
