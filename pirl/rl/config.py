@@ -160,8 +160,10 @@ class RLConfig:
     """RLinf's loss_agg_func override: without env.auto_reset and env.ignore_terminations, weight each
     sample's policy and value loss by max_episode_steps / its episode's length and take the mean over
     all samples (every episode weighs the same); False: plain masked means."""
-    delta_action_dims: int = 0
-    """Leading action dims the checkpoint predicts relative to the state (openpi pi0_libero SFT: 6)."""
+    data_config: str | None = None
+    """Data config of the policy's input / output transforms (pi0_libero: z-score, delta actions on
+    the first 6 dims; pi05_libero: quantile, absolute). None = the one saved with --init-checkpoint,
+    else `default_data_config` of the model and suite. Must agree with a saved one."""
     norm_stats_path: str | None = None
     """Directory holding norm_stats.json; None = look inside the checkpoint's assets."""
     eval_interval: int = 10
@@ -327,6 +329,12 @@ class RLConfig:
     def transitions_per_step(self) -> int:
         """Transitions collected per global step."""
         return self.rollout_epochs * self.env.num_envs * self.resolved_chunk_steps
+
+    @property
+    def default_data_config(self) -> str:
+        """pi0_libero / pi05_libero (π0 / π0.5), pi0_maniskill / pi05_maniskill for the put-on-plate suite."""
+        robot = "maniskill" if self.env.name.startswith("maniskill") else "libero"
+        return f"{'pi05' if self.model.pi05 else 'pi0'}_{robot}"
 
     @property
     def run_dir(self) -> str:

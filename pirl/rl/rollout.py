@@ -104,6 +104,7 @@ def rollout(
 
     `env` provides the single-environment `chunk_step(state, actions[c, 7]) -> state`, batched
     here with `env.batched`. mode="eval" samples with the pure ODE (deterministic given the noise).
+    `rng` is one key, or keys[B] (one per environment, e.g. `episode_keys`).
     `env_spec` shapes the rewards (`shape_chunk_reward`); None keeps the env's success reward.
     """
     chunk_step = env.batched(env.chunk_step)
@@ -139,10 +140,19 @@ def rollout(
         )
         return next_state, record
 
-    keys = jax.random.split(rng, chunk_steps + 1)
+    if rng.ndim == 0:
+        keys = jax.random.split(rng, chunk_steps + 1)
+    else:  # one key per environment: its draws do not depend on the batch it runs in
+        keys = jax.vmap(lambda key: jax.random.split(key, chunk_steps + 1), out_axes=1)(rng)
     final_state, trajectory = lax.scan(body, env_state, keys[:-1])
     final_out, _ = policy_step(final_state, keys[-1])
     return RolloutOutput(trajectory=trajectory, final_value=final_out.value, final_state=final_state)
+
+
+def episode_keys(rng: jax.Array, task_ids: Int[Array, " b"], episode_ids: Int[Array, " b"]) -> jax.Array:
+    """keys[B]: episode `e` of task `t` samples its noise from fold_in(fold_in(rng, t), e), whatever
+    batch, device or program it runs in (the trainer's evaluation and `pirl.eval` agree)."""
+    return jax.vmap(lambda t, e: jax.random.fold_in(jax.random.fold_in(rng, t), e))(task_ids, episode_ids)
 
 
 def sample_reset_ids(
