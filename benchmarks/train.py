@@ -76,6 +76,7 @@ def main() -> None:
         libero_main(args)
         return
 
+    from pirl.data.configs import get_data_config
     from pirl.envs.env import make_env
     from pirl.models.config import Pi0Config
     from pirl.policies import flow_policy
@@ -115,7 +116,13 @@ def main() -> None:
     tokens = np.zeros(model.max_token_len, np.int32)
     tokens[:4] = [2, 5, 6, 7]
     adapter = make_env_adapter(
-        env.prompts, lambda p: (tokens, tokens > 0), None, action_chunk=policy.action_chunk
+        get_data_config("pi0_toy"),
+        env.prompts,
+        lambda p: (tokens, tokens > 0),
+        None,
+        action_chunk=policy.action_chunk,
+        model_image_keys=model.image_keys,
+        env_cameras=env.image_keys,
     )
     params = jax.jit(lambda k: flow_policy.init_policy_params(policy, model, k))(jax.random.key(0))
     n = args.num_envs
@@ -260,7 +267,7 @@ def libero_main(args) -> None:
             global_batch_size=num_envs * args.chunk_steps,
         )
         env = LiberoTrainEnv(base)
-        adapter = toy_env_adapter(base, env.prompts)
+        adapter = toy_env_adapter(base, env.prompts, rotate_images=True)
         specs = [EpisodeSpec(args.suite, 0, i % env.num_init_states, 0) for i in range(num_envs)]
         try:
             for stages in (int(s) for s in args.stages.split(",")):

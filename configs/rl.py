@@ -1,9 +1,11 @@
 """RL fine-tuning presets (PPO / GRPO) with RLinf's hyper-parameters (see shared rl-algorithms doc).
 
 Every real preset needs the SFT checkpoint the user fine-tunes:
-`python -m pirl.train pi0_libero_ppo --init-checkpoint /path/to/ckpt` (a pirl or openpi orbax
-checkpoint directory, or a directory holding openpi-PyTorch `model.safetensors`); its assets must
-hold the tokenizer and norm stats, or pass `--tokenizer-path` / `--norm-stats-path`.
+`python -m pirl.train pi0_libero_ppo --init-checkpoint /path/to/ckpt` (a pirl run or SFT checkpoint,
+an openpi orbax checkpoint directory, or a directory holding openpi-PyTorch `model.safetensors`);
+its assets must hold the tokenizer and norm stats, or pass `--tokenizer-path` / `--norm-stats-path`.
+The data config (`RLConfig.data_config`; default pi0_libero for π0, pi05_libero for π0.5) decides
+the policy's input and output transforms; a pirl checkpoint's own one wins.
 `pi0_demo_cpu` is the exception: a tiny π0 that trains from scratch on a 2-core CPU.
 """
 
@@ -237,6 +239,7 @@ def pi0_demo_cpu() -> RLConfig:
         global_batch_size=80,
         total_steps=60,
         random_init=True,
+        data_config="pi0_toy",
         # 32 evaluation episodes (8 per initial state, fixed noise): a less noisy curve than 8.
         eval_interval=10,
         eval_episodes=32,

@@ -3,6 +3,7 @@
 Serves a checkpoint (openpi JAX orbax, openpi-PyTorch safetensors or a pirl run; auto-detected)
 over openpi's websocket protocol; `openpi_client.websocket_client_policy.WebsocketClientPolicy`
 connects unchanged. `--random-tiny` serves a tiny random-weight model (smoke tests, benchmarks).
+User errors exit 2 in one or two lines (`--debug` for the traceback).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 
 import tyro
 
+from pirl.errors import run_cli
 from pirl.serving.policy import batch_buckets, policy_from_args
 from pirl.serving.server import PolicyServer, ServerConfig
 
@@ -22,16 +24,17 @@ class ServeArgs:
 
     checkpoint: str | None = None
     """Checkpoint directory (or .safetensors file); required unless --random-tiny."""
-    config_name: str = "pi0_libero"
-    """Data config that defines the input/output transforms (pi0_libero, pi05_libero, ...)."""
+    config_name: str | None = None
+    """Data config of the input/output transforms (pi0_libero, pi05_libero, ...); None = the
+    checkpoint's own (a pirl run's assets/policy.json), else pi0_libero."""
     random_tiny: bool = False
     """Serve Pi0Config.tiny() with random weights instead of a checkpoint."""
     tokenizer_path: str | None = None
     """PaliGemma sentencepiece model; default: found in the checkpoint's assets."""
     norm_stats_path: str | None = None
     """Directory holding norm_stats.json; default: found in the checkpoint's assets."""
-    num_steps: int = 10
-    """Flow-matching Euler steps per action chunk."""
+    num_steps: int | None = None
+    """Flow-matching Euler steps per action chunk; None = the checkpoint's own (a pirl run's), else 10."""
     seed: int = 0
     """Seed of the sampling noise."""
     host: str = "127.0.0.1"
@@ -67,4 +70,4 @@ def main(args: ServeArgs) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(ServeArgs))
+    run_cli(lambda: main(tyro.cli(ServeArgs)))

@@ -132,7 +132,7 @@ def _config(**env_overrides) -> RLConfig:
 def policy():
     cfg = _config()
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
-    return params, toy_env_adapter(cfg, ScriptedEnv.prompts)
+    return params, toy_env_adapter(cfg, ScriptedEnv.prompts, rotate_images=True)
 
 
 def _specs() -> list[EpisodeSpec]:

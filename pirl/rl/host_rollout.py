@@ -141,12 +141,12 @@ def policy_chunk(
     model_cfg: Pi0Config,
     policy_cfg: FlowPolicyConfig,
     mode: str,
-    upside_down: bool,
     noise_level: Array | None = None,
 ) -> ChunkSample:
-    """Env observations -> model inputs -> flow-policy sample -> env action chunks (one batch)."""
-    if upside_down:  # openpi's 180-degree rotation of raw LIBERO renders
-        env_obs = {k: (v[:, ::-1, ::-1] if v.ndim == 4 else v) for k, v in env_obs.items()}
+    """Env observations -> model inputs -> flow-policy sample -> env action chunks (one batch).
+
+    The adapter rotates raw LIBERO renders (its `rotate_images`), here and when PPO rescores the
+    recorded observations."""
     model_obs = env_obs_to_model(adapter, model_cfg, env_obs, task_id)
     out = flow_policy.sample(
         params, policy_cfg, model_cfg, keys, model_obs, mode=mode, noise_level=noise_level
@@ -155,9 +155,7 @@ def policy_chunk(
     return ChunkSample(actions, out.chain, out.denoise_index, out.log_probs, out.value)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model_cfg", "policy_cfg", "micro_batch", "mode", "upside_down", "sharding")
-)
+@functools.partial(jax.jit, static_argnames=("model_cfg", "policy_cfg", "micro_batch", "mode", "sharding"))
 def sample_stage(
     params: dict,
     adapter: EnvAdapter,
@@ -172,7 +170,6 @@ def sample_stage(
     policy_cfg: FlowPolicyConfig,
     micro_batch: int | None,
     mode: str,
-    upside_down: bool,
     sharding: jax.sharding.NamedSharding,
 ) -> ChunkSample:
     """One stage's action chunks (compiled), with per-environment keys fold_in(fold_in(rng, step), env id)
@@ -212,7 +209,6 @@ def sample_stage(
             model_cfg=model_cfg,
             policy_cfg=policy_cfg,
             mode=mode,
-            upside_down=upside_down,
             noise_level=noise_level,
         )
         return jax.lax.with_sharding_constraint(out, sharding)
@@ -308,7 +304,6 @@ class HostCollector:
                 policy_cfg=cfg.policy,
                 micro_batch=micro,
                 mode=mode,
-                upside_down=env.images_upside_down,
                 sharding=sharding,
             )
             for mode in ("train", "eval")
@@ -373,8 +368,12 @@ class HostCollector:
         metrics["rollout/worker_restarts"] = float(self.env.pool.restarts - restarts)
         return transitions, metrics | self._timing_metrics(timing)
 
-    def evaluate(self, params, adapter, task_ids, init_ids, rng) -> tuple[dict, np.ndarray, np.ndarray]:
-        """Fixed (task, initial state) episodes with the ODE sampler, in rounds of `num_envs`.
+    def evaluate(
+        self, params, adapter, task_ids, init_ids, rng, episode_ids=None
+    ) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Fixed (task, initial state) episodes with the ODE sampler, in rounds of `num_envs`
+        (`episode_ids`, the MJX program's per-episode noise index, is not used: the pool's
+        environments draw by environment id).
 
         Returns (env/* metrics over the given episodes, this process's per-episode success, upright
         agentview frames [T, n, S, S, 3] of this process's first episodes for a video)."""
@@ -445,6 +444,12 @@ class HostCollector:
         ids (evaluation rounds)."""
         if specs is None and self._carry is None:
             raise ValueError("no episodes to continue: pass specs for a fresh start")
+        if adapter.rotate_images != self.env.images_upside_down:
+            raise ValueError(
+                f"the adapter's rotate_images={adapter.rotate_images} but the env's renders are "
+                f"{'' if self.env.images_upside_down else 'not '}upside down: build it with "
+                f"make_env_adapter(..., rotate_images={self.env.images_upside_down})"
+            )
         timing, finished = RolloutTiming(), []
         cfg, pool = self.cfg, self.env.pool
         env_cfg = cfg.env

@@ -32,17 +32,17 @@ from typing import Any
 
 import yaml
 
+from pirl.data.configs import get_data_config
 from pirl.errors import UserError
-from pirl.models.config import Pi0Config
+from pirl.models.config import Pi0Config, model_config_for
 from pirl.policies.config import FlowPolicyConfig
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig
 from pirl.rl.losses import PPOLossConfig
 from pirl.rl.optim import OptimizerConfig
 
 OPENPI_MODELS: dict[str, Pi0Config] = {
-    "pi0_libero": Pi0Config(),
-    "pi05_libero": Pi0Config(pi05=True, action_horizon=10, discrete_state_input=False),
-    "pi0_maniskill": Pi0Config(),
+    name: model_config_for(name, get_data_config(name).action_horizon)
+    for name in ("pi0_libero", "pi05_libero", "pi0_maniskill")
 }
 """openpi model configs by RLinf's `actor.model.openpi.config_name` (openpi's train-config names)."""
 
@@ -347,7 +347,7 @@ def _map(m: _Mapper, name: str) -> None:
     if config_name in OPENPI_MODELS:
         model = OPENPI_MODELS[config_name]
         m.used.add("actor.model.openpi.config_name")
-        m.mapped["actor.model.openpi.config_name"] = f"model = openpi's {config_name}"
+        m.mapped["actor.model.openpi.config_name"] = f"model and data config = openpi's {config_name}"
     else:
         model = OPENPI_MODELS["pi0_libero"]
         if "actor.model.openpi.config_name" in m.flat:
@@ -614,7 +614,7 @@ def _build(m: _Mapper, path: Path) -> RLConfig:
     ):
         top.pop("chunk_steps")  # pirl's default resolution gives the same number
     try:
-        return RLConfig(
+        cfg = RLConfig(
             model=model,
             policy=FlowPolicyConfig(**f["policy"]),
             env=EnvSpec(**f["env"]),
@@ -623,6 +623,11 @@ def _build(m: _Mapper, path: Path) -> RLConfig:
             optim=OptimizerConfig(**f["optim"]),
             **top,
         )
+        # openpi's config name also names the input / output transforms (pi0_libero: delta on 6
+        # dims); left unset (None) where pirl's default resolves to the same data config.
+        if model_name in OPENPI_MODELS and model_name != cfg.default_data_config:
+            cfg = dataclasses.replace(cfg, data_config=model_name)
+        return cfg
     except ValueError as err:
         raise UserError(f"the RLinf config {path} maps to an invalid pirl config: {err}") from err
 

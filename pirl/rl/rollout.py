@@ -148,12 +148,14 @@ def rollout(
 
     `env` provides the single-environment `chunk_step(state, actions[c, 7]) -> state` (and for
     auto-reset `reset_to(task, init)`), batched here with `env.batched`. mode="eval" samples with
-    the pure ODE (deterministic given the noise). `env_spec` shapes the rewards
-    (`shape_chunk_reward`); None keeps the env's success reward. `reset_pools` = (task ids,
-    initial-state ids) turns on auto-reset (see the module docstring), with `adv_cfg`'s bootstrap
-    rules and `episode_return` the carried-in running returns (None = zeros). `noise_level`: the
-    Flow-SDE level of this rollout (`policy_cfg.noise_level_at(global_step)` under noise_anneal;
-    recorded in the trajectory), None = the config's constant level.
+    the pure ODE (deterministic given the noise). `rng` is one key, or keys[B] (one per environment,
+    e.g. `episode_keys`). `env_spec` shapes the rewards (`shape_chunk_reward`); None keeps the env's
+    success reward. `reset_pools` = (task ids, initial-state ids) turns on auto-reset (see the
+    module docstring), with `adv_cfg`'s bootstrap rules and `episode_return` the carried-in running
+    returns (None = zeros); its reset draws and bootstrap values use one key per chunk step (the
+    first environment's with keys[B]). `noise_level`: the Flow-SDE level of this rollout
+    (`policy_cfg.noise_level_at(global_step)` under noise_anneal; recorded in the trajectory), None =
+    the config's constant level.
     """
     chunk_step = env.batched(env.chunk_step)
     auto_reset = reset_pools is not None
@@ -222,8 +224,9 @@ def rollout(
         successes = next_state.reward > 0
         finished = None
         if auto_reset:
+            one_key = key if key.ndim == 0 else key[0]
             next_state, ret, reward, finished = auto_reset_step(
-                next_state, ret, reward, jax.random.fold_in(key, 1)
+                next_state, ret, reward, jax.random.fold_in(one_key, 1)
             )
         record = Trajectory(
             env_obs=state.obs,
@@ -239,7 +242,10 @@ def rollout(
         )
         return (next_state, ret), (record, finished)
 
-    keys = jax.random.split(rng, chunk_steps + 1)
+    if rng.ndim == 0:
+        keys = jax.random.split(rng, chunk_steps + 1)
+    else:  # one key per environment: its draws do not depend on the batch it runs in
+        keys = jax.vmap(lambda key: jax.random.split(key, chunk_steps + 1), out_axes=1)(rng)
     ret0 = jnp.zeros((batch,), jnp.float32) if episode_return is None else episode_return
     (final_state, final_ret), (trajectory, finished) = lax.scan(body, (env_state, ret0), keys[:-1])
     final_out, _ = policy_step(final_state, keys[-1])
@@ -250,6 +256,12 @@ def rollout(
         episode_return=final_ret if auto_reset else None,
         finished=finished,
     )
+
+
+def episode_keys(rng: jax.Array, task_ids: Int[Array, " b"], episode_ids: Int[Array, " b"]) -> jax.Array:
+    """keys[B]: episode `e` of task `t` samples its noise from fold_in(fold_in(rng, t), e), whatever
+    batch, device or program it runs in (the trainer's evaluation and `pirl.eval` agree)."""
+    return jax.vmap(lambda t, e: jax.random.fold_in(jax.random.fold_in(rng, t), e))(task_ids, episode_ids)
 
 
 def sample_reset_ids(

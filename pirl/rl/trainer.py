@@ -5,6 +5,11 @@ Per global step: `collect` (jit: `rollout_epochs` rollouts from fresh resets, or
 flat transitions, all on device) and `update` (jit: every PPO optimizer step of the step). Both are
 compiled once with the parameters FSDP-sharded and the environment / transition batch split over
 the mesh's batch axes. The host only loops, logs, evaluates, writes videos and saves checkpoints.
+
+Before any environment, tokenizer or compilation, `train_rl` checks the named files exist and the run
+directory matches `resume` (no fresh run over an earlier run's checkpoints, no resume from nothing);
+any exception (Ctrl-C, SIGTERM under `pirl.errors.run_cli`, a failed write) first saves an emergency
+checkpoint of the last completed step.
 """
 
 from __future__ import annotations
@@ -25,15 +30,31 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import pirl
-from pirl.checkpoints.train_state import TrainStateCheckpointer
-from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
+from pirl.checkpoints.detect import load_checkpoint_params
+from pirl.checkpoints.train_state import (
+    CheckpointWriteError,
+    TrainStateCheckpointer,
+    check_resume_matches,
+    committed_steps,
+)
+from pirl.data.configs import DataConfig, asset_id_for, get_data_config
+from pirl.data.normalize import NormStats, load_norm_stats
 from pirl.distributed import mesh as mesh_lib
+from pirl.errors import UserError, disk_errors
 from pirl.logging.video import video_grid, write_video
 from pirl.logging.writer import MetricWriter, progress
-from pirl.models import pi0
+from pirl.models.tokenizer import PaligemmaTokenizer
 from pirl.policies import flow_policy
-from pirl.policies.env_io import make_env_adapter
+from pirl.policies.env_io import ENV_CAMERAS, make_env_adapter
 from pirl.policies.masks import trainable_mask as policy_trainable_mask
+from pirl.policies.trained import (
+    POLICY_FILE,
+    TOKENIZER_FILE,
+    PolicyDescription,
+    asset_roots,
+    find_policy_description,
+    save_policy_assets,
+)
 from pirl.rl import rollout as rollout_lib
 from pirl.rl import update as update_lib
 from pirl.rl import warm_start
@@ -74,7 +95,7 @@ def _id_pool(chosen: tuple[int, ...], count: int, field: str, limit: str) -> np.
     """`chosen` ids (all of 0..count-1 when empty), checked to lie in range; `limit` explains count."""
     ids = np.asarray(chosen or range(count), np.int32)
     if ids.min() < 0 or ids.max() >= count:
-        raise ValueError(f"env.{field} {tuple(ids.tolist())} out of range: {limit}")
+        raise UserError(f"env.{field} {tuple(ids.tolist())} out of range: {limit}")
     return ids
 
 
@@ -90,56 +111,179 @@ def task_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
     return _id_pool(cfg.env.task_ids, n, "task_ids", f"{cfg.env.name} has {n} tasks")
 
 
-def load_tokenizer(cfg: RLConfig, env: Any, run_dir: Path):
-    """The PaliGemma tokenizer from the config, the checkpoint's assets, or (random init) trained here."""
-    from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer, train_tiny_tokenizer
+def saved_policy(cfg: RLConfig) -> PolicyDescription | None:
+    """The policy description saved with `init_checkpoint` (a pirl run's assets), or on --resume
+    with the run itself; None for checkpoints without one (openpi, RLinf)."""
+    if cfg.init_checkpoint and not Path(cfg.init_checkpoint).expanduser().exists():
+        raise UserError(
+            f"--init-checkpoint {cfg.init_checkpoint} does not exist; pass the directory of an SFT checkpoint"
+        )
+    if cfg.resume and (Path(cfg.run_dir) / "assets" / POLICY_FILE).is_file():
+        return find_policy_description(Path(cfg.run_dir) / "assets")
+    if cfg.init_checkpoint:
+        return find_policy_description(cfg.init_checkpoint)
+    return None
 
+
+def resolve_data_config(cfg: RLConfig, saved: PolicyDescription | None) -> DataConfig:
+    """The data config that drives the policy's inputs and outputs: the saved one (an explicit
+    --data-config must agree with it), else --data-config or the preset's default."""
+    if saved is not None:
+        if cfg.data_config is not None and cfg.data_config != saved.data.name:
+            raise UserError(
+                f"--data-config {cfg.data_config} conflicts with the checkpoint's data config "
+                f"{saved.data.name!r} (saved in its assets/{POLICY_FILE}); drop --data-config"
+            )
+        return saved.data
+    name = cfg.data_config or cfg.default_data_config
+    try:
+        return get_data_config(name, action_horizon=cfg.model.action_horizon)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+
+
+def tokenizer_path_for(cfg: RLConfig, env: Any, run_dir: Path) -> Path:
+    """The PaliGemma tokenizer: --tokenizer-path, the checkpoint's (or, resuming, the run's) assets,
+    or (random init) one trained here on the suite's prompts."""
+    from pirl.models.tokenizer import find_tokenizer, train_tiny_tokenizer
+
+    own = run_dir / "assets" / TOKENIZER_FILE
     if cfg.tokenizer_path:
-        path = Path(cfg.tokenizer_path)
-    elif cfg.init_checkpoint:
-        path = find_tokenizer(cfg.init_checkpoint)
-    elif cfg.random_init:
-        path = run_dir / "assets" / "tokenizer.model"
-        if not path.exists():
-            train_tiny_tokenizer(list(env.prompts), path, cfg.model.vocab_size)
-    else:
-        raise ValueError("no tokenizer: set --tokenizer-path or --init-checkpoint")
-    return PaligemmaTokenizer(path, max_len=cfg.model.max_token_len)
+        return Path(cfg.tokenizer_path).expanduser()
+    if cfg.resume and own.is_file():
+        return own
+    if cfg.init_checkpoint:
+        errors = []
+        for root in asset_roots(cfg.init_checkpoint):
+            try:
+                return find_tokenizer(root)
+            except FileNotFoundError as e:
+                errors.append(str(e))
+        raise UserError(f"no tokenizer with --init-checkpoint: {errors[0]}; pass --tokenizer-path")
+    if cfg.random_init:
+        if not own.exists():
+            train_tiny_tokenizer(list(env.prompts), own, cfg.model.vocab_size)
+        return own
+    raise UserError("no tokenizer: set --tokenizer-path or --init-checkpoint")
 
 
 def load_model_params(cfg: RLConfig) -> dict | None:
-    """Model params from `init_checkpoint` (pirl / openpi orbax or openpi-PyTorch safetensors)."""
+    """Model params from `init_checkpoint` (any kind: `pirl.checkpoints.load_checkpoint_params`)."""
     if cfg.init_checkpoint is None:
         if cfg.random_init:
             return None
-        raise ValueError(
+        raise UserError(
+            f"preset {cfg.name!r} fine-tunes an SFT checkpoint: pass --init-checkpoint /path/to/checkpoint "
+            "(a pirl run, an openpi orbax checkpoint dir, or a dir with model.safetensors), or --random-init for a smoke test"
+        )
+    # train (and keep Adam state) in float32
+    return load_checkpoint_params(cfg.init_checkpoint, cfg.model, dtype=np.float32)
+
+
+def load_norm_stats_for(cfg: RLConfig, data_cfg: DataConfig | None = None) -> dict[str, NormStats] | None:
+    """Norm stats from --norm-stats-path or the checkpoint's assets: `<ckpt>/assets/`, or the data
+    config's asset folder `<ckpt>/<repo id>/` (openpi's and RLinf's layout); None: computed from demos."""
+    if cfg.norm_stats_path:
+        return load_norm_stats(cfg.norm_stats_path)
+    if cfg.init_checkpoint:
+        asset_id = None if data_cfg is None else asset_id_for(data_cfg.asset_id or data_cfg.repo_id)
+        errors = []
+        for root in asset_roots(cfg.init_checkpoint):
+            for sub in ((asset_id,) if asset_id else ()) + (None,):
+                try:
+                    return load_norm_stats(root, sub)
+                except FileNotFoundError as e:
+                    errors.append(str(e))
+        raise UserError(f"no norm stats with --init-checkpoint: {errors[-1]}; pass --norm-stats-path")
+    if cfg.random_init:
+        return None
+    raise UserError("no norm stats: set --norm-stats-path (a directory with norm_stats.json)")
+
+
+def make_adapter(cfg: RLConfig, env: Any, data_cfg: DataConfig, tokenizer: Any, stats: dict | None):
+    """The on-device adapter of the run's policy, built from its data config and checked against the env."""
+    if cfg.model.discrete_state_input:
+        raise UserError(
+            "model.discrete_state_input puts the state into the prompt, but RL rollouts tokenise each task's "
+            "prompt once on the host: use a model with discrete_state_input=False (openpi's pi05_libero)"
+        )
+    return make_env_adapter(
+        data_cfg,
+        env.prompts,
+        tokenizer.tokenize,
+        stats,
+        state_dim=state_dim_of(env),
+        action_env_dim=cfg.policy.action_env_dim,
+        action_chunk=cfg.policy.action_chunk,
+        model_image_keys=cfg.model.image_keys,
+        env_cameras=getattr(env, "image_keys", ENV_CAMERAS) or ENV_CAMERAS,
+        env_name=f"env {cfg.env.name!r}",
+        rotate_images=getattr(env, "images_upside_down", False),
+    )
+
+
+def check_paths(cfg: RLConfig) -> None:
+    """The files the config names exist, and a real preset has a checkpoint (UserError otherwise)."""
+    if cfg.init_checkpoint is None and not cfg.random_init:
+        raise UserError(
             f"preset {cfg.name!r} fine-tunes an SFT checkpoint: pass --init-checkpoint /path/to/checkpoint "
             "(a pirl or openpi orbax checkpoint dir, or a dir with model.safetensors), or --random-init for a smoke test"
         )
-    from pirl.checkpoints import load_openpi_params, load_pytorch_params
-
-    path = Path(cfg.init_checkpoint).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"init_checkpoint {path} does not exist; pass the directory of an SFT checkpoint"
-        )
-    if (path.is_file() and path.suffix == ".safetensors") or any(path.glob("*.safetensors")):
-        return load_pytorch_params(path, cfg.model, dtype=np.float32)  # train (and keep Adam state) in f32
-    return load_openpi_params(path, expected=pi0.abstract_params(cfg.model), dtype=np.float32)
+    for flag, value in (
+        ("--init-checkpoint", cfg.init_checkpoint),
+        ("--tokenizer-path", cfg.tokenizer_path),
+        ("--norm-stats-path", cfg.norm_stats_path),
+    ):
+        if value and "://" not in value and not Path(value).expanduser().exists():
+            raise UserError(f"{flag} {value} does not exist")
 
 
-def load_norm_stats_for(cfg: RLConfig) -> dict[str, NormStats] | None:
-    """norm stats from the config's path or the checkpoint's assets (None: computed from demos)."""
-    for candidate in (cfg.norm_stats_path, cfg.init_checkpoint):
-        if candidate:
-            return load_norm_stats(candidate)
-    if cfg.random_init:
-        return None
-    raise ValueError("no norm stats: set --norm-stats-path (a directory with norm_stats.json)")
+def prepare_run_dir(cfg: RLConfig) -> Path:
+    """Create the run directory and write config.json, after refusing a fresh run over an earlier
+    run's checkpoints and a --resume with none; a fresh run sets the earlier run's logs aside."""
+    run_dir = Path(cfg.run_dir)
+    check_resume_matches(
+        run_dir / "checkpoints",
+        cfg.resume,
+        resume_flag="--resume",
+        new_run_hint="--name <new name> (or another --run-root)",
+    )
+    with disk_errors(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        earlier = [run_dir / d for d in ("tb", "videos") if (run_dir / d).exists()]
+        if not cfg.resume and earlier and jax.process_index() == 0:
+            # Logs of an earlier run that saved no checkpoint: kept, but not mixed with this run's.
+            aside = run_dir / f"previous-{int(time.time())}"
+            aside.mkdir()
+            for path in earlier:
+                path.rename(aside / path.name)
+            log.warning("moved the logs of an earlier run without checkpoints to %s", aside)
+        if cfg.resume and jax.process_index() == 0:
+            set_aside_metrics_after(
+                run_dir / "tb" / "metrics.jsonl", committed_steps(run_dir / "checkpoints")[-1]
+            )
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    return run_dir
 
 
-def _stats_json(stats: dict[str, NormStats] | None) -> dict | None:
-    return None if stats is None else {k: v.to_json() for k, v in stats.items()}
+def set_aside_metrics_after(path: Path, step: int) -> int:
+    """Move the records of steps after `step` (logged after the last checkpoint by a run that was
+    killed) from metrics.jsonl to metrics.superseded.jsonl, so the resumed run's records of those steps
+    are the only ones; returns how many were moved."""
+    if not path.is_file():
+        return 0
+    keep, later = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            (later if json.loads(line).get("step", 0) > step else keep).append(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            later.append(line if line.endswith("\n") else line + "\n")
+    if later:
+        with open(path.with_name("metrics.superseded.jsonl"), "a", encoding="utf-8") as f:
+            f.writelines(later)
+        path.write_text("".join(keep))
+        log.warning("moved %d metric records of steps after checkpoint %d to %s", len(later), step, f.name)
+    return len(later)
 
 
 # ----------------------------------------------------------------------------- programs
@@ -264,13 +408,13 @@ def build_programs(
             params, adapter, rng, tasks, inits, np.int32(global_step)
         )
 
-    def evaluate(params, adapter, task_ids, init_ids, rng):
+    def evaluate(params, adapter, task_ids, init_ids, rng, episode_ids):
         state = jax.lax.with_sharding_constraint(reset_batch(task_ids, init_ids), batch_sharding)
         out = rollout_lib.rollout(
             params,
             adapter,
             state,
-            rng,
+            rollout_lib.episode_keys(rng, task_ids, episode_ids),
             env=env,
             policy_cfg=cfg.policy,
             model_cfg=cfg.model,
@@ -290,14 +434,17 @@ def build_programs(
     )
 
 
-def eval_pairs(cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed (task, initial state) pairs of an evaluation, padded to split over the mesh."""
+def eval_pairs(cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed episodes of an evaluation, padded to split over the mesh: (task, initial state,
+    episode number within its task). Episode e of a task starts from init_ids[e % len(init_ids)],
+    as `pirl.eval --task-ids ... --init-ids ...` numbers them."""
     tasks, inits = task_ids_of(cfg, env), init_ids_of(cfg, env)
     n = cfg.eval_episodes
     shards = math.prod(mesh.shape[a] for a in mesh_lib.batch_axes(mesh))
     n_padded = -(-n // shards) * shards
     idx = np.arange(n_padded) % n
-    return tasks[idx % len(tasks)], inits[(idx // len(tasks)) % len(inits)]
+    episode = idx // len(tasks)
+    return tasks[idx % len(tasks)], inits[episode % len(inits)], episode
 
 
 # ----------------------------------------------------------------------------- loop
@@ -350,7 +497,6 @@ def _warm_start(
         success_rate,
     )
     stats = warm_start.demo_norm_stats(demos)
-    save_norm_stats(run_dir / "assets", stats)
     adapter = adapter_from_stats(stats)
     # Clean demos: imitate successful episodes only. Noisy (DART) demos: every valid step is labelled
     # with the expert's own action, so failed episodes still teach how to recover.
@@ -403,19 +549,25 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
             "XLA_FLAGS turns XLA's CPU fusion emitters back on: MJX rollouts run many times slower "
             "on the CPU (see pirl/__init__.py); drop xla_cpu_use_fusion_emitters from XLA_FLAGS"
         )
-    if cfg.compilation_cache_dir:
-        cache_dir = Path(cfg.compilation_cache_dir).expanduser()
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    # Everything checkable is checked before an environment, a tokenizer or a compilation.
+    check_paths(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     mesh_lib.check_divisible(cfg.env.num_envs, mesh, what="env.num_envs")
     mesh_lib.check_divisible(cfg.global_batch_size, mesh, what="global_batch_size")
     if cfg.micro_batch_size is not None:
         mesh_lib.check_divisible(cfg.micro_batch_size, mesh, what="micro_batch_size")
+    run_dir = prepare_run_dir(cfg)
+    if cfg.compilation_cache_dir:
+        cache_dir = Path(cfg.compilation_cache_dir).expanduser()
+        with disk_errors(cache_dir):
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    with disk_errors(run_dir):
+        return _train(cfg, env, run_dir, mesh)
+
+
+def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mesh) -> dict[str, float]:
     owns_env = env is None
     if env is None:
         env = make_rl_env(cfg)
@@ -432,21 +584,15 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
             f"env.ignore_terminations={cfg.env.ignore_terminations} needs an env built with "
             f"make_env(..., terminate_on_success={not cfg.env.ignore_terminations})"
         )
-    tokenizer = load_tokenizer(cfg, env, run_dir)
+    saved = saved_policy(cfg)
+    data_cfg = resolve_data_config(cfg, saved)
+    tokenizer_path = tokenizer_path_for(cfg, env, run_dir)
+    tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=cfg.model.max_token_len)
     rng = jax.random.key(cfg.seed)
     rng, k_init, k_warm = jax.random.split(rng, 3)
 
     def adapter_from_stats(stats):
-        return make_env_adapter(
-            env.prompts,
-            tokenizer.tokenize,
-            _stats_json(stats),
-            state_dim=state_dim_of(env),
-            action_env_dim=cfg.policy.action_env_dim,
-            action_chunk=cfg.policy.action_chunk,
-            norm_type="quantile" if cfg.model.pi05 else "zscore",
-            delta_action_dims=cfg.delta_action_dims,
-        )
+        return make_adapter(cfg, env, data_cfg, tokenizer, stats)
 
     writer = MetricWriter(run_dir / "tb")
     ckpt = TrainStateCheckpointer(
@@ -455,14 +601,17 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
         save_interval=max(1, cfg.save_interval or cfg.total_steps or 1),
     )
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, k_init, load_model_params(cfg))
-    stats = load_norm_stats_for(cfg)
     resumable = cfg.resume and ckpt.latest_step() is not None
-    if stats is None and resumable and (run_dir / "assets" / "norm_stats.json").exists():
-        stats = load_norm_stats(run_dir / "assets")  # computed from the warm start's demos
+    if resumable and not cfg.norm_stats_path and (run_dir / "assets" / "norm_stats.json").exists():
+        stats = load_norm_stats(run_dir / "assets")  # the run's own (e.g. from the warm start's demos)
+    else:
+        stats = load_norm_stats_for(cfg, data_cfg)
+    adapter = adapter_from_stats(stats)  # checks the data config and stats against the env first
     if stats is None and cfg.warm_start.sft_steps > 0:
         params, stats, adapter = _warm_start(cfg, env, params, adapter_from_stats, k_warm, writer, run_dir)
-    else:
-        adapter = adapter_from_stats(stats)
+    # The run directory is a complete policy from here on (pirl.eval / pirl.serve --checkpoint run_dir).
+    description = PolicyDescription(model=cfg.model, data=data_cfg, num_steps=cfg.policy.num_steps)
+    save_policy_assets(run_dir / "assets", description, stats, tokenizer_path)
 
     trainable = policy_trainable_mask(params, cfg.policy, cfg.model)
     value_mask = {k: jax.tree.map(lambda _, k=k: k == "value_head", v) for k, v in params.items()}
@@ -498,7 +647,7 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
     adapter = jax.device_put(adapter, replicated)
     task_pool = jax.device_put(np.asarray(task_ids_of(cfg, env)), replicated)
     init_pool = jax.device_put(np.asarray(init_ids_of(cfg, env)), replicated)
-    eval_tasks, eval_inits = (
+    eval_tasks, eval_inits, eval_episodes = (
         jax.device_put(np.asarray(x, np.int32), replicated) for x in eval_pairs(cfg, env, mesh)
     )
 
@@ -507,7 +656,7 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
     def run_eval(step: int, params) -> dict[str, float]:
         t0 = time.time()
         metrics, _, frames = programs.evaluate(
-            params, adapter, eval_tasks, eval_inits, jax.random.key(cfg.seed + 1)
+            params, adapter, eval_tasks, eval_inits, jax.random.key(cfg.seed + 1), eval_episodes
         )
         metrics = {f"eval/{k.split('/', 1)[1]}": v for k, v in _host(metrics).items()}
         metrics["time/eval"] = time.time() - t0
@@ -559,8 +708,9 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
             bar.update(1)
         bar.close()
         ckpt.save(cfg.total_steps, state, {"name": cfg.name}, force=True)
-    except BaseException:
-        ckpt.emergency_save(completed, state, {"name": cfg.name})
+    except BaseException as error:
+        if not isinstance(error, CheckpointWriteError):  # a full disk would only fail again
+            ckpt.emergency_save(completed, state, {"name": cfg.name})
         raise
     finally:
         ckpt.close()
