@@ -241,7 +241,6 @@ class RLConfig:
                 "global_batch_size": (self.global_batch_size, 1),
                 "micro_batch_size": (self.micro_batch_size, 1),
                 "total_steps": (self.total_steps, 0),
-                "delta_action_dims": (self.delta_action_dims, 0),
                 "eval_interval": (self.eval_interval, 0),
                 "eval_episodes": (self.eval_episodes, 1 if self.eval_interval else 0),
                 "video_interval": (self.video_interval, 0),
