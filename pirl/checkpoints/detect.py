@@ -17,7 +17,7 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
-from pirl.errors import UserError
+from pirl.errors import MissingPathError, UserError
 
 CheckpointKind = Literal["pytorch", "pirl_run", "openpi_jax"]
 
@@ -51,7 +51,7 @@ def checkpoint_kind(path: str | pathlib.Path) -> CheckpointKind:
     """ "pytorch", "pirl_run" or "openpi_jax" (see the module docstring); a missing path raises."""
     path = pathlib.Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the directory of a checkpoint")
+        raise MissingPathError(f"checkpoint {path} does not exist; pass the directory of a checkpoint")
     if (path.is_file() and path.suffix == ".safetensors") or (
         path.is_dir() and any(path.glob("*.safetensors"))
     ):
