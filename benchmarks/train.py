@@ -14,6 +14,8 @@ for the simulators, the workers' busy time, the pipelined overlap (the share of 
 the workers spent stepping) and the control steps per second of one worker's stepping (resets
 excluded); plus "libero_bare_env" lines: one LIBERO env stepped in a loop with both cameras
 rendered every step (the usual figure) and only at chunk ends (what the pool does).
+`--auto-reset` times MJX rollouts with RLinf's auto-reset (episodes of half a rollout, so every
+environment resets and bootstraps once per rollout): the "rollout" line then has "auto_reset": true.
 `--policy-latency-ms` adds a sleep to every policy call, emulating an accelerator's latency on a
 CPU-only machine (where the tiny model competes with the simulators for the same cores).
 """
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--minibatch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--auto-reset", action="store_true", help="mjx: auto-resetting rollouts")
     parser.add_argument("--backend", choices=("mjx", "libero"), default="mjx")
     parser.add_argument("--suite", default="libero_spatial", help="libero: the suite")
     parser.add_argument("--workers", default="1,2,4", help="libero: worker counts (0 = the core count)")
@@ -73,6 +76,7 @@ def main() -> None:
         libero_main(args)
         return
 
+    from pirl.data.configs import get_data_config
     from pirl.envs.env import make_env
     from pirl.models.config import Pi0Config
     from pirl.policies import flow_policy
@@ -93,17 +97,32 @@ def main() -> None:
     cfg = RLConfig(
         model=model,
         policy=policy,
-        env=EnvSpec(name=args.env, num_envs=args.num_envs, image_size=args.image_size),
+        env=EnvSpec(
+            name=args.env,
+            num_envs=args.num_envs,
+            image_size=args.image_size,
+            auto_reset=args.auto_reset,
+            # auto-reset: every episode ends (time limit) halfway through the rollout
+            max_episode_steps=max(1, args.chunk_steps // 2) * policy.action_chunk
+            if args.auto_reset
+            else None,
+        ),
         chunk_steps=args.chunk_steps,
         rollout_epochs=1,
         update_epochs=1,
         global_batch_size=args.minibatch,
     )
-    env = make_env(cfg.env.name, image_size=cfg.env.image_size)
+    env = make_env(cfg.env.name, image_size=cfg.env.image_size, max_steps=cfg.max_episode_steps)
     tokens = np.zeros(model.max_token_len, np.int32)
     tokens[:4] = [2, 5, 6, 7]
     adapter = make_env_adapter(
-        env.prompts, lambda p: (tokens, tokens > 0), None, action_chunk=policy.action_chunk
+        get_data_config("pi0_toy"),
+        env.prompts,
+        lambda p: (tokens, tokens > 0),
+        None,
+        action_chunk=policy.action_chunk,
+        model_image_keys=model.image_keys,
+        env_cameras=env.image_keys,
     )
     params = jax.jit(lambda k: flow_policy.init_policy_params(policy, model, k))(jax.random.key(0))
     n = args.num_envs
@@ -111,7 +130,19 @@ def main() -> None:
 
     roll = jax.jit(
         lambda p, s, k: rollout_lib.rollout(
-            p, adapter, s, k, env=env, policy_cfg=policy, model_cfg=model, chunk_steps=args.chunk_steps
+            p,
+            adapter,
+            s,
+            k,
+            env=env,
+            policy_cfg=policy,
+            model_cfg=model,
+            chunk_steps=args.chunk_steps,
+            env_spec=cfg.env,
+            reset_pools=(jnp.zeros(1, jnp.int32), jnp.arange(env.num_init_states))
+            if args.auto_reset
+            else None,
+            adv_cfg=cfg.adv,
         )
     )
     out, t_roll = _timed(roll, params, state, jax.random.key(1), repeats=args.repeats)
@@ -125,6 +156,7 @@ def main() -> None:
                 "chunk_samples_per_s": n * args.chunk_steps / t_roll,
                 "num_envs": n,
                 "image_size": args.image_size,
+                "auto_reset": args.auto_reset,
                 "full": args.full,
                 "device": jax.devices()[0].device_kind,
             }
@@ -235,7 +267,7 @@ def libero_main(args) -> None:
             global_batch_size=num_envs * args.chunk_steps,
         )
         env = LiberoTrainEnv(base)
-        adapter = toy_env_adapter(base, env.prompts)
+        adapter = toy_env_adapter(base, env.prompts, rotate_images=True)
         specs = [EpisodeSpec(args.suite, 0, i % env.num_init_states, 0) for i in range(num_envs)]
         try:
             for stages in (int(s) for s in args.stages.split(",")):

@@ -1,9 +1,11 @@
 """RL fine-tuning presets (PPO / GRPO) with RLinf's hyper-parameters (see shared rl-algorithms doc).
 
 Every real preset needs the SFT checkpoint the user fine-tunes:
-`python -m pirl.train pi0_libero_ppo --init-checkpoint /path/to/ckpt` (a pirl or openpi orbax
-checkpoint directory, or a directory holding openpi-PyTorch `model.safetensors`); its assets must
-hold the tokenizer and norm stats, or pass `--tokenizer-path` / `--norm-stats-path`.
+`python -m pirl.train pi0_libero_ppo --init-checkpoint /path/to/ckpt` (a pirl run or SFT checkpoint,
+an openpi orbax checkpoint directory, or a directory holding openpi-PyTorch `model.safetensors`);
+its assets must hold the tokenizer and norm stats, or pass `--tokenizer-path` / `--norm-stats-path`.
+The data config (`RLConfig.data_config`; default pi0_libero for π0, pi05_libero for π0.5) decides
+the policy's input and output transforms; a pirl checkpoint's own one wins.
 `pi0_demo_cpu` is the exception: a tiny π0 that trains from scratch on a 2-core CPU.
 """
 
@@ -163,7 +165,7 @@ def pi05_libero_grpo() -> RLConfig:
 
 def pi0_maniskill_ppo() -> RLConfig:
     """π0, ManiSkill-style put-on-plate (MJX), PPO with Flow-Noise (joint log-prob) and entropy 0.005
-    (RLinf's maniskill_ppo_openpi, without its auto-reset: the MJX rollout starts fresh episodes)."""
+    (RLinf's maniskill_ppo_openpi: environments auto-reset and episodes carry over between rollouts)."""
     return RLConfig(
         name="pi0_maniskill_ppo",
         model=Pi0Config(action_horizon=8),
@@ -177,8 +179,18 @@ def pi0_maniskill_ppo() -> RLConfig:
             max_episode_steps=80,
             reward_coef=1.0,
             use_rel_reward=True,
+            auto_reset=True,
+            ignore_terminations=False,
         ),
-        adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95, filter_bounds=(0.0, 1.0)),
+        # bootstrap_type: always: with auto-reset every done chunk gets γ·V(final observation).
+        adv=AdvantageConfig(
+            adv_type="gae",
+            gamma=0.99,
+            gae_lambda=0.95,
+            filter_bounds=(0.0, 1.0),
+            bootstrap_on_truncation=True,
+            bootstrap_terminations=True,
+        ),
         loss=PPOLossConfig(entropy_bonus=0.005),
         optim=OptimizerConfig(lr=7.91e-6, value_lr=1.55e-4, clip_grad_norm=1.0, **RLINF_OPTIM),
         rollout_epochs=1,
@@ -190,8 +202,6 @@ def pi0_maniskill_ppo() -> RLConfig:
         eval_interval=10,
         eval_episodes=320,
         seed=0,
-        # RLinf auto-resets here, so its loss is the plain token mean (no per-episode weighting).
-        episode_loss_weighting=False,
     )
 
 
@@ -229,6 +239,7 @@ def pi0_demo_cpu() -> RLConfig:
         global_batch_size=80,
         total_steps=60,
         random_init=True,
+        data_config="pi0_toy",
         # 32 evaluation episodes (8 per initial state, fixed noise): a less noisy curve than 8.
         eval_interval=10,
         eval_episodes=32,

@@ -35,6 +35,10 @@ class UserError(ValueError):
     """A mistake in the user's input; the message says what to change."""
 
 
+class MissingPathError(UserError, FileNotFoundError):
+    """A file or directory the user named does not exist (still a FileNotFoundError for callers)."""
+
+
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread by `run_cli`'s SIGTERM handler; handled like Ctrl-C."""
 

@@ -24,16 +24,17 @@ class ServeArgs:
 
     checkpoint: str | None = None
     """Checkpoint directory (or .safetensors file); required unless --random-tiny."""
-    config_name: str = "pi0_libero"
-    """Data config that defines the input/output transforms (pi0_libero, pi05_libero, ...)."""
+    config_name: str | None = None
+    """Data config of the input/output transforms (pi0_libero, pi05_libero, ...); None = the
+    checkpoint's own (a pirl run's assets/policy.json), else pi0_libero."""
     random_tiny: bool = False
     """Serve Pi0Config.tiny() with random weights instead of a checkpoint."""
     tokenizer_path: str | None = None
     """PaliGemma sentencepiece model; default: found in the checkpoint's assets."""
     norm_stats_path: str | None = None
     """Directory holding norm_stats.json; default: found in the checkpoint's assets."""
-    num_steps: int = 10
-    """Flow-matching Euler steps per action chunk."""
+    num_steps: int | None = None
+    """Flow-matching Euler steps per action chunk; None = the checkpoint's own (a pirl run's), else 10."""
     seed: int = 0
     """Seed of the sampling noise."""
     host: str = "127.0.0.1"

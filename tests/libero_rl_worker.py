@@ -93,7 +93,7 @@ def rollouts(out: Path, env, cfg: RLConfig, stages: tuple[int, ...]) -> None:
 
     mesh = mesh_lib.make_mesh(cfg.mesh)
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
-    adapter = toy_env_adapter(cfg, env.prompts)
+    adapter = toy_env_adapter(cfg, env.prompts, rotate_images=True)
     task_pool, init_pool = np.asarray([0], np.int32), np.asarray([0, 1, 2, 3], np.int32)
     arrays, timings = {}, {}
     for s in stages:

@@ -4,6 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pirl.data.configs import get_data_config
+from pirl.data.normalize import NormStats
+from pirl.errors import UserError
 from pirl.models.config import Pi0Config
 from pirl.policies.env_io import (
     env_actions_to_model,
@@ -13,8 +16,8 @@ from pirl.policies.env_io import (
 )
 
 STATS = {
-    "state": {"mean": [0.1] * 8, "std": [2.0] * 8, "q01": [-1.0] * 8, "q99": [3.0] * 8},
-    "actions": {"mean": [0.2] * 7, "std": [0.5] * 7, "q01": [-0.5] * 7, "q99": [0.5] * 7},
+    "state": NormStats.from_json({"mean": [0.1] * 8, "std": [2.0] * 8, "q01": [-1.0] * 8, "q99": [3.0] * 8}),
+    "actions": NormStats.from_json({"mean": [0.2] * 7, "std": [0.5] * 7, "q01": [-0.5] * 7, "q99": [0.5] * 7}),
 }
 
 
@@ -27,7 +30,8 @@ def _tokenize(prompt):
 @pytest.mark.parametrize("norm_type", ["zscore", "quantile"])
 @pytest.mark.parametrize("delta", [0, 6])
 def test_actions_round_trip_through_normalisation_and_delta(norm_type, delta):
-    adapter = make_env_adapter(["ab", "cde"], _tokenize, STATS, norm_type=norm_type, delta_action_dims=delta)
+    data = get_data_config("pi0_custom", norm_type=norm_type, delta_action_mask=(6, -1) if delta else None)
+    adapter = make_env_adapter(data, ["ab", "cde"], _tokenize, STATS)
     rng = np.random.default_rng(0)
     state = jnp.asarray(rng.uniform(-0.2, 0.2, (3, 8)), jnp.float32)
     env_actions = jnp.asarray(rng.uniform(-0.4, 0.4, (3, 5, 7)), jnp.float32)
@@ -45,7 +49,7 @@ def test_actions_round_trip_through_normalisation_and_delta(norm_type, delta):
 
 def test_observation_mapping_and_errors():
     cfg = Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"))
-    adapter = make_env_adapter(["ab", "cde"], _tokenize, STATS)
+    adapter = make_env_adapter(get_data_config("pi0_custom"), ["ab", "cde"], _tokenize, STATS)
     env_obs = {
         "agentview_image": jnp.full((2, 28, 28, 3), 255, jnp.uint8),
         "wrist_image": jnp.zeros((2, 28, 28, 3), jnp.uint8),
@@ -61,7 +65,7 @@ def test_observation_mapping_and_errors():
     # A 56x56 render is resized to the model's 28x28 on device.
     big = dict(env_obs, agentview_image=jnp.zeros((2, 56, 56, 3), jnp.uint8))
     assert env_obs_to_model(adapter, cfg, big, jnp.array([0, 0])).images["base_0_rgb"].shape == (2, 28, 28, 3)
-    with pytest.raises(ValueError, match="delta_action_dims"):
-        make_env_adapter(["a"], _tokenize, STATS, delta_action_dims=8)
+    with pytest.raises(UserError, match="delta mask covers 9 dims"):
+        make_env_adapter(get_data_config("pi0_custom", delta_action_mask=(9,)), ["a"], _tokenize, STATS)
     with pytest.raises(ValueError, match="max_token_len"):
         env_obs_to_model(adapter, Pi0Config.tiny(max_token_len=8), env_obs, jnp.array([0, 0]))

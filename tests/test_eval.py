@@ -80,23 +80,23 @@ def _mjx_env_missing() -> str | None:
 def test_mjx_model_to_env_actions_unnormalise_delta_and_clip():
     import jax.numpy as jnp
 
-    from pirl.eval.mjx import _env_actions
-    from pirl.policies.env_io import make_env_adapter
+    from pirl.data.configs import get_data_config
+    from pirl.data.normalize import NormStats
+    from pirl.policies.env_io import make_env_adapter, model_actions_to_env
 
     stats = {
-        "state": {"mean": [0.0] * 8, "std": [1.0] * 8},
-        "actions": {"mean": [0.1] * 7, "std": [2.0] * 7},
+        "state": NormStats(mean=np.zeros(8), std=np.ones(8)),
+        "actions": NormStats(mean=np.full(7, 0.1), std=np.full(7, 2.0)),
     }
-    adapter = make_env_adapter(
-        ["x"], lambda p: (np.ones(4, np.int32), np.ones(4, bool)), stats, action_chunk=2
-    )
+    tokenize = lambda p: (np.ones(4, np.int32), np.ones(4, bool))  # noqa: E731
+    adapter = make_env_adapter(get_data_config("pi0_libero"), ["x"], tokenize, stats, action_chunk=2)
     actions = jnp.full((1, 3, 32), 0.25)
     state = jnp.full((1, 8), 0.3)
-    out = np.asarray(_env_actions(adapter, (True,) * 6 + (False,), actions, state))
+    out = np.asarray(model_actions_to_env(adapter, actions, state))
     assert out.shape == (1, 2, 7)
     np.testing.assert_allclose(out[..., :6], 0.25 * (2.0 + 1e-6) + 0.1 + 0.3, rtol=1e-5)  # delta dims
     np.testing.assert_allclose(out[..., 6], 0.25 * (2.0 + 1e-6) + 0.1, rtol=1e-5)  # gripper: absolute
-    clipped = np.asarray(_env_actions(adapter, None, jnp.full((1, 3, 32), 9.0), state))
+    clipped = np.asarray(model_actions_to_env(adapter, jnp.full((1, 3, 32), 9.0), state))
     assert np.all(clipped == 1.0)
 
 

@@ -132,7 +132,7 @@ def _config(**env_overrides) -> RLConfig:
 def policy():
     cfg = _config()
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
-    return params, toy_env_adapter(cfg, ScriptedEnv.prompts)
+    return params, toy_env_adapter(cfg, ScriptedEnv.prompts, rotate_images=True)
 
 
 def _specs() -> list[EpisodeSpec]:
@@ -234,8 +234,6 @@ def test_evaluation_leaves_the_carried_over_episodes_alone(policy):
 @pytest.mark.parametrize(
     "env, message",
     [
-        (dict(backend="mjx", name="toy_spatial", auto_reset=True), "libero backend only"),
-        (dict(backend="mjx", name="toy_spatial", ignore_terminations=True), "libero backend only"),
         (dict(backend="libero", name="toy_spatial"), "not a LIBERO suite"),
         (
             dict(backend="libero", name="libero_10", num_envs=6, pipeline_stage_num=4),
@@ -251,3 +249,4 @@ def test_env_config_refusals(env, message):
     with pytest.raises(ValueError, match=message):
         RLConfig(env=EnvSpec(**env))
     assert RLConfig(env=EnvSpec(backend="libero", name="libero_10")).max_episode_steps == 480
+    assert RLConfig(env=EnvSpec(backend="mjx", auto_reset=True, ignore_terminations=True)).env.auto_reset

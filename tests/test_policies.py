@@ -483,3 +483,49 @@ def test_value_vlm_mode_picks_the_critic_input(sde_rollout, obs):
         assert np.all(np.abs(np.asarray(values[a]) - np.asarray(values[b])) > 1e-6), (a, b)
     with pytest.raises(ValueError, match="value_vlm_mode"):
         FlowPolicyConfig(value_vlm_mode="max_token")
+
+
+# ----------------------------------------------------------------------------- noise annealing
+
+
+def test_noise_anneal_schedule_follows_rlinf():
+    cfg = FlowPolicyConfig(noise_anneal=True, noise_params=(0.7, 0.3, 400))
+    # RLinf: start + (end - start) * min(global_step, steps) / steps.
+    for step, level in [(0, 0.7), (100, 0.6), (300, 0.4), (400, 0.3), (1000, 0.3)]:
+        assert float(cfg.noise_level_at(step)) == pytest.approx(level, abs=1e-6)
+        assert float(jax.jit(cfg.noise_level_at)(jnp.int32(step))) == pytest.approx(level, abs=1e-6)
+    assert FlowPolicyConfig(noise_level=0.5).noise_level_at(300) == 0.5  # no anneal: the constant
+    with pytest.raises(ValueError, match="no effect"):
+        FlowPolicyConfig.flow_noise(noise_anneal=True)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        FlowPolicyConfig(noise_anneal=True, noise_params=(0.7, 0.3, 0))
+
+
+def test_annealed_level_samples_and_rescores_consistently(sde_rollout, obs):
+    params, constant = sde_rollout
+    level = FlowPolicyConfig(noise_anneal=True, noise_params=(0.7, 0.3, 400)).noise_level_at(300)  # 0.4
+    out = jax.device_get(
+        sample_jit(params, SDE_CFG, MODEL_CFG, jax.random.key(3), obs, mode="train", noise_level=level)
+    )
+    sched = flow_policy.denoise_schedule(SDE_CFG.num_steps, 0.4)
+    ratio_to_default = (
+        flow_policy.denoise_schedule(SDE_CFG.num_steps, SDE_CFG.noise_level).sde_std / sched.sde_std
+    )
+    np.testing.assert_allclose(ratio_to_default, 0.5 / 0.4, rtol=1e-6)  # σ is linear in the level
+    for b in range(BATCH):
+        k = int(out.denoise_index[b])
+        assert k == int(constant.denoise_index[b])  # same key: same draws, smaller noise
+        np.testing.assert_allclose(out.stds[b, k], sched.sde_std[k], rtol=1e-6)
+        density = stats.norm.logpdf(
+            _scored(out.chain[b, k + 1], SDE_CFG),
+            _scored(out.means[b, k], SDE_CFG),
+            _scored(out.stds[b, k], SDE_CFG),
+        )
+        np.testing.assert_allclose(out.log_probs[b], density.sum(), rtol=1e-5, atol=1e-3)
+    # Rescoring at the level the chain was sampled with gives ratio 1; at the config's level it does not.
+    same, _, _ = rescore_jit(
+        params, SDE_CFG, MODEL_CFG, obs, out.chain, out.denoise_index, noise_level=jnp.full((BATCH,), 0.4)
+    )
+    np.testing.assert_allclose(np.exp(np.asarray(same) - out.log_probs), 1.0, atol=2e-4)
+    other, _, _ = rescore_jit(params, SDE_CFG, MODEL_CFG, obs, out.chain, out.denoise_index)
+    assert np.all(np.abs(np.asarray(other) - out.log_probs) > 1.0)

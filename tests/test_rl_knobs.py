@@ -1,7 +1,12 @@
 """RLinf's algorithm knobs on small arrays: loss aggregation and per-episode weighting,
-critic warm-up, truncation bootstrap, global-step advantage normalisation, reward shaping."""
+critic warm-up, truncation bootstrap, global-step advantage normalisation, reward shaping; and the
+episode rules of MJX rollouts (auto-reset, ignore_terminations, bootstrap_type always) through
+`rollout()` on a scripted stand-in env with exact numbers (the real MJX suite: nightly)."""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +14,15 @@ import numpy as np
 import pytest
 
 from pirl.policies.config import FlowPolicyConfig
+from pirl.policies.env_io import env_obs_to_model
 from pirl.rl import advantages as adv_lib
 from pirl.rl import losses
 from pirl.rl import update as update_lib
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig
-from pirl.rl.rollout import Trajectory, control_step_reward, shape_chunk_reward
+from pirl.rl.rollout import Trajectory, control_step_reward, finished_episode_metrics, shape_chunk_reward
+
+# These programs run a few times: XLA's cheapest backend pass, as compiling dominates.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _cfg(**overrides) -> RLConfig:
@@ -209,9 +218,320 @@ def test_mjx_chunk_reward_shaping():
     np.testing.assert_allclose(shape_chunk_reward(EnvSpec(), success, before, after), [1.0, 0.0, 0.0])
 
 
-def test_mjx_refuses_auto_reset_with_a_reason():
-    with pytest.raises(ValueError, match="libero backend only"):
-        _cfg(env=EnvSpec(name="toy_spatial", num_envs=2, auto_reset=True))
+def test_mjx_ignore_terminations_pays_success_as_a_difference():
+    # Per control step successes 0 0 1 1 | 0 0 1 1 | 1 0 ... in chunks of 2 / 2 / 2: RLinf's per-step
+    # rewards summed per chunk (coef 5, step penalty on the first step) with the env's flag before/after.
+    spec = EnvSpec(reward_coef=5.0, use_step_penalty=True, ignore_terminations=True)
+    steps_before, steps_after = jnp.asarray([0, 2, 4, 6]), jnp.asarray([2, 4, 6, 8])
+    success_before = jnp.asarray([True, False, True, True])  # env 0: a leftover flag of a past episode
+    success_after = jnp.asarray([False, True, True, False])
+    env_reward = jnp.asarray([0.0, 1.0, 2.0, 1.0])  # success steps in the chunk (terminate_on_success=False)
+    got = shape_chunk_reward(spec, env_reward, steps_before, steps_after, success_before, success_after)
+    np.testing.assert_allclose(got, [-1.0, 5.0, 0.0, -5.0])  # paid once, taken back when lost
+    per_step = [  # the same numbers from control_step_reward step by step (env 3: 1 -> 1, 0)
+        control_step_reward(1, 1, 0, coef=5.0, rel=True, step_penalty=True)
+        + control_step_reward(0, 1, 0, coef=5.0, rel=True, step_penalty=True)
+    ]
+    assert per_step == [-5.0]
+    # Absolute rewards: coef per success step minus one per executed step.
+    absolute = dataclasses.replace(spec, use_rel_reward=False)
+    np.testing.assert_allclose(
+        shape_chunk_reward(absolute, env_reward, steps_before, steps_after, success_before, success_after),
+        [-2.0, 3.0, 8.0, 3.0],
+    )
+
+
+def test_bootstrap_terminations_needs_auto_reset():
+    with pytest.raises(ValueError, match="bootstrap_terminations"):
+        _cfg(adv=AdvantageConfig(bootstrap_terminations=True))
+    cfg = _cfg(
+        env=EnvSpec(name="toy_spatial", num_envs=2, image_size=28, max_episode_steps=30, auto_reset=True),
+        adv=AdvantageConfig(bootstrap_terminations=True),
+    )
+    assert cfg.env.auto_reset and not cfg.episode_weights_active
+
+
+# ----------------------------------------------------------------------------- rollout episode rules
+
+SCRIPT_MAX_STEPS = 6  # three chunks of two control steps
+SCRIPT_SUCCESS = np.zeros((4, SCRIPT_MAX_STEPS + 1), bool)  # [init id, control step since reset]
+SCRIPT_SUCCESS[0, 3:] = True  # init 0: success from step 3 on (the episode terminates in chunk 2)
+SCRIPT_SUCCESS[2, [2, 5]] = True  # init 2: success at steps 2 and 5 only (lost in between)
+# init 1 and 3: never
+
+
+class ScriptedEnv:
+    """What `rollout` needs of a ManipEnv (batched, reset_to, chunk_step, the State fields), with
+    success on the SCRIPT_SUCCESS schedule and the env's own termination / reward rules."""
+
+    prompts = ("a b", "c d")
+
+    def __init__(self, terminate_on_success: bool):
+        self.terminate = terminate_on_success
+        self.max_steps = SCRIPT_MAX_STEPS
+
+    def batched(self, fn):
+        return jax.vmap(fn)
+
+    def _obs(self, init_id, step):
+        image = jnp.full((28, 28, 3), 30 * init_id + 7 * step, jnp.uint8)
+        return {"agentview_image": image, "wrist_image": image, "state": jnp.full((8,), 0.1 * step)}
+
+    def reset_to(self, task_id, init_id):
+        from pirl.envs.env import State
+
+        info = dict(
+            task_id=jnp.asarray(task_id, jnp.int32),
+            init_id=jnp.asarray(init_id, jnp.int32),
+            step=jnp.zeros((), jnp.int32),
+            success=jnp.zeros((), bool),
+            success_once=jnp.zeros((), bool),
+            truncated=jnp.zeros((), bool),
+        )
+        return State(None, self._obs(info["init_id"], 0), jnp.zeros(()), jnp.zeros((), bool), info)
+
+    def chunk_step(self, state, actions):
+        def body(carry, _):
+            st, total = carry
+            step = st.info["step"] + 1
+            success = jnp.asarray(SCRIPT_SUCCESS)[st.info["init_id"], step]
+            once = st.info["success_once"] | success
+            truncated = step >= self.max_steps
+            if self.terminate:
+                reward, done = (once & ~st.info["success_once"]).astype(jnp.float32), once | truncated
+            else:
+                reward, done = success.astype(jnp.float32), truncated
+            info = dict(st.info, step=step, success=success, success_once=once, truncated=truncated)
+            nxt = st.replace(reward=reward, done=done, info=info)
+            nxt = jax.tree.map(lambda new, old: jnp.where(st.done, old, new), nxt, st)
+            return (nxt, total + jnp.where(st.done, 0.0, nxt.reward)), None
+
+        (state, total), _ = jax.lax.scan(body, (state, jnp.zeros(())), actions)
+        return state.replace(obs=self._obs(state.info["init_id"], state.info["step"]), reward=total)
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """Tiny π0 with a VLM critic (its value depends on the observation only) and a rollout maker."""
+    from pirl.models.config import Pi0Config
+    from pirl.policies import flow_policy
+    from pirl.rl import rollout as rollout_lib
+    from pirl.rl.synthetic import toy_env_adapter
+
+    base = RLConfig(
+        model=Pi0Config.tiny(image_keys=("base_0_rgb", "left_wrist_0_rgb"), image_resolution=(28, 28)),
+        policy=FlowPolicyConfig(num_steps=2, action_chunk=2, value_after_vlm=True, value_head_hidden=(16,)),
+        env=EnvSpec(name="toy_spatial", num_envs=4, image_size=28, max_episode_steps=SCRIPT_MAX_STEPS),
+        chunk_steps=4,
+        rollout_epochs=1,
+        global_batch_size=16,
+    )
+    params = jax.jit(lambda k: flow_policy.init_policy_params(base.policy, base.model, k))(jax.random.key(0))
+    adapter = toy_env_adapter(base, ScriptedEnv.prompts)
+
+    @functools.partial(jax.jit, static_argnames=("spec", "adv", "terminate"), compiler_options=FAST_COMPILE)
+    def play(state, ret, rng, *, spec, adv, terminate):
+        return rollout_lib.rollout(
+            params,
+            adapter,
+            state,
+            rng,
+            env=ScriptedEnv(terminate),
+            policy_cfg=base.policy,
+            model_cfg=base.model,
+            chunk_steps=4,
+            env_spec=spec,
+            reset_pools=(jnp.asarray([0]), jnp.asarray([1])),
+            adv_cfg=adv,
+            episode_return=ret,
+        )
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def value_of(init_id, step):
+        obs = jax.vmap(ScriptedEnv(True)._obs)(init_id, step)
+        model_obs = env_obs_to_model(adapter, base.model, obs, jnp.zeros_like(init_id))
+        return flow_policy.sample(params, base.policy, base.model, jax.random.key(9), model_obs).value
+
+    start = jax.vmap(ScriptedEnv(True).reset_to)(jnp.zeros(4, jnp.int32), jnp.arange(4))
+    return play, value_of, start
+
+
+def test_auto_reset_rollout_follows_rlinf_episode_rules(scripted):
+    play, value_of, start = scripted
+    spec = EnvSpec(name="toy_spatial", num_envs=4, reward_coef=2.0, auto_reset=True)
+    adv = AdvantageConfig(gamma=0.5)
+    out = play(start, jnp.zeros(4), jax.random.key(1), spec=spec, adv=adv, terminate=True)
+    dones = np.asarray(out.trajectory.dones)
+    # init 0 succeeds at step 3 (chunk 2) and init 2 at step 2 (chunk 1): terminated; inits 1 and 3 run
+    # to the limit (chunk 3): truncated. Every reset draws (task 0, init 1), which runs to the limit.
+    np.testing.assert_array_equal(
+        dones.T,
+        [
+            [False, True, False, False],
+            [False, False, True, False],
+            [True, False, False, True],
+            [False, False, True, False],
+        ],
+    )
+    # Truncated chunks get γ·V(final observation: init 1 or 3 at step 6); terminated ones do not.
+    v1, v3 = np.asarray(value_of(jnp.asarray([1, 3]), jnp.full(2, SCRIPT_MAX_STEPS)))
+    expected = np.zeros((4, 4), np.float32)
+    expected[1, 0] = expected[0, 2] = 2.0  # coef · (1 − 0), paid once
+    expected[2, 1], expected[2, 3], expected[3, 2] = 0.5 * v1, 0.5 * v3, 0.5 * v1
+    np.testing.assert_allclose(np.asarray(out.trajectory.rewards), expected, rtol=1e-5, atol=1e-7)
+    assert v1 != 0 and v3 != 0  # the bootstrap is visible
+    # Episodes carry into the next rollout: each env's new episode (init 1) is 4, 2, 0 or 2 steps in.
+    np.testing.assert_array_equal(np.asarray(out.final_state.info["init_id"]), [1, 1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(out.final_state.info["step"]), [4, 2, 0, 2])
+    np.testing.assert_allclose(np.asarray(out.episode_return), 0.0)
+    metrics = {k: float(v) for k, v in finished_episode_metrics(out.finished).items()}
+    assert metrics["env/episodes"] == 5 and metrics["env/success_once"] == pytest.approx(0.4)
+    # init 0 terminates on step 3 (the env freezes for the rest of the chunk), init 2 on step 2.
+    assert metrics["env/episode_len"] == pytest.approx((3 + 6 + 2 + 6 + 6) / 5)
+    assert metrics["env/return"] == pytest.approx(4.0 / 5)  # bootstraps are not returns
+    # The next rollout continues them: env 0's episode (4 steps in) ends in its first chunk.
+    nxt = play(out.final_state, out.episode_return, jax.random.key(2), spec=spec, adv=adv, terminate=True)
+    np.testing.assert_array_equal(np.asarray(nxt.trajectory.dones)[:, 0], [True, False, False, True])
+    np.testing.assert_array_equal(
+        np.asarray(nxt.trajectory.env_obs["state"][0, :, 0]), np.asarray(out.final_state.obs["state"][:, 0])
+    )
+    # bootstrap_type always: terminated chunks are bootstrapped too (init 0 at step 3, init 2 at step 2).
+    always = play(
+        start,
+        jnp.zeros(4),
+        jax.random.key(1),
+        spec=spec,
+        adv=AdvantageConfig(gamma=0.5, bootstrap_terminations=True),
+        terminate=True,
+    )
+    v0, v2 = np.asarray(value_of(jnp.asarray([0, 2]), jnp.asarray([3, 2])))
+    assert float(always.trajectory.rewards[1, 0]) == pytest.approx(2.0 + 0.5 * v0, rel=1e-5)
+    assert float(always.trajectory.rewards[0, 2]) == pytest.approx(2.0 + 0.5 * v2, rel=1e-5)
+
+
+def test_ignore_terminations_rollout_pays_success_as_a_difference(scripted):
+    play, _, start = scripted
+    spec = EnvSpec(name="toy_spatial", num_envs=4, reward_coef=2.0, auto_reset=True, ignore_terminations=True)
+    out = play(
+        start,
+        jnp.zeros(4),
+        jax.random.key(1),
+        spec=spec,
+        adv=AdvantageConfig(gamma=0.5, bootstrap_on_truncation=False),
+        terminate=False,
+    )
+    # Success does not end an episode: all run 6 steps (3 chunks).
+    np.testing.assert_array_equal(
+        np.asarray(out.trajectory.dones), [[False] * 4, [False] * 4, [True] * 4, [False] * 4]
+    )
+    rewards = np.asarray(out.trajectory.rewards)
+    # init 0: success from step 3 → +2 in chunk 2; init 2: success at 2 (+2), lost at 3 (−2), 5 and 6 (+2 −2).
+    np.testing.assert_allclose(rewards[:, 0], [0.0, 2.0, 0.0, 0.0])
+    np.testing.assert_allclose(rewards[:, 2], [2.0, -2.0, 0.0, 0.0])
+    np.testing.assert_allclose(rewards[:, [1, 3]], 0.0)
+    np.testing.assert_array_equal(np.asarray(out.trajectory.successes)[:, 2], [True, False, True, False])
+    metrics = {k: float(v) for k, v in finished_episode_metrics(out.finished).items()}
+    assert (
+        metrics["env/success_once"] == 0.5 and metrics["env/success_at_end"] == 0.25
+    )  # init 0 ends successful
+    assert metrics["env/episode_len"] == SCRIPT_MAX_STEPS
+
+
+# ----------------------------------------------------------------------------- MJX auto-reset
+
+AR_MAX_STEPS = 4  # episodes of two chunks of two control steps; rollouts of three chunks
+
+
+def _flat_color_render(data):
+    # The ray caster compiles for minutes on a CPU; a colour that follows the arm is enough here.
+    color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
+    return jnp.broadcast_to(color, (2, 28, 28, 3))
+
+
+@pytest.fixture(scope="module")
+def auto_reset_rollout():
+    """A jitted MJX auto-reset rollout (toy_spatial, tiny π0, 2 envs) and what it needs."""
+    from pirl.envs import make_env
+    from pirl.models.config import Pi0Config
+    from pirl.policies import flow_policy
+    from pirl.rl import rollout as rollout_lib
+    from pirl.rl.synthetic import toy_env_adapter
+
+    cfg = RLConfig(
+        model=Pi0Config.tiny(
+            image_keys=("base_0_rgb", "left_wrist_0_rgb"),
+            image_resolution=(28, 28),
+            action_dim=8,
+            action_horizon=4,
+        ),
+        policy=FlowPolicyConfig(num_steps=2, action_chunk=2, value_head_hidden=(16,)),
+        env=EnvSpec(
+            name="toy_spatial", num_envs=2, image_size=28, max_episode_steps=AR_MAX_STEPS, auto_reset=True
+        ),
+        adv=AdvantageConfig(gamma=0.5),
+        chunk_steps=3,
+        rollout_epochs=1,
+        global_batch_size=6,
+    )
+    # lax.map batching and XLA's cheapest backend pass: these programs run once, compiling dominates.
+    env = make_env(
+        "toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=AR_MAX_STEPS, batching="map"
+    )
+    params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
+    adapter = toy_env_adapter(cfg, env.prompts)
+    pools = (jnp.asarray([0, 1], jnp.int32), jnp.asarray([3, 7], jnp.int32))
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def play(state, ret, rng):
+        return rollout_lib.rollout(
+            params,
+            adapter,
+            state,
+            rng,
+            env=env,
+            policy_cfg=cfg.policy,
+            model_cfg=cfg.model,
+            chunk_steps=3,
+            env_spec=cfg.env,
+            reset_pools=pools,
+            adv_cfg=cfg.adv,
+            episode_return=ret,
+        )
+
+    start = jax.jit(env.batched(env.reset_to), compiler_options=FAST_COMPILE)(
+        jnp.asarray([0, 1]), jnp.asarray([3, 7])
+    )
+    return play, start, pools
+
+
+@pytest.mark.nightly  # ~155 s on 2 CPU cores (MJX compile); the scripted-env tests above cover the rules in CI
+def test_mjx_auto_reset_carries_episodes_across_rollouts(auto_reset_rollout):
+    play, start, (task_pool, init_pool) = auto_reset_rollout
+    first = play(start, jnp.zeros(2), jax.random.key(1))
+    # Chunk 2 ends the 4-step episode (time limit): the env resets, and chunk 3 is the new
+    # episode's first two steps, which carry into the next rollout.
+    np.testing.assert_array_equal(np.asarray(first.trajectory.dones), [[False] * 2, [True] * 2, [False] * 2])
+    np.testing.assert_array_equal(np.asarray(first.final_state.info["step"]), [2, 2])
+    assert np.isin(np.asarray(first.final_state.info["task_id"]), np.asarray(task_pool)).all()
+    assert np.isin(np.asarray(first.final_state.info["init_id"]), np.asarray(init_pool)).all()
+    # The truncated chunk's reward is γ·V(final obs) (no success: every other reward is 0).
+    rewards = np.asarray(first.trajectory.rewards)
+    assert np.all(rewards[[0, 2]] == 0.0) and np.all(rewards[1] != 0.0)
+    np.testing.assert_array_equal(np.asarray(first.finished["done"]), np.asarray(first.trajectory.dones))
+    np.testing.assert_array_equal(np.asarray(first.finished["length"])[1], [AR_MAX_STEPS] * 2)
+    np.testing.assert_allclose(np.asarray(first.finished["return"]), 0.0)  # no bootstrap in the return
+
+    second = play(first.final_state, first.episode_return, jax.random.key(2))
+    # The carried episode goes on where it stopped: its first chunk reaches step 4 and ends it,
+    # and the next episode (chunks 2 and 3) ends at the rollout's last chunk.
+    np.testing.assert_array_equal(
+        np.asarray(second.trajectory.env_obs["state"][0]), np.asarray(first.final_state.obs["state"])
+    )
+    np.testing.assert_array_equal(np.asarray(second.trajectory.dones), [[True] * 2, [False] * 2, [True] * 2])
+    np.testing.assert_array_equal(np.asarray(second.final_state.info["step"]), [0, 0])
+    metrics = {k: float(v) for k, v in finished_episode_metrics(second.finished).items()}
+    assert metrics["env/episodes"] == 4.0 and metrics["env/episode_len"] == AR_MAX_STEPS
+    assert metrics["env/success_once"] == 0.0 and metrics["env/return"] == 0.0
 
 
 def test_lora_rank_and_alpha_are_config_values():

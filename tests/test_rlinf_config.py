@@ -322,24 +322,60 @@ def _diff(a, b, prefix: str = "") -> list[str]:
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_preset_equals_its_rlinf_recipe(config_dir, recipe):
     preset = RECIPES[recipe][0]()
-    allow = recipe == "maniskill_ppo_openpi"  # auto-reset and bootstrap 'always': MJX cannot
-    imported = rlinf_config.read_rlinf_config(config_dir / f"{recipe}.yaml", allow_unsupported=allow)
+    imported = rlinf_config.read_rlinf_config(config_dir / f"{recipe}.yaml")
     # name: the file's; micro_batch_size: RLinf's is per device, pirl's global (memory only).
     read = dataclasses.replace(imported.config, name=preset.name, micro_batch_size=preset.micro_batch_size)
     assert _diff(read, preset) == []
     assert imported.config.micro_batch_size == RECIPES[recipe][1]["actor"]["micro_batch_size"]
 
 
-def test_maniskill_recipe_names_what_mjx_cannot_do(config_dir):
-    with pytest.raises(UserError) as err:
-        rlinf_config.read_rlinf_config(config_dir / "maniskill_ppo_openpi.yaml")
-    assert "env.train.auto_reset" in str(err.value) and "algorithm.bootstrap_type" in str(err.value)
-    imported = rlinf_config.read_rlinf_config(
-        config_dir / "maniskill_ppo_openpi.yaml", allow_unsupported=True
-    )
-    assert set(imported.blocking) == {"env.train.auto_reset", "algorithm.bootstrap_type"}
+def test_maniskill_recipe_maps_auto_reset_and_bootstrap_always(config_dir):
+    imported = rlinf_config.read_rlinf_config(config_dir / "maniskill_ppo_openpi.yaml")
+    cfg = imported.config
+    assert cfg.env.backend == "mjx" and cfg.env.auto_reset and not cfg.env.ignore_terminations
+    assert cfg.adv.bootstrap_on_truncation and cfg.adv.bootstrap_terminations
+    assert not cfg.episode_weights_active  # RLinf's weighting is off under auto-reset
+    assert imported.blocking == {}
+    assert "bootstrap_terminations = True" in imported.mapped["algorithm.bootstrap_type"]
     assert "noise_anneal" in imported.unsupported["actor.model.openpi.noise_params"]
-    assert imported.config.env.auto_reset is False and not imported.config.episode_weights_active
+    # 'standard' bootstraps truncations only; without auto-reset RLinf bootstraps nothing.
+    recipe = yaml.safe_load((config_dir / "maniskill_ppo_openpi.yaml").read_text())
+    recipe["algorithm"]["bootstrap_type"] = "standard"
+    _write(config_dir / "standard.yaml", recipe)
+    adv = rlinf_config.read_rlinf_config(config_dir / "standard.yaml").config.adv
+    assert adv.bootstrap_on_truncation and not adv.bootstrap_terminations
+    recipe["env"]["train"]["auto_reset"] = False
+    _write(config_dir / "no_reset.yaml", recipe)
+    cfg = rlinf_config.read_rlinf_config(config_dir / "no_reset.yaml").config
+    assert not cfg.adv.bootstrap_on_truncation and not cfg.adv.bootstrap_terminations
+
+
+def test_noise_anneal_maps_for_flow_sde_only(config_dir):
+    recipe = yaml.safe_load((config_dir / "libero_spatial_ppo_openpi.yaml").read_text())
+    openpi = recipe["actor"]["model"]["openpi"]
+    recipe["actor"]["model"]["openpi"] = dict(openpi, noise_anneal=True, noise_params=[0.6, 0.2, 100])
+    _write(config_dir / "anneal.yaml", recipe)
+    imported = rlinf_config.read_rlinf_config(config_dir / "anneal.yaml")
+    policy = imported.config.policy
+    assert policy.noise_method == "flow_sde" and policy.noise_anneal
+    assert policy.noise_params == (0.6, 0.2, 100)
+    assert float(policy.noise_level_at(50)) == pytest.approx(0.4)
+    # Flow-Noise: the noise head sets the std, so RLinf's annealing has no effect: refused.
+    recipe = yaml.safe_load((config_dir / "maniskill_ppo_openpi.yaml").read_text())
+    recipe["actor"]["model"]["openpi"]["noise_anneal"] = True
+    _write(config_dir / "anneal_noise.yaml", recipe)
+    with pytest.raises(UserError, match=r"actor\.model\.openpi\.noise_anneal: True: anneals the Flow-SDE"):
+        rlinf_config.read_rlinf_config(config_dir / "anneal_noise.yaml")
+
+
+def test_kl_beta_zero_is_accepted_and_nonzero_refused(config_dir):
+    imported = rlinf_config.read_rlinf_config(config_dir / "maniskill_ppo_openpi.yaml")
+    assert "no KL term" in imported.mapped["algorithm.kl_beta"]
+    recipe = yaml.safe_load((config_dir / "maniskill_ppo_openpi.yaml").read_text())
+    recipe["algorithm"]["kl_beta"] = 0.1
+    _write(config_dir / "kl.yaml", recipe)
+    with pytest.raises(UserError, match=r"algorithm\.kl_beta: 0\.1: RLinf's embodied actor"):
+        rlinf_config.read_rlinf_config(config_dir / "kl.yaml")
 
 
 def test_defaults_list_interpolations_and_order(config_dir):
@@ -366,19 +402,18 @@ def test_self_in_defaults_puts_the_file_first(tmp_path):
 def test_unknown_and_unsupported_keys_are_named(config_dir, tmp_path):
     recipe = yaml.safe_load((config_dir / "libero_spatial_ppo_openpi.yaml").read_text())
     recipe["algorithm"]["my_new_knob"] = 3
-    recipe["actor"]["model"]["openpi"] = dict(recipe["actor"]["model"]["openpi"], noise_anneal=True)
+    recipe["algorithm"]["kl_beta"] = 0.05
     path = config_dir / "custom.yaml"
     _write(path, recipe)
     with pytest.raises(UserError) as err:
         rlinf_config.read_rlinf_config(path)
     message = str(err.value)
     assert "algorithm.my_new_knob: 3: unknown RLinf key" in message
-    assert "actor.model.openpi.noise_anneal" in message
+    assert "algorithm.kl_beta: 0.05" in message
     imported = rlinf_config.read_rlinf_config(path, allow_unsupported=True)
     assert "algorithm.my_new_knob" in imported.report()
     # Keys without a meaning in pirl are reported with the reason, not silently dropped.
     assert "FSDP" in imported.unsupported["actor.fsdp_config.sharding_strategy"]
-    assert "does not add a KL term" in imported.unsupported["algorithm.kl_beta"]
     assert "no effect for openpi" in imported.unsupported["algorithm.entropy_type"]
     every_key = rlinf_config.flatten(rlinf_config.compose(path))
     assert set(every_key) == set(imported.mapped) | set(imported.unsupported)

@@ -9,6 +9,7 @@ compiled steps through a module-scoped persistent compilation cache (same HLO ->
 import io
 import json
 import random
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -147,6 +148,12 @@ def test_lora_sft_lowers_loss_freezes_llm_and_resumes_exactly(workdir):
     exported = flatten_params(load_openpi_params(step_dir))  # openpi layout: <ckpt>/<step>/params
     assert "action_in_proj/kernel" in exported and any(k.startswith("PaliGemma/img") for k in exported)
     assert set(load_norm_stats(step_dir)) == {"state", "actions"}
+    # The step is a complete policy: model + data config, tokenizer next to the norm stats.
+    from pirl.policies.trained import find_policy_description
+
+    described = find_policy_description(step_dir)
+    assert described is not None and described.model == full.model and described.data == full.data
+    assert (step_dir / "assets" / "tokenizer.model").read_bytes() == Path(full.tokenizer_path).read_bytes()
 
     # Frozen leaves (the LLM's non-LoRA weights) are bit-identical to the initial params.
     init_rng, _ = jax.random.split(jax.random.PRNGKey(full.seed))

@@ -6,9 +6,17 @@ openpi's JAX checkpoints (an orbax PyTree directory ``<ckpt>/params`` holding
 port (``model.safetensors`` as published by RLinf, see :mod:`pirl.checkpoints.pytorch`).
 Parameter trees are plain nested dicts with openpi's names; flat keys use ``/``.
 pirl's own train-state checkpoints (async orbax saves, resume, corruption fallback) live in
-:mod:`pirl.checkpoints.train_state`.
+:mod:`pirl.checkpoints.train_state`. Which kind a path holds is decided once, in
+:mod:`pirl.checkpoints.detect` (`load_checkpoint_params`).
 """
 
+from pirl.checkpoints.detect import (
+    checkpoint_kind,
+    find_pirl_step_dir,
+    load_checkpoint_params,
+    load_pirl_run_params,
+    pirl_run_dir,
+)
 from pirl.checkpoints.openpi_jax import (
     CheckpointMismatchError,
     check_params_match,
@@ -29,6 +37,11 @@ from pirl.checkpoints.pytorch import (
 __all__ = [
     "CheckpointMismatchError",
     "check_params_match",
+    "checkpoint_kind",
+    "find_pirl_step_dir",
+    "load_checkpoint_params",
+    "load_pirl_run_params",
+    "pirl_run_dir",
     "export_pytorch_params",
     "flatten_params",
     "load_openpi_params",

@@ -69,8 +69,6 @@ class DataConfig:
     """Prompt for samples without one (when prompt_from_task is False)."""
     action_horizon: int = 50
     """Actions per chunk H (must equal the model's action_horizon)."""
-    discrete_state_input: bool = False
-    """π0.5: put the normalised, discretised state into the prompt (openpi's pi05_libero: False)."""
 
     @property
     def repack_map(self) -> dict[str, str]:
@@ -105,6 +103,23 @@ class DataConfig:
             )
         return self.repack_map[key]
 
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON values (a trained policy's assets/policy.json keeps it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DataConfig:
+        """Inverse of `to_json` (lists become tuples; unknown keys are an error naming them)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"data config JSON has unknown fields {unknown}")
+
+        def tup(x: Any) -> Any:
+            return tuple(tup(v) for v in x) if isinstance(x, list) else x
+
+        return cls(**{k: tup(v) for k, v in data.items()})
+
     def norm_stats_dir(self) -> Path:
         """<assets_dir>/<name>/<asset id>: asset_id, else repo_id (a local folder's name when repo_id is a path)."""
         return Path(self.assets_dir) / self.name / asset_id_for(self.asset_id or self.repo_id)
@@ -131,12 +146,14 @@ def make_transforms(
     norm_stats: Mapping[str, NormStats] | None,
     tokenizer: T.Tokenizer | None,
     image_keys: tuple[str, ...] = T.MODEL_IMAGE_KEYS,
+    discrete_state_input: bool = False,
 ) -> T.Transform:
     """The per-sample pipeline: raw LeRobot frame (with an action chunk) -> model-ready sample.
 
     The output has "image" {camera: uint8[h, w, 3]}, "image_mask" {camera: bool}, "state"
     f32[model_action_dim], "actions" f32[H, model_action_dim], "tokenized_prompt" i32[L] and
-    "tokenized_prompt_mask" bool[L] (the last two only with a tokenizer).
+    "tokenized_prompt_mask" bool[L] (the last two only with a tokenizer). `discrete_state_input`
+    (the model config's; π0.5) puts the normalised, discretised state into the prompt.
     """
     if data_cfg.state_dim > model_action_dim or data_cfg.action_dim > model_action_dim:
         raise ValueError(
@@ -169,7 +186,7 @@ def make_transforms(
     if tokenizer is not None:
         steps.append(
             functools.partial(
-                T.tokenize_prompt, tokenizer=tokenizer, discrete_state_input=data_cfg.discrete_state_input
+                T.tokenize_prompt, tokenizer=tokenizer, discrete_state_input=discrete_state_input
             )
         )
     steps.append(functools.partial(T.pad_states_and_actions, action_dim=model_action_dim))
@@ -214,6 +231,7 @@ def make_transforms_for_model(
         norm_stats=norm_stats,
         tokenizer=tokenizer,
         image_keys=tuple(model_cfg.image_keys),
+        discrete_state_input=bool(model_cfg.discrete_state_input),
     )
 
 
@@ -303,6 +321,9 @@ for _config in (
     ),
     DataConfig(name="pi05_calvin", norm_type="quantile", action_horizon=5, **_CALVIN),
     DataConfig(name="pi0_custom"),
+    # pirl's MJX toy suites (the CPU demo): LIBERO's keys and cameras, z-score, absolute actions;
+    # the norm stats come from the warm start's expert demos.
+    DataConfig(name="pi0_toy", repo_id="pirl/toy_demos", action_horizon=5),
     DataConfig(
         name="pi0_realworld",
         repo_id="realworld_franka_bin_relocation",

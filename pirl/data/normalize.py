@@ -13,12 +13,15 @@ inverted-CDF quantile up to about a bin width of the final range.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
@@ -27,6 +30,9 @@ NUM_QUANTILE_BINS = 5000
 logger = logging.getLogger(__name__)
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["mean", "std", "q01", "q99"], meta_fields=[]
+)
 @dataclasses.dataclass(frozen=True)
 class NormStats:
     """Per-dimension statistics of one array (state or actions)."""
@@ -50,6 +56,47 @@ class NormStats:
             for k in ("mean", "std", "q01", "q99")
         }
         return cls(**arrays)
+
+
+def _xp(x):
+    """jnp for JAX arrays (and tracers inside jit), numpy otherwise: one formula serves both."""
+    return jnp if isinstance(x, jax.Array) else np
+
+
+def normalize_values(x, stats: NormStats, use_quantiles: bool = False):
+    """openpi's Normalize over the last axis, on numpy or JAX arrays; the stats are cut to x's width.
+
+    z-score: (x - mean) / (std + 1e-6); quantile: (x - q01) / (q99 - q01 + 1e-6) * 2 - 1.
+    """
+    xp, d = _xp(x), x.shape[-1]
+    if use_quantiles:
+        q01, q99 = xp.asarray(stats.q01)[..., :d], xp.asarray(stats.q99)[..., :d]
+        return ((x - q01) / (q99 - q01 + 1e-6) * 2.0 - 1.0).astype(xp.float32)
+    mean, std = xp.asarray(stats.mean)[..., :d], xp.asarray(stats.std)[..., :d]
+    return ((x - mean) / (std + 1e-6)).astype(xp.float32)
+
+
+def unnormalize_values(x, stats: NormStats, use_quantiles: bool = False):
+    """openpi's Unnormalize over the last axis, on numpy or JAX arrays.
+
+    z-score: x * (std + 1e-6) + mean, with the stats padded (mean 0, std 1) to x's width; quantile:
+    (x + 1) / 2 * (q99 - q01 + 1e-6) + q01 on the stats' dims, further dims left as they are.
+    """
+    xp, d = _xp(x), x.shape[-1]
+    if use_quantiles:
+        q01, q99 = xp.asarray(stats.q01), xp.asarray(stats.q99)
+        k = min(q01.shape[-1], d)
+        head = (x[..., :k] + 1.0) / 2.0 * (q99[..., :k] - q01[..., :k] + 1e-6) + q01[..., :k]
+        return xp.concatenate([head, x[..., k:]], axis=-1).astype(xp.float32)
+    mean, std = xp.asarray(stats.mean)[..., :d], xp.asarray(stats.std)[..., :d]
+    pad = [(0, 0)] * (mean.ndim - 1) + [(0, d - mean.shape[-1])]
+    mean, std = xp.pad(mean, pad), xp.pad(std, pad, constant_values=1.0)
+    return (x * (std + 1e-6) + mean).astype(xp.float32)
+
+
+def stats_dims(norm_stats: Mapping[str, NormStats], key: str) -> int:
+    """Width of the stats of `key` (e.g. 8 for openpi's LIBERO state)."""
+    return int(np.shape(norm_stats[key].mean)[-1])
 
 
 class RunningStats:

@@ -16,11 +16,13 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, UInt8
 from openpi_client import image_tools
 
-from pirl.data.normalize import NormStats
+from pirl.data.normalize import NormStats, normalize_values, unnormalize_values
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -117,6 +119,21 @@ def make_bool_mask(*dims: int) -> tuple[bool, ...]:
     return tuple(out)
 
 
+def shift_actions(actions, state, mask: Sequence[bool] | None, sign: float):
+    """actions[..., :m] += sign * state[..., :m] where mask (m = len(mask)), on numpy or JAX arrays.
+
+    `actions` is [..., H, D] and `state` [..., S] (one state per chunk); dims beyond the mask and
+    masked-off dims are unchanged. sign -1: openpi's DeltaActions; +1: its AbsoluteActions.
+    """
+    if mask is None:
+        return actions
+    xp = jnp if isinstance(actions, jax.Array) or isinstance(state, jax.Array) else np
+    m = len(mask)
+    shift = xp.where(xp.asarray(mask, bool), state[..., :m], 0.0)
+    pad = [(0, 0)] * (shift.ndim - 1) + [(0, actions.shape[-1] - m)]
+    return actions + sign * xp.expand_dims(xp.pad(shift, pad), axis=-2).astype(actions.dtype)
+
+
 def delta_actions(sample: Sample, mask: Sequence[bool] | None) -> Sample:
     """actions[..., :m] -= state[..., :m] where mask (m = len(mask)); other dims stay absolute.
 
@@ -124,22 +141,16 @@ def delta_actions(sample: Sample, mask: Sequence[bool] | None) -> Sample:
     """
     if mask is None or "actions" not in sample:
         return sample
-    mask_arr = np.asarray(mask, bool)
-    m = mask_arr.shape[-1]
-    state, actions = np.asarray(sample["state"]), np.array(sample["actions"], copy=True)
-    actions[..., :m] -= np.expand_dims(np.where(mask_arr, state[..., :m], 0), axis=-2).astype(actions.dtype)
-    return {**sample, "actions": actions}
+    actions = np.asarray(sample["actions"])
+    return {**sample, "actions": shift_actions(actions, np.asarray(sample["state"]), mask, -1.0)}
 
 
 def absolute_actions(sample: Sample, mask: Sequence[bool] | None) -> Sample:
     """Inverse of `delta_actions`: actions[..., :m] += state[..., :m] where mask."""
     if mask is None or "actions" not in sample:
         return sample
-    mask_arr = np.asarray(mask, bool)
-    m = mask_arr.shape[-1]
-    state, actions = np.asarray(sample["state"]), np.array(sample["actions"], copy=True)
-    actions[..., :m] += np.expand_dims(np.where(mask_arr, state[..., :m], 0), axis=-2).astype(actions.dtype)
-    return {**sample, "actions": actions}
+    actions = np.asarray(sample["actions"])
+    return {**sample, "actions": shift_actions(actions, np.asarray(sample["state"]), mask, 1.0)}
 
 
 def pad_to_dim(x: np.ndarray, target_dim: int, axis: int = -1, value: float = 0.0) -> np.ndarray:
@@ -164,34 +175,6 @@ def pad_states_and_actions(sample: Sample, action_dim: int) -> Sample:
 # Normalisation (only over the statistics' dims; no clipping).
 
 
-def _normalize_zscore(x: np.ndarray, stats: NormStats) -> np.ndarray:
-    d = x.shape[-1]
-    mean, std = np.asarray(stats.mean)[..., :d], np.asarray(stats.std)[..., :d]
-    return ((x - mean) / (std + 1e-6)).astype(np.float32)
-
-
-def _normalize_quantile(x: np.ndarray, stats: NormStats) -> np.ndarray:
-    d = x.shape[-1]
-    q01, q99 = np.asarray(stats.q01)[..., :d], np.asarray(stats.q99)[..., :d]
-    return ((x - q01) / (q99 - q01 + 1e-6) * 2.0 - 1.0).astype(np.float32)
-
-
-def _unnormalize_zscore(x: np.ndarray, stats: NormStats) -> np.ndarray:
-    d = x.shape[-1]
-    mean = pad_to_dim(np.asarray(stats.mean), d, value=0.0)[..., :d]
-    std = pad_to_dim(np.asarray(stats.std), d, value=1.0)[..., :d]
-    return (x * (std + 1e-6) + mean).astype(np.float32)
-
-
-def _unnormalize_quantile(x: np.ndarray, stats: NormStats) -> np.ndarray:
-    q01, q99 = np.asarray(stats.q01), np.asarray(stats.q99)
-    d = q01.shape[-1]
-    if d < x.shape[-1]:
-        head = (x[..., :d] + 1.0) / 2.0 * (q99 - q01 + 1e-6) + q01
-        return np.concatenate([head, x[..., d:]], axis=-1).astype(np.float32)
-    return ((x + 1.0) / 2.0 * (q99 - q01 + 1e-6) + q01).astype(np.float32)
-
-
 def _check_quantiles(norm_stats: Mapping[str, NormStats]) -> None:
     for key, stats in norm_stats.items():
         if stats.q01 is None or stats.q99 is None:
@@ -209,11 +192,10 @@ def normalize(
         return sample
     if use_quantiles:
         _check_quantiles(norm_stats)
-    fn = _normalize_quantile if use_quantiles else _normalize_zscore
     flat = flatten_dict(sample)
     for key, stats in norm_stats.items():
         if key in flat:
-            flat[key] = fn(np.asarray(flat[key], np.float32), stats)
+            flat[key] = normalize_values(np.asarray(flat[key], np.float32), stats, use_quantiles)
     return unflatten_dict(flat)
 
 
@@ -225,12 +207,11 @@ def unnormalize(
         return sample
     if use_quantiles:
         _check_quantiles(norm_stats)
-    fn = _unnormalize_quantile if use_quantiles else _unnormalize_zscore
     flat = flatten_dict(sample)
     for key, stats in norm_stats.items():
         if key not in flat:
             raise KeyError(f"unnormalize: sample has no key {key!r} (keys: {sorted(flat)})")
-        flat[key] = fn(np.asarray(flat[key], np.float32), stats)
+        flat[key] = unnormalize_values(np.asarray(flat[key], np.float32), stats, use_quantiles)
     return unflatten_dict(flat)
 
 

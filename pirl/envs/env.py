@@ -56,6 +56,9 @@ class EnvConfig:
     """How `batched` maps over environments: vmap, or map (a sequential lax.map)."""
     controller: ctl.ControllerConfig = ctl.ControllerConfig()
     """Action scaling and IK gains."""
+    terminate_on_success: bool = True
+    """Success ends the episode and the reward is 1 on the step it is first reached; False (RLinf's
+    ignore_terminations): episodes end only at max_steps and the reward is 1 on every step with success."""
 
 
 @struct.dataclass
@@ -176,11 +179,13 @@ class ManipEnv:
         task_id = state.info["task_id"]
         success = tsk.task_success(self.goal_table, self.info, data, task_id)
         success_once = state.info["success_once"] | success
-        reward = (success_once & ~state.info["success_once"]).astype(jnp.float32)
         step = state.info["step"] + 1
         truncated = step >= self.max_steps
         info = dict(state.info, step=step, success=success, success_once=success_once, truncated=truncated)
-        return State(data, state.obs, reward, success_once | truncated, info)
+        if self.config.terminate_on_success:
+            reward = (success_once & ~state.info["success_once"]).astype(jnp.float32)
+            return State(data, state.obs, reward, success_once | truncated, info)
+        return State(data, state.obs, success.astype(jnp.float32), truncated, info)
 
     def chunk_step(self, state: State, actions: jax.Array) -> State:
         """Execute actions f32[H, 7] in order (lax.scan); steps after `done` are no-ops.

@@ -26,8 +26,9 @@ class EvalArgs:
 
     checkpoint: str | None = None
     """Checkpoint directory (or .safetensors file); required unless --random-tiny."""
-    config_name: str = "pi0_libero"
-    """Data config that defines the input/output transforms (pi0_libero, pi05_libero, ...)."""
+    config_name: str | None = None
+    """Data config of the input/output transforms (pi0_libero, pi05_libero, ...); None = the
+    checkpoint's own (a pirl run's assets/policy.json), else pi0_libero."""
     random_tiny: bool = False
     """Evaluate Pi0Config.tiny() with random weights (smoke test)."""
     tokenizer_path: str | None = None
@@ -41,15 +42,18 @@ class EvalArgs:
     task_ids: str = ""
     """Comma-separated task ids of each suite (empty = all)."""
     episodes_per_task: int = 50
-    """Episodes per task (episode i uses initial state i)."""
+    """Episodes per task (episode i uses initial state i, or init_ids[i % len] with --init-ids)."""
+    init_ids: str = ""
+    """mjx: comma-separated initial states the episodes cycle through (empty = all); a pirl run's
+    env.init_ids reproduce its own evaluation episodes (with --seed = the run's seed + 1)."""
     episode_limits: Literal["rl", "openpi"] = "rl"
     """Episode limits: RL fine-tuning's 240/240/320/480 or openpi's 220/280/300/520."""
     max_steps: int | None = None
     """Override the per-suite episode limit (policy steps)."""
     action_chunk: int = 5
     """Actions executed open loop between policy queries."""
-    num_steps: int = 10
-    """Flow-matching Euler steps per action chunk."""
+    num_steps: int | None = None
+    """Flow-matching Euler steps per action chunk; None = the checkpoint's own (a pirl run's), else 10."""
     num_workers: int = 2
     """libero: parallel LIBERO processes (0 = in the main process)."""
     envs_per_worker: int = 1
@@ -82,7 +86,7 @@ def _names(text: str) -> tuple[str, ...]:
 def run(args: EvalArgs) -> dict:
     """Evaluate as `args` say; returns the summary written to results.json."""
     policy = policy_from_args(args)
-    meta = {"checkpoint": args.checkpoint or "random-tiny", "config_name": args.config_name}
+    meta = {"checkpoint": args.checkpoint or "random-tiny", "config_name": policy.data_cfg.name}
     if args.backend == "libero":
         from pirl.eval.libero import LiberoEvalConfig, evaluate_libero
 
@@ -107,6 +111,7 @@ def run(args: EvalArgs) -> dict:
         suites=_names(args.suites),
         task_ids=_ints(args.task_ids),
         episodes_per_task=args.episodes_per_task,
+        init_ids=_ints(args.init_ids),
         episode_limits=args.episode_limits,
         max_steps=args.max_steps,
         action_chunk=args.action_chunk,

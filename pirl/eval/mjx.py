@@ -1,12 +1,15 @@
 """Evaluation on pirl's MJX suites: every (task, episode) pair in parallel on device, in one program.
 
-Per batch of (task, initial state) pairs: `reset_to` (vmapped), then a `lax.scan` over chunk steps:
-observations -> model inputs on device (`pirl.policies.env_io`: normalised state, images in
-[-1, 1], the prompt table indexed by task id) -> `pi0.sample_actions` (pure ODE sampling, openpi's
-Euler sampler) -> unnormalise, undo delta actions, keep 7 dims and the first `action_chunk` steps,
-clip to [-1, 1] -> `env.chunk_step` (the chunk runs open loop; the policy replans after it). The
-environment freezes after success or its step limit, so `info["step"]` is the episode length and
-`info["success_once"]` the outcome. No host round trip inside a batch.
+Per batch of (task, initial state) pairs: `reset_to` (vmapped), then the RL trainer's own
+evaluation rollout (`pirl.rl.rollout.rollout`, mode="eval"): observations -> model inputs on device
+through the adapter built from the policy's data config (`pirl.policies.env_io`: normalised state,
+images in [-1, 1], the prompt table indexed by task id) -> `flow_policy.sample` in eval mode (pure
+ODE sampling, openpi's Euler sampler, with the policy's `num_steps`) -> unnormalise, undo delta
+actions, keep the env's dims and the first `action_chunk` steps, clip to [-1, 1] ->
+`env.chunk_step` (the chunk runs open loop; the policy replans after it). Episode e of task t draws
+its noise from `episode_keys` (seed, t, e), so a run's evaluation episodes give the same outcomes
+here as in the trainer. The environment freezes after success or its step limit. No host round
+trip inside a batch.
 
 Same outputs as the real-LIBERO runner: episodes.jsonl (resume per batch), results.json,
 results.md and videos (one frame per chunk step, agentview; the MJX renderer draws it upright).
@@ -25,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Int
 
 from pirl.envs.libero_pool import EPISODE_LIMITS
+from pirl.errors import UserError
 from pirl.eval.report import EpisodeLog, EpisodeResult, episode_key, write_report
 
 if TYPE_CHECKING:
@@ -45,7 +49,9 @@ class MjxEvalConfig:
     task_ids: tuple[int, ...] = ()
     """Tasks of each suite (empty = all)."""
     episodes_per_task: int = 50
-    """Episodes per task; episode i starts from fixed initial state i (mod the suite's count)."""
+    """Episodes per task; episode i starts from fixed initial state init_ids[i % len(init_ids)]."""
+    init_ids: tuple[int, ...] = ()
+    """Fixed initial states the episodes cycle through (empty = all of the suite's, 0..49)."""
     episode_limits: Literal["rl", "openpi", "suite"] = "rl"
     """Control steps per episode: RL fine-tuning's, openpi's, or the suite's own default."""
     max_steps: int | None = None
@@ -73,58 +79,42 @@ class _Static:
     """Hashable static arguments of the compiled evaluation."""
 
     chunk_steps: int
-    action_chunk: int
-    num_steps: int
-    delta_mask: tuple[bool, ...] | None
     num_video: int
-
-
-def _env_actions(
-    adapter: Any,
-    delta_mask: tuple[bool, ...] | None,
-    actions: Float[Array, "b h a"],
-    state: Float[Array, "b s"],
-) -> Float[Array, "b c 7"]:
-    """Model actions -> env actions: unnormalise, add the state back on delta dims, clip to [-1, 1]."""
-    x = actions[:, : adapter.action_chunk, : adapter.action_env_dim]
-    if adapter.norm_type == "quantile":
-        x = (x + 1.0) / 2.0
-    x = x * adapter.action_scale + adapter.action_offset
-    if delta_mask is not None:
-        m = min(len(delta_mask), x.shape[-1], state.shape[-1])
-        mask = jnp.asarray(delta_mask[:m])
-        x = x.at[..., :m].add(jnp.where(mask, state[:, None, :m], 0.0))
-    return jnp.clip(x, -1.0, 1.0)
 
 
 def _evaluate_batch(
     static: _Static,
     env: Any,
     model_cfg: Any,
+    policy_cfg: Any,
     params: dict,
     adapter: Any,
     task_ids: Int[Array, " b"],
     init_ids: Int[Array, " b"],
+    episode_ids: Int[Array, " b"],
     rng: jax.Array,
 ) -> tuple[Bool[Array, " b"], Int[Array, " b"], Array]:
     """(success bool[B], length i32[B], frames u8[T, V, S, S, 3] of the first V environments)."""
-    from pirl.models import pi0
-    from pirl.policies.env_io import env_obs_to_model
+    from pirl.rl import rollout as rollout_lib
 
     state = jax.vmap(env.reset_to)(task_ids, init_ids)
-    chunk_step = env.batched(env.chunk_step)
-
-    def body(state, key):
-        obs = env_obs_to_model(adapter, model_cfg, state.obs, state.info["task_id"])
-        actions = pi0.sample_actions(params, model_cfg, key, obs, num_steps=static.num_steps)
-        env_actions = _env_actions(adapter, static.delta_mask, actions, state.obs["state"])
-        frame = state.obs["agentview_image"][: static.num_video] if static.num_video else jnp.zeros(())
-        return chunk_step(state, env_actions), frame
-
-    keys = jax.random.split(rng, static.chunk_steps)
-    final, frames = jax.lax.scan(body, state, keys)
+    out = rollout_lib.rollout(
+        {"model": params},
+        adapter,
+        state,
+        rollout_lib.episode_keys(rng, task_ids, episode_ids),
+        env=env,
+        policy_cfg=policy_cfg,
+        model_cfg=model_cfg,
+        chunk_steps=static.chunk_steps,
+        mode="eval",
+    )
+    final = out.final_state
     if static.num_video:
+        frames = out.trajectory.env_obs["agentview_image"][:, : static.num_video]
         frames = jnp.concatenate([frames, final.obs["agentview_image"][None, : static.num_video]])
+    else:
+        frames = jnp.zeros(())
     return final.info["success_once"], final.info["step"], frames
 
 
@@ -147,19 +137,17 @@ def evaluate_mjx(
 
     model_cfg = policy.model_cfg
     if model_cfg.discrete_state_input:
-        raise ValueError(
+        raise UserError(
             "MJX evaluation tokenises prompts once per task; discrete_state_input models are not supported"
         )
     if cfg.action_chunk > model_cfg.action_horizon:
-        raise ValueError(
+        raise UserError(
             f"action_chunk {cfg.action_chunk} exceeds the model's action_horizon {model_cfg.action_horizon}"
         )
     out = pathlib.Path(out_dir)
     log = EpisodeLog(out)
     finished = log.load()
     image_size = cfg.image_size or model_cfg.image_resolution[0]
-    stats = policy.norm_stats
-    stats_json = None if stats is None else {k: v.to_json() for k, v in stats.items()}
     all_keys, limits = [], {}
     for suite in cfg.suites:
         limit = cfg.limit(suite, get_suite(suite).max_steps)
@@ -176,13 +164,16 @@ def evaluate_mjx(
         if not todo:
             continue
         adapter = make_env_adapter(
+            policy.data_cfg,
             env.prompts,
             policy.tokenizer.tokenize,
-            stats_json,
-            state_dim=policy.data_cfg.state_dim,
+            policy.norm_stats,
+            state_dim=int(jax.eval_shape(env.reset_to, 0, 0).obs["state"].shape[-1]),
             action_env_dim=env.action_size,
             action_chunk=cfg.action_chunk,
-            norm_type="quantile" if policy.data_cfg.use_quantiles else "zscore",
+            model_image_keys=model_cfg.image_keys,
+            env_cameras=env.image_keys,
+            env_name=f"MJX suite {suite!r}",
         )
         _run_suite(policy, cfg, env, adapter, suite, limit, todo, log, out)
     results = [r for k, r in log.load().items() if k in set(all_keys)]
@@ -197,29 +188,32 @@ def evaluate_mjx(
 
 
 def _run_suite(policy, cfg, env, adapter, suite, limit, todo, log, out) -> None:
+    from pirl.policies.config import FlowPolicyConfig
+
     batch = cfg.max_parallel or len(todo)
     video_pairs = {(t, e) for t, e in todo if e < cfg.videos_per_task}
     # Episodes with videos go first so they land in the recorded leading slots.
     todo = sorted(todo, key=lambda p: (p not in video_pairs, p))
     num_video = min(len(video_pairs), batch)
-    static = _Static(
-        chunk_steps=math.ceil(limit / cfg.action_chunk),
-        action_chunk=cfg.action_chunk,
+    static = _Static(chunk_steps=math.ceil(limit / cfg.action_chunk), num_video=num_video)
+    # The trainer's evaluation sampler: flow_policy.sample in eval mode (the pure ODE).
+    policy_cfg = FlowPolicyConfig(
         num_steps=policy.num_steps,
-        delta_mask=policy.data_cfg.delta_mask,
-        num_video=num_video,
+        action_chunk=cfg.action_chunk,
+        action_env_dim=env.action_size,
+        add_value_head=False,
     )
-    run = jax.jit(functools.partial(_evaluate_batch, static, env, policy.model_cfg))
+    run = jax.jit(functools.partial(_evaluate_batch, static, env, policy.model_cfg, policy_cfg))
+    inits = _init_pool(cfg, env)
     rng = jax.random.key(cfg.seed)
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
         padded = chunk + [chunk[-1]] * (batch - len(chunk))
         task_ids = jnp.asarray([t for t, _ in padded], jnp.int32)
-        init_ids = jnp.asarray([e % env.num_init_states for _, e in padded], jnp.int32)
+        init_ids = jnp.asarray([inits[e % len(inits)] for _, e in padded], jnp.int32)
+        episode_ids = jnp.asarray([e for _, e in padded], jnp.int32)
         t0 = time.monotonic()
-        success, length, frames = run(
-            policy.params, adapter, task_ids, init_ids, jax.random.fold_in(rng, start)
-        )
+        success, length, frames = run(policy.params, adapter, task_ids, init_ids, episode_ids, rng)
         success, length = np.asarray(success), np.asarray(length)
         seconds = (time.monotonic() - t0) / len(chunk)
         for i, (task_id, episode) in enumerate(chunk):
@@ -229,7 +223,7 @@ def _run_suite(policy, cfg, env, adapter, suite, limit, todo, log, out) -> None:
                     suite=suite,
                     task_id=task_id,
                     episode=episode,
-                    init_id=episode % env.num_init_states,
+                    init_id=int(inits[episode % len(inits)]),
                     success=bool(success[i]),
                     length=int(length[i]),
                     prompt=env.prompts[task_id],
@@ -238,6 +232,15 @@ def _run_suite(policy, cfg, env, adapter, suite, limit, todo, log, out) -> None:
             )
             if (task_id, episode) in video_pairs and i < num_video:
                 _write_video(out, suite, task_id, episode, bool(success[i]), np.asarray(frames[:, i]), cfg)
+
+
+def _init_pool(cfg: MjxEvalConfig, env: Any) -> list[int]:
+    """The initial states episodes cycle through, checked against the suite's count."""
+    inits = list(cfg.init_ids or range(env.num_init_states))
+    bad = [i for i in inits if not 0 <= i < env.num_init_states]
+    if bad:
+        raise UserError(f"init ids {bad} out of range: the suite has {env.num_init_states} initial states")
+    return inits
 
 
 def _write_video(out, suite, task_id, episode, success, frames, cfg) -> None:

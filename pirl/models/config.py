@@ -233,3 +233,11 @@ class Pi0Config:
         )
         kwargs.update(overrides)
         return cls(**kwargs)
+
+
+def model_config_for(config_name: str, action_horizon: int) -> Pi0Config:
+    """The full-size model a named data config is trained with (openpi's presets): π0.5 for names
+    starting with "pi05" (openpi's pi05_libero: no discrete state input), π0 otherwise."""
+    if config_name.startswith("pi05"):
+        return Pi0Config(pi05=True, action_horizon=action_horizon, discrete_state_input=False)
+    return Pi0Config(action_horizon=action_horizon)

@@ -2,7 +2,9 @@
 
 Owns the policy config (`config.FlowPolicyConfig`), rollout sampling and rescoring
 (`flow_policy.sample`, `flow_policy.log_prob_and_value`, `flow_policy.init_policy_params`), the
-Flow-Noise noise head (`noise_head`) and the freeze masks / optimizer labels RL updates with (`masks`).
+Flow-Noise noise head (`noise_head`) and the freeze masks / optimizer labels RL updates with (`masks`);
+the on-device env <-> model adapter built from a data config (`env_io`) and the trained-policy
+description every run saves with its checkpoints (`trained`).
 """
 
 from pirl.policies.config import FlowPolicyConfig

@@ -8,6 +8,8 @@ frozen). `FlowPolicyConfig.pi05()` and `FlowPolicyConfig.flow_noise()` give the 
 import dataclasses
 from typing import Literal
 
+import jax.numpy as jnp
+
 from pirl.errors import UserError
 
 NoiseMethod = Literal["flow_sde", "flow_noise"]
@@ -28,6 +30,12 @@ class FlowPolicyConfig:
     """'flow_sde': fixed SDE noise schedule; 'flow_noise': a learned noise head predicts the std."""
     noise_level: float = 0.5
     """Flow-SDE noise scale a in sigma_i = a * sqrt(t_i / (1 - t_i))."""
+    noise_anneal: bool = False
+    """RLinf's noise_anneal: the Flow-SDE noise level follows `noise_params` over the global steps
+    instead of the constant `noise_level` (see `noise_level_at`)."""
+    noise_params: tuple[float, float, int] = (0.7, 0.3, 400)
+    """RLinf's noise_params (start, end, steps): with `noise_anneal`, the level at global step g is
+    start + (end - start) * min(g, steps) / steps."""
     num_steps: int = 4
     """Denoise steps K of the action expert per action chunk."""
     joint_logprob: bool = False
@@ -74,6 +82,17 @@ class FlowPolicyConfig:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.noise_level < 0:
             raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+        start, end, steps = self.noise_params
+        object.__setattr__(self, "noise_params", (float(start), float(end), int(steps)))
+        if self.noise_anneal and (min(start, end) < 0 or int(steps) < 1):
+            raise UserError(
+                f"noise_params (start, end, steps) need levels >= 0 and steps >= 1, got {self.noise_params}"
+            )
+        if self.noise_anneal and self.noise_method != "flow_sde":
+            raise UserError(
+                "noise_anneal schedules the Flow-SDE noise level; with noise_method='flow_noise' the noise "
+                "head sets the std, so it would have no effect: set noise_anneal=False"
+            )
         if self.action_chunk < 1 or self.action_env_dim < 1:
             raise ValueError(
                 f"action_chunk and action_env_dim must be >= 1, got {self.action_chunk}, {self.action_env_dim}"
@@ -85,6 +104,16 @@ class FlowPolicyConfig:
             raise ValueError(
                 f"noise_logvar_range must be (min_std, max_std) with 0 < min <= max, got {self.noise_logvar_range}"
             )
+
+    def noise_level_at(self, global_step):
+        """The Flow-SDE noise level at `global_step` (an int or a traced int array): RLinf's
+        linear anneal from noise_params[0] to noise_params[1] over noise_params[2] steps (the level
+        of global step g is used by that step's rollout and update), or `noise_level`."""
+        if not self.noise_anneal:
+            return self.noise_level
+        start, end, steps = self.noise_params
+        done = jnp.minimum(jnp.asarray(global_step, jnp.float32), float(steps)) / steps
+        return start + (end - start) * done
 
     @property
     def single_step(self) -> bool:

@@ -197,23 +197,42 @@ def _transition(
     x: Float[Array, "b h a"],
     step: Int[Array, " b"],
     stochastic: Bool[Array, " b"],
+    level: Float[Array, " b"] | None = None,
 ) -> tuple[Float[Array, "b h a"], Float[Array, "b h a"], Float[Array, "b h d"]]:
-    """Mean and std of x_{step+1} given x = x_step (std 0 and the plain ODE step where not stochastic)."""
+    """Mean and std of x_{step+1} given x = x_step (std 0 and the plain ODE step where not stochastic).
+
+    `level`: a per-example Flow-SDE noise level scaling a schedule built for level 1 (σ ∝ a, so the
+    std scales by a and the mean correction by a²); None = the schedule's own level."""
     time = jnp.asarray(schedule.times)[step]
     v, suffix_out = pi0.predict_velocity(params["model"], model_cfg, cache, state, x, time)
     ode_mean = x + schedule.dt * v  # exactly openpi's Euler update
     flag = stochastic[:, None, None]
     if policy_cfg.noise_method == "flow_sde":
         shrink = jnp.asarray(schedule.sde_shrink)[step][:, None, None]
+        sde_std = jnp.asarray(schedule.sde_std)[step][:, None, None]
+        if level is not None:
+            scale = level.astype(jnp.float32)[:, None, None]
+            shrink, sde_std = shrink * scale**2, sde_std * scale
         one_minus_t = jnp.asarray(schedule.one_minus_t)[step][:, None, None]
         sde_mean = ode_mean - shrink * (x + one_minus_t * v)
         mean = jnp.where(flag, sde_mean, ode_mean)
-        std = jnp.broadcast_to(jnp.asarray(schedule.sde_std)[step][:, None, None], x.shape)
+        std = jnp.broadcast_to(sde_std, x.shape)
     else:
         mean = ode_mean
         std = apply_noise_head(params["noise_head"], suffix_out, policy_cfg.noise_logvar_range)
     std = jnp.where(flag, std, 0.0)
     return mean, std, suffix_out
+
+
+def _schedule_and_level(
+    policy_cfg: FlowPolicyConfig, noise_level: Array | float | None, batch: int
+) -> tuple[DenoiseSchedule, Float[Array, " b"] | None]:
+    """The denoise schedule, and the per-example level that scales it (None: the config's constant
+    level, folded into the schedule). A given level uses a level-1 schedule scaled at run time."""
+    if noise_level is None:
+        return denoise_schedule(policy_cfg.num_steps, policy_cfg.noise_level), None
+    level = jnp.broadcast_to(jnp.asarray(noise_level, jnp.float32), (batch,))
+    return denoise_schedule(policy_cfg.num_steps, 1.0), level
 
 
 def _scored(policy_cfg: FlowPolicyConfig, per_step: Float[Array, "b n h a"]) -> Float[Array, "b n c d"]:
@@ -248,6 +267,7 @@ def sample(
     obs: pi0.Observation,
     mode: Literal["train", "eval"] = "train",
     noise: Float[Array, "b h a"] | None = None,
+    noise_level: Array | float | None = None,
 ) -> SampleOutput:
     """Denoise one action chunk per observation: one prefix pass, then K expert steps (lax.scan).
 
@@ -255,15 +275,16 @@ def sample(
     stochastic; joint mode makes every step stochastic. mode="eval": the pure ODE (equal to
     `pi0.sample_actions(params["model"], model_cfg, rng, obs, num_steps=K, noise=chain[:, 0])`).
     `noise` overrides the initial x_0 ~ N(0, I). `rng` is one key, or keys[B] (one per example, so
-    that an example's draws do not depend on how the batch is split).
+    that an example's draws do not depend on how the batch is split). `noise_level` (scalar or [B],
+    e.g. `policy_cfg.noise_level_at(global_step)`) overrides the Flow-SDE level; rescore with the same.
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
     _check_configs(policy_cfg, model_cfg)
     _check_params(params, policy_cfg)
     num_steps = policy_cfg.num_steps
-    schedule = denoise_schedule(num_steps, policy_cfg.noise_level)
     batch = obs.state.shape[0]
+    schedule, level = _schedule_and_level(policy_cfg, noise_level, batch)
     shape = (batch, model_cfg.action_horizon, model_cfg.action_dim)
     x0, step_draw, eps = _draws(rng, batch, num_steps, shape[1:])
     x0 = x0 if noise is None else noise.astype(jnp.float32)
@@ -285,7 +306,7 @@ def sample(
         step, step_eps, step_stochastic = inputs
         step_b = jnp.broadcast_to(step, (batch,))
         mean, std, suffix_out = _transition(
-            params, policy_cfg, model_cfg, schedule, cache, obs.state, x, step_b, step_stochastic
+            params, policy_cfg, model_cfg, schedule, cache, obs.state, x, step_b, step_stochastic, level
         )
         x_next = jnp.where(step_stochastic[:, None, None], mean + std * step_eps, mean)
         log_prob = normal_log_prob(x_next, mean, std)
@@ -328,6 +349,7 @@ def log_prob_and_value(
     obs: pi0.Observation,
     chain: Float[Array, "b k1 h a"],
     denoise_index: Int[Array, " b"],
+    noise_level: Array | float | None = None,
 ) -> tuple[Array, Float[Array, " b"], Float[Array, " b"]]:
     """Rescore stored transitions under `params`: (log_probs as in SampleOutput, entropy [B], value [B]).
 
@@ -337,22 +359,23 @@ def log_prob_and_value(
     the scored elements (zeros for Flow-SDE, whose std does not depend on params). The value is the
     expert critic at the rescored step(s) (mean over steps) or the VLM critic. Frozen parameters
     (see masks.trainable_mask) are wrapped in stop_gradient, so their gradients are exactly zero.
+    `noise_level`: the Flow-SDE level the chain was sampled with (scalar or [B]; None = the config's).
     """
     _check_configs(policy_cfg, model_cfg)
     _check_params(params, policy_cfg)
     num_steps = policy_cfg.num_steps
     if chain.ndim != 4 or chain.shape[1] != num_steps + 1:
         raise ValueError(f"chain must be [B, K+1={num_steps + 1}, H, A], got shape {chain.shape}")
-    schedule = denoise_schedule(num_steps, policy_cfg.noise_level)
     params = stop_frozen_gradients(params, trainable_mask(params, policy_cfg, model_cfg))
     batch = chain.shape[0]
+    schedule, level = _schedule_and_level(policy_cfg, noise_level, batch)
     chain = chain.astype(jnp.float32)
     cache = pi0.prefill(params["model"], model_cfg, obs)
     always = jnp.ones((batch,), bool)
 
     def rescore(x, x_next, step):
         mean, std, suffix_out = _transition(
-            params, policy_cfg, model_cfg, schedule, cache, obs.state, x, step, always
+            params, policy_cfg, model_cfg, schedule, cache, obs.state, x, step, always, level
         )
         log_prob = normal_log_prob(x_next, mean, std)
         entropy = jnp.log(std) + _HALF_LOG_2PIE

@@ -44,7 +44,8 @@ class EnvSpec:
     auto_reset: bool = False
     """RLinf's auto_reset: an environment resets as soon as its episode ends and carries on from
     one rollout to the next (every step is trained on); False: each rollout starts fresh episodes
-    and environments whose episode ended idle, masked out."""
+    and environments whose episode ended idle, masked out. The carried episodes are not part of a
+    checkpoint: a resumed run starts fresh ones."""
     ignore_terminations: bool = False
     """RLinf's ignore_terminations: success does not end an episode; episodes run to
     max_episode_steps (the success reward is paid as a difference, so it can be taken back)."""
@@ -91,6 +92,9 @@ class AdvantageConfig:
     bootstrap_on_truncation: bool = True
     """Bootstrap an episode cut by the time limit with γ·V(its final obs) (never a termination).
     RLinf bootstraps only with env.auto_reset, so its recipes without auto-reset correspond to False."""
+    bootstrap_terminations: bool = False
+    """RLinf's bootstrap_type: always: with env.auto_reset, chunks that end by success also get
+    γ·V(final obs) added to their reward, like truncated ones (False: RLinf's 'standard')."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +164,10 @@ class RLConfig:
     """RLinf's loss_agg_func override: without env.auto_reset and env.ignore_terminations, weight each
     sample's policy and value loss by max_episode_steps / its episode's length and take the mean over
     all samples (every episode weighs the same); False: plain masked means."""
-    delta_action_dims: int = 0
-    """Leading action dims the checkpoint predicts relative to the state (openpi pi0_libero SFT: 6)."""
+    data_config: str | None = None
+    """Data config of the policy's input / output transforms (pi0_libero: z-score, delta actions on
+    the first 6 dims; pi05_libero: quantile, absolute). None = the one saved with --init-checkpoint,
+    else `default_data_config` of the model and suite. Must agree with a saved one."""
     norm_stats_path: str | None = None
     """Directory holding norm_stats.json; None = look inside the checkpoint's assets."""
     eval_interval: int = 10
@@ -239,7 +245,6 @@ class RLConfig:
                 "global_batch_size": (self.global_batch_size, 1),
                 "micro_batch_size": (self.micro_batch_size, 1),
                 "total_steps": (self.total_steps, 0),
-                "delta_action_dims": (self.delta_action_dims, 0),
                 "eval_interval": (self.eval_interval, 0),
                 "eval_episodes": (self.eval_episodes, 1 if self.eval_interval else 0),
                 "video_interval": (self.video_interval, 0),
@@ -259,13 +264,16 @@ class RLConfig:
         env = self.env
         if env.backend not in ("mjx", "libero"):
             raise ValueError(f"env.backend must be 'mjx' or 'libero', got {env.backend!r}")
+        if env.auto_reset and self.adv.adv_type == "grpo":
+            raise ValueError(
+                "GRPO groups share one reset state: use env.auto_reset=False with adv.adv_type='grpo'"
+            )
+        if self.adv.bootstrap_terminations and not (env.auto_reset and self.adv.bootstrap_on_truncation):
+            raise ValueError(
+                "adv.bootstrap_terminations (RLinf's bootstrap_type: always) acts only with env.auto_reset=True "
+                "and adv.bootstrap_on_truncation=True; set it False otherwise"
+            )
         if env.backend == "mjx":
-            if env.auto_reset or env.ignore_terminations:
-                raise ValueError(
-                    "env.auto_reset / env.ignore_terminations are implemented by the libero backend only "
-                    "(--env.backend libero): the MJX rollout starts fresh episodes every rollout and its "
-                    "episodes end on success"
-                )
             return
         from pirl.envs.libero_pool import EPISODE_LIMITS
 
@@ -291,10 +299,6 @@ class RLConfig:
             raise ValueError(
                 "the expert warm start records demos in the MJX scenes; with --env.backend libero start from "
                 "--init-checkpoint (warm_start.sft_steps=0)"
-            )
-        if env.auto_reset and self.adv.adv_type == "grpo":
-            raise ValueError(
-                "GRPO groups share one reset state: use env.auto_reset=False with adv.adv_type='grpo'"
             )
 
     @property
@@ -327,6 +331,12 @@ class RLConfig:
     def transitions_per_step(self) -> int:
         """Transitions collected per global step."""
         return self.rollout_epochs * self.env.num_envs * self.resolved_chunk_steps
+
+    @property
+    def default_data_config(self) -> str:
+        """pi0_libero / pi05_libero (π0 / π0.5), pi0_maniskill / pi05_maniskill for the put-on-plate suite."""
+        robot = "maniskill" if self.env.name.startswith("maniskill") else "libero"
+        return f"{'pi05' if self.model.pi05 else 'pi0'}_{robot}"
 
     @property
     def run_dir(self) -> str:

@@ -141,20 +141,21 @@ def policy_chunk(
     model_cfg: Pi0Config,
     policy_cfg: FlowPolicyConfig,
     mode: str,
-    upside_down: bool,
+    noise_level: Array | None = None,
 ) -> ChunkSample:
-    """Env observations -> model inputs -> flow-policy sample -> env action chunks (one batch)."""
-    if upside_down:  # openpi's 180-degree rotation of raw LIBERO renders
-        env_obs = {k: (v[:, ::-1, ::-1] if v.ndim == 4 else v) for k, v in env_obs.items()}
+    """Env observations -> model inputs -> flow-policy sample -> env action chunks (one batch).
+
+    The adapter rotates raw LIBERO renders (its `rotate_images`), here and when PPO rescores the
+    recorded observations."""
     model_obs = env_obs_to_model(adapter, model_cfg, env_obs, task_id)
-    out = flow_policy.sample(params, policy_cfg, model_cfg, keys, model_obs, mode=mode)
+    out = flow_policy.sample(
+        params, policy_cfg, model_cfg, keys, model_obs, mode=mode, noise_level=noise_level
+    )
     actions = model_actions_to_env(adapter, out.actions, env_obs["state"])
     return ChunkSample(actions, out.chain, out.denoise_index, out.log_probs, out.value)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model_cfg", "policy_cfg", "micro_batch", "mode", "upside_down", "sharding")
-)
+@functools.partial(jax.jit, static_argnames=("model_cfg", "policy_cfg", "micro_batch", "mode", "sharding"))
 def sample_stage(
     params: dict,
     adapter: EnvAdapter,
@@ -163,15 +164,16 @@ def sample_stage(
     env_ids: Int[Array, " b"],
     rng: jax.Array,
     step: Int[Array, ""],
+    noise_level: Array | None = None,
     *,
     model_cfg: Pi0Config,
     policy_cfg: FlowPolicyConfig,
     micro_batch: int | None,
     mode: str,
-    upside_down: bool,
     sharding: jax.sharding.NamedSharding,
 ) -> ChunkSample:
-    """One stage's action chunks (compiled), with per-environment keys fold_in(fold_in(rng, step), env id).
+    """One stage's action chunks (compiled), with per-environment keys fold_in(fold_in(rng, step), env id)
+    (`noise_level`: the Flow-SDE level under policy.noise_anneal, None = the config's).
 
     Each device computes its rows in micro-batches of `micro_batch` (a lax.map over [micro-batch
     step, device x micro-batch]), so an environment's numbers do not depend on how many others share
@@ -207,7 +209,7 @@ def sample_stage(
             model_cfg=model_cfg,
             policy_cfg=policy_cfg,
             mode=mode,
-            upside_down=upside_down,
+            noise_level=noise_level,
         )
         return jax.lax.with_sharding_constraint(out, sharding)
 
@@ -302,7 +304,6 @@ class HostCollector:
                 policy_cfg=cfg.policy,
                 micro_batch=micro,
                 mode=mode,
-                upside_down=env.images_upside_down,
                 sharding=sharding,
             )
             for mode in ("train", "eval")
@@ -326,6 +327,7 @@ class HostCollector:
         self._reset_ids = jax.jit(
             functools.partial(rollout_lib.sample_reset_ids, num_envs=cfg.env.num_envs, group=self.group)
         )
+        self._noise_level: np.float32 | None = None  # the training rollouts' level (noise_anneal)
         self.policy_latency_s = 0.0
         """Added to every policy call (benchmarks: emulate an accelerator's latency on a CPU-only host)."""
         self._carry: tuple[list[Episode], list[dict]] | None = None
@@ -335,8 +337,13 @@ class HostCollector:
 
     # -------------------------------------------------------------- trainer API
 
-    def collect(self, params, adapter, rng, task_pool, init_pool) -> tuple[Any, dict[str, Any]]:
-        """`rollout_epochs` rollouts -> (flat transitions on the mesh, mean metrics)."""
+    def collect(
+        self, params, adapter, rng, task_pool, init_pool, global_step: int = 0
+    ) -> tuple[Any, dict[str, Any]]:
+        """`rollout_epochs` rollouts -> (flat transitions on the mesh, mean metrics); `global_step`
+        sets the Flow-SDE noise level under policy.noise_anneal."""
+        policy = self.cfg.policy
+        self._noise_level = np.float32(policy.noise_level_at(global_step)) if policy.noise_anneal else None
         self._task_pool = multihost.process_local_rows(task_pool)
         self._init_pool = multihost.process_local_rows(init_pool)
         epochs, timing, finished = [], RolloutTiming(), []
@@ -365,8 +372,12 @@ class HostCollector:
         metrics["rollout/worker_restarts"] = float(self.env.pool.restarts - restarts)
         return transitions, metrics | self._timing_metrics(timing)
 
-    def evaluate(self, params, adapter, task_ids, init_ids, rng) -> tuple[dict, np.ndarray, np.ndarray]:
-        """Fixed (task, initial state) episodes with the ODE sampler, in rounds of `num_envs`.
+    def evaluate(
+        self, params, adapter, task_ids, init_ids, rng, episode_ids=None
+    ) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Fixed (task, initial state) episodes with the ODE sampler, in rounds of `num_envs`
+        (`episode_ids`, the MJX program's per-episode noise index, is not used: the pool's
+        environments draw by environment id).
 
         Returns (env/* metrics over the given episodes, this process's per-episode success, upright
         agentview frames [T, n, S, S, 3] of this process's first episodes for a video)."""
@@ -437,6 +448,12 @@ class HostCollector:
         ids (evaluation rounds)."""
         if specs is None and self._carry is None:
             raise ValueError("no episodes to continue: pass specs for a fresh start")
+        if adapter.rotate_images != self.env.images_upside_down:
+            raise ValueError(
+                f"the adapter's rotate_images={adapter.rotate_images} but the env's renders are "
+                f"{'' if self.env.images_upside_down else 'not '}upside down: build it with "
+                f"make_env_adapter(..., rotate_images={self.env.images_upside_down})"
+            )
         timing, finished = RolloutTiming(), []
         cfg, pool = self.cfg, self.env.pool
         env_cfg = cfg.env
@@ -502,8 +519,8 @@ class HostCollector:
                     ep.done = True
                     rec.dones[t - 1, slot] = True
                     ended.append(slot)
-                    if truncated and not terminated:
-                        truncated_obs[slot] = result.obs
+                    if (truncated and not terminated) or (terminated and cfg.adv.bootstrap_terminations):
+                        truncated_obs[slot] = result.obs  # bootstrapped (bootstrap_type always: every done)
             if auto_reset and ended:
                 if truncated_obs and cfg.adv.bootstrap_on_truncation:
                     # γ·V(final observation) for chunks cut by the time limit (RLinf's "standard" bootstrap)
@@ -589,8 +606,9 @@ class HostCollector:
             "env_ids": env_ids[slots],
         }
         batch = multihost.host_local_batch_to_global(local, self.mesh)
+        level = self._noise_level if sample is self._sample["train"] else None
         out = sample(
-            params, adapter, batch["env_obs"], batch["task_id"], batch["env_ids"], rng, np.int32(step)
+            params, adapter, batch["env_obs"], batch["task_id"], batch["env_ids"], rng, np.int32(step), level
         )
         jax.block_until_ready(out.env_actions)
         if self.policy_latency_s:
@@ -639,6 +657,9 @@ class HostCollector:
             rewards=rec.rewards,
             dones=rec.dones,
             successes=rec.successes,
+            noise_level=None
+            if self._noise_level is None
+            else np.full(rec.rewards.shape, self._noise_level, np.float32),
         )
         batch_major = jax.tree.map(lambda x: np.swapaxes(x, 0, 1), trajectory)
         return multihost.host_local_batch_to_global((batch_major, rec.final_value), self.mesh)

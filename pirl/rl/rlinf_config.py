@@ -32,17 +32,17 @@ from typing import Any
 
 import yaml
 
+from pirl.data.configs import get_data_config
 from pirl.errors import UserError
-from pirl.models.config import Pi0Config
+from pirl.models.config import Pi0Config, model_config_for
 from pirl.policies.config import FlowPolicyConfig
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig
 from pirl.rl.losses import PPOLossConfig
 from pirl.rl.optim import OptimizerConfig
 
 OPENPI_MODELS: dict[str, Pi0Config] = {
-    "pi0_libero": Pi0Config(),
-    "pi05_libero": Pi0Config(pi05=True, action_horizon=10, discrete_state_input=False),
-    "pi0_maniskill": Pi0Config(),
+    name: model_config_for(name, get_data_config(name).action_horizon)
+    for name in ("pi0_libero", "pi05_libero", "pi0_maniskill")
 }
 """openpi model configs by RLinf's `actor.model.openpi.config_name` (openpi's train-config names)."""
 
@@ -242,7 +242,6 @@ NOT_APPLICABLE: list[tuple[str, str]] = [
     ("actor.model.policy_setup", "SimplerEnv robot setup; pirl's environments define their own action space"),
     ("actor.model.openpi.dsrl_*", "DSRL only (actor.model.openpi.use_dsrl is off)"),
     ("algorithm.kl_penalty", "KL estimator of the KL penalty, which RLinf's embodied actor does not apply"),
-    ("algorithm.kl_beta", "RLinf's embodied actor (embodied_fsdp_actor_worker) does not add a KL term"),
     ("algorithm.clip_ratio_c", "dual-clip bound; RLinf applies it to GR00T N1.6/N1.7 only, never to openpi"),
     ("algorithm.reward_coef", "read by RLinf's env through env.train.reward_coef (mapped there)"),
     ("critic.use_critic_model", "a separate critic model; pirl's critic is the policy's value head"),
@@ -348,7 +347,7 @@ def _map(m: _Mapper, name: str) -> None:
     if config_name in OPENPI_MODELS:
         model = OPENPI_MODELS[config_name]
         m.used.add("actor.model.openpi.config_name")
-        m.mapped["actor.model.openpi.config_name"] = f"model = openpi's {config_name}"
+        m.mapped["actor.model.openpi.config_name"] = f"model and data config = openpi's {config_name}"
     else:
         model = OPENPI_MODELS["pi0_libero"]
         if "actor.model.openpi.config_name" in m.flat:
@@ -406,17 +405,19 @@ def _map(m: _Mapper, name: str) -> None:
         m.take("actor.model.openpi.noise_method", "policy", "noise_method", str)
     elif "actor.model.openpi.noise_method" in m.flat:
         m.refuse("actor.model.openpi.noise_method", "pirl implements flow_sde and flow_noise")
-    m.expect(
-        "actor.model.openpi.noise_anneal",
-        lambda v: not v,
-        "pirl's Flow-SDE noise level is constant",
-        meaning="constant noise level",
-    )
+    anneal = bool(g("actor.model.openpi.noise_anneal", False))
+    if anneal and noise_method != "flow_sde":
+        m.refuse(
+            "actor.model.openpi.noise_anneal",
+            f"anneals the Flow-SDE noise level; with noise_method {noise_method!r} it has no effect in RLinf",
+        )
+    else:
+        m.take("actor.model.openpi.noise_anneal", "policy", "noise_anneal", bool)
     if "actor.model.openpi.noise_params" in m.flat:
-        m.used.add("actor.model.openpi.noise_params")
-        if g("actor.model.openpi.noise_anneal", False):
-            m.refuse("actor.model.openpi.noise_params", "noise annealing is not implemented in pirl")
+        if anneal:
+            m.take("actor.model.openpi.noise_params", "policy", "noise_params", tuple)
         else:
+            m.used.add("actor.model.openpi.noise_params")
             m.unsupported["actor.model.openpi.noise_params"] = (
                 "no effect: actor.model.openpi.noise_anneal is off"
             )
@@ -486,11 +487,9 @@ def _map(m: _Mapper, name: str) -> None:
 
     # --- environment
     env_type = g("env.train.env_type")
-    backend = "mjx"
     if env_type == "libero":
         suite = g("env.train.task_suite_name")
         if suite in LIBERO_SUITES:
-            backend = "libero"
             m.set("env.train.task_suite_name", "env", "name", suite)
             m.fields["env"]["backend"] = "libero"
             m.used.add("env.train.env_type")
@@ -522,36 +521,29 @@ def _map(m: _Mapper, name: str) -> None:
     m.take("env.train.reward_coef", "env", "reward_coef", float)
     m.take("env.train.use_rel_reward", "env", "use_rel_reward", bool)
     m.take("env.train.use_step_penalty", "env", "use_step_penalty", bool)
-    auto_reset, ignore_term = (
-        bool(g("env.train.auto_reset", False)),
-        bool(g("env.train.ignore_terminations", False)),
+    auto_reset = bool(g("env.train.auto_reset", False))
+    m.take("env.train.auto_reset", "env", "auto_reset", bool)
+    m.take("env.train.ignore_terminations", "env", "ignore_terminations", bool)
+    # RLinf's embodied actor (EmbodiedFSDPActor) has no KL term: kl_beta is read by its LLM actor only.
+    m.expect(
+        "algorithm.kl_beta",
+        lambda v: float(v) == 0.0,
+        "RLinf's embodied actor (embodied_fsdp_actor_worker) does not add a KL term, so a non-zero "
+        "kl_beta has no effect in RLinf and pirl has no KL penalty: set algorithm.kl_beta: 0",
+        meaning="no KL term (0; RLinf's embodied actor does not add a KL term)",
     )
-    if backend == "libero" or not (auto_reset or ignore_term):
-        m.take("env.train.auto_reset", "env", "auto_reset", bool)
-        m.take("env.train.ignore_terminations", "env", "ignore_terminations", bool)
-    else:
-        reason = "the MJX rollout starts fresh episodes every rollout and ends them on success (libero backend only)"
-        for key in ("env.train.auto_reset", "env.train.ignore_terminations"):
-            if g(key, False):
-                m.refuse(key, reason)
-            elif key in m.flat:
-                m.set(key, "env", key.rsplit(".", 1)[1], False)
-        # RLinf's loss is then a plain token mean (no per-episode weighting): keep that.
-        m.fields["top"]["episode_loss_weighting"] = False
     bootstrap = g("algorithm.bootstrap_type", "standard")
-    if bootstrap == "standard":
-        # RLinf bootstraps truncated chunks only when the environment auto-resets.
-        m.fields["adv"]["bootstrap_on_truncation"] = auto_reset
+    if bootstrap not in ("standard", "always"):
+        m.refuse("algorithm.bootstrap_type", f"unknown value {bootstrap!r} (RLinf: standard or always)")
+    # RLinf bootstraps done chunks only when the environment auto-resets: truncated ones ('standard'),
+    # or every done one ('always').
+    m.fields["adv"]["bootstrap_on_truncation"] = auto_reset
+    m.fields["adv"]["bootstrap_terminations"] = auto_reset and bootstrap == "always"
+    if "algorithm.bootstrap_type" in m.flat:
         m.used.add("algorithm.bootstrap_type")
         m.mapped["algorithm.bootstrap_type"] = (
-            f"adv.bootstrap_on_truncation = {auto_reset} (RLinf: only with auto-reset)"
-        )
-        if "algorithm.bootstrap_type" not in m.flat:
-            m.mapped.pop("algorithm.bootstrap_type")
-    else:
-        m.fields["adv"]["bootstrap_on_truncation"] = True
-        m.refuse(
-            "algorithm.bootstrap_type", "pirl bootstraps truncations only, never terminations ('standard')"
+            f"adv.bootstrap_on_truncation = {auto_reset}, adv.bootstrap_terminations = "
+            f"{auto_reset and bootstrap == 'always'} (RLinf: only with auto-reset)"
         )
     m.expect("env.train.use_fixed_reset_state_ids", lambda v: True, "", meaning="official initial states")
     if "env.train.use_fixed_reset_state_ids" in m.flat and not g("env.train.use_fixed_reset_state_ids"):
@@ -622,7 +614,7 @@ def _build(m: _Mapper, path: Path) -> RLConfig:
     ):
         top.pop("chunk_steps")  # pirl's default resolution gives the same number
     try:
-        return RLConfig(
+        cfg = RLConfig(
             model=model,
             policy=FlowPolicyConfig(**f["policy"]),
             env=EnvSpec(**f["env"]),
@@ -631,6 +623,11 @@ def _build(m: _Mapper, path: Path) -> RLConfig:
             optim=OptimizerConfig(**f["optim"]),
             **top,
         )
+        # openpi's config name also names the input / output transforms (pi0_libero: delta on 6
+        # dims); left unset (None) where pirl's default resolves to the same data config.
+        if model_name in OPENPI_MODELS and model_name != cfg.default_data_config:
+            cfg = dataclasses.replace(cfg, data_config=model_name)
+        return cfg
     except ValueError as err:
         raise UserError(f"the RLinf config {path} maps to an invalid pirl config: {err}") from err
 

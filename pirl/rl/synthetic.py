@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from pirl.data.configs import get_data_config
 from pirl.distributed import mesh as mesh_lib
 from pirl.distributed import multihost
 from pirl.models.config import Pi0Config
@@ -93,19 +94,24 @@ def synthetic_transitions(cfg: RLConfig, num: int, seed: int = 0) -> Transitions
     )
 
 
-def toy_env_adapter(cfg: RLConfig, prompts: Sequence[str] = ("a b", "c d")) -> EnvAdapter:
+def toy_env_adapter(
+    cfg: RLConfig, prompts: Sequence[str] = ("a b", "c d"), *, rotate_images: bool = False
+) -> EnvAdapter:
     """An adapter for `prompts` (default: two tasks) with fixed prompt token ids (no tokenizer) and
-    no normalisation."""
+    no normalisation; `rotate_images` for raw (upside-down) LIBERO renders."""
     length = cfg.model.max_token_len
 
     def tokenize(_prompt: str) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(length, dtype=np.int32) % 5, np.arange(length) < 4
 
     return make_env_adapter(
+        get_data_config("pi0_toy"),
         list(prompts),
         tokenize,
         None,
         state_dim=TINY_STATE_DIM,
+        model_image_keys=cfg.model.image_keys,
+        rotate_images=rotate_images,
         action_env_dim=cfg.policy.action_env_dim,
         action_chunk=cfg.policy.action_chunk,
     )

@@ -1,6 +1,7 @@
 """The RL training loop: `train_rl(RLConfig)`.
 
-Per global step: `collect` (jit: `rollout_epochs` rollouts from fresh resets → advantages →
+Per global step: `collect` (jit: `rollout_epochs` rollouts from fresh resets, or with
+`env.auto_reset` continuing the episodes of the previous rollout (`AutoResetCollect`) → advantages →
 flat transitions, all on device) and `update` (jit: every PPO optimizer step of the step). Both are
 compiled once with the parameters FSDP-sharded and the environment / transition batch split over
 the mesh's batch axes. The host only loops, logs, evaluates, writes videos and saves checkpoints.
@@ -29,22 +30,32 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import pirl
+from pirl.checkpoints.detect import load_checkpoint_params
 from pirl.checkpoints.train_state import (
     CheckpointWriteError,
     TrainStateCheckpointer,
     check_resume_matches,
     committed_steps,
 )
-from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
+from pirl.data.configs import DataConfig, asset_id_for, get_data_config
+from pirl.data.normalize import NormStats, load_norm_stats
 from pirl.distributed import mesh as mesh_lib
 from pirl.distributed import multihost
 from pirl.errors import UserError, disk_errors
 from pirl.logging.video import video_grid, write_video
 from pirl.logging.writer import MetricWriter, progress
-from pirl.models import pi0
+from pirl.models.tokenizer import PaligemmaTokenizer
 from pirl.policies import flow_policy
-from pirl.policies.env_io import make_env_adapter
+from pirl.policies.env_io import ENV_CAMERAS, make_env_adapter
 from pirl.policies.masks import trainable_mask as policy_trainable_mask
+from pirl.policies.trained import (
+    POLICY_FILE,
+    TOKENIZER_FILE,
+    PolicyDescription,
+    asset_roots,
+    find_policy_description,
+    save_policy_assets,
+)
 from pirl.rl import rollout as rollout_lib
 from pirl.rl import update as update_lib
 from pirl.rl import warm_start
@@ -66,7 +77,12 @@ def make_rl_env(cfg: RLConfig) -> Any:
         return LiberoTrainEnv(cfg)
     from pirl.envs import make_env
 
-    return make_env(cfg.env.name, image_size=cfg.env.image_size, max_steps=cfg.max_episode_steps)
+    return make_env(
+        cfg.env.name,
+        image_size=cfg.env.image_size,
+        max_steps=cfg.max_episode_steps,
+        terminate_on_success=not cfg.env.ignore_terminations,
+    )
 
 
 def state_dim_of(env: Any) -> int:
@@ -96,58 +112,116 @@ def task_ids_of(cfg: RLConfig, env: Any) -> np.ndarray:
     return _id_pool(cfg.env.task_ids, n, "task_ids", f"{cfg.env.name} has {n} tasks")
 
 
-def load_tokenizer(cfg: RLConfig, env: Any, run_dir: Path):
-    """The PaliGemma tokenizer from the config, the checkpoint's assets, or (random init) trained here."""
-    from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer, train_tiny_tokenizer
+def saved_policy(cfg: RLConfig) -> PolicyDescription | None:
+    """The policy description saved with `init_checkpoint` (a pirl run's assets), or on --resume
+    with the run itself; None for checkpoints without one (openpi, RLinf)."""
+    if cfg.init_checkpoint and not Path(cfg.init_checkpoint).expanduser().exists():
+        raise UserError(
+            f"--init-checkpoint {cfg.init_checkpoint} does not exist; pass the directory of an SFT checkpoint"
+        )
+    if cfg.resume and (Path(cfg.run_dir) / "assets" / POLICY_FILE).is_file():
+        return find_policy_description(Path(cfg.run_dir) / "assets")
+    if cfg.init_checkpoint:
+        return find_policy_description(cfg.init_checkpoint)
+    return None
 
+
+def resolve_data_config(cfg: RLConfig, saved: PolicyDescription | None) -> DataConfig:
+    """The data config that drives the policy's inputs and outputs: the saved one (an explicit
+    --data-config must agree with it), else --data-config or the preset's default."""
+    if saved is not None:
+        if cfg.data_config is not None and cfg.data_config != saved.data.name:
+            raise UserError(
+                f"--data-config {cfg.data_config} conflicts with the checkpoint's data config "
+                f"{saved.data.name!r} (saved in its assets/{POLICY_FILE}); drop --data-config"
+            )
+        return saved.data
+    name = cfg.data_config or cfg.default_data_config
+    try:
+        return get_data_config(name, action_horizon=cfg.model.action_horizon)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+
+
+def tokenizer_path_for(cfg: RLConfig, env: Any, run_dir: Path) -> Path:
+    """The PaliGemma tokenizer: --tokenizer-path, the checkpoint's (or, resuming, the run's) assets,
+    or (random init) one trained here on the suite's prompts."""
+    from pirl.models.tokenizer import find_tokenizer, train_tiny_tokenizer
+
+    own = run_dir / "assets" / TOKENIZER_FILE
     if cfg.tokenizer_path:
-        path = Path(cfg.tokenizer_path)
-    elif cfg.init_checkpoint:
-        path = find_tokenizer(cfg.init_checkpoint)
-    elif cfg.random_init:
-        path = run_dir / "assets" / "tokenizer.model"
-        if jax.process_index() == 0 and not path.exists():
-            train_tiny_tokenizer(list(env.prompts), path, cfg.model.vocab_size)
-        if jax.process_count() > 1:  # the other processes read process 0's file
-            multihost.barrier("pirl tokenizer written")
-    else:
-        raise ValueError("no tokenizer: set --tokenizer-path or --init-checkpoint")
-    return PaligemmaTokenizer(path, max_len=cfg.model.max_token_len)
+        return Path(cfg.tokenizer_path).expanduser()
+    if cfg.resume and own.is_file():
+        return own
+    if cfg.init_checkpoint:
+        errors = []
+        for root in asset_roots(cfg.init_checkpoint):
+            try:
+                return find_tokenizer(root)
+            except FileNotFoundError as e:
+                errors.append(str(e))
+        raise UserError(f"no tokenizer with --init-checkpoint: {errors[0]}; pass --tokenizer-path")
+    if cfg.random_init:
+        if jax.process_index() == 0 and not own.exists():
+            train_tiny_tokenizer(list(env.prompts), own, cfg.model.vocab_size)
+        multihost.barrier("pirl tokenizer written")  # the other processes read process 0's file
+        return own
+    raise UserError("no tokenizer: set --tokenizer-path or --init-checkpoint")
 
 
 def load_model_params(cfg: RLConfig) -> dict | None:
-    """Model params from `init_checkpoint` (pirl / openpi orbax or openpi-PyTorch safetensors)."""
+    """Model params from `init_checkpoint` (any kind: `pirl.checkpoints.load_checkpoint_params`)."""
     if cfg.init_checkpoint is None:
         if cfg.random_init:
             return None
-        raise ValueError(
+        raise UserError(
             f"preset {cfg.name!r} fine-tunes an SFT checkpoint: pass --init-checkpoint /path/to/checkpoint "
-            "(a pirl or openpi orbax checkpoint dir, or a dir with model.safetensors), or --random-init for a smoke test"
+            "(a pirl run, an openpi orbax checkpoint dir, or a dir with model.safetensors), or --random-init for a smoke test"
         )
-    from pirl.checkpoints import load_openpi_params, load_pytorch_params
-
-    path = Path(cfg.init_checkpoint).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"init_checkpoint {path} does not exist; pass the directory of an SFT checkpoint"
-        )
-    if (path.is_file() and path.suffix == ".safetensors") or any(path.glob("*.safetensors")):
-        return load_pytorch_params(path, cfg.model, dtype=np.float32)  # train (and keep Adam state) in f32
-    return load_openpi_params(path, expected=pi0.abstract_params(cfg.model), dtype=np.float32)
+    # train (and keep Adam state) in float32
+    return load_checkpoint_params(cfg.init_checkpoint, cfg.model, dtype=np.float32)
 
 
-def load_norm_stats_for(cfg: RLConfig) -> dict[str, NormStats] | None:
-    """norm stats from the config's path or the checkpoint's assets (None: computed from demos)."""
-    for candidate in (cfg.norm_stats_path, cfg.init_checkpoint):
-        if candidate:
-            return load_norm_stats(candidate)
+def load_norm_stats_for(cfg: RLConfig, data_cfg: DataConfig | None = None) -> dict[str, NormStats] | None:
+    """Norm stats from --norm-stats-path or the checkpoint's assets: `<ckpt>/assets/`, or the data
+    config's asset folder `<ckpt>/<repo id>/` (openpi's and RLinf's layout); None: computed from demos."""
+    if cfg.norm_stats_path:
+        return load_norm_stats(cfg.norm_stats_path)
+    if cfg.init_checkpoint:
+        asset_id = None if data_cfg is None else asset_id_for(data_cfg.asset_id or data_cfg.repo_id)
+        errors = []
+        for root in asset_roots(cfg.init_checkpoint):
+            for sub in ((asset_id,) if asset_id else ()) + (None,):
+                try:
+                    return load_norm_stats(root, sub)
+                except FileNotFoundError as e:
+                    errors.append(str(e))
+        raise UserError(f"no norm stats with --init-checkpoint: {errors[-1]}; pass --norm-stats-path")
     if cfg.random_init:
         return None
-    raise ValueError("no norm stats: set --norm-stats-path (a directory with norm_stats.json)")
+    raise UserError("no norm stats: set --norm-stats-path (a directory with norm_stats.json)")
 
 
-def _stats_json(stats: dict[str, NormStats] | None) -> dict | None:
-    return None if stats is None else {k: v.to_json() for k, v in stats.items()}
+def make_adapter(cfg: RLConfig, env: Any, data_cfg: DataConfig, tokenizer: Any, stats: dict | None):
+    """The on-device adapter of the run's policy, built from its data config and checked against the env."""
+    if cfg.model.discrete_state_input:
+        raise UserError(
+            "model.discrete_state_input puts the state into the prompt, but RL rollouts tokenise each task's "
+            "prompt once on the host: use a model with discrete_state_input=False (openpi's pi05_libero)"
+        )
+    return make_env_adapter(
+        data_cfg,
+        env.prompts,
+        tokenizer.tokenize,
+        stats,
+        state_dim=state_dim_of(env),
+        action_env_dim=cfg.policy.action_env_dim,
+        action_chunk=cfg.policy.action_chunk,
+        model_image_keys=cfg.model.image_keys,
+        env_cameras=getattr(env, "image_keys", ENV_CAMERAS) or ENV_CAMERAS,
+        env_name=f"env {cfg.env.name!r}",
+        rotate_images=getattr(env, "images_upside_down", False),
+    )
 
 
 def check_paths(cfg: RLConfig) -> None:
@@ -231,6 +305,26 @@ class Programs:
     reset: Any
 
 
+class AutoResetCollect:
+    """`collect` with env.auto_reset on the MJX backend: the environments' states and running
+    returns carry over from one global step to the next (held here, like `HostCollector`'s).
+
+    They are not checkpointed: a resumed run (or a new `AutoResetCollect`) starts fresh episodes."""
+
+    def __init__(self, collect: Any, start: Any):
+        self._collect, self._start = collect, start
+        self.carry: Any = None
+        """(batched env state, f32[num_envs] returns so far), or None before the first rollout."""
+
+    def __call__(self, params, adapter, rng, task_pool, init_pool, global_step=0):
+        if self.carry is None:
+            self.carry = self._start(jax.random.fold_in(rng, 1), task_pool, init_pool)
+        transitions, metrics, self.carry = self._collect(
+            params, adapter, rng, task_pool, init_pool, np.int32(global_step), self.carry
+        )
+        return transitions, metrics
+
+
 def build_programs(
     cfg: RLConfig,
     env: Any,
@@ -257,6 +351,7 @@ def build_programs(
         donate_argnums=(0, 1),
         out_shardings=(state_shardings["params"], state_shardings["opt_state"], replicated, replicated),
     )
+    update = multihost.compile_then_barrier("update", update)
     if cfg.env.backend == "libero":  # host simulators: rollouts driven from Python, same update
         from pirl.rl.host_rollout import HostCollector
 
@@ -271,35 +366,63 @@ def build_programs(
         tasks, inits = rollout_lib.sample_reset_ids(rng, task_pool, init_pool, num_envs, group)
         return jax.lax.with_sharding_constraint(reset_batch(tasks, inits), batch_sharding)
 
-    def collect(params, adapter, rng, task_pool, init_pool):
-        def one_epoch(_, key):
+    auto_reset = cfg.env.auto_reset
+
+    def collect(params, adapter, rng, task_pool, init_pool, global_step, carry=None):
+        noise_level = cfg.policy.noise_level_at(global_step) if cfg.policy.noise_anneal else None
+
+        def one_epoch(carry, key):
             k_reset, k_roll = jax.random.split(key)
+            state, ret = (reset(k_reset, task_pool, init_pool), None) if carry is None else carry
             out = rollout_lib.rollout(
                 params,
                 adapter,
-                reset(k_reset, task_pool, init_pool),
+                state,
                 k_roll,
                 env=env,
                 policy_cfg=cfg.policy,
                 model_cfg=cfg.model,
                 chunk_steps=chunk_steps,
                 env_spec=cfg.env,
+                reset_pools=(task_pool, init_pool) if auto_reset else None,
+                adv_cfg=cfg.adv,
+                episode_return=ret,
+                noise_level=noise_level,
             )
-            return None, update_lib.rollout_targets(cfg, out.trajectory, out.final_value)
+            carry = (out.final_state, out.episode_return) if auto_reset else None
+            return carry, (update_lib.rollout_targets(cfg, out.trajectory, out.final_value), out.finished)
 
-        _, (transitions, metrics) = jax.lax.scan(one_epoch, None, jax.random.split(rng, cfg.rollout_epochs))
+        carry, ((transitions, metrics), finished) = jax.lax.scan(
+            one_epoch, carry, jax.random.split(rng, cfg.rollout_epochs)
+        )
         transitions = jax.lax.with_sharding_constraint(
             update_lib.merge_rollout_epochs(transitions), batch_sharding
         )
-        return transitions, jax.tree.map(jnp.mean, metrics)
+        metrics = jax.tree.map(jnp.mean, metrics)
+        if not auto_reset:
+            return transitions, metrics
+        return transitions, metrics | rollout_lib.finished_episode_metrics(finished), carry
 
-    def evaluate(params, adapter, task_ids, init_ids, rng):
+    if auto_reset:
+        collect = AutoResetCollect(
+            jax.jit(collect),
+            jax.jit(
+                lambda rng, tasks, inits: (reset(rng, tasks, inits), jnp.zeros((num_envs,), jnp.float32))
+            ),
+        )
+    else:
+        jitted = multihost.compile_then_barrier("collect", jax.jit(collect))
+        collect = lambda params, adapter, rng, tasks, inits, global_step=0: jitted(  # noqa: E731
+            params, adapter, rng, tasks, inits, np.int32(global_step)
+        )
+
+    def evaluate(params, adapter, task_ids, init_ids, rng, episode_ids):
         state = jax.lax.with_sharding_constraint(reset_batch(task_ids, init_ids), batch_sharding)
         out = rollout_lib.rollout(
             params,
             adapter,
             state,
-            rng,
+            rollout_lib.episode_keys(rng, task_ids, episode_ids),
             env=env,
             policy_cfg=cfg.policy,
             model_cfg=cfg.model,
@@ -314,21 +437,24 @@ def build_programs(
         return metrics, jnp.any(traj.successes, axis=0), frames
 
     return Programs(
-        collect=multihost.compile_then_barrier("collect", jax.jit(collect)),
-        update=multihost.compile_then_barrier("update", update),
+        collect=collect,
+        update=update,
         evaluate=multihost.compile_then_barrier("evaluate", jax.jit(evaluate)),
         reset=jax.jit(reset),
     )
 
 
-def eval_pairs(cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed (task, initial state) pairs of an evaluation, padded to split over the mesh."""
+def eval_pairs(cfg: RLConfig, env: Any, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed episodes of an evaluation, padded to split over the mesh: (task, initial state,
+    episode number within its task). Episode e of a task starts from init_ids[e % len(init_ids)],
+    as `pirl.eval --task-ids ... --init-ids ...` numbers them."""
     tasks, inits = task_ids_of(cfg, env), init_ids_of(cfg, env)
     n = cfg.eval_episodes
     shards = math.prod(mesh.shape[a] for a in mesh_lib.batch_axes(mesh))
     n_padded = -(-n // shards) * shards
     idx = np.arange(n_padded) % n
-    return tasks[idx % len(tasks)], inits[(idx // len(tasks)) % len(inits)]
+    episode = idx // len(tasks)
+    return tasks[idx % len(tasks)], inits[episode % len(inits)], episode
 
 
 # ----------------------------------------------------------------------------- loop
@@ -381,7 +507,6 @@ def _warm_start(
         success_rate,
     )
     stats = warm_start.demo_norm_stats(demos)
-    save_norm_stats(run_dir / "assets", stats)
     adapter = adapter_from_stats(stats)
     # Clean demos: imitate successful episodes only. Noisy (DART) demos: every valid step is labelled
     # with the expert's own action, so failed episodes still teach how to recover.
@@ -453,7 +578,6 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
 
 
 def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mesh) -> dict[str, float]:
-    writes_files = jax.process_index() == 0  # videos (MetricWriter and config.json: process 0 only too)
     owns_env = env is None
     if env is None:
         env = make_rl_env(cfg)
@@ -462,21 +586,23 @@ def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mes
             f"the given env ends episodes after {env.max_steps} steps but the config says "
             f"{cfg.max_episode_steps}: build it with make_env(..., max_steps={cfg.max_episode_steps})"
         )
-    tokenizer = load_tokenizer(cfg, env, run_dir)
+    elif (
+        getattr(env, "config", None) is not None
+        and env.config.terminate_on_success == cfg.env.ignore_terminations
+    ):
+        raise ValueError(
+            f"env.ignore_terminations={cfg.env.ignore_terminations} needs an env built with "
+            f"make_env(..., terminate_on_success={not cfg.env.ignore_terminations})"
+        )
+    saved = saved_policy(cfg)
+    data_cfg = resolve_data_config(cfg, saved)
+    tokenizer_path = tokenizer_path_for(cfg, env, run_dir)
+    tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=cfg.model.max_token_len)
     rng = jax.random.key(cfg.seed)
     rng, k_init, k_warm = jax.random.split(rng, 3)
 
     def adapter_from_stats(stats):
-        return make_env_adapter(
-            env.prompts,
-            tokenizer.tokenize,
-            _stats_json(stats),
-            state_dim=state_dim_of(env),
-            action_env_dim=cfg.policy.action_env_dim,
-            action_chunk=cfg.policy.action_chunk,
-            norm_type="quantile" if cfg.model.pi05 else "zscore",
-            delta_action_dims=cfg.delta_action_dims,
-        )
+        return make_adapter(cfg, env, data_cfg, tokenizer, stats)
 
     writer = MetricWriter(run_dir / "tb")
     ckpt = TrainStateCheckpointer(
@@ -485,14 +611,17 @@ def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mes
         save_interval=max(1, cfg.save_interval or cfg.total_steps or 1),
     )
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, k_init, load_model_params(cfg))
-    stats = load_norm_stats_for(cfg)
     resumable = cfg.resume and ckpt.latest_step() is not None
-    if stats is None and resumable and (run_dir / "assets" / "norm_stats.json").exists():
-        stats = load_norm_stats(run_dir / "assets")  # computed from the warm start's demos
+    if resumable and not cfg.norm_stats_path and (run_dir / "assets" / "norm_stats.json").exists():
+        stats = load_norm_stats(run_dir / "assets")  # the run's own (e.g. from the warm start's demos)
+    else:
+        stats = load_norm_stats_for(cfg, data_cfg)
+    adapter = adapter_from_stats(stats)  # checks the data config and stats against the env first
     if stats is None and cfg.warm_start.sft_steps > 0:
         params, stats, adapter = _warm_start(cfg, env, params, adapter_from_stats, k_warm, writer, run_dir)
-    else:
-        adapter = adapter_from_stats(stats)
+    # The run directory is a complete policy from here on (pirl.eval / pirl.serve --checkpoint run_dir).
+    description = PolicyDescription(model=cfg.model, data=data_cfg, num_steps=cfg.policy.num_steps)
+    save_policy_assets(run_dir / "assets", description, stats, tokenizer_path)
 
     trainable = policy_trainable_mask(params, cfg.policy, cfg.model)
     value_mask = {k: jax.tree.map(lambda _, k=k: k == "value_head", v) for k, v in params.items()}
@@ -529,7 +658,7 @@ def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mes
     adapter = multihost.device_put_global(adapter, replicated)
     task_pool = multihost.device_put_global(task_ids_of(cfg, env), replicated)
     init_pool = multihost.device_put_global(init_ids_of(cfg, env), replicated)
-    eval_tasks, eval_inits = (
+    eval_tasks, eval_inits, eval_episodes = (
         multihost.device_put_global(np.asarray(x, np.int32), replicated) for x in eval_pairs(cfg, env, mesh)
     )
 
@@ -538,16 +667,16 @@ def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mes
     def run_eval(step: int, params) -> dict[str, float]:
         t0 = time.time()
         metrics, _, frames = programs.evaluate(
-            params, adapter, eval_tasks, eval_inits, jax.random.key(cfg.seed + 1)
+            params, adapter, eval_tasks, eval_inits, jax.random.key(cfg.seed + 1), eval_episodes
         )
         metrics = {f"eval/{k.split('/', 1)[1]}": v for k, v in _host(metrics).items()}
         metrics["time/eval"] = time.time() - t0
         writer.scalars(metrics, step)
         if frames is not None and cfg.video_interval and step % cfg.video_interval == 0:
-            grid = video_grid(np.asarray(frames).transpose(1, 0, 2, 3, 4))
+            grid = video_grid(np.asarray(frames[:, :VIDEO_EPISODES]).transpose(1, 0, 2, 3, 4))
             fps = max(1.0, 20.0 / cfg.policy.action_chunk)  # one frame per chunk step
             writer.video("eval/video", grid, step, fps=fps)
-            if writes_files:
+            if jax.process_index() == 0:  # MetricWriter and config.json: process 0 only too
                 write_video(run_dir / "videos" / f"eval_step{step:06d}.mp4", grid, fps=fps)
         return metrics
 
@@ -562,7 +691,7 @@ def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mes
             k_collect, k_update = jax.random.split(rng_step)
             t0 = time.time()
             transitions, roll_metrics = programs.collect(
-                state["params"], adapter, k_collect, task_pool, init_pool
+                state["params"], adapter, k_collect, task_pool, init_pool, global_step=step
             )
             roll_metrics = _host(roll_metrics)
             t1 = time.time()

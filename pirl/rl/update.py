@@ -53,6 +53,8 @@ class Transitions:
     loss_weight: Float[Array, " n"]
     """max_episode_steps / the length of the transition's episode (RLinf's per-episode loss
     weighting, used when `RLConfig.episode_weights_active`; ones otherwise)."""
+    noise_level: Array | None = None
+    """f32[N] Flow-SDE noise level each transition was sampled with (policy.noise_anneal), or None."""
 
 
 def terminations_of(cfg: RLConfig, trajectory: Trajectory) -> Array:
@@ -150,6 +152,7 @@ def flatten_transitions(
         returns=flat(returns),
         mask=flat(valid),
         loss_weight=flat(jnp.ones(valid.shape, jnp.float32) if loss_weight is None else loss_weight),
+        noise_level=None if trajectory.noise_level is None else flat(trajectory.noise_level),
     )
 
 
@@ -244,7 +247,7 @@ def ppo_loss_fn(
     `critic_warmup` (traced bool) drops the policy and entropy terms (`optim.critic_warmup_steps`)."""
     obs = env_obs_to_model(adapter, cfg.model, batch.env_obs, batch.task_id)
     log_probs, entropy, values = flow_policy.log_prob_and_value(
-        params, cfg.policy, cfg.model, obs, batch.chain, batch.denoise_index
+        params, cfg.policy, cfg.model, obs, batch.chain, batch.denoise_index, noise_level=batch.noise_level
     )
     critic = cfg.adv.adv_type == "gae"
     return ppo_loss(
@@ -280,7 +283,7 @@ def recompute_log_probs(params: dict, batch: Transitions, *, cfg: RLConfig, adap
     def one(mb):
         obs = env_obs_to_model(adapter, cfg.model, mb.env_obs, mb.task_id)
         log_probs, _, _ = flow_policy.log_prob_and_value(
-            params, cfg.policy, cfg.model, obs, mb.chain, mb.denoise_index
+            params, cfg.policy, cfg.model, obs, mb.chain, mb.denoise_index, noise_level=mb.noise_level
         )
         return log_probs
 

@@ -13,9 +13,11 @@ transforms: unnormalise -> absolute actions (delta mask) -> the first `action_di
 (`pirl.data.configs.output_transforms`). The model call is one jitted `pi0.sample_actions` over a
 batch; batches are padded to power-of-two sizes so each size compiles once.
 
-Checkpoints are auto-detected (`load_checkpoint_params`): openpi-PyTorch safetensors (a file or a
-directory holding *.safetensors), a pirl run (`<run>/checkpoints/<step>/state`, latest step, model
-config from `<run>/config.json`), or an openpi JAX orbax checkpoint (`<ckpt>/params`).
+Checkpoints are auto-detected (`pirl.checkpoints.load_checkpoint_params`): openpi-PyTorch
+safetensors (a file or a directory holding *.safetensors), a pirl run (`<run>/checkpoints/<step>/state`,
+latest step), or an openpi JAX orbax checkpoint (`<ckpt>/params`). A pirl run is a complete policy
+(`pirl.policies.trained`): its assets/policy.json gives the model config, data config and Euler
+steps, next to its norm stats and tokenizer.
 """
 
 from __future__ import annotations
@@ -38,13 +40,19 @@ import numpy as np
 from jaxtyping import Float
 
 from pirl.checkpoints import CheckpointMismatchError
+from pirl.checkpoints.detect import (
+    find_pirl_step_dir,
+    load_checkpoint_params,
+    pirl_run_dir,
+)
 from pirl.data import configs as data_configs
 from pirl.data import transforms as T
 from pirl.data.normalize import NormStats, load_norm_stats
 from pirl.errors import UserError
 from pirl.models import pi0
-from pirl.models.config import Pi0Config
+from pirl.models.config import Pi0Config, model_config_for
 from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer, train_tiny_tokenizer
+from pirl.policies.trained import asset_roots, find_policy_description
 
 logger = logging.getLogger(__name__)
 
@@ -72,47 +80,8 @@ class InvalidRequestError(ValueError):
 # Configs and checkpoints.
 
 
-def model_config_for(config_name: str, data_cfg: data_configs.DataConfig | None = None) -> Pi0Config:
-    """The full-size model config a named data config is trained with (openpi's presets).
-
-    Names starting with "pi05" are π0.5 (discrete state input as the data config says); others π0.
-    The action horizon is the data config's.
-    """
-    data_cfg = data_cfg or data_configs.get_data_config(config_name)
-    if config_name.startswith("pi05"):
-        return Pi0Config(
-            pi05=True,
-            action_horizon=data_cfg.action_horizon,
-            discrete_state_input=data_cfg.discrete_state_input,
-        )
-    return Pi0Config(action_horizon=data_cfg.action_horizon)
-
-
-def _is_step_dir(path: pathlib.Path) -> bool:
-    return path.is_dir() and path.name.isdigit() and (path / "state").is_dir()
-
-
-def find_pirl_step_dir(path: str | pathlib.Path) -> pathlib.Path | None:
-    """The pirl train-state step directory `path` names (a run dir, its `checkpoints/`, or a step
-    dir; the latest step is used), or None when `path` is not a pirl run checkpoint."""
-    path = pathlib.Path(path).expanduser().resolve()
-    if _is_step_dir(path):
-        return path
-    for folder in (path / "checkpoints", path):
-        if folder.is_dir():
-            steps = sorted((p for p in folder.iterdir() if _is_step_dir(p)), key=lambda p: int(p.name))
-            if steps:
-                return steps[-1]
-    return None
-
-
-def pirl_run_dir(step_dir: pathlib.Path) -> pathlib.Path:
-    """`<run>` of `<run>/checkpoints/<step>`."""
-    return step_dir.parent.parent if step_dir.parent.name == "checkpoints" else step_dir.parent
-
-
 def read_run_model_config(step_dir: pathlib.Path) -> Pi0Config | None:
-    """The model config saved in a pirl run's config.json, or None if there is none."""
+    """The model config saved in a pirl run's config.json, or None (runs older than assets/policy.json)."""
     config_json = pirl_run_dir(step_dir) / "config.json"
     if not config_json.is_file():
         return None
@@ -121,64 +90,6 @@ def read_run_model_config(step_dir: pathlib.Path) -> Pi0Config | None:
         return None
     fields = {f.name for f in dataclasses.fields(Pi0Config)}
     return Pi0Config(**{k: v for k, v in model.items() if k in fields})
-
-
-def load_pirl_run_params(step_dir: str | pathlib.Path) -> dict:
-    """The model parameters of a pirl train-state checkpoint (`state["params"]["model"]`, or
-    `state["params"]` for trees without a policy level), restored as numpy arrays."""
-    import orbax.checkpoint as ocp
-
-    state_dir = pathlib.Path(step_dir) / "state"
-    with ocp.PyTreeCheckpointer() as ckptr:
-        metadata = ckptr.metadata(state_dir)
-        tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-        if not isinstance(tree, Mapping) or "params" not in tree:
-            raise ValueError(f"{state_dir} is not a pirl train state: it has no 'params' entry")
-        params_md = tree["params"]
-        wrapped = isinstance(params_md, Mapping) and "model" in params_md
-        item = {"params": {"model": params_md["model"]}} if wrapped else {"params": params_md}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        restored = ckptr.restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
-        )
-    return restored["params"]["model"] if wrapped else restored["params"]
-
-
-def load_checkpoint_params(checkpoint: str | pathlib.Path, model_cfg: Pi0Config) -> dict:
-    """Model params from a checkpoint of any supported kind (see the module docstring), checked
-    against `model_cfg`'s parameter tree (`pi0.abstract_params`) with `pirl.checkpoints`' checker:
-    a missing, unexpected or mis-shaped parameter raises `CheckpointMismatchError` naming the first."""
-    from pirl.checkpoints import check_params_match, flatten_params, load_openpi_params, load_pytorch_params
-
-    path = pathlib.Path(checkpoint).expanduser()
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist; pass a checkpoint directory or .safetensors file")
-    if (path.is_file() and path.suffix == ".safetensors") or (
-        path.is_dir() and any(path.glob("*.safetensors"))
-    ):
-        logger.info("loading openpi-PyTorch checkpoint %s", path)
-        return load_pytorch_params(path, model_cfg)
-    expected = pi0.abstract_params(model_cfg)
-    step_dir = find_pirl_step_dir(path)
-    if step_dir is None:
-        logger.info("loading openpi JAX checkpoint %s", path)
-        return load_openpi_params(path, expected=expected)
-    logger.info("loading pirl run checkpoint %s", step_dir)
-    params = load_pirl_run_params(step_dir)
-    found, expected = flatten_params(params), flatten_params(expected)
-    check_params_match(
-        {k: tuple(v.shape) for k, v in expected.items()},
-        {k: tuple(np.shape(v)) for k, v in found.items()},
-        source=f"pirl checkpoint {step_dir}",
-    )
-    for key, value in found.items():  # the model computes in floating point; ints would be a wrong file
-        if not np.issubdtype(np.asarray(value).dtype, np.floating):
-            raise UserError(
-                f"pirl checkpoint {step_dir}: parameter '{key}' has dtype {np.asarray(value).dtype}, "
-                f"expected {expected[key].dtype} (or another float dtype) of shape {tuple(expected[key].shape)}"
-            )
-    return params
 
 
 def identity_norm_stats(state_dim: int, action_dim: int) -> dict[str, NormStats]:
@@ -294,45 +205,65 @@ class Policy:
     def from_checkpoint(
         cls,
         checkpoint: str | pathlib.Path,
-        config_name: str = "pi0_libero",
+        config_name: str | None = None,
         *,
         model_cfg: Pi0Config | None = None,
         tokenizer_path: str | pathlib.Path | None = None,
         norm_stats_path: str | pathlib.Path | None = None,
+        num_steps: int | None = None,
         **kwargs: Any,
     ) -> Policy:
-        """Load params (format auto-detected), tokenizer and norm stats from a checkpoint directory.
+        """Load params (kind auto-detected), tokenizer and norm stats from a checkpoint directory.
 
-        The model config is, in order: `model_cfg`, a pirl run's config.json, `model_config_for`.
-        Tokenizer and norm stats default to the checkpoint's assets (or the pirl run's).
+        A checkpoint with a policy description (a pirl RL / SFT run's assets/policy.json) is used as
+        trained: its model config, data config, norm stats, tokenizer and Euler steps;
+        `config_name`, when given, must name the same data config. Other checkpoints (openpi,
+        RLinf) take the model from `model_cfg` or `model_config_for(config_name)` (default
+        pi0_libero), and tokenizer and norm stats from their assets (norm stats also from the data
+        config's `<ckpt>/<repo id>/` folder, RLinf's layout) unless given.
         """
-        data_cfg = data_configs.get_data_config(config_name)
         path = pathlib.Path(checkpoint).expanduser().resolve()
-        step_dir = find_pirl_step_dir(path) if path.is_dir() else None
-        asset_roots = [path if path.is_dir() else path.parent]
-        if step_dir is not None:
-            asset_roots += [step_dir, pirl_run_dir(step_dir)]
-        if model_cfg is not None:
-            origin = "the model_cfg argument"
-        elif step_dir is not None and (model_cfg := read_run_model_config(step_dir)) is not None:
-            origin = f"{pirl_run_dir(step_dir) / 'config.json'}"
+        saved = find_policy_description(path)
+        if saved is not None:
+            if config_name is not None and config_name != saved.data.name:
+                raise UserError(
+                    f"--config-name {config_name} conflicts with the checkpoint's data config "
+                    f"{saved.data.name!r} (its assets/policy.json); drop --config-name"
+                )
+            data_cfg, steps = saved.data, saved.num_steps
+            if model_cfg is not None:
+                origin = "the model_cfg argument"
+            else:
+                model_cfg, origin = saved.model, "the checkpoint's assets/policy.json"
         else:
-            model_cfg = model_config_for(config_name, data_cfg)
-            origin = f"the preset of --config-name {config_name!r}"
+            data_cfg, steps = data_configs.get_data_config(config_name or "pi0_libero"), 10
+            step_dir = find_pirl_step_dir(path) if path.is_dir() else None
+            if model_cfg is not None:
+                origin = "the model_cfg argument"
+            elif step_dir is not None and (model_cfg := read_run_model_config(step_dir)) is not None:
+                origin = f"{pirl_run_dir(step_dir) / 'config.json'}"
+            else:
+                model_cfg = model_config_for(data_cfg.name, data_cfg.action_horizon)
+                origin = f"the preset of --config-name {data_cfg.name!r}"
+        num_steps = num_steps or steps
+        roots = asset_roots(path)
         try:
             params = load_checkpoint_params(path, model_cfg)
         except CheckpointMismatchError as e:
             raise UserError(f"{e} (The model config came from {origin}.)") from None
         tokenizer = PaligemmaTokenizer(
-            tokenizer_path or _first_found(find_tokenizer, asset_roots), max_len=model_cfg.max_token_len
+            tokenizer_path or _first_found(find_tokenizer, roots), max_len=model_cfg.max_token_len
         )
-        norm_stats = (
-            load_norm_stats(norm_stats_path)
-            if norm_stats_path
-            else _first_found(load_norm_stats, asset_roots)
-        )
+        if norm_stats_path:
+            norm_stats = load_norm_stats(norm_stats_path)
+        else:
+            asset_id = data_configs.asset_id_for(data_cfg.asset_id or data_cfg.repo_id)
+            loaders = [functools.partial(load_norm_stats, asset_id=asset_id), load_norm_stats]
+            norm_stats = _first_found(lambda root: _first_found(lambda f: f(root), loaders), roots)
         meta = {"checkpoint": path.name}  # a name: clients need not learn the server's paths
-        return cls(params, model_cfg, data_cfg, norm_stats, tokenizer, metadata=meta, **kwargs)
+        return cls(
+            params, model_cfg, data_cfg, norm_stats, tokenizer, num_steps=num_steps, metadata=meta, **kwargs
+        )
 
     @classmethod
     def random_tiny(
@@ -347,7 +278,7 @@ class Policy:
         identity norm stats: a real end-to-end policy for smoke tests and benchmarks (its actions mean nothing)."""
         data_cfg = data_configs.get_data_config(config_name)
         pi05 = config_name.startswith("pi05")
-        model_cfg = Pi0Config.tiny(pi05=pi05, discrete_state_input=pi05 and data_cfg.discrete_state_input)
+        model_cfg = Pi0Config.tiny(pi05=pi05, discrete_state_input=False)
         params = pi0.init_params(model_cfg, jax.random.key(seed))
         folder = pathlib.Path(tokenizer_dir or tempfile.mkdtemp(prefix="pirl_tiny_tok_"))
         tok_path = train_tiny_tokenizer(
@@ -565,9 +496,12 @@ def _first_found(loader: Any, roots: Sequence[pathlib.Path]) -> Any:
 def policy_from_args(args: Any) -> Policy:
     """The policy a command line asks for: `--random-tiny`, or `--checkpoint` (+ tokenizer / norm
     stats overrides). `args` has random_tiny, checkpoint, config_name, tokenizer_path,
-    norm_stats_path, num_steps and seed (pirl.serve's and pirl.eval's argument classes)."""
+    norm_stats_path, num_steps and seed (pirl.serve's and pirl.eval's argument classes);
+    config_name / num_steps None mean the checkpoint's own (else pi0_libero / 10)."""
     if args.random_tiny:
-        return Policy.random_tiny(args.config_name, seed=args.seed, num_steps=args.num_steps)
+        return Policy.random_tiny(
+            args.config_name or "pi0_libero", seed=args.seed, num_steps=args.num_steps or 10
+        )
     if args.checkpoint is None:
         raise UserError("pass --checkpoint DIR (or --random-tiny for a smoke test)")
     return Policy.from_checkpoint(

@@ -8,7 +8,7 @@ from typing import Any
 from pirl.data.configs import DataConfig, data_config_names, get_data_config
 from pirl.distributed.mesh import MeshConfig
 from pirl.errors import check_at_least
-from pirl.models.config import Pi0Config
+from pirl.models.config import Pi0Config, model_config_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +107,7 @@ def sft_config_for(data_name: str, **overrides: Any) -> SFTConfig:
     """The SFT config of a named data config: π0 or π0.5 (names starting with "pi05") at its horizon."""
     data = get_data_config(data_name)
     if data_name.startswith("pi05"):
-        model = Pi0Config(
-            pi05=True, action_horizon=data.action_horizon, discrete_state_input=data.discrete_state_input
-        )
+        model = model_config_for(data_name, data.action_horizon)
         defaults: dict[str, Any] = {
             "lr": 5e-5,
             "warmup_steps": 10_000,
@@ -118,7 +116,7 @@ def sft_config_for(data_name: str, **overrides: Any) -> SFTConfig:
         }
         defaults["ema_decay"] = 0.999
     else:
-        model = Pi0Config(action_horizon=data.action_horizon)
+        model = model_config_for(data_name, data.action_horizon)
         defaults = {}
     return SFTConfig(**{"model": model, "data": data, **defaults, **overrides})
 

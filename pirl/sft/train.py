@@ -11,8 +11,10 @@ Data: each process reads only its rows of every global batch (those its devices 
 process. Checkpoints (`<checkpoint_dir>/<step>/`): `state` + `metadata` (params, opt state, EMA, rng,
 global loader position; resumable on any mesh), `loader/process_<i>-of-<n>.json` (each process's
 loader state) and, for RL presets and openpi tools, `params` (openpi's orbax layout; the EMA params
-when EMA is on) and `assets/<asset id>/norm_stats.json`. `check_sft_run` refuses, before anything
-is built, missing files and a run without `resume` over an earlier run's checkpoints.
+when EMA is on), `assets/<asset id>/norm_stats.json`, and the policy description
+`assets/policy.json` with a copy of the tokenizer (`pirl.policies.trained`). `check_sft_run`
+refuses, before anything is built, missing files and a run without `resume` over an earlier run's
+checkpoints.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from pirl.logging.writer import MetricWriter, progress
 from pirl.models import pi0
 from pirl.models.config import Pi0Config
 from pirl.models.tokenizer import PaligemmaTokenizer
+from pirl.policies.trained import PolicyDescription, save_policy_assets
 from pirl.sft.config import SFTConfig
 
 log = logging.getLogger(__name__)
@@ -281,6 +284,9 @@ def save_checkpoint(
     save_norm_stats(
         step_dir / "assets" / asset_id_for(config.data.asset_id or config.data.repo_id), norm_stats
     )
+    # The step directory is a complete policy (pirl.eval / pirl.serve / pirl.train --init-checkpoint).
+    description = PolicyDescription(model=config.model, data=config.data)
+    save_policy_assets(step_dir / "assets", description, None, config.tokenizer_path)
     return True
 
 
