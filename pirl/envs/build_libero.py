@@ -30,6 +30,12 @@ FAITHFUL_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10"
 BUILD_SEED = 0
 """numpy seed before LIBERO's reset when building (places the static fixtures; the check uses it too)."""
 
+SETTLE_STEPS = 10
+"""No-op control steps after a reset (openpi's LIBERO evaluation waits 10; pirl's pool default is 15)."""
+
+SETTLE_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+"""openpi's dummy action while objects settle: no motion, gripper open."""
+
 FORMAT_VERSION = 1
 """Bumped when the cached files change meaning, so stale caches are rebuilt."""
 

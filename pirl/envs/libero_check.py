@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from pirl.envs.build_libero import BUILD_SEED, make_libero_env
+from pirl.envs.build_libero import BUILD_SEED, SETTLE_ACTION, SETTLE_STEPS, make_libero_env
 
 SEQUENCE_STEPS = 20
 """Control steps per open-loop sequence."""
@@ -51,7 +51,6 @@ def real_rollouts(
 ) -> dict:
     """Settled state f32[8] and per-sequence states f32[T, 8] in the real LIBERO."""
     from pirl.envs.libero_pool import libero_state
-    from pirl.envs.libero_scene import SETTLE_ACTION
 
     env, task_suite = make_libero_env(suite, task_id)
     init = task_suite.get_task_init_states(task_id)[init_id]
@@ -75,6 +74,19 @@ def real_rollouts(
     finally:
         env.close()
     return {"settled": settled, "qpos": settled_qpos, "traj": traj}
+
+
+def real_rollouts_isolated(
+    suite: str, task_id: int, init_id: int, sequences: dict[str, np.ndarray], settle: int
+) -> dict:
+    """`real_rollouts` in a fresh (spawned) process: robosuite stepping in a process whose JAX
+    runtime is up deadlocked here (all threads in futex waits), so the two never share a process."""
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:  # raises if the child dies
+        return pool.submit(real_rollouts, suite, task_id, init_id, sequences, settle).result()
 
 
 def mjx_rollouts_fn(task, settle: int):
@@ -132,7 +144,7 @@ def compare(suite: str, task_id: int, init_ids: list[int], settle: int, out=sys.
     records = []
     for init_id in init_ids:
         t0 = time.perf_counter()
-        real = real_rollouts(suite, task_id, init_id, seqs, settle)
+        real = real_rollouts_isolated(suite, task_id, init_id, seqs, settle)
         t1 = time.perf_counter()
         settled, qpos, traj = run(ls.init_data(task, mx, init_id), actions)
         settled, qpos, traj = np.asarray(settled), np.asarray(qpos), np.asarray(traj)
@@ -180,8 +192,6 @@ def compare(suite: str, task_id: int, init_ids: list[int], settle: int, out=sys.
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pirl.envs.libero_scene import SETTLE_STEPS
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="libero_spatial")
     p.add_argument("--tasks", nargs="+", type=int, default=[0])

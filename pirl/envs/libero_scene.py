@@ -36,7 +36,7 @@ import mujoco
 import numpy as np
 from mujoco import mjx
 
-from pirl.envs.build_libero import ensure_built
+from pirl.envs.build_libero import SETTLE_ACTION, SETTLE_STEPS, ensure_built  # noqa: F401  (re-exported)
 from pirl.envs.osc import OSC_USERDATA_SIZE, OSCConfig, OSCIndices
 
 _GEOM = mujoco.mjtGeom
@@ -90,7 +90,7 @@ def _mat_to_quat(r: np.ndarray) -> np.ndarray:
 
 def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
     """Points f64[n, 3] of geom g's surface hull in its body's frame (box corners, mesh vertices, ...)."""
-    t, size = m.geom_type[g], m.geom_size[g]
+    t, size = int(m.geom_type[g]), m.geom_size[g]
     if t == _GEOM.mjGEOM_BOX:
         local = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * size
     elif t == _GEOM.mjGEOM_MESH:
@@ -99,10 +99,10 @@ def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
         local = np.asarray(m.mesh_vert[adr : adr + n], np.float64)
     elif t == _GEOM.mjGEOM_SPHERE:
         local = np.concatenate([np.eye(3), -np.eye(3)]) * size[0]
-    elif t in (_GEOM.mjGEOM_CYLINDER, _GEOM.mjGEOM_CAPSULE):
+    elif t in (int(_GEOM.mjGEOM_CYLINDER), int(_GEOM.mjGEOM_CAPSULE)):
         a = np.linspace(0, 2 * np.pi, 12, endpoint=False)
         ring = np.stack([np.cos(a), np.sin(a), np.zeros_like(a)], 1) * size[0]
-        h = size[1] + (size[0] if t == _GEOM.mjGEOM_CAPSULE else 0.0)
+        h = size[1] + (size[0] if t == int(_GEOM.mjGEOM_CAPSULE) else 0.0)
         local = np.concatenate([ring + np.array([0, 0, h]), ring - np.array([0, 0, h])])
     else:
         raise ValueError(f"cannot fit geom type {t}")
@@ -260,6 +260,12 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
                 box,
                 "_top",
             )
+            continue
+        planes = [g for g in geoms if m.geom_type[g] == _GEOM.mjGEOM_PLANE]
+        for g in planes:  # a floor body (libero_object's scenes stand on it)
+            add("plane", _GEOM.mjGEOM_PLANE, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"_plane{g}")
+        geoms = [g for g in geoms if g not in planes]
+        if not geoms:
             continue
         if bname.startswith("robot0_"):
             if bname in cfg.arm_contact_links:
@@ -427,12 +433,6 @@ def load_task(
 
 
 # ----------------------------------------------------------------------------- MJX episode pieces
-
-SETTLE_STEPS = 10
-"""No-op control steps after a reset (openpi's LIBERO evaluation waits 10; pirl's pool default is 15)."""
-
-SETTLE_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
-"""openpi's dummy action while objects settle: no motion, gripper open."""
 
 EEF_BODY = "robot0_right_hand"
 """robosuite's eef_name: robot0_eef_quat is this body's orientation."""
