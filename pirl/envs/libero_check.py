@@ -90,7 +90,10 @@ def real_rollouts_isolated(
 
 
 def mjx_rollouts_fn(task, settle: int):
-    """jitted (init data, actions f32[S, T, 7]) -> (settled state f32[8], states f32[S, T, 8])."""
+    """(init data, actions f32[S, T, 7]) -> (settled state f32[8], settled qpos, states f32[S, T, 8]).
+
+    One jitted control step driven from Python: a vmapped lax.scan of these steps over the sequences
+    hung here inside XLA's CPU runtime (all threads idle in futex waits, no CPU used)."""
     import jax
     import jax.numpy as jnp
     from mujoco import mjx
@@ -104,16 +107,27 @@ def mjx_rollouts_fn(task, settle: int):
     idx = OSCIndices.from_model(m)
     eef = m.body(ls.EEF_BODY).id
 
+    @jax.jit
     def step(d, a):
         d = osc_control_step(cfg, idx, mx, d, a)
         return d, ls.libero_state(idx, eef, d)
 
-    @jax.jit
+    reset = jax.jit(lambda d: osc_reset(cfg, idx, mx, d))
+
     def run(d0, actions):
-        d = osc_reset(cfg, idx, mx, d0)
-        d, states = jax.lax.scan(step, d, jnp.tile(jnp.asarray(ls.SETTLE_ACTION), (settle, 1)))
-        seq = jax.vmap(lambda acts: jax.lax.scan(step, d, acts)[1])(actions)
-        return states[-1], d.qpos, seq
+        d = reset(jax.device_put(d0))
+        state = None
+        for _ in range(settle):
+            d, state = step(d, jnp.asarray(SETTLE_ACTION, jnp.float32))
+        settled = d
+        seqs = []
+        for acts in actions:
+            d, states = settled, []
+            for a in acts:
+                d, s = step(d, jnp.asarray(a))
+                states.append(s)
+            seqs.append(jnp.stack(states))
+        return state, settled.qpos, jnp.stack(seqs)
 
     return mx, run
 
