@@ -63,7 +63,7 @@ def bench_advantages(num_steps: int, num_envs: int) -> None:
     emit(bench="grpo", T=num_steps, B=num_envs, G=8, compile_s=round(first, 4), run_ms=round(median * 1e3, 4))
 
 
-def bench_ppo_loss(n: int = 2048, chunk: int = 5, dims: int = 7) -> None:
+def bench_ppo_loss(n: int = 2048, chunk: int = 5, dims: int = 7, episode_weighted: bool = False) -> None:
     rng = np.random.default_rng(0)
     old = jnp.asarray(rng.normal(size=(n, chunk, dims)), jnp.float32)
     new = old + 0.1 * jnp.asarray(rng.normal(size=old.shape), jnp.float32)
@@ -72,6 +72,8 @@ def bench_ppo_loss(n: int = 2048, chunk: int = 5, dims: int = 7) -> None:
         "mask": jnp.asarray(rng.random(n) < 0.9),
         "old_values": jnp.zeros(n),
         "returns": jnp.ones(n),
+        # RLinf's per-episode weighting: max_episode_steps / episode length (1..4 here).
+        "weights": jnp.asarray(rng.uniform(1.0, 4.0, n), jnp.float32) if episode_weighted else None,
     }
     cfg = losses.PPOLossConfig()
 
@@ -87,6 +89,7 @@ def bench_ppo_loss(n: int = 2048, chunk: int = 5, dims: int = 7) -> None:
                 values=values,
                 old_values=batch["old_values"],
                 returns=batch["returns"],
+                weights=batch["weights"],
             )
 
         return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(new, values)
@@ -95,6 +98,7 @@ def bench_ppo_loss(n: int = 2048, chunk: int = 5, dims: int = 7) -> None:
     emit(
         bench="ppo_loss_and_grad",
         shape=[n, chunk, dims],
+        episode_weighted=episode_weighted,
         compile_s=round(first, 4),
         run_ms=round(median * 1e3, 4),
     )
@@ -225,6 +229,7 @@ def main() -> None:
     args = parser.parse_args()
     bench_advantages(args.chunk_steps, args.num_envs)
     bench_ppo_loss()
+    bench_ppo_loss(episode_weighted=True)
     bench_optimizer(args.params_millions)
     bench_accumulation()
     bench_checkpoint(args.ckpt_mb)

@@ -16,91 +16,182 @@ from pirl.policies.config import FlowPolicyConfig
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig, WarmStartConfig
 from pirl.rl.losses import PPOLossConfig
 from pirl.rl.optim import OptimizerConfig
+from pirl.rl.rlinf_config import OPENPI_MODELS
 
 PI0 = Pi0Config()
-PI05_LIBERO = Pi0Config(pi05=True, action_horizon=10, discrete_state_input=False)
+PI05_LIBERO = OPENPI_MODELS["pi05_libero"]
+
+# Values every RLinf openpi recipe shares (its examples/embodiment/config/*.yaml; docs/rlinf_presets.md
+# has the full table). RLinf's LIBERO env renders 256x256 cameras, never bootstraps without auto-reset,
+# and runs with eval off (val_check_interval: -1) and a checkpoint every 40 steps.
+RLINF_OPTIM = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, critic_warmup_steps=0)
+RLINF_LIBERO_RUN = dict(total_steps=1000, save_interval=40, eval_interval=0, eval_episodes=500, seed=42)
+
+
+def _libero_env(name: str, max_steps: int, **overrides) -> EnvSpec:
+    """RLinf's LIBERO training env: the real LIBERO, fresh episodes each rollout, terminate on success."""
+    fields = dict(
+        name=name,
+        backend="libero",
+        num_envs=64,
+        image_size=256,
+        max_episode_steps=max_steps,
+        auto_reset=False,
+        ignore_terminations=False,
+        reward_coef=1.0,
+        use_rel_reward=True,
+        use_step_penalty=False,
+        pipeline_stage_num=1,
+    )
+    fields.update(overrides)
+    return EnvSpec(**fields)
 
 
 def pi0_libero_ppo() -> RLConfig:
-    """π0, LIBERO-Spatial, PPO: Flow-SDE (one stochastic step), GAE, critic on the expert."""
+    """π0, LIBERO-Spatial, PPO: Flow-SDE (one stochastic step), GAE, critic on the expert (RLinf's
+    libero_spatial_ppo_openpi)."""
     return RLConfig(
         name="pi0_libero_ppo",
         model=PI0,
-        policy=FlowPolicyConfig(noise_method="flow_sde", noise_level=0.5, num_steps=4, action_chunk=5),
-        env=EnvSpec(name="libero_spatial", num_envs=64, image_size=224, max_episode_steps=240),
-        adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95),
+        policy=FlowPolicyConfig(
+            noise_method="flow_sde",
+            noise_level=0.5,
+            num_steps=4,
+            action_chunk=5,
+            chunk_critic_input=False,
+            detach_critic_input=True,
+        ),
+        env=_libero_env("libero_spatial", 240),
+        adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95, bootstrap_on_truncation=False),
         loss=PPOLossConfig(entropy_bonus=0.0),
-        optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=1.0),
+        optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=1.0, **RLINF_OPTIM),
         rollout_epochs=8,
         update_epochs=4,
         global_batch_size=2048,
         micro_batch_size=32,
+        **RLINF_LIBERO_RUN,
     )
 
 
 def pi0_libero_grpo() -> RLConfig:
-    """π0, LIBERO-10 (long), GRPO with groups of 8 sharing a reset state, no critic."""
+    """π0, LIBERO-10 (long), GRPO with groups of 8 sharing a reset state, no critic (RLinf's
+    libero_10_grpo_openpi)."""
     return RLConfig(
         name="pi0_libero_grpo",
         model=PI0,
-        policy=FlowPolicyConfig(num_steps=4, action_chunk=10, add_value_head=False),
-        env=EnvSpec(name="libero_10", num_envs=64, image_size=224, max_episode_steps=480),
-        adv=AdvantageConfig(adv_type="grpo", group_size=8),
+        policy=FlowPolicyConfig(
+            num_steps=4,
+            action_chunk=10,
+            add_value_head=False,
+            chunk_critic_input=False,
+            detach_critic_input=False,
+        ),
+        # reward_coef: the recipe interpolates ${algorithm.reward_coef} = 1.0 over env/libero_10's 5.0
+        env=_libero_env("libero_10", 480),
+        adv=AdvantageConfig(
+            adv_type="grpo",
+            group_size=8,
+            filter_rewards=True,
+            filter_bounds=(0.1, 0.9),
+            bootstrap_on_truncation=False,
+        ),
         loss=PPOLossConfig(entropy_bonus=0.0),
-        optim=OptimizerConfig(lr=5e-6, clip_grad_norm=2.0),
+        optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=2.0, **RLINF_OPTIM),
         rollout_epochs=8,
         update_epochs=2,
         global_batch_size=2048,
         micro_batch_size=32,
+        **RLINF_LIBERO_RUN,
     )
 
 
 def pi05_libero_ppo() -> RLConfig:
-    """π0.5, LIBERO-Spatial, PPO with the critic after the VLM."""
+    """π0.5, LIBERO-Spatial, PPO with the critic after the VLM (RLinf's libero_spatial_ppo_openpi_pi05)."""
     return RLConfig(
         name="pi05_libero_ppo",
         model=PI05_LIBERO,
-        policy=FlowPolicyConfig.pi05(num_steps=5, action_chunk=5),
-        env=EnvSpec(name="libero_spatial", num_envs=64, image_size=224, max_episode_steps=240),
-        adv=AdvantageConfig(adv_type="gae"),
-        optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=1.0),
+        policy=FlowPolicyConfig.pi05(
+            num_steps=3,
+            action_chunk=5,
+            value_vlm_mode="mean_token",
+            chunk_critic_input=False,
+            detach_critic_input=False,
+        ),
+        env=_libero_env("libero_spatial", 240),
+        adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95, bootstrap_on_truncation=False),
+        loss=PPOLossConfig(entropy_bonus=0.0),
+        optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=1.0, **RLINF_OPTIM),
         rollout_epochs=8,
-        update_epochs=4,
+        update_epochs=1,
         global_batch_size=2048,
         micro_batch_size=32,
+        **RLINF_LIBERO_RUN,
     )
 
 
 def pi05_libero_grpo() -> RLConfig:
-    """π0.5, LIBERO-10, GRPO (G = 8), no critic."""
+    """π0.5, LIBERO-10, GRPO (G = 8), no critic (RLinf's libero_10_grpo_openpi_pi05)."""
     return RLConfig(
         name="pi05_libero_grpo",
         model=PI05_LIBERO,
-        policy=FlowPolicyConfig.pi05(num_steps=5, action_chunk=10, add_value_head=False),
-        env=EnvSpec(name="libero_10", num_envs=64, image_size=224, max_episode_steps=480),
-        adv=AdvantageConfig(adv_type="grpo", group_size=8),
-        optim=OptimizerConfig(lr=5e-6, clip_grad_norm=2.0),
+        # model/pi0_5.yaml's value_after_vlm (False) stands; without a critic it has no effect.
+        policy=FlowPolicyConfig.pi05(
+            num_steps=4,
+            action_chunk=10,
+            add_value_head=False,
+            value_after_vlm=False,
+            chunk_critic_input=False,
+            detach_critic_input=False,
+        ),
+        env=_libero_env("libero_10", 480),
+        adv=AdvantageConfig(
+            adv_type="grpo",
+            group_size=8,
+            filter_rewards=True,
+            filter_bounds=(0.1, 0.9),
+            bootstrap_on_truncation=False,
+        ),
+        loss=PPOLossConfig(entropy_bonus=0.0),
+        optim=OptimizerConfig(lr=5e-6, value_lr=1e-4, clip_grad_norm=1.0, **RLINF_OPTIM),
         rollout_epochs=8,
-        update_epochs=2,
+        update_epochs=4,
         global_batch_size=2048,
         micro_batch_size=32,
+        **RLINF_LIBERO_RUN,
     )
 
 
 def pi0_maniskill_ppo() -> RLConfig:
-    """π0, ManiSkill-style put-on-plate, PPO with Flow-Noise (joint log-prob) and entropy 0.005."""
+    """π0, ManiSkill-style put-on-plate (MJX), PPO with Flow-Noise (joint log-prob) and entropy 0.005
+    (RLinf's maniskill_ppo_openpi, without its auto-reset: the MJX rollout starts fresh episodes)."""
     return RLConfig(
         name="pi0_maniskill_ppo",
-        model=PI0,
-        policy=FlowPolicyConfig.flow_noise(num_steps=4, action_chunk=5),
-        env=EnvSpec(name="maniskill_put_on_plate", num_envs=320, image_size=224, max_episode_steps=80),
-        adv=AdvantageConfig(adv_type="gae"),
+        model=Pi0Config(action_horizon=8),
+        policy=FlowPolicyConfig.flow_noise(
+            num_steps=4, action_chunk=5, chunk_critic_input=False, detach_critic_input=True
+        ),
+        env=EnvSpec(
+            name="maniskill_put_on_plate",
+            num_envs=320,
+            image_size=224,
+            max_episode_steps=80,
+            reward_coef=1.0,
+            use_rel_reward=True,
+        ),
+        adv=AdvantageConfig(adv_type="gae", gamma=0.99, gae_lambda=0.95, filter_bounds=(0.0, 1.0)),
         loss=PPOLossConfig(entropy_bonus=0.005),
-        optim=OptimizerConfig(lr=7.91e-6, value_lr=1.55e-4, clip_grad_norm=1.0),
+        optim=OptimizerConfig(lr=7.91e-6, value_lr=1.55e-4, clip_grad_norm=1.0, **RLINF_OPTIM),
         rollout_epochs=1,
         update_epochs=4,
         global_batch_size=5120,
-        micro_batch_size=64,
+        micro_batch_size=32,
+        total_steps=1000,
+        save_interval=50,
+        eval_interval=10,
+        eval_episodes=320,
+        seed=0,
+        # RLinf auto-resets here, so its loss is the plain token mean (no per-episode weighting).
+        episode_loss_weighting=False,
     )
 
 
@@ -143,6 +234,8 @@ def pi0_demo_cpu() -> RLConfig:
         eval_episodes=32,
         video_interval=10,
         save_interval=10,
+        # Tuned before RLinf's per-episode loss weighting existed; keeps plain masked means.
+        episode_loss_weighting=False,
     )
 
 

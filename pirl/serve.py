@@ -38,8 +38,12 @@ class ServeArgs:
     """Interface to bind; 0.0.0.0 exposes the server to the network."""
     port: int = 8000
     """TCP port (0 = any free port)."""
-    max_message_bytes: int = 32 * 2**20
+    max_message_bytes: int = ServerConfig.max_message_bytes
     """Largest accepted request; bigger ones close the connection with code 1009."""
+    max_connections: int = ServerConfig.max_connections
+    """Most simultaneous clients; further ones are closed with code 1013 (try again later)."""
+    idle_timeout_s: float = ServerConfig.idle_timeout_s
+    """Close a client that sends no request for this many seconds (0 disables)."""
     max_batch_size: int = 8
     """Most concurrent requests grouped into one model call."""
     warmup: bool = True
@@ -48,15 +52,17 @@ class ServeArgs:
 
 def main(args: ServeArgs) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    policy = policy_from_args(args)
-    if args.warmup:
-        policy.warmup(batch_buckets(min(args.max_batch_size, policy.max_batch_size)))
-    config = ServerConfig(
+    config = ServerConfig(  # checked before the (slow) checkpoint load
         host=args.host,
         port=args.port,
         max_message_bytes=args.max_message_bytes,
         max_batch_size=args.max_batch_size,
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout_s,
     )
+    policy = policy_from_args(args)
+    if args.warmup:
+        policy.warmup(batch_buckets(min(args.max_batch_size, policy.max_batch_size)))
     PolicyServer(policy, config).serve_forever()
 
 

@@ -22,6 +22,7 @@ def parse_config(argv: Sequence[str]) -> Any:
 
     presets = configs.all_presets()
     argv = list(argv)
+    argv, presets = _rlinf_preset(argv, presets)
     if argv and not argv[0].startswith("-") and argv[0] not in presets:
         raise SystemExit("error: " + configs.unknown_name_message("config", argv[0], presets))
     argv, mesh = meshes.pop_mesh_flag(argv)
@@ -29,6 +30,20 @@ def parse_config(argv: Sequence[str]) -> Any:
         desc, cfg = presets[argv[0]]
         presets = {**presets, argv[0]: (desc, meshes.with_mesh(cfg, mesh))}
     return tyro.extras.overridable_config_cli(presets, args=argv)
+
+
+def _rlinf_preset(argv: list[str], presets: dict) -> tuple[list[str], dict]:
+    """`--rlinf-config PATH [--rlinf-allow-unsupported]`: the RLinf YAML, read into an RL config,
+    becomes the preset (named after the file) that the remaining overrides apply to."""
+    from pirl.rl.rlinf_config import pop_rlinf_flags, read_rlinf_config
+
+    argv, path, allow = pop_rlinf_flags(argv)
+    if path is None:
+        return argv, presets
+    imported = read_rlinf_config(path, allow_unsupported=allow)
+    print(imported.report(), file=sys.stderr)
+    name = f"rlinf:{imported.config.name}"
+    return [name, *argv], {name: (f"RLinf config {path}", imported.config)}
 
 
 def run(config: Any) -> Any:

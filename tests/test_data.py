@@ -21,6 +21,7 @@ from openpi_client import image_tools
 from pirl.data import configs, lerobot, lerobot_writer, loader
 from pirl.data import transforms as T
 from pirl.data.normalize import NormStats
+from pirl.errors import UserError
 
 LENGTHS = (9, 12, 7)
 TASKS = ("pick up the red bowl", "open the top drawer")
@@ -177,9 +178,10 @@ def test_video_dataset_decodes_frames_by_timestamp(tmp_path):
         assert errors[t] < 8 and int(np.argmin(errors)) == t
 
 
-def test_missing_info_json_names_the_file(tmp_path):
-    with pytest.raises(lerobot.LeRobotFormatError, match=r"info\.json"):
+def test_missing_info_json_names_the_file_once(tmp_path):
+    with pytest.raises(UserError, match=r"info\.json") as info:
         lerobot.LeRobotDataset(tmp_path / "nothing_here")
+    assert str(info.value).count(str(tmp_path / "nothing_here")) == 1, str(info.value)
 
 
 def _copy_dataset(src, dst):
@@ -218,6 +220,90 @@ def test_wrong_shape_names_file_and_key(dataset_root, tmp_path):
     (root / "meta" / "info.json").write_text(json.dumps(info))
     with pytest.raises(lerobot.LeRobotFormatError, match=r"episode_000000\.parquet.*'wrist_image'"):
         lerobot.LeRobotDataset(root)[0]
+
+
+@pytest.mark.parametrize(
+    "file, edit, expected",
+    [
+        ("info.json", lambda m: m.update(features=[1, 2]), r"info\.json: 'features' must be"),
+        (
+            "info.json",
+            lambda m: m["features"]["state"].update(shape="8"),
+            r"info\.json: features\['state'\]\['shape'\]",
+        ),
+        (
+            "info.json",
+            lambda m: m["features"]["state"].pop("dtype"),
+            r"info\.json: features\['state'\].*'dtype'",
+        ),
+        (
+            "info.json",
+            lambda m: m.update(fps="ten"),
+            r"info\.json: 'fps' must be a positive number, got 'ten'",
+        ),
+        (
+            "episodes.jsonl",
+            lambda rows: rows[1].update(length="x"),
+            r"episodes\.jsonl \(episode 1\): 'length'",
+        ),
+        ("tasks.jsonl", lambda rows: rows[0].pop("task_index"), r"tasks\.jsonl: missing key 'task_index'"),
+    ],
+)
+def test_malformed_metadata_names_file_and_key(dataset_root, tmp_path, file, edit, expected):
+    root = _copy_dataset(dataset_root, tmp_path / "bad")
+    path = root / "meta" / file
+    if file.endswith(".jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        edit(rows)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        meta = json.loads(path.read_text())
+        edit(meta)
+        path.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=expected):
+        lerobot.LeRobotDataset(root)
+
+
+def test_truncated_parquet_names_file_and_episode(dataset_root, tmp_path):
+    root = _copy_dataset(dataset_root, tmp_path / "bad")
+    path = root / "data" / "chunk-000" / "episode_000001.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(
+        UserError, match=r"episode_000001\.parquet \(episode 1\) is not a readable.*re-download"
+    ):
+        lerobot.LeRobotDataset(root)
+    assert len(lerobot.LeRobotDataset(root, episodes=[0, 2])) == LENGTHS[0] + LENGTHS[2]
+
+
+def test_undecodable_image_names_file_episode_and_frame(dataset_root, tmp_path):
+    root = _copy_dataset(dataset_root, tmp_path / "bad")
+    path = root / "data" / "chunk-000" / "episode_000002.parquet"
+    table = pq.read_table(path)
+    cells = table.column("wrist_image").to_pylist()
+    cells[3] = {**cells[3], "bytes": cells[3]["bytes"][:40]}  # a truncated PNG
+    column = table.schema.get_field_index("wrist_image")
+    pq.write_table(table.set_column(column, table.schema.field(column), [cells]), path)
+    dataset = lerobot.LeRobotDataset(root)
+    dataset[LENGTHS[0] + LENGTHS[1] + 2]  # other frames of the episode decode
+    with pytest.raises(
+        UserError, match=r"episode_000002\.parquet \(episode 2, frame 3\): image 'wrist_image'"
+    ):
+        dataset[LENGTHS[0] + LENGTHS[1] + 3]
+
+
+def test_truncated_video_names_file_and_episode(tmp_path):
+    _video_codec_or_skip()
+    root = lerobot_writer.write_lerobot_dataset(
+        tmp_path / "vid", make_episodes()[:2], fps=FPS, use_videos=True
+    )
+    path = root / "videos" / "chunk-000" / "image" / "episode_000001.mp4"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    dataset = lerobot.LeRobotDataset(root)
+    assert dataset[0]["image"].shape == (32, 32, 3)  # episode 0 still decodes
+    with pytest.raises(
+        UserError, match=r"episode_000001\.mp4 \(episode 1, 'image'\) cannot be decoded.*re-download"
+    ):
+        dataset[LENGTHS[0]]
 
 
 def test_writer_rejects_inconsistent_episodes(tmp_path):
@@ -616,6 +702,11 @@ def transform(dataset, tokenizer):
     )  # fmt: skip
 
 
+def test_loader_rejects_a_batch_larger_than_the_dataset(dataset, transform):
+    with pytest.raises(UserError, match=f"has {len(dataset)} frames, fewer than one batch of 64"):
+        loader.BatchLoader(dataset, transform, 64, num_workers=0)
+
+
 def test_loader_batches_shapes_and_epoch_coverage(dataset, transform):
     with loader.BatchLoader(dataset, transform, batch_size=4, seed=1, num_workers=2) as batches:
         assert batches.batches_per_epoch == 7
@@ -696,7 +787,7 @@ def test_loader_rows_split_the_global_batch_and_state_is_per_process(dataset, tr
     fresh = loader.BatchLoader(dataset, transform, 6, seed=2, num_workers=0, rows=[3, 4, 5])
     assert fresh.restore_state(tmp_path) and fresh.position == halves[1].position
     assert not fresh.restore_state(tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match=r"seed=2.*seed=9"):
+    with pytest.raises(UserError, match=r"seed=2.*seed=9"):
         loader.BatchLoader(dataset, transform, 6, seed=9, num_workers=0).restore_state(tmp_path)
     with pytest.raises(ValueError, match="increasing positions"):
         loader.BatchLoader(dataset, transform, 6, rows=[4, 2])

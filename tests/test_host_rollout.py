@@ -235,7 +235,7 @@ def test_evaluation_leaves_the_carried_over_episodes_alone(policy):
     "env, message",
     [
         (dict(backend="mjx", name="toy_spatial", auto_reset=True), "libero backend only"),
-        (dict(backend="mjx", name="toy_spatial", reward_coef=5.0), "libero backend only"),
+        (dict(backend="mjx", name="toy_spatial", ignore_terminations=True), "libero backend only"),
         (dict(backend="libero", name="toy_spatial"), "not a LIBERO suite"),
         (
             dict(backend="libero", name="libero_10", num_envs=6, pipeline_stage_num=4),

@@ -470,3 +470,16 @@ def _tiny_params(pi05: bool):
     if pi05 not in _TINY_PARAMS:
         _TINY_PARAMS[pi05] = _random_model_params(Pi0Config.tiny(pi05=pi05))
     return _TINY_PARAMS[pi05]
+
+
+def test_value_vlm_mode_picks_the_critic_input(sde_rollout, obs):
+    params, out = sde_rollout
+    values = {}
+    for mode in ("mean_token", "first_token", "last_token"):
+        cfg = dataclasses.replace(SDE_CFG, value_vlm_mode=mode)
+        _, _, values[mode] = rescore_jit(params, cfg, MODEL_CFG, obs, out.chain, out.denoise_index)
+    np.testing.assert_allclose(values["mean_token"], out.value, rtol=1e-5, atol=1e-6)  # the default
+    for a, b in (("mean_token", "first_token"), ("mean_token", "last_token"), ("first_token", "last_token")):
+        assert np.all(np.abs(np.asarray(values[a]) - np.asarray(values[b])) > 1e-6), (a, b)
+    with pytest.raises(ValueError, match="value_vlm_mode"):
+        FlowPolicyConfig(value_vlm_mode="max_token")

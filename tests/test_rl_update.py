@@ -87,3 +87,32 @@ def test_grpo_targets_mask_after_first_done_and_filter(setup):
     assert np.asarray(valid)[:, 0].tolist() == [True, True, False]  # masked after the first done
     assert np.asarray(valid)[:, 3].tolist() == [True, False, False]
     assert "rollout/returns_mean" not in metrics
+
+
+@pytest.mark.nightly
+def test_critic_warmup_and_recomputed_log_probs(setup):
+    """Within critic_warmup_steps only the value head moves; recompute_logprobs rescores the rollout's
+    log-probs (the synthetic ones are off by ~50 nats), so the ratio is exactly 1 throughout."""
+    from pirl.rl.optim import OptimizerConfig
+
+    _, params = setup
+    cfg = synthetic.tiny_ppo_config(
+        recompute_logprobs=True,
+        optim=OptimizerConfig(lr=1e-3, value_lr=1e-3, weight_decay=0.0, critic_warmup_steps=100),
+    )
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(1, 1)), jax.devices()[:1])
+    ppo = synthetic.make_ppo_update_setup(cfg, mesh, params=params)
+    batch = synthetic.place_transitions(synthetic.synthetic_transitions(cfg, 16), mesh)
+    new, _, step, metrics = ppo.update(
+        ppo.params, ppo.opt_state, jnp.zeros((), jnp.int32), batch, jax.random.key(1)
+    )
+    new, metrics = jax.device_get(new), jax.device_get(metrics)
+    assert int(step) == 2
+    assert float(metrics["train/actor/ratio"]) == pytest.approx(1.0, abs=1e-3)  # f32 rescoring noise
+    np.testing.assert_array_equal(
+        new["model"]["action_out_proj"]["kernel"], params["model"]["action_out_proj"]["kernel"]
+    )
+    moved = jax.tree.leaves(
+        jax.tree.map(lambda a, b: np.abs(a - b).max(), new["value_head"], params["value_head"])
+    )
+    assert max(moved) > 1e-5

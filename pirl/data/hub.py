@@ -24,13 +24,16 @@ from pathlib import Path
 
 import tqdm
 
+from pirl.errors import UserError
+
 REPO_TYPE = "dataset"
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-class HubError(FileNotFoundError):
-    """A dataset repo, revision or file could not be found on the Hub or in the local cache."""
+class HubError(UserError, FileNotFoundError):
+    """A dataset repo, revision or file could not be found on the Hub or in the local cache (a
+    `UserError`: the message says what to fetch; still a FileNotFoundError for older callers)."""
 
 
 def looks_like_repo_id(name: str) -> bool:

@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pirl.data import hub
+from pirl.errors import UserError
 
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 DEFAULT_CHUNK_SIZE = 1000
@@ -84,8 +85,13 @@ V3_EPISODE_COLUMNS = (
 )
 
 
-class LeRobotFormatError(ValueError):
-    """A dataset file is missing or unreadable, or a key in it is missing or has the wrong shape."""
+class LeRobotFormatError(UserError):
+    """A dataset file is missing or unreadable, or a key in it is missing or has the wrong shape;
+    the message names the file (and the episode, or the key) and what to do."""
+
+
+_REPAIR = "re-download or re-convert it (from the Hub: delete it and it is fetched again)"
+"""What to do about a corrupt or truncated dataset file (ends error messages)."""
 
 
 def lerobot_home() -> Path:
@@ -114,7 +120,7 @@ def resolve_root(
         if not path.is_absolute():
             where += f" (nor {cached / 'meta' / 'info.json'})"
         raise LeRobotFormatError(
-            f"no LeRobot dataset at {name!r}: {where}. Pass a dataset folder, or a Hub repo id "
+            f"no LeRobot dataset: {where}. Pass a dataset folder, or a Hub repo id "
             "('org/name'; fetched into HF_LEROBOT_HOME, default ~/.cache/huggingface/lerobot)."
         )
     try:
@@ -155,8 +161,8 @@ def _read_json(path: Path) -> Any:
         raise LeRobotFormatError(f"missing file {path}")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LeRobotFormatError(f"{path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LeRobotFormatError(f"{path} is not valid JSON ({e}); {_REPAIR}") from e
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -166,9 +172,12 @@ def _read_jsonl(path: Path) -> list[dict]:
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise LeRobotFormatError(f"{path}:{line_no} is not valid JSON: {e}") from e
+                raise LeRobotFormatError(f"{path}:{line_no} is not valid JSON ({e}); {_REPAIR}") from e
+            if not isinstance(row, dict):
+                raise LeRobotFormatError(f"{path}:{line_no}: expected a JSON object, got {line[:80]!r}")
+            rows.append(row)
     return rows
 
 
@@ -176,6 +185,42 @@ def _require(mapping: Mapping, key: str, where: Path | str, what: str = "key") -
     if key not in mapping:
         raise LeRobotFormatError(f"{where}: missing {what} {key!r} (present: {sorted(mapping)})")
     return mapping[key]
+
+
+def _require_int(mapping: Mapping, key: str, where: Path | str) -> int:
+    """An integer entry (ints written as 3.0 pass); anything else names the file and key."""
+    value = _require(mapping, key, where)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or value != int(value)
+    ):
+        raise LeRobotFormatError(f"{where}: {key!r} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _check_features(features: Any, info_path: Path) -> dict[str, dict[str, Any]]:
+    """info.json's "features": {name: {"dtype": str, "shape": [int, ...], ...}}; shapes become lists of ints."""
+    if not isinstance(features, dict) or not features:
+        raise LeRobotFormatError(
+            f"{info_path}: 'features' must be a non-empty object {{name: {{dtype, shape}}}}, got {features!r:.80}"
+        )
+    for key, ft in features.items():
+        where = f"{info_path}: features[{key!r}]"
+        if not isinstance(ft, dict):
+            raise LeRobotFormatError(f"{where} must be an object with 'dtype' and 'shape', got {ft!r:.80}")
+        if not isinstance(_require(ft, "dtype", where, "field"), str):
+            raise LeRobotFormatError(
+                f"{where}['dtype'] must be a string such as 'float32', got {ft['dtype']!r}"
+            )
+        shape = _require(ft, "shape", where, "field")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+        ):
+            raise LeRobotFormatError(
+                f"{where}['shape'] must be a list of positive integers such as [8], got {shape!r}"
+            )
+    return features
 
 
 def _episodes_text(episodes: Sequence[int]) -> str:
@@ -192,7 +237,7 @@ def _schema_names(path: Path, what: str) -> list[str]:
     try:
         return pq.read_schema(path).names
     except (pa.ArrowException, OSError) as e:
-        raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file: {e}") from e
+        raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file ({e}); {_REPAIR}") from e
 
 
 def _read_table(path: Path, columns: Sequence[str] | None, what: str) -> pa.Table:
@@ -202,7 +247,7 @@ def _read_table(path: Path, columns: Sequence[str] | None, what: str) -> pa.Tabl
     try:
         return pq.read_table(path, columns=None if columns is None else list(columns))
     except (pa.ArrowException, OSError) as e:
-        raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file: {e}") from e
+        raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file ({e}); {_REPAIR}") from e
 
 
 @dataclass(frozen=True)
@@ -312,6 +357,8 @@ def load_metadata(
     root, repo_id = resolve_root(repo_id_or_path, revision=revision, progress=progress)
     info_path = root / "meta" / "info.json"
     info = _read_json(info_path)
+    if not isinstance(info, dict):
+        raise LeRobotFormatError(f"{info_path}: expected a JSON object, got {type(info).__name__}")
     version = info.get("codebase_version")
     if version not in SUPPORTED_VERSIONS:
         found = f"codebase_version {version!r}" if version else "no codebase_version (LeRobot before v2.0)"
@@ -319,13 +366,11 @@ def load_metadata(
             f"{info_path}: {found} is not supported; pirl reads LeRobot {', '.join(SUPPORTED_VERSIONS)} "
             "(lerobot's conversion scripts upgrade older datasets)"
         )
-    fps = float(_require(info, "fps", info_path))
-    features = _require(info, "features", info_path)
-    for key, ft in features.items():
-        _require(ft, "dtype", f"{info_path} features[{key!r}]", "field")
-        if "shape" not in ft:
-            raise LeRobotFormatError(f"{info_path}: feature {key!r} has no 'shape'")
-        ft["shape"] = [int(s) for s in ft["shape"]]
+    fps = _require(info, "fps", info_path)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise LeRobotFormatError(f"{info_path}: 'fps' must be a positive number, got {fps!r}")
+    fps = float(fps)
+    features = _check_features(_require(info, "features", info_path), info_path)
     video_keys = [k for k, ft in features.items() if ft["dtype"] == "video"]
     if version == "v3.0":
         tasks = _read_v3_tasks(root / V3_TASKS_PATH)
@@ -334,12 +379,15 @@ def load_metadata(
         tasks_path = root / "meta" / "tasks.jsonl"
         tasks = {}
         for row in _read_jsonl(tasks_path):
-            tasks[int(_require(row, "task_index", tasks_path))] = str(_require(row, "task", tasks_path))
+            tasks[_require_int(row, "task_index", tasks_path)] = str(_require(row, "task", tasks_path))
         episodes_path = root / "meta" / "episodes.jsonl"
         episodes = _read_jsonl(episodes_path)
         for row in episodes:
-            _require(row, "episode_index", episodes_path)
-            _require(row, "length", episodes_path)
+            where = f"{episodes_path} (episode {row.get('episode_index', '?')})"
+            row["episode_index"] = _require_int(row, "episode_index", where)
+            row["length"] = _require_int(row, "length", where)
+            if row["length"] < 0:
+                raise LeRobotFormatError(f"{where}: 'length' must be >= 0, got {row['length']}")
     episodes = sorted(episodes, key=lambda r: int(r["episode_index"]))
     stats_path = root / "meta" / "stats.json"
     stats = _read_json(stats_path) if stats_path.is_file() else None
@@ -414,53 +462,77 @@ def _column_to_numpy(table: pa.Table, key: str, shape: Sequence[int], path: Path
         if flat.size != n * want:
             got = flat.size // max(n, 1)
             raise LeRobotFormatError(
-                f"{path}: column {key!r} has {got} values per frame, info.json says shape {list(shape)}"
+                f"{path}: column {key!r} has {got} values per frame, but meta/info.json features[{key!r}] "
+                f"says shape {list(shape)}; make them agree"
             )
         return flat.reshape(n, *shape) if list(shape) != [1] else flat.reshape(n)
     flat = column.to_numpy(zero_copy_only=False)
     if list(shape) != [1]:
-        raise LeRobotFormatError(f"{path}: column {key!r} holds scalars, info.json says shape {list(shape)}")
+        raise LeRobotFormatError(
+            f"{path}: column {key!r} holds scalars, but meta/info.json features[{key!r}] says shape "
+            f"{list(shape)}; make them agree"
+        )
     return flat
 
 
-def _decode_image(cell: Mapping[str, Any] | bytes | None, root: Path, path: Path, key: str) -> np.ndarray:
+def _decode_image(
+    cell: Mapping[str, Any] | bytes | None, root: Path, path: Path, key: str, what: str
+) -> np.ndarray:
+    """One image cell (PNG/JPEG bytes, or a path to such a file); `what` names the frame for errors."""
+    source = f"{path} ({what})"
     if isinstance(cell, Mapping):
         data = cell.get("bytes")
         if data is None and cell.get("path"):
             image_path = Path(cell["path"])
             image_path = image_path if image_path.is_absolute() else root / image_path
+            if not image_path.is_file():
+                raise LeRobotFormatError(
+                    f"{source}: image column {key!r} refers to missing file {image_path}"
+                )
+            source = f"{image_path} ({what}, referred to by {path})"
             data = image_path.read_bytes()
     else:
         data = cell
     if data is None:
-        raise LeRobotFormatError(f"{path}: image column {key!r} has a frame with neither bytes nor path")
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"))
+        raise LeRobotFormatError(f"{source}: image column {key!r} has a frame with neither bytes nor path")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise LeRobotFormatError(f"{source}: image {key!r} cannot be decoded ({e}); {_REPAIR}") from e
 
 
 def decode_video_frames(
-    video_path: Path, timestamps: Sequence[float], tolerance_s: float = 1e-4
+    video_path: Path, timestamps: Sequence[float], tolerance_s: float = 1e-4, what: str = ""
 ) -> np.ndarray:
     """Frames of an mp4 at the given timestamps (seconds) as uint8 [N, H, W, 3].
 
     Seeks to the key frame before the first timestamp and decodes forward (lerobot's semantics);
-    a timestamp farther than `tolerance_s` from every decoded frame raises.
+    a timestamp farther than `tolerance_s` from every decoded frame raises. `what` (e.g. "episode 3,
+    'image'") is added to error messages after the file name.
     """
     import av
 
+    source = f"{video_path} ({what})" if what else str(video_path)
     if not video_path.is_file():
-        raise LeRobotFormatError(f"missing video file {video_path}")
+        raise LeRobotFormatError(f"missing video file {source}")
     try:
         with av.open(str(video_path)) as container:
-            return _decode_frames(container, video_path, timestamps, tolerance_s)
+            return _decode_frames(container, source, timestamps, tolerance_s)
     except av.error.FFmpegError as e:
-        raise LeRobotFormatError(f"{video_path} cannot be decoded: {e}") from e
+        raise LeRobotFormatError(f"{source} cannot be decoded ({_av_reason(e)}); {_REPAIR}") from e
+
+
+def _av_reason(error: Exception) -> str:
+    """PyAV's message without the file name it repeats."""
+    return getattr(error, "strerror", None) or str(error)
 
 
 def _decode_frames(
-    container: Any, video_path: Path, timestamps: Sequence[float], tolerance_s: float
+    container: Any, source: str, timestamps: Sequence[float], tolerance_s: float
 ) -> np.ndarray:
-    """`decode_video_frames` on an open PyAV container (seeks first, so it may be reused)."""
+    """`decode_video_frames` on an open PyAV container (seeks first, so it may be reused); `source`
+    names the file (and episode) in errors."""
     import av
 
     first, last = min(timestamps), max(timestamps)
@@ -476,16 +548,20 @@ def _decode_frames(
             if t >= last - tolerance_s:
                 break
     except av.error.FFmpegError as e:
-        raise LeRobotFormatError(f"{video_path} cannot be decoded: {e}") from e
+        raise LeRobotFormatError(f"{source} cannot be decoded ({_av_reason(e)}); {_REPAIR}") from e
     if not frames:
-        raise LeRobotFormatError(f"{video_path}: no frames decoded at timestamps {list(timestamps)}")
+        raise LeRobotFormatError(
+            f"{source}: no frames decoded at timestamps {list(timestamps)}; the file is truncated or "
+            f"does not match the data's timestamps: {_REPAIR}"
+        )
     times_arr = np.asarray(times)
     out = []
     for t in timestamps:
         i = int(np.argmin(np.abs(times_arr - t)))
         if abs(times_arr[i] - t) > tolerance_s:
             raise LeRobotFormatError(
-                f"{video_path}: no frame within {tolerance_s}s of timestamp {t:.4f}s (closest {times_arr[i]:.4f}s)"
+                f"{source}: no frame within {tolerance_s}s of timestamp {t:.4f}s (closest {times_arr[i]:.4f}s); "
+                "the video does not match the data's timestamps (re-encode it, or raise video_tolerance_s)"
             )
         out.append(frames[i].to_ndarray(format="rgb24"))
     return np.stack(out)
@@ -615,7 +691,9 @@ class LeRobotDataset:
                 names = set(parquet.schema_arrow.names)
                 table = parquet.read(columns=[k for k in keys if k in names])
             except (pa.ArrowException, OSError) as e:
-                raise LeRobotFormatError(f"{path} ({what}) is not a readable parquet file: {e}") from e
+                raise LeRobotFormatError(
+                    f"{path} ({what}) is not a readable parquet file ({e}); {_REPAIR}"
+                ) from e
             if self.meta.version == "v3.0" and "episode_index" not in names:
                 raise LeRobotFormatError(f"{path} ({what}): missing column 'episode_index'")
             footer = parquet.metadata
@@ -700,7 +778,7 @@ class LeRobotDataset:
                 offset = self.meta.video_from_timestamp(ep, key)
                 timestamps = [offset + float(self.columns["timestamp"][r]) for r in rows]
                 path = self.meta.video_path(ep, key)
-                images = self._video_frames(path, timestamps)
+                images = self._video_frames(path, timestamps, f"episode {ep}, {key!r}")
                 self._check_image_shape(images[0], key, path)
                 item[key] = images if key in frame_rows else images[0]
         if "task_index" in item:
@@ -714,7 +792,8 @@ class LeRobotDataset:
         want = tuple(shape) if list(names)[:1] != ["channels"] else (shape[1], shape[2], shape[0])
         if image.shape != want:
             raise LeRobotFormatError(
-                f"{path}: {key!r} frames decode to shape {image.shape}, info.json says {list(shape)}"
+                f"{path}: {key!r} frames decode to shape {image.shape}, but meta/info.json features[{key!r}] "
+                f"says shape {list(shape)}; make them agree"
             )
 
     def _parquet_image(self, ep: int, key: str, row_in_episode: int) -> np.ndarray:
@@ -726,7 +805,8 @@ class LeRobotDataset:
         cells = self._image_cache.get(
             (path, group, key), lambda: self._read_cells(path, footer, group, key, ep)
         )
-        image = _decode_image(cells[row - group_start], self.meta.root, path, key)
+        what = f"episode {ep}, frame {row_in_episode}"
+        image = _decode_image(cells[row - group_start], self.meta.root, path, key, what)
         self._check_image_shape(image, key, path)
         return image
 
@@ -739,29 +819,32 @@ class LeRobotDataset:
         try:
             column = pq.ParquetFile(path, metadata=footer).read_row_group(group, columns=[key]).column(key)
         except (pa.ArrowException, OSError) as e:
-            raise LeRobotFormatError(f"{path} (episode {ep}) is not a readable parquet file: {e}") from e
+            raise LeRobotFormatError(
+                f"{path} (episode {ep}) is not a readable parquet file ({e}); {_REPAIR}"
+            ) from e
         return column.to_pylist(), column.nbytes
 
-    def _video_frames(self, path: Path, timestamps: Sequence[float]) -> np.ndarray:
+    def _video_frames(self, path: Path, timestamps: Sequence[float], what: str) -> np.ndarray:
         """decode_video_frames on this thread's open container of `path` (opening an mp4 reads its
-        whole index: for a shared v3.0 file, more than the frames)."""
+        whole index: for a shared v3.0 file, more than the frames); `what` names the episode."""
         import av
 
         if not hasattr(self._videos, "open"):
             self._videos.open = collections.OrderedDict()
         containers = self._videos.open
+        source = f"{path} ({what})"
         container = containers.pop(path, None)
         if container is None:
             if not path.is_file():
-                raise LeRobotFormatError(f"missing video file {path}")
+                raise LeRobotFormatError(f"missing video file {source}")
             try:
                 container = av.open(str(path))
             except av.error.FFmpegError as e:
-                raise LeRobotFormatError(f"{path} cannot be decoded: {e}") from e
+                raise LeRobotFormatError(f"{source} cannot be decoded ({_av_reason(e)}); {_REPAIR}") from e
         containers[path] = container  # most recently used last
         while len(containers) > _OPEN_VIDEOS_PER_THREAD:
             containers.popitem(last=False)[1].close()
-        return _decode_frames(container, path, timestamps, self.video_tolerance_s)
+        return _decode_frames(container, source, timestamps, self.video_tolerance_s)
 
     def episode_columns(self, position: int, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """Whole numeric columns of the `position`-th selected episode: {key: [T, *shape]}."""

@@ -43,6 +43,8 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from pirl.errors import UserError
+
 Batch = dict[str, Any]
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,9 @@ class BatchLoader:
         rows: Sequence[int] | None = None,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise UserError(f"batch_size must be positive, got {batch_size}")
         if len(dataset) < batch_size:
-            raise ValueError(
+            raise UserError(
                 f"the dataset has {len(dataset)} frames, fewer than one batch of {batch_size}; lower the batch size"
             )
         self.dataset = dataset
@@ -256,7 +258,7 @@ class BatchLoader:
             k for k in ("global_batch_size", "seed", "shuffle", "dataset_frames") if saved[k] != current[k]
         ]
         if changed:
-            raise ValueError(
+            raise UserError(
                 f"{path}: the loader was saved with "
                 + ", ".join(f"{k}={saved[k]!r}" for k in changed)
                 + f", now {', '.join(f'{k}={current[k]!r}' for k in changed)}; resuming would not continue its "

@@ -9,6 +9,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
+from pirl.errors import UserError
 from pirl.models.lora import LoRAConfig
 
 GemmaVariant = Literal["dummy", "dummy_lora", "gemma_300m", "gemma_300m_lora", "gemma_2b", "gemma_2b_lora"]
@@ -133,8 +134,21 @@ class Pi0Config:
     """Activation / compute dtype; parameters are always stored in float32."""
     remat: bool = True
     """Recompute each scanned layer in the backward pass (openpi does; saves memory, costs compute)."""
+    lora_rank: int | None = None
+    """Rank of every LoRA adapter of the *_lora variants (None: the variant's own, 16 / 32 / 4)."""
+    lora_alpha: float | None = None
+    """LoRA scale numerator alpha of the *_lora variants (None: equal to the rank)."""
 
     def __post_init__(self):
+        if (self.lora_rank is not None or self.lora_alpha is not None) and not (
+            self.llm.lora_attn or self.expert.lora_attn
+        ):
+            raise UserError(
+                "lora_rank / lora_alpha need a LoRA variant: set paligemma_variant and/or "
+                "action_expert_variant to a *_lora one (e.g. gemma_2b_lora)"
+            )
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise UserError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if self.max_token_len is None:
             object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
         if self.discrete_state_input is None:
@@ -158,15 +172,24 @@ class Pi0Config:
         if self.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {self.dtype!r}")
 
+    def _with_lora(self, cfg: GemmaConfig) -> GemmaConfig:
+        if cfg.lora_attn is None or (self.lora_rank is None and self.lora_alpha is None):
+            return cfg
+        rank = self.lora_rank if self.lora_rank is not None else cfg.lora_attn.rank
+        lora = dataclasses.replace(
+            cfg.lora_attn, rank=rank, alpha=float(self.lora_alpha if self.lora_alpha is not None else rank)
+        )
+        return dataclasses.replace(cfg, lora_attn=lora, lora_ffn=lora)
+
     @property
     def llm(self) -> GemmaConfig:
         """Sizes of the PaliGemma LLM."""
-        return gemma_config(self.paligemma_variant)
+        return self._with_lora(gemma_config(self.paligemma_variant))
 
     @property
     def expert(self) -> GemmaConfig:
         """Sizes of the action expert."""
-        return gemma_config(self.action_expert_variant)
+        return self._with_lora(gemma_config(self.action_expert_variant))
 
     @property
     def siglip(self) -> SiglipConfig:

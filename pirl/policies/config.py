@@ -8,10 +8,15 @@ frozen). `FlowPolicyConfig.pi05()` and `FlowPolicyConfig.flow_noise()` give the 
 import dataclasses
 from typing import Literal
 
+from pirl.errors import UserError
+
 NoiseMethod = Literal["flow_sde", "flow_noise"]
 LogprobType = Literal["token_level", "action_level", "chunk_level"]
 
+ValueVlmMode = Literal["mean_token", "first_token", "last_token"]
+
 _NOISE_METHODS = ("flow_sde", "flow_noise")
+_VALUE_VLM_MODES = ("mean_token", "first_token", "last_token")
 _LOGPROB_TYPES = ("token_level", "action_level", "chunk_level")
 
 
@@ -41,6 +46,9 @@ class FlowPolicyConfig:
     """Attach a critic (value head) for PPO; False for GRPO (value outputs are then zeros)."""
     value_after_vlm: bool = False
     """Critic input: False = action-expert suffix output (π0); True = VLM prefix output (π0.5)."""
+    value_vlm_mode: ValueVlmMode = "mean_token"
+    """VLM critic input (RLinf's value_vlm_mode): mean over the valid prefix tokens, or the prefix's
+    first / last position."""
     value_head_hidden: tuple[int, ...] = (512, 256, 128)
     """ReLU hidden widths of the value head MLP ((1024, 512, 256) for π0.5)."""
     chunk_critic_input: bool = True
@@ -60,6 +68,8 @@ class FlowPolicyConfig:
             raise ValueError(f"noise_method must be one of {_NOISE_METHODS}, got {self.noise_method!r}")
         if self.logprob_type not in _LOGPROB_TYPES:
             raise ValueError(f"logprob_type must be one of {_LOGPROB_TYPES}, got {self.logprob_type!r}")
+        if self.value_vlm_mode not in _VALUE_VLM_MODES:
+            raise UserError(f"value_vlm_mode must be one of {_VALUE_VLM_MODES}, got {self.value_vlm_mode!r}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.noise_level < 0:

@@ -175,8 +175,12 @@ def _expert_value(
     return _value(params["value_head"], features)
 
 
-def _vlm_value(params: dict, cache: pi0.PrefixCache) -> Float[Array, " b"]:
-    """Critic on the VLM (π0.5): prefix output averaged over the valid image and prompt tokens."""
+def _vlm_value(params: dict, cache: pi0.PrefixCache, mode: str = "mean_token") -> Float[Array, " b"]:
+    """Critic on the VLM (π0.5): prefix output averaged over the valid image and prompt tokens
+    (mode 'mean_token'), or the prefix's first / last position ('first_token' / 'last_token')."""
+    if mode in ("first_token", "last_token"):
+        token = cache.prefix_out[:, 0 if mode == "first_token" else -1]
+        return _value(params["value_head"], token.astype(jnp.float32))
     weights = cache.prefix_mask.astype(jnp.float32)[..., None]
     pooled = jnp.sum(cache.prefix_out.astype(jnp.float32) * weights, axis=1)
     features = pooled / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
@@ -303,7 +307,7 @@ def sample(
     token_log_probs = jnp.mean(_scored(policy_cfg, per_step), axis=1)
 
     if policy_cfg.add_value_head and policy_cfg.value_after_vlm:
-        value = _vlm_value(params, cache)
+        value = _vlm_value(params, cache, policy_cfg.value_vlm_mode)
     else:
         value = jnp.mean(values, axis=0)
     return SampleOutput(
@@ -383,7 +387,7 @@ def log_prob_and_value(
     else:
         entropy = jnp.zeros((batch,), jnp.float32)
     if policy_cfg.add_value_head and policy_cfg.value_after_vlm:
-        value = _vlm_value(params, cache)
+        value = _vlm_value(params, cache, policy_cfg.value_vlm_mode)
     else:
         value = expert_values
     return aggregate_log_probs(token_log_probs, policy_cfg.logprob_type), entropy, value

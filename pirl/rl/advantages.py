@@ -29,7 +29,9 @@ Truncation
 A time-limit truncation is not a terminal state: with auto-reset, add γ·V(final_obs) to the reward
 of the truncated chunk (`bootstrap_truncated_rewards`, or the `truncated` / `final_values`
 arguments of `gae_advantages`); the done flag still cuts the recursion, since V_{k+1} belongs to the
-next episode.
+next episode. Without auto-reset the environment stays at its final observation, so V_{k+1} *is*
+V(final_obs): pass `terminations` (the dones that are true terminal states) and the value term is
+cut only by those, while the advantage recursion is still cut by every done.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def gae_advantages(
     truncated: Array | None = None,
     final_values: Array | None = None,
     valid_mask: Array | None = None,
+    terminations: Array | None = None,
 ) -> tuple[Array, Array]:
     """Generalised advantage estimation per chunk step (see the module docstring for conventions).
 
@@ -123,6 +126,10 @@ def gae_advantages(
       truncated: optional bool `[T, B, ...]`; with `final_values`, bootstraps truncated chunks.
       final_values: optional f32 `[T, B, ...]`, V(final_obs) of each truncated episode.
       valid_mask: optional bool `[T, B, ...]`; advantages and returns are zeroed where False.
+      terminations: optional bool `[T, B, ...]` (pirl layout): the dones after which the state has
+        no value; the bootstrap γ·V_{k+1} is cut by these only (default: by every done). Use it
+        when the environment does not reset, so V_{k+1} is the value of the truncated episode's
+        final observation.
 
     Returns:
       (advantages f32 `[T, B, ...]`, returns f32 `[T, B, ...]` = advantages + V_{0..T-1}).
@@ -149,17 +156,21 @@ def gae_advantages(
     if truncated is not None:
         rewards = bootstrap_truncated_rewards(rewards, truncated, jnp.asarray(final_values), gamma)
     not_done = 1.0 - _dones_per_step(dones, num_steps)
+    if terminations is None:
+        not_terminal = not_done
+    else:
+        not_terminal = 1.0 - _dones_per_step(terminations, num_steps)
 
     def backward_step(next_advantage, step):
-        reward, value, next_val, cont = step
-        delta = reward + gamma * next_val * cont - value
+        reward, value, next_val, cont, bootstrap = step
+        delta = reward + gamma * next_val * bootstrap - value
         advantage = delta + gamma * lam * cont * next_advantage
         return advantage, advantage
 
     _, advantages = lax.scan(
         backward_step,
         jnp.zeros_like(rewards[0]),
-        (rewards, values[:-1], values[1:], not_done),
+        (rewards, values[:-1], values[1:], not_done, not_terminal),
         reverse=True,
     )
     returns = advantages + values[:-1]

@@ -49,6 +49,11 @@ class EnvSpec:
     max_episode_steps (the success reward is paid as a difference, so it can be taken back)."""
     reward_coef: float = 1.0
     """Success reward (RLinf's reward_coef; its LIBERO-10 recipe uses 5)."""
+    use_rel_reward: bool = True
+    """RLinf's use_rel_reward: pay each control step's reward as the difference to the previous
+    step's (success paid once, the step penalty only on the first step); False: the absolute reward."""
+    use_step_penalty: bool = False
+    """RLinf's use_step_penalty: −1 per control step (see `use_rel_reward`)."""
     num_workers: int = 0
     """libero: simulator processes on each host (0 = one per CPU core, at most one per environment)."""
     pipeline_stage_num: int = 1
@@ -81,9 +86,10 @@ class AdvantageConfig:
     filter_bounds: tuple[float, float] = (0.1, 0.9)
     """GRPO: (low, high) bounds of the group mean score kept by `filter_rewards`."""
     normalize_advantages: bool = True
-    """Normalise advantages over the valid entries of a global step."""
+    """Normalise advantages over the valid transitions of a whole global step (all rollout epochs)."""
     bootstrap_on_truncation: bool = True
-    """Add γ·V(final obs) to the last reward of an episode cut by the time limit."""
+    """Bootstrap an episode cut by the time limit with γ·V(its final obs) (never a termination).
+    RLinf bootstraps only with env.auto_reset, so its recipes without auto-reset correspond to False."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +151,14 @@ class RLConfig:
     """Start from random weights instead of a checkpoint (tests and the CPU demo only)."""
     tokenizer_path: str | None = None
     """PaliGemma sentencepiece model; None = look inside the checkpoint's assets."""
+    recompute_logprobs: bool = False
+    """RLinf's recompute_logprobs: rescore the rollout's log-probs under the same params before the
+    update (pirl's rollout and update share params and precision, so it only removes the sampling
+    path's numeric differences, at the cost of one extra forward pass over the batch)."""
+    episode_loss_weighting: bool = True
+    """RLinf's loss_agg_func override: without env.auto_reset and env.ignore_terminations, weight each
+    sample's policy and value loss by max_episode_steps / its episode's length and take the mean over
+    all samples (every episode weighs the same); False: plain masked means."""
     delta_action_dims: int = 0
     """Leading action dims the checkpoint predicts relative to the state (openpi pi0_libero SFT: 6)."""
     norm_stats_path: str | None = None
@@ -204,10 +218,11 @@ class RLConfig:
         if env.backend not in ("mjx", "libero"):
             raise ValueError(f"env.backend must be 'mjx' or 'libero', got {env.backend!r}")
         if env.backend == "mjx":
-            if env.auto_reset or env.ignore_terminations or env.reward_coef != 1.0:
+            if env.auto_reset or env.ignore_terminations:
                 raise ValueError(
-                    "env.auto_reset / env.ignore_terminations / env.reward_coef are implemented by the libero "
-                    "backend only (--env.backend libero)"
+                    "env.auto_reset / env.ignore_terminations are implemented by the libero backend only "
+                    "(--env.backend libero): the MJX rollout starts fresh episodes every rollout and its "
+                    "episodes end on success"
                 )
             return
         from pirl.envs.libero_pool import EPISODE_LIMITS
@@ -239,6 +254,12 @@ class RLConfig:
             raise ValueError(
                 "GRPO groups share one reset state: use env.auto_reset=False with adv.adv_type='grpo'"
             )
+
+    @property
+    def episode_weights_active(self) -> bool:
+        """RLinf's per-episode loss weighting is on (`episode_loss_weighting`, episodes neither
+        auto-reset nor ignore terminations)."""
+        return self.episode_loss_weighting and not (self.env.auto_reset or self.env.ignore_terminations)
 
     @property
     def max_episode_steps(self) -> int:

@@ -19,8 +19,8 @@ reset draw, so nothing depends on the stage split or the number of workers; with
 `env.sample_micro_batch` neither do the numerics: trajectories are bit-identical across S.
 
 Episodes follow RLinf's LIBERO env: the official initial state, `settle_steps` no-ops, then chunks
-of `policy.action_chunk` actions. Per control step the reward is coef·(success_k − success_{k−1})
-(paid once, taken back if success is lost); terminated = success (never, with
+of `policy.action_chunk` actions. Per control step the reward is RLinf's (`rollout.control_step_reward`:
+by default coef·(success_k − success_{k−1}), paid once, taken back if success is lost); terminated = success (never, with
 `ignore_terminations`); truncated = `max_episode_steps` reached. A chunk's reward is the sum over its
 steps and it is done if a step terminated or truncated. Without `auto_reset` each rollout starts
 fresh episodes and an environment whose episode ended is not stepped again (its later steps repeat
@@ -474,7 +474,14 @@ class HostCollector:
                 for success in result.success:
                     ep.steps += 1
                     success = bool(success)
-                    reward += env_cfg.reward_coef * (float(success) - float(ep.prev_success))
+                    reward += rollout_lib.control_step_reward(
+                        float(success),
+                        float(ep.prev_success),
+                        float(ep.steps == 1),
+                        coef=env_cfg.reward_coef,
+                        rel=env_cfg.use_rel_reward,
+                        step_penalty=env_cfg.use_step_penalty,
+                    )
                     ep.prev_success = success
                     success_any |= success
                     terminated |= success and not ignore_terminations

@@ -11,16 +11,31 @@ Formulas (πRL, RLinf's code):
     ρ = exp(logp − logp_old);  L_π = mean(max(−A·ρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high)))
     V_clip = V_old + clip(V − V_old, ±c);  L_V = mean(max(Huber_δ(R − V), Huber_δ(R − V_clip)))
     loss = L_π + value_loss_coef·L_V − entropy_bonus·mean(H)
+
+Aggregation (RLinf's `loss_agg_func`): 'token-mean' is the masked mean over every broadcast
+element; 'seq-mean-token-mean' / 'seq-mean-token-sum' first take the masked mean / sum over the
+last axis, then the plain mean over the rest (for token-level log-probs RLinf's
+seq-mean-token-mean divides by its un-broadcast per-sample mask, i.e. by 1; pirl by the count of
+valid elements). With per-sample `weights` (RLinf's override when
+episodes neither auto-reset nor ignore terminations: weight = max_episode_steps / the sample's
+episode length) the policy and value terms become mean(x · mask · weight) over *all* elements
+(RLinf's `masked_mean_ratio`), so every episode weighs the same whatever its length.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from pirl.errors import UserError
+
 Array = jax.Array
+
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+_LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +54,12 @@ class PPOLossConfig:
     """Weight of the value loss in the total loss."""
     entropy_bonus: float = 0.0
     """β: the loss subtracts β × mean entropy (0.005 for Flow-Noise, 0 for Flow-SDE)."""
+    loss_agg_func: LossAgg = "token-mean"
+    """RLinf's loss aggregation of the policy loss (see the module docstring)."""
+
+    def __post_init__(self):
+        if self.loss_agg_func not in _LOSS_AGGS:
+            raise UserError(f"loss.loss_agg_func must be one of {_LOSS_AGGS}, got {self.loss_agg_func!r}")
 
 
 def expand_trailing(x: Array, ndim: int) -> Array:
@@ -58,6 +79,38 @@ def masked_mean(x: Array, mask: Array | None = None) -> Array:
     return (x * weight).sum() / jnp.maximum(weight.sum(), 1.0)
 
 
+def aggregate_loss(
+    x: Array, mask: Array | None = None, weights: Array | None = None, agg: LossAgg = "token-mean"
+) -> Array:
+    """RLinf's loss aggregation of per-element losses `x` (see the module docstring).
+
+    Args:
+      x: f32 `[N, ...]` per-element losses.
+      mask: optional bool `[N]` (or a prefix of x's shape), broadcast by trailing axes.
+      weights: optional f32 `[N]` per-sample weights; when given, the result is
+        mean(x · mask · weights) over all elements, whatever `agg` says (RLinf's override).
+      agg: 'token-mean', 'seq-mean-token-mean' or 'seq-mean-token-sum'.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    m = (
+        jnp.ones(x.shape, jnp.float32)
+        if mask is None
+        else expand_trailing(jnp.asarray(mask, jnp.float32), x.ndim)
+    )
+    m = jnp.broadcast_to(m, x.shape)
+    if weights is not None:
+        w = expand_trailing(jnp.asarray(weights, jnp.float32), x.ndim)
+        return jnp.mean(x * m * w)
+    if agg == "token-mean":
+        return masked_mean(x, mask)
+    token_sum = jnp.sum(x * m, axis=-1)
+    if agg == "seq-mean-token-sum":
+        return jnp.mean(token_sum)
+    if agg == "seq-mean-token-mean":
+        return jnp.mean(token_sum / jnp.maximum(jnp.sum(m, axis=-1), 1.0))
+    raise ValueError(f"unknown loss aggregation {agg!r}; use one of {_LOSS_AGGS}")
+
+
 def huber(error: Array, delta: float) -> Array:
     """Elementwise Huber loss: ½e² for |e| < δ, δ·(|e| − ½δ) beyond."""
     abs_error = jnp.abs(error)
@@ -72,6 +125,8 @@ def policy_loss(
     *,
     clip_ratio_low: float = 0.2,
     clip_ratio_high: float = 0.2,
+    weights: Array | None = None,
+    agg: LossAgg = "token-mean",
 ) -> tuple[Array, dict[str, Array]]:
     """PPO clipped surrogate loss.
 
@@ -82,6 +137,8 @@ def policy_loss(
       mask: optional bool, shape like `advantages`; False entries (steps after an episode ended,
         filtered GRPO groups) count neither in the loss nor in the metrics.
       clip_ratio_low, clip_ratio_high: ε_low, ε_high.
+      weights, agg: how the per-element losses are aggregated (`aggregate_loss`); the metrics
+        stay plain masked means.
 
     Returns:
       (scalar loss, metrics `train/actor/{policy_loss, ratio, clipped_ratio, approx_kl,
@@ -98,7 +155,7 @@ def policy_loss(
     clipped_ratio = jnp.clip(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * clipped_ratio
-    loss = masked_mean(jnp.maximum(loss_unclipped, loss_clipped), mask)
+    loss = aggregate_loss(jnp.maximum(loss_unclipped, loss_clipped), mask, weights, agg)
     sg = jax.lax.stop_gradient
     metrics = {
         "train/actor/policy_loss": sg(loss),
@@ -131,6 +188,7 @@ def value_loss(
     *,
     value_clip: float = 0.2,
     huber_delta: float = 10.0,
+    weights: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Clipped Huber value loss, max form: mean(max(Huber(R − V), Huber(R − V_clip))).
 
@@ -141,6 +199,8 @@ def value_loss(
       mask: optional bool `[N]` of valid samples.
       value_clip: c in V_clip = V_old + clip(V − V_old, ±c).
       huber_delta: δ of the Huber loss.
+      weights: optional f32 `[N]` per-sample weights (RLinf's `masked_mean_ratio`, see
+        `aggregate_loss`); None = the masked mean.
 
     Returns:
       (scalar loss, metrics `train/critic/{value_loss, value_clip_ratio, explained_variance}`;
@@ -156,9 +216,10 @@ def value_loss(
         )
     change = values - old_values
     values_clipped = old_values + jnp.clip(change, -value_clip, value_clip)
-    loss = masked_mean(
+    loss = aggregate_loss(
         jnp.maximum(huber(returns - values, huber_delta), huber(returns - values_clipped, huber_delta)),
         mask,
+        weights,
     )
     sg = jax.lax.stop_gradient
     metrics = {
@@ -180,6 +241,8 @@ def ppo_loss(
     old_values: Array | None = None,
     returns: Array | None = None,
     entropy: Array | None = None,
+    weights: Array | None = None,
+    critic_warmup: Array | bool = False,
 ) -> tuple[Array, dict[str, Array]]:
     """Total PPO (or, without values, GRPO) loss and its metrics.
 
@@ -192,6 +255,9 @@ def ppo_loss(
       entropy: optional f32, broadcastable against `logprobs` by trailing axes (e.g. per element for
         Flow-Noise); its masked mean is the `entropy_loss` metric and is weighted by
         `cfg.entropy_bonus` in the loss.
+      weights: optional f32 `[N]` per-sample loss weights (see `aggregate_loss`).
+      critic_warmup: (traced) bool; True drops the policy and entropy terms (RLinf's critic
+        warm-up: only the critic learns).
 
     Returns:
       (scalar loss, metrics: those of `policy_loss` and `value_loss` plus
@@ -204,20 +270,30 @@ def ppo_loss(
         mask,
         clip_ratio_low=cfg.clip_ratio_low,
         clip_ratio_high=cfg.clip_ratio_high,
+        weights=weights,
+        agg=cfg.loss_agg_func,
     )
+    actor_on = 1.0 - jnp.asarray(critic_warmup, jnp.float32)
+    loss = loss * actor_on
     critic_args = (values, old_values, returns)
     if any(a is not None for a in critic_args):
         if any(a is None for a in critic_args):
             raise ValueError("pass values, old_values and returns together (or none of them for GRPO)")
         critic_loss, critic_metrics = value_loss(
-            values, old_values, returns, mask, value_clip=cfg.value_clip, huber_delta=cfg.huber_delta
+            values,
+            old_values,
+            returns,
+            mask,
+            value_clip=cfg.value_clip,
+            huber_delta=cfg.huber_delta,
+            weights=weights,
         )
         loss = loss + cfg.value_loss_coef * critic_loss
         metrics |= critic_metrics
     if entropy is not None:
         entropy = jnp.asarray(entropy, jnp.float32)
         entropy_mean = masked_mean(entropy, mask)
-        loss = loss - cfg.entropy_bonus * entropy_mean
+        loss = loss - actor_on * cfg.entropy_bonus * entropy_mean
     else:
         entropy_mean = jnp.zeros((), jnp.float32)
     metrics["train/actor/entropy_loss"] = jax.lax.stop_gradient(entropy_mean)

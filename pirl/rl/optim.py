@@ -57,6 +57,9 @@ class OptimizerConfig:
     """Linear lr warm-up from 0 over this many optimizer steps (0: constant lr from the start)."""
     accumulate_steps: int = 1
     """> 1 wraps the optimizer in optax.MultiSteps: accumulate this many update() calls per step."""
+    critic_warmup_steps: int = 0
+    """RLinf's critic_warmup_steps: for this many first optimizer steps only the critic learns (the
+    policy and entropy terms of the loss are dropped)."""
 
 
 def _resolve(mask: Mask, params: PyTree, default: bool) -> PyTree:

@@ -7,6 +7,11 @@ out of the loss by `valid_step_mask`. The rollout records what PPO needs to resc
 transition: the raw env observation (uint8 images, state, task id), the denoise chain and its
 stochastic step, old log-probs and values, rewards and dones; plus the critic's value of the final
 observation, which bootstraps episodes cut by the time limit.
+
+Rewards follow RLinf's shaping (`EnvSpec.reward_coef`, `use_rel_reward`, `use_step_penalty`), per
+control step k of an episode: r_k = p + coef·s_k with p = −1 under the step penalty (else 0) and
+s_k = success; with `use_rel_reward` the agent gets r_k − r_{k−1} (r_0 = 0) instead, so success is
+paid once (and taken back if lost) and the step penalty only on the first step.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pirl.models.config import Pi0Config
 from pirl.policies import flow_policy
 from pirl.policies.config import FlowPolicyConfig
 from pirl.policies.env_io import EnvAdapter, env_obs_to_model, model_actions_to_env
+from pirl.rl.config import EnvSpec
 
 
 @flax.struct.dataclass
@@ -49,6 +55,29 @@ class Trajectory:
     """bool[T, B]: the task was accomplished within this chunk step."""
 
 
+def control_step_reward(
+    success: Any, prev_success: Any, first_step: Any, *, coef: float, rel: bool, step_penalty: bool
+) -> Any:
+    """RLinf's reward of one control step (see the module docstring); numpy or jax inputs."""
+    penalty = -1.0 if step_penalty else 0.0
+    if rel:
+        return coef * (success * 1.0 - prev_success * 1.0) + penalty * first_step
+    return penalty + coef * success * 1.0
+
+
+def shape_chunk_reward(
+    spec: EnvSpec, success_reward: Array, steps_before: Array, steps_after: Array
+) -> Array:
+    """Shaped reward of an MJX chunk from the env's own (1 on the step success is first reached, then
+    the episode terminates) and the episode's control-step counter before / after the chunk."""
+    executed = (steps_after - steps_before).astype(jnp.float32)
+    reward = spec.reward_coef * success_reward
+    if spec.use_step_penalty:
+        first = ((steps_before == 0) & (executed > 0)).astype(jnp.float32)
+        reward = reward - (first if spec.use_rel_reward else executed)
+    return reward
+
+
 @flax.struct.dataclass
 class RolloutOutput:
     """A rollout's trajectory, the bootstrap value after its last step, and its final env state."""
@@ -69,11 +98,13 @@ def rollout(
     model_cfg: Pi0Config,
     chunk_steps: int,
     mode: str = "train",
+    env_spec: EnvSpec | None = None,
 ) -> RolloutOutput:
     """Play `chunk_steps` chunk steps in every environment of the batched `env_state`.
 
     `env` provides the single-environment `chunk_step(state, actions[c, 7]) -> state`, batched
     here with `env.batched`. mode="eval" samples with the pure ODE (deterministic given the noise).
+    `env_spec` shapes the rewards (`shape_chunk_reward`); None keeps the env's success reward.
     """
     chunk_step = env.batched(env.chunk_step)
 
@@ -93,7 +124,16 @@ def rollout(
             denoise_index=out.denoise_index,
             log_probs=out.log_probs,
             values=out.value,
-            rewards=next_state.reward.astype(jnp.float32),
+            rewards=(
+                next_state.reward.astype(jnp.float32)
+                if env_spec is None
+                else shape_chunk_reward(
+                    env_spec,
+                    next_state.reward.astype(jnp.float32),
+                    state.info["step"],
+                    next_state.info["step"],
+                )
+            ),
             dones=next_state.done.astype(bool),
             successes=next_state.reward > 0,
         )

@@ -89,6 +89,7 @@ def synthetic_transitions(cfg: RLConfig, num: int, seed: int = 0) -> Transitions
         advantages=rng.normal(size=(num,)).astype(np.float32),
         returns=rng.normal(size=(num,)).astype(np.float32),
         mask=rng.random(num) > 0.1,
+        loss_weight=rng.uniform(1.0, 3.0, num).astype(np.float32),
     )
 
 

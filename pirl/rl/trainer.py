@@ -201,6 +201,7 @@ def build_programs(
                 policy_cfg=cfg.policy,
                 model_cfg=cfg.model,
                 chunk_steps=chunk_steps,
+                env_spec=cfg.env,
             )
             return None, update_lib.rollout_targets(cfg, out.trajectory, out.final_value)
 

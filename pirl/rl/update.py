@@ -40,6 +40,28 @@ class Transitions:
     returns: Float[Array, " n"]
     mask: Array
     """bool[N]: the transition belongs to a live episode (and, for GRPO, a kept group)."""
+    loss_weight: Float[Array, " n"]
+    """max_episode_steps / the length of the transition's episode (RLinf's per-episode loss
+    weighting, used when `RLConfig.episode_weights_active`; ones otherwise)."""
+
+
+def terminations_of(cfg: RLConfig, trajectory: Trajectory) -> Array:
+    """bool[T, B]: the dones that are true terminal states (success, unless `env.ignore_terminations`);
+    every other done is a time-limit truncation."""
+    if cfg.env.ignore_terminations:
+        return jnp.zeros(trajectory.dones.shape, bool)
+    return trajectory.dones & trajectory.successes
+
+
+def episode_loss_weights(cfg: RLConfig, valid: Array) -> Array:
+    """f32[T, B]: max_episode_steps / episode length in control steps (RLinf's `loss_mask_sum /
+    max_episode_steps` inverted), one per environment of a rollout whose episodes all start fresh.
+
+    The length is the episode's valid chunk steps × action_chunk (at most max_episode_steps): RLinf
+    counts the control steps up to the done itself, so a chunk cut short by success counts whole here."""
+    steps = valid.sum(axis=0).astype(jnp.float32) * cfg.policy.action_chunk
+    steps = jnp.clip(steps, 1.0, float(cfg.max_episode_steps))
+    return jnp.broadcast_to(cfg.max_episode_steps / steps, valid.shape)
 
 
 def compute_advantages(
@@ -52,7 +74,11 @@ def compute_advantages(
     the first done; with `env.auto_reset` every step is valid and the dones only cut the recursion
     (the rollout added γ·V(final obs) to the reward of chunks that ended by truncation). An episode
     still running after the last step was cut by the rollout length and is bootstrapped with the
-    critic's value of the final observation.
+    critic's value of the final observation. With `adv.bootstrap_on_truncation` and no auto-reset,
+    an episode that ended by the time limit is bootstrapped with the value of its final observation
+    (the next step's value: the environment stays there); terminations never are.
+
+    Advantages are not normalised here: `ppo_update` normalises them over the whole global step.
     """
     a = cfg.adv
     if cfg.env.auto_reset:
@@ -62,6 +88,9 @@ def compute_advantages(
     dones = trajectory.dones.astype(jnp.float32)
     if a.adv_type == "gae":
         next_value = final_value if a.bootstrap_on_truncation else jnp.zeros_like(final_value)
+        terminations = None
+        if a.bootstrap_on_truncation and not cfg.env.auto_reset:
+            terminations = terminations_of(cfg, trajectory)
         advantages, returns = adv_lib.gae_advantages(
             trajectory.rewards,
             trajectory.values,
@@ -70,6 +99,7 @@ def compute_advantages(
             lam=a.gae_lambda,
             next_value=next_value,
             valid_mask=valid,
+            terminations=terminations,
         )
     else:
         grpo = adv_lib.grpo_advantages(
@@ -81,8 +111,6 @@ def compute_advantages(
         )
         advantages, valid = grpo.advantages, grpo.mask
         returns = jnp.zeros_like(advantages)
-    if a.normalize_advantages:
-        advantages = adv_lib.normalize_advantages(advantages, valid)
     metrics = adv_lib.rollout_metrics(
         trajectory.rewards, advantages, returns if a.adv_type == "gae" else None, valid
     )
@@ -90,7 +118,7 @@ def compute_advantages(
 
 
 def flatten_transitions(
-    trajectory: Trajectory, advantages: Array, returns: Array, valid: Array
+    trajectory: Trajectory, advantages: Array, returns: Array, valid: Array, loss_weight: Array | None = None
 ) -> Transitions:
     """[T, B, ...] rollout leaves -> [T·B, ...] transitions."""
 
@@ -107,6 +135,7 @@ def flatten_transitions(
         advantages=flat(advantages),
         returns=flat(returns),
         mask=flat(valid),
+        loss_weight=flat(jnp.ones(valid.shape, jnp.float32) if loss_weight is None else loss_weight),
     )
 
 
@@ -126,13 +155,23 @@ def rollout_targets(
     traj, metrics, adv, ret, valid = compute_advantages(cfg, trajectory, final_value)
     if not cfg.env.auto_reset:
         metrics |= env_metrics(traj, cfg)
-    return flatten_transitions(traj, adv, ret, valid), metrics
+    weight = None
+    if cfg.episode_weights_active:
+        weight = episode_loss_weights(cfg, adv_lib.valid_step_mask(trajectory.dones))
+    return flatten_transitions(traj, adv, ret, valid, weight), metrics
 
 
 def ppo_loss_fn(
-    params: dict, batch: Transitions, *, cfg: RLConfig, adapter: EnvAdapter
+    params: dict,
+    batch: Transitions,
+    *,
+    cfg: RLConfig,
+    adapter: EnvAdapter,
+    critic_warmup: Array | bool = False,
 ) -> tuple[Array, dict[str, Array]]:
-    """PPO (GAE) or critic-free (GRPO) loss of one micro-batch, rescoring the stored chains."""
+    """PPO (GAE) or critic-free (GRPO) loss of one micro-batch, rescoring the stored chains.
+
+    `critic_warmup` (traced bool) drops the policy and entropy terms (`optim.critic_warmup_steps`)."""
     obs = env_obs_to_model(adapter, cfg.model, batch.env_obs, batch.task_id)
     log_probs, entropy, values = flow_policy.log_prob_and_value(
         params, cfg.policy, cfg.model, obs, batch.chain, batch.denoise_index
@@ -148,7 +187,36 @@ def ppo_loss_fn(
         old_values=batch.old_values if critic else None,
         returns=batch.returns if critic else None,
         entropy=entropy if cfg.policy.noise_method == "flow_noise" else None,
+        weights=batch.loss_weight if cfg.episode_weights_active else None,
+        critic_warmup=critic_warmup,
     )
+
+
+def normalize_step_advantages(cfg: RLConfig, batch: Transitions) -> Transitions:
+    """With `adv.normalize_advantages`: the advantages normalised over the valid transitions of the
+    whole global step (every rollout epoch together, as RLinf), invalid ones set to 0."""
+    if not cfg.adv.normalize_advantages:
+        return batch
+    return batch.replace(advantages=adv_lib.normalize_advantages(batch.advantages, batch.mask))
+
+
+def recompute_log_probs(params: dict, batch: Transitions, *, cfg: RLConfig, adapter: EnvAdapter) -> Array:
+    """Old log-probs of every transition rescored under `params` (RLinf's recompute_logprobs), in
+    micro-batches of `micro_batch_size` (sequential: one micro-batch's activations at a time)."""
+    num = batch.mask.shape[0]
+    micro = cfg.micro_batch_size or cfg.global_batch_size
+    micro = micro if num % micro == 0 else num
+
+    def one(mb):
+        obs = env_obs_to_model(adapter, cfg.model, mb.env_obs, mb.task_id)
+        log_probs, _, _ = flow_policy.log_prob_and_value(
+            params, cfg.policy, cfg.model, obs, mb.chain, mb.denoise_index
+        )
+        return log_probs
+
+    chunks = jax.tree.map(lambda x: x.reshape(num // micro, micro, *x.shape[1:]), batch)
+    out = lax.map(one, chunks)
+    return jax.lax.stop_gradient(out.reshape(num, *out.shape[2:]))
 
 
 def ppo_update(
@@ -166,8 +234,11 @@ def ppo_update(
 ) -> tuple[dict, Any, Array, dict[str, Array]]:
     """All optimizer steps of one global step; returns (params, opt_state, opt_step, mean metrics).
 
-    `batch_sharding`, when given, re-pins each shuffled minibatch to the mesh's batch axes so the
-    gather after the permutation does not leave it replicated.
+    First, with `adv.normalize_advantages`, the advantages are normalised over the valid transitions
+    of the whole global step (all rollout epochs), and with `recompute_logprobs` the old log-probs
+    are rescored under the current params. `batch_sharding`, when given, re-pins each shuffled
+    minibatch to the mesh's batch axes so the gather after the permutation does not leave it
+    replicated.
     """
     num = batch.mask.shape[0]
     mb_size = cfg.global_batch_size
@@ -176,13 +247,19 @@ def ppo_update(
     num_minibatches = num // mb_size
     num_micro = 1 if cfg.micro_batch_size is None else mb_size // cfg.micro_batch_size
 
-    def loss_fn(p, mb):
-        return ppo_loss_fn(p, mb, cfg=cfg, adapter=adapter)
+    batch = normalize_step_advantages(cfg, batch)
+    if cfg.recompute_logprobs:
+        batch = batch.replace(old_log_probs=recompute_log_probs(params, batch, cfg=cfg, adapter=adapter))
 
     def minibatch_step(carry, mb):
         params, opt_state, opt_step = carry
         if batch_sharding is not None:
             mb = jax.lax.with_sharding_constraint(mb, batch_sharding)
+        warmup = opt_step < cfg.optim.critic_warmup_steps
+
+        def loss_fn(p, mb):
+            return ppo_loss_fn(p, mb, cfg=cfg, adapter=adapter, critic_warmup=warmup)
+
         (_, metrics), grads = accumulate_gradients(
             loss_fn, params, mb, num_micro, trainable_mask=trainable_mask
         )

@@ -37,9 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
+from pirl.checkpoints import CheckpointMismatchError
 from pirl.data import configs as data_configs
 from pirl.data import transforms as T
 from pirl.data.normalize import NormStats, load_norm_stats
+from pirl.errors import UserError
 from pirl.models import pi0
 from pirl.models.config import Pi0Config
 from pirl.models.tokenizer import PaligemmaTokenizer, find_tokenizer, train_tiny_tokenizer
@@ -144,23 +146,39 @@ def load_pirl_run_params(step_dir: str | pathlib.Path) -> dict:
 
 
 def load_checkpoint_params(checkpoint: str | pathlib.Path, model_cfg: Pi0Config) -> dict:
-    """Model params from a checkpoint of any supported kind (see the module docstring)."""
-    from pirl.checkpoints import load_openpi_params, load_pytorch_params
+    """Model params from a checkpoint of any supported kind (see the module docstring), checked
+    against `model_cfg`'s parameter tree (`pi0.abstract_params`) with `pirl.checkpoints`' checker:
+    a missing, unexpected or mis-shaped parameter raises `CheckpointMismatchError` naming the first."""
+    from pirl.checkpoints import check_params_match, flatten_params, load_openpi_params, load_pytorch_params
 
     path = pathlib.Path(checkpoint).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise UserError(f"checkpoint {path} does not exist; pass a checkpoint directory or .safetensors file")
     if (path.is_file() and path.suffix == ".safetensors") or (
         path.is_dir() and any(path.glob("*.safetensors"))
     ):
         logger.info("loading openpi-PyTorch checkpoint %s", path)
         return load_pytorch_params(path, model_cfg)
+    expected = pi0.abstract_params(model_cfg)
     step_dir = find_pirl_step_dir(path)
-    if step_dir is not None:
-        logger.info("loading pirl run checkpoint %s", step_dir)
-        return load_pirl_run_params(step_dir)
-    logger.info("loading openpi JAX checkpoint %s", path)
-    return load_openpi_params(path, expected=pi0.abstract_params(model_cfg))
+    if step_dir is None:
+        logger.info("loading openpi JAX checkpoint %s", path)
+        return load_openpi_params(path, expected=expected)
+    logger.info("loading pirl run checkpoint %s", step_dir)
+    params = load_pirl_run_params(step_dir)
+    found, expected = flatten_params(params), flatten_params(expected)
+    check_params_match(
+        {k: tuple(v.shape) for k, v in expected.items()},
+        {k: tuple(np.shape(v)) for k, v in found.items()},
+        source=f"pirl checkpoint {step_dir}",
+    )
+    for key, value in found.items():  # the model computes in floating point; ints would be a wrong file
+        if not np.issubdtype(np.asarray(value).dtype, np.floating):
+            raise UserError(
+                f"pirl checkpoint {step_dir}: parameter '{key}' has dtype {np.asarray(value).dtype}, "
+                f"expected {expected[key].dtype} (or another float dtype) of shape {tuple(expected[key].shape)}"
+            )
+    return params
 
 
 def identity_norm_stats(state_dim: int, action_dim: int) -> dict[str, NormStats]:
@@ -294,10 +312,17 @@ class Policy:
         asset_roots = [path if path.is_dir() else path.parent]
         if step_dir is not None:
             asset_roots += [step_dir, pirl_run_dir(step_dir)]
-        if model_cfg is None and step_dir is not None:
-            model_cfg = read_run_model_config(step_dir)
-        model_cfg = model_cfg or model_config_for(config_name, data_cfg)
-        params = load_checkpoint_params(path, model_cfg)
+        if model_cfg is not None:
+            origin = "the model_cfg argument"
+        elif step_dir is not None and (model_cfg := read_run_model_config(step_dir)) is not None:
+            origin = f"{pirl_run_dir(step_dir) / 'config.json'}"
+        else:
+            model_cfg = model_config_for(config_name, data_cfg)
+            origin = f"the preset of --config-name {config_name!r}"
+        try:
+            params = load_checkpoint_params(path, model_cfg)
+        except CheckpointMismatchError as e:
+            raise UserError(f"{e} (The model config came from {origin}.)") from None
         tokenizer = PaligemmaTokenizer(
             tokenizer_path or _first_found(find_tokenizer, asset_roots), max_len=model_cfg.max_token_len
         )
@@ -306,7 +331,7 @@ class Policy:
             if norm_stats_path
             else _first_found(load_norm_stats, asset_roots)
         )
-        meta = {"checkpoint": str(path)}
+        meta = {"checkpoint": path.name}  # a name: clients need not learn the server's paths
         return cls(params, model_cfg, data_cfg, norm_stats, tokenizer, metadata=meta, **kwargs)
 
     @classmethod
@@ -397,13 +422,32 @@ class Policy:
                 raise InvalidRequestError(
                     f"{src!r} has shape {image.shape}; sides must be 1..{MAX_IMAGE_SIDE}"
                 )
-        state = np.concatenate([np.asarray(obs[k]).reshape(-1) for k in cfg.state_keys])
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = image.dtype == np.uint8 or np.all(np.isfinite(image.astype(np.float32)))
+            if not finite:
+                raise InvalidRequestError(f"{src!r} has values that are NaN, inf or beyond float32's range")
+        parts = []
+        for key in cfg.state_keys:
+            try:  # a ragged list cannot become an array
+                parts.append(np.asarray(obs[key]).reshape(-1))
+            except (ValueError, TypeError):
+                raise InvalidRequestError(
+                    f"{key!r} must be a flat array (or list) of {cfg.state_dim} numbers, got a ragged "
+                    f"{type(obs[key]).__name__}"
+                ) from None
+        state = np.concatenate(parts)
         if not np.issubdtype(state.dtype, np.number) or state.shape != (cfg.state_dim,):
             raise InvalidRequestError(
                 f"state {list(cfg.state_keys)} must be {cfg.state_dim} numbers, got shape {state.shape} dtype {state.dtype}"
             )
-        if not np.all(np.isfinite(state)):
-            raise InvalidRequestError(f"state {list(cfg.state_keys)} has non-finite values: {state}")
+        # The model computes in float32: a finite float64 such as 1e300 would become inf there.
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = np.flatnonzero(~np.isfinite(state.astype(np.float32)))
+        if bad.size:
+            raise InvalidRequestError(
+                f"state {list(cfg.state_keys)} has values that are NaN, inf or beyond float32's range "
+                f"(about ±3.4e38) at indices {bad[:8].tolist()}"
+            )
         if "prompt" in obs:
             prompt = obs["prompt"]
             if isinstance(prompt, np.ndarray) and prompt.ndim == 0:
@@ -421,9 +465,15 @@ class Policy:
         """Validate and transform one request into a model-ready sample (numpy, no batch axis)."""
         obs = self.validate(obs)
         try:
-            return self._input_transform(obs)
+            with np.errstate(over="ignore", invalid="ignore"):
+                sample = self._input_transform(obs)
         except (KeyError, ValueError, TypeError) as e:
             raise InvalidRequestError(f"cannot transform the observation: {e}") from e
+        if not np.all(np.isfinite(sample["state"])):
+            raise InvalidRequestError(
+                "state overflows float32 once normalised with the norm stats; check its units and range"
+            )
+        return sample
 
     # ------------------------------------------------------------------ inference
 
@@ -519,7 +569,7 @@ def policy_from_args(args: Any) -> Policy:
     if args.random_tiny:
         return Policy.random_tiny(args.config_name, seed=args.seed, num_steps=args.num_steps)
     if args.checkpoint is None:
-        raise SystemExit("error: pass --checkpoint DIR (or --random-tiny for a smoke test)")
+        raise UserError("pass --checkpoint DIR (or --random-tiny for a smoke test)")
     return Policy.from_checkpoint(
         args.checkpoint,
         args.config_name,

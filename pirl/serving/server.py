@@ -7,11 +7,22 @@ each request is one binary frame holding a msgpack dict whose numpy arrays are e
 the second request of a connection on). `GET /healthz` answers 200 "OK".
 
 Errors (pirl's choice, documented): a request that cannot be decoded or transformed (not msgpack,
-not a dict, missing keys, bad shapes, a text frame) gets a *text* frame "error: ..." back -- the
-openpi client raises it as RuntimeError -- and the connection stays open for the next request;
-other clients are never affected. A frame larger than `max_message_bytes` makes the websockets
-library close that connection with code 1009 (message too big). Model failures are sent the same
-way. A client that disconnects while its request is being computed is dropped silently.
+not a dict, missing keys, ragged lists, bad shapes or dtypes, NaN / inf / float32-overflowing
+values, a text frame) gets a one-line *text* frame "error [request <id>]: invalid request: ..." back
+-- the openpi client raises it as RuntimeError -- and the connection stays open for the next
+request; other clients are never affected. Replies are checked before sending: actions that are
+not finite are never sent (the client gets an error instead). Any other failure (a model or server
+bug) sends "error [request <id>]: internal server error ..." and logs the traceback under that
+request id; clients never see tracebacks or server paths. A client that disconnects while its
+request is being computed is dropped silently.
+
+Resource limits (`ServerConfig`): at most `max_connections` clients at once (more are closed with
+code 1013, try again later); a frame larger than `max_message_bytes` closes that connection with
+code 1009 (message too big); each connection buffers at most one further request while one is
+computed (the websockets receive queue holds one frame; TCP back-pressure holds the rest), so
+request memory stays below about max_connections x 4 x max_message_bytes; a client that sends no
+request for `idle_timeout_s` is closed (code 1000, reason "idle ..."). The metadata names the
+checkpoint, not its path.
 
 Concurrency: one asyncio event loop handles all connections; requests are validated and
 transformed in a thread pool, then a batcher task groups whatever requests are pending (up to
@@ -25,10 +36,11 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import http
+import itertools
 import logging
+import secrets
 import threading
 import time
-import traceback
 from typing import Any
 
 import msgpack
@@ -37,11 +49,13 @@ import websockets
 import websockets.asyncio.server as ws_server
 from openpi_client import msgpack_numpy
 
+from pirl.errors import UserError
 from pirl.serving.policy import InvalidRequestError, Policy
 
 logger = logging.getLogger(__name__)
 
 _ALLOWED_DTYPE_KINDS = "biuf"  # bool, int, uint, float: no objects, voids or complex
+_MAX_ERROR_CHARS = 300  # an error sent to a client is one line of at most this many characters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +66,23 @@ class ServerConfig:
     """Interface to bind (0.0.0.0 exposes the policy to the network)."""
     port: int = 8000
     """TCP port (0 picks a free one)."""
-    max_message_bytes: int = 32 * 2**20
+    max_message_bytes: int = 16 * 2**20
     """Largest accepted request frame; bigger frames close that connection with code 1009."""
+    max_connections: int = 16
+    """Most simultaneous client connections; further ones are closed with code 1013 (try again later)."""
+    idle_timeout_s: float = 600.0
+    """Close a connection that sends no request for this many seconds (0 disables)."""
     max_batch_size: int = 8
     """Most pending requests grouped into one model call."""
     preprocess_threads: int = 4
     """Threads that decode-validate-transform requests."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_connections", "max_message_bytes", "preprocess_threads"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.idle_timeout_s < 0:
+            raise UserError(f"idle_timeout_s must be >= 0 (0 disables it), got {self.idle_timeout_s}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,8 +142,6 @@ class PolicyServer:
     """Serves a `Policy` over websockets (see the module docstring)."""
 
     def __init__(self, policy: Policy, config: ServerConfig = ServerConfig()):
-        if config.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {config.max_batch_size}")
         self.policy = policy
         self.config = config
         self._metadata = packb(policy.metadata)
@@ -129,6 +152,9 @@ class PolicyServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
         self._thread: threading.Thread | None = None
+        self._open_connections = 0  # only touched on the event loop
+        self._connection_ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(2)  # tells this server's request ids from a previous run's
         self.port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -145,6 +171,7 @@ class PolicyServer:
                 self.config.port,
                 compression=None,
                 max_size=self.config.max_message_bytes,
+                max_queue=1,  # one request buffered per connection; TCP back-pressure beyond
                 process_request=_health_check,
             ) as server:
                 self._server = server
@@ -191,38 +218,70 @@ class PolicyServer:
 
     async def _handler(self, websocket: ws_server.ServerConnection) -> None:
         peer = websocket.remote_address
-        logger.info("connection from %s opened", peer)
-        loop = asyncio.get_running_loop()
-        prev_total_ms: float | None = None
+        if self._open_connections >= self.config.max_connections:
+            logger.warning("refusing %s: %d connections open (max_connections)", peer, self._open_connections)
+            await websocket.close(
+                1013, f"server busy: {self.config.max_connections} connections open; try again later"
+            )
+            return
+        self._open_connections += 1
+        conn_id = f"{self._id_prefix}-{next(self._connection_ids)}"
+        logger.info("connection %s from %s opened", conn_id, peer)
         try:
             await websocket.send(self._metadata)
-            while True:
-                message = await websocket.recv()
-                start = time.monotonic()
+            prev_total_ms: float | None = None
+            for n in itertools.count(1):
                 try:
-                    if isinstance(message, str):
-                        raise InvalidRequestError("requests must be binary msgpack frames, got a text frame")
-                    sample = await loop.run_in_executor(self._prep_pool, self._prepare, message)
-                    future = loop.create_future()
-                    await self._queue.put(_Pending(sample, future))
-                    t_infer = time.monotonic()
-                    output = await future
-                    output["server_timing"] = {"infer_ms": (time.monotonic() - t_infer) * 1000}
-                    if prev_total_ms is not None:
-                        output["server_timing"]["prev_total_ms"] = prev_total_ms
-                    reply = packb(output)
-                except InvalidRequestError as e:
-                    logger.warning("bad request from %s: %s", peer, e)
-                    await websocket.send(f"error: invalid request: {e}")
-                    continue
-                except Exception:  # model failure: report it, keep the connection
-                    logger.exception("inference failed for %s", peer)
-                    await websocket.send("error: inference failed:\n" + traceback.format_exc())
-                    continue
+                    message = await asyncio.wait_for(websocket.recv(), self.config.idle_timeout_s or None)
+                except TimeoutError:
+                    logger.info("connection %s idle for %ss: closing it", conn_id, self.config.idle_timeout_s)
+                    await websocket.close(
+                        1000, f"idle for {self.config.idle_timeout_s:g} s without a request"
+                    )
+                    return
+                start = time.monotonic()
+                reply = await self._answer(message, f"{conn_id}.{n}", prev_total_ms)
                 await websocket.send(reply)
-                prev_total_ms = (time.monotonic() - start) * 1000
+                if isinstance(reply, bytes):
+                    prev_total_ms = (time.monotonic() - start) * 1000
         except websockets.ConnectionClosed as e:
-            logger.info("connection from %s closed (%s)", peer, e)
+            logger.info("connection %s closed (%s)", conn_id, e)
+        finally:
+            self._open_connections -= 1
+
+    async def _answer(
+        self, message: str | bytes, request_id: str, prev_total_ms: float | None
+    ) -> str | bytes:
+        """The reply to one request: msgpack(output), or a one-line error text naming `request_id`
+        (the server log holds the details under that id)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if isinstance(message, str):
+                raise InvalidRequestError("requests must be binary msgpack frames, got a text frame")
+            sample = await loop.run_in_executor(self._prep_pool, self._prepare, message)
+            future = loop.create_future()
+            await self._queue.put(_Pending(sample, future))
+            t_infer = time.monotonic()
+            output = await future
+            _check_finite(output)
+            output["server_timing"] = {"infer_ms": (time.monotonic() - t_infer) * 1000}
+            if prev_total_ms is not None:
+                output["server_timing"]["prev_total_ms"] = prev_total_ms
+            reply = packb(output)
+        except InvalidRequestError as e:
+            logger.warning("request %s is invalid: %s", request_id, e)
+            return _error_text(request_id, f"invalid request: {e}")
+        except NonFiniteOutputError as e:
+            logger.error("request %s: %s", request_id, e)
+            return _error_text(
+                request_id,
+                "the policy produced non-finite actions; check that the observation is in the range "
+                "the policy was trained on",
+            )
+        except Exception:  # a bug, not the client's fault: the details stay in the server log
+            logger.exception("request %s failed", request_id)
+            return _error_text(request_id, "internal server error; the server log has the details")
+        return reply
 
     def _prepare(self, message: bytes) -> dict:
         return self.policy.prepare(unpackb(message))
@@ -249,6 +308,25 @@ class PolicyServer:
             for p, out in zip(batch, outputs, strict=True):
                 if not p.future.done():
                     p.future.set_result(out)
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The policy's output holds NaN or inf; it is never sent."""
+
+
+def _check_finite(output: dict) -> None:
+    for key, value in output.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise NonFiniteOutputError(f"output {key!r} has {bad} non-finite values of {value.size}")
+
+
+def _error_text(request_id: str, message: str) -> str:
+    """A client-facing error: one line, bounded length, naming the request id."""
+    line = " ".join(str(message).split())
+    if len(line) > _MAX_ERROR_CHARS:
+        line = line[: _MAX_ERROR_CHARS - 3] + "..."
+    return f"error [request {request_id}]: {line}"
 
 
 def _health_check(
