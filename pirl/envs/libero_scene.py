@@ -7,8 +7,8 @@ joint, actuator, site, camera and light, with the compiled masses and inertias, 
 geometry:
 
 - each object or fixture body: its collision geoms (LIBERO's boxes, or meshes) clustered into at most
-  `SceneConfig.boxes_per_body` groups, each group fitted by one box (upright: z kept, xy axes from
-  the group's principal direction);
+  `SceneConfig.boxes_per_body` groups, each group fitted by one box in the frame of its largest
+  member (a group of one keeps LIBERO's box);
 - robot links: one capsule per link fitted to the collision mesh; the hand and the two fingers: one
   box each fitted to their meshes; the fingertip pads: robosuite's own boxes;
 - the table: a plane at its top (the floor plane where a scene has no table collision);
@@ -60,6 +60,12 @@ class SceneConfig:
     cone: str = "pyramidal"
     """Friction cone. robosuite uses elliptic; in MJX's float32 solver the elliptic cone sent LIBERO's
     5-10 g objects flying (NaN within 20 control steps) where pyramidal settles them as MuJoCo C does."""
+    object_solref: tuple[float, float] = (0.02, 1.0)
+    """solref of object-object pairs ((0, 1) keeps the mix of LIBERO's geoms, 0.001 clamped to
+    2 timesteps). Some official initial states start objects interpenetrating (bowl and plate by
+    6.8 mm in LIBERO's own geometry, ~11 mm with the fitted boxes); at LIBERO's stiffness that
+    launched the plate 0.6-1.4 m in libero_spatial task 0 inits 2 and 3, at 0.02 they stay within
+    4-5 cm of where LIBERO settles them (docs/libero_mjx.md)."""
     max_geom_pairs: int = 64
     """MJX broad phase: most geom pairs of one type combination collided per step (nearest bounding
     spheres first; fixtures' large boxes crowd out object pairs at 24)."""
@@ -107,22 +113,6 @@ def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
     else:
         raise ValueError(f"cannot fit geom type {t}")
     return local @ _quat_to_mat(m.geom_quat[g]).T + m.geom_pos[g]
-
-
-def fit_upright_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Box around points, z axis kept vertical, x along the points' principal xy direction.
-
-    Returns (pos f64[3], quat f64[4] wxyz, half sizes f64[3]) in the points' frame.
-    """
-    xy = points[:, :2] - points[:, :2].mean(0)
-    cov = xy.T @ xy
-    w, v = np.linalg.eigh(cov)
-    ax = v[:, np.argmax(w)]
-    rot = np.array([[ax[0], -ax[1], 0.0], [ax[1], ax[0], 0.0], [0.0, 0.0, 1.0]])
-    local = points @ rot
-    lo, hi = local.min(0), local.max(0)
-    half = np.maximum(0.5 * (hi - lo), 5e-4)
-    return rot @ (0.5 * (lo + hi)), _mat_to_quat(rot), half
 
 
 def fit_box_in_frame(points: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -376,6 +366,8 @@ def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()
         fr = np.maximum(a.friction, b.friction)
         p.friction = np.array([fr[0], fr[0], fr[1], fr[2], fr[2]])
         p.solref = 0.5 * (a.solref + b.solref)
+        if a.kind == b.kind == "object" and cfg.object_solref[0] > 0:
+            p.solref = np.asarray(cfg.object_solref, np.float64)
         p.solimp = 0.5 * (a.solimp + b.solimp)
         p.margin = p.gap = 0.0
     opt = spec.option
