@@ -108,14 +108,17 @@ def bench_faithful(suite: str, num_envs: int, steps: int) -> dict:
     ]
     data = jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *datas))
     step = jax.jit(jax.vmap(lambda d, a: osc_control_step(cfg, idx, mx, d, a)))
-    actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 1, num_envs, 7), minval=-0.3, maxval=0.3)
+    actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 2, num_envs, 7), minval=-0.3, maxval=0.3)
     t0 = time.perf_counter()
+    # two untimed calls: the second compiles again (the first call's input arrays are committed
+    # differently from the step's own outputs, see docs/osc.md)
     data = step(data, actions[0])
+    data = step(data, actions[1])
     jax.block_until_ready(data)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for k in range(steps):
-        data = step(data, actions[k + 1])
+        data = step(data, actions[k + 2])
     jax.block_until_ready(data)
     dt = time.perf_counter() - t0
     return {
@@ -127,7 +130,7 @@ def bench_faithful(suite: str, num_envs: int, steps: int) -> dict:
         "steps": steps,
         "env_steps_per_s": round(num_envs * steps / dt, 2),
         "ms_per_batched_step": round(1000 * dt / steps, 2),
-        "first_call_s": round(compile_s, 1),
+        "first_two_calls_s": round(compile_s, 1),
         "finite": bool(jnp.isfinite(data.qpos).all()),
     }
 
