@@ -16,13 +16,14 @@ from pirl.envs import libero_scene as ls
 def test_fit_box_and_capsule_contain_their_points():
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(200, 3)) * np.array([0.05, 0.01, 0.02]) + np.array([0.1, -0.2, 0.3])
-    pos, quat, half = ls.fit_box(pts)
-    rot = np.zeros(9)
-    mujoco.mju_quat2Mat(rot, quat)
-    local = (pts - pos) @ rot.reshape(3, 3)
-    assert np.all(np.abs(local) <= half + 1e-9)
-    # tight: some point touches each face pair
-    assert np.allclose(np.abs(local).max(0), half, atol=1e-9)
+    q = np.array([0.9, 0.1, 0.3, 0.2])
+    for pos, quat, half in (ls.fit_box(pts), ls.fit_box_in_frame(pts, q / np.linalg.norm(q))):
+        rot = np.zeros(9)
+        mujoco.mju_quat2Mat(rot, quat)
+        local = (pts - pos) @ rot.reshape(3, 3)
+        assert np.all(np.abs(local) <= half + 1e-9)
+        # tight: some point touches each face pair
+        assert np.allclose(np.abs(local).max(0), half, atol=1e-9)
     pos, quat, radius, half_len = ls.fit_capsule(pts)
     rot = np.zeros(9)
     mujoco.mju_quat2Mat(rot, quat)

@@ -2,15 +2,18 @@
 
 `pirl.envs.build_libero` saves the MJCF MuJoCo compiled for a LIBERO task (robosuite's Panda,
 LIBERO's table, objects and fixtures, with their names and poses). As compiled it cannot run in MJX
-(hundreds of boxes and meshes, ~15k candidate collision pairs). `mjx_scene_model` keeps every body,
+(hundreds of boxes and meshes, ~15k candidate collision pairs). `mjx_scene_spec` (and `load_task`,
+which caches the compiled result) keeps every body,
 joint, actuator, site, camera and light, with the compiled masses and inertias, and replaces the
 geometry:
 
 - each object or fixture body: its collision geoms (LIBERO's boxes, or meshes) clustered into at most
-  `SceneConfig.boxes_per_body` groups, each group fitted by one box along its points' principal
-  axes (a group of one keeps LIBERO's box);
-- robot links: one capsule per link fitted to the collision mesh; the hand and the two fingers: one
-  box each fitted to their meshes; the fingertip pads: robosuite's own boxes;
+  `SceneConfig.boxes_per_body` groups, each group fitted by one box in the frame of its largest
+  member (a group of one keeps LIBERO's box);
+- robot: a capsule fitted to the collision mesh of each link in `SceneConfig.arm_contact_links`
+  (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: one box each
+  fitted to their meshes; the fingertip pads: robosuite's own boxes; other links and the mount do
+  not collide (they never reach the objects);
 - the table: a plane at its top (the floor plane where a scene has no table collision);
 - no visual meshes, textures or materials;
 - contacts only through explicit pairs (gripper x objects/fixtures/table, forearm x objects,
@@ -63,9 +66,9 @@ class SceneConfig:
     object_solref: tuple[float, float] = (0.02, 1.0)
     """solref of object-object pairs ((0, 1) keeps the mix of LIBERO's geoms, 0.001 clamped to
     2 timesteps). Some official initial states start objects interpenetrating (bowl and plate by
-    6.8 mm in LIBERO's own geometry, ~11 mm with the fitted boxes); at LIBERO's stiffness that
-    launched the plate 0.6-1.4 m in libero_spatial task 0 inits 2 and 3, at 0.02 they stay within
-    4-5 cm of where LIBERO settles them (docs/libero_mjx.md)."""
+    6.8 mm in LIBERO's own geometry, up to 15 mm with the fitted boxes); at LIBERO's stiffness that
+    launched objects 0.8-1.4 m in libero_spatial task 0 inits 2 and 3 (MuJoCo C), at 0.02 they stay
+    within 5 cm there in MuJoCo C, not yet in MJX (docs/libero_mjx.md)."""
     max_geom_pairs: int = 64
     """MJX broad phase: most geom pairs of one type combination collided per step (nearest bounding
     spheres first; fixtures' large boxes crowd out object pairs at 24)."""
@@ -113,6 +116,14 @@ def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
     else:
         raise ValueError(f"cannot fit geom type {t}")
     return local @ _quat_to_mat(m.geom_quat[g]).T + m.geom_pos[g]
+
+
+def fit_box_in_frame(points: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box around points with the axes of rotation `quat` (pos, quat, half sizes)."""
+    rot = _quat_to_mat(quat)
+    local = points @ rot
+    lo, hi = local.min(0), local.max(0)
+    return rot @ (0.5 * (lo + hi)), np.asarray(quat, np.float64), np.maximum(0.5 * (hi - lo), 5e-4)
 
 
 def fit_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -281,9 +292,11 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
                 g = members[0]
                 add(kind, _GEOM.mjGEOM_BOX, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"{j}")
                 continue
-            # principal-axes box: fewer interpenetrating official initial states than the largest
-            # member's frame (libero_spatial task 0: 22 vs 31 of 50 with > 3 mm; LIBERO's own: 8)
-            pos, quat, half = fit_box(np.concatenate([geom_points(m, g) for g in members]))
+            # in the largest member's frame: principal axes gave fewer initial overlaps in MuJoCo C
+            # (22 vs 31 of 50 states > 3 mm) but launched both bowls (0.2-0.3 m) at init 0 in MJX
+            pts = np.concatenate([geom_points(m, g) for g in members])
+            big = max(members, key=lambda g: np.prod(m.geom_size[g]))
+            pos, quat, half = fit_box_in_frame(pts, m.geom_quat[big])
             add(kind, _GEOM.mjGEOM_BOX, pos, quat, half, members[0], f"{j}")
     if not any(g.kind == "plane" for g in out):  # no table: objects stand on the floor
         floor = [g for g in range(m.ngeom) if m.geom_bodyid[g] == 0 and m.geom_type[g] == _GEOM.mjGEOM_PLANE]
