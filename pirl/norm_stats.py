@@ -24,6 +24,7 @@ from pirl.data import transforms as T
 from pirl.data.configs import DataConfig, get_data_config
 from pirl.data.lerobot import LeRobotDataset
 from pirl.data.normalize import NormStats, RunningStats, save_norm_stats, widen_small_ranges
+from pirl.errors import UserError, run_cli
 
 logger = logging.getLogger("pirl.norm_stats")
 
@@ -109,7 +110,11 @@ def main(
         overrides["repo_id"] = repo_id
     if asset_id is not None:
         overrides["asset_id"] = asset_id
-    data_cfg = dataclasses.replace(get_data_config(config_name), **overrides)
+    try:
+        base_cfg = get_data_config(config_name)
+    except KeyError as error:  # an unknown name: the message lists the valid ones
+        raise UserError(error.args[0]) from None
+    data_cfg = dataclasses.replace(base_cfg, **overrides)
     norm_stats = compute_norm_stats(data_cfg, max_frames=max_frames, seed=seed)
     norm_stats = {
         key: widen_small_ranges(key, s, min_std=min_std, min_quantile_range=min_quantile_range)
@@ -122,4 +127,4 @@ def main(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    tyro.cli(main)
+    run_cli(lambda: tyro.cli(main))

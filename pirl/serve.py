@@ -3,6 +3,7 @@
 Serves a checkpoint (openpi JAX orbax, openpi-PyTorch safetensors or a pirl run; auto-detected)
 over openpi's websocket protocol; `openpi_client.websocket_client_policy.WebsocketClientPolicy`
 connects unchanged. `--random-tiny` serves a tiny random-weight model (smoke tests, benchmarks).
+User errors exit 2 in one or two lines (`--debug` for the traceback).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 
 import tyro
 
+from pirl.errors import run_cli
 from pirl.serving.policy import batch_buckets, policy_from_args
 from pirl.serving.server import PolicyServer, ServerConfig
 
@@ -67,4 +69,4 @@ def main(args: ServeArgs) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(ServeArgs))
+    run_cli(lambda: main(tyro.cli(ServeArgs)))

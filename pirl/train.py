@@ -3,6 +3,10 @@
 The preset names come from `configs/` (`--help` lists them); every field of the chosen preset can be
 overridden on the command line, e.g. `python -m pirl.train pi0_libero_ppo --rl.update-epoch 2`.
 A mesh preset can be picked by name with `--mesh <name>` (see `configs/meshes.py`).
+
+A mistake the user can fix (a bad value, a missing file, a run directory that already holds another
+run's checkpoints) ends the command with a one- or two-line message and exit status 2; `--debug` (or
+PIRL_DEBUG=1) adds the traceback. SIGTERM saves an emergency checkpoint like Ctrl-C and exits 143.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def check_devices(config: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
+    """Parse, check and run (as a library call: exceptions propagate; `cli` is the command line)."""
     from pirl.distributed import multihost
 
     # Joins a multi-process job when the environment describes one (PIRL_*, SLURM, TPU pod).
@@ -84,5 +89,12 @@ def main(argv: Sequence[str] | None = None) -> Any:
     return run(config)
 
 
+def cli() -> Any:
+    """`python -m pirl.train`: `main` under `pirl.errors.run_cli` (user errors, --debug, SIGTERM)."""
+    from pirl.errors import run_cli
+
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -140,13 +140,15 @@ def test_batch_env_expert_rewards_and_auto_reset(spatial):
         if k == 2:  # the expert moved the arm: the controller follows actions
             assert float(jnp.abs(state.obs["state"][:, :3] - start_state[:, :3]).max()) > 0.03
         # reset_mode="same": a finished episode restarts; final_success tells how it ended.
-        solved |= np.asarray(state.done & state.info["final_success"])
+        finished = np.asarray(state.done & state.info["final_success"])
+        # Auto-reset: an env that just finished already holds its fresh episode (step counter 0).
+        assert (np.asarray(state.info["step"])[finished] == 0).all(), np.asarray(state.info["step"])
+        solved |= finished
         reward_total += np.asarray(state.reward)
         if solved.all():
             break
     assert solved.mean() >= 0.9, f"expert success {solved}"
     np.testing.assert_array_equal(reward_total, solved.astype(np.float64))  # sparse, paid once
-    assert int(state.info["step"][0]) == 0 or not solved[0]  # the solved env was auto-reset
     with pytest.raises(ValueError, match="actions must be"):
         fns["step"](state, jnp.zeros((3, 7)))
 

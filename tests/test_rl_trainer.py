@@ -8,6 +8,9 @@ persistent compilation cache: only the first run compiles; the resumed runs load
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +19,7 @@ from support import run_metrics
 
 from configs.rl import pi0_demo_cpu
 from pirl.envs import make_env
+from pirl.errors import run_cli
 from pirl.rl import trainer
 from pirl.rl.config import EnvSpec, WarmStartConfig
 
@@ -68,19 +72,22 @@ def test_interrupted_run_resumes_with_the_same_nextrun_metrics(env, tmp_path, mo
         == "3"
     )
 
-    # Interrupt the second run while it logs step 2 (before step 2's regular checkpoint is written):
-    # the emergency save must keep step 2's state, and --resume must carry on from it.
+    # SIGTERM (SLURM, preemption, `timeout`) the second run while it logs step 2, before step 2's
+    # regular checkpoint is written: as on Ctrl-C the emergency save must keep step 2's state, the
+    # command exit 143, and --resume carry on from it.
     original = trainer.MetricWriter.scalars
 
     def interrupting_scalars(self, metrics, step):
         if step == 2 and "train/actor/policy_loss" in metrics:
-            raise KeyboardInterrupt("simulated kill")
+            os.kill(os.getpid(), signal.SIGTERM)  # run_cli's handler raises in this (main) thread
         return original(self, metrics, step)
 
     monkeypatch.setattr(trainer.MetricWriter, "scalars", interrupting_scalars)
+    monkeypatch.setattr(sys, "argv", ["pirl.train"])
     cut = _config(tmp_path, "cut", total_steps=3)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train_rl(cut, env=env)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: trainer.train_rl(cut, env=env))
+    assert stop.value.code == 128 + signal.SIGTERM
     monkeypatch.setattr(trainer.MetricWriter, "scalars", original)
     run_dir = tmp_path / "runs" / "cut"
     assert (run_dir / "checkpoints" / "2").is_dir(), "the interrupted step's state was not saved"

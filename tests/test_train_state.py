@@ -11,7 +11,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from pirl.checkpoints.train_state import TrainStateCheckpointer
+from pirl.checkpoints.train_state import CheckpointRestoreError, TrainStateCheckpointer
 from pirl.distributed import mesh as mesh_lib
 
 
@@ -79,10 +79,13 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path):
     assert any(p.name.startswith("2.corrupt-") for p in tmp_path.iterdir())  # kept for inspection
     assert ckpt.save(2, make_state(2.0))  # the resumed run can write step 2 again
     ckpt.close()
-    # A structural mismatch is not corruption: the error is raised and nothing is renamed.
+    # A structural mismatch is not corruption: one error names the directory and every step tried,
+    # and nothing is renamed.
     ckpt = TrainStateCheckpointer(tmp_path)
-    with pytest.raises(Exception), pytest.warns(UserWarning):  # noqa: B017 (orbax's error type varies)
+    with pytest.raises(CheckpointRestoreError) as error:
         ckpt.restore_latest({"something": jnp.zeros(3)})
+    message = str(error.value)
+    assert str(tmp_path) in message and "[2, 1]" in message and "\n" not in message, message
     assert ckpt.all_steps() == [1, 2]
     ckpt.close()
 
@@ -92,7 +95,7 @@ KILL_DURING_SAVE = textwrap.dedent(
     import os, sys
     import jax.numpy as jnp
     from orbax.checkpoint._src.path import atomicity
-    from pirl.checkpoints.train_state import TrainStateCheckpointer
+    from pirl.checkpoints.train_state import CheckpointRestoreError, TrainStateCheckpointer
 
     ckpt = TrainStateCheckpointer(sys.argv[1])
     ckpt.save(1, {"w": jnp.ones((64,))})

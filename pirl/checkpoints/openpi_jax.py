@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from pirl.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 Params = dict[str, Any]
@@ -31,7 +33,7 @@ Shape = tuple[int, ...]
 _ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt", "checkpoint")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A checkpoint's keys or shapes differ from the expected parameter tree."""
 
 

@@ -17,6 +17,11 @@ Guarantees:
   unreadable newer steps are renamed to `<step>.corrupt-<unix time>` (kept for inspection, ignored
   by orbax) so the resumed run can save those step numbers again. If no step restores, the newest
   step's error is raised and nothing is renamed (e.g. a wrong `abstract_state` is not corruption).
+* Paths: a relative directory is resolved against the working directory when the checkpointer is
+  made (orbax accepts absolute paths only), so `runs/x/checkpoints` works like any other path.
+* Failures are short: a write that fails (disk full, no permission) raises `CheckpointWriteError`
+  naming the directory and the reason, and leaves every committed step in place; a resume where no
+  step can be read raises `CheckpointRestoreError` naming the directory and every step tried.
 
 Use from a training loop (the pattern that never loses work on an exception):
 
@@ -44,6 +49,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -53,10 +60,84 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
+from pirl.errors import UserError, debug_requested
+
 PyTree = Any
 log = logging.getLogger(__name__)
 
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, no permission, ...); committed steps are intact."""
+
+
+class CheckpointRestoreError(UserError):
+    """No checkpoint step of a directory could be restored."""
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:limit]
+
+
+# tensorstore reports an OS error inside its message: "...: No space left on device [os_error_code='28']".
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def _write_failure_reason(error: BaseException) -> str | None:
+    """'No space left on device' etc. when `error` (or its cause) is a filesystem write failure."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError) and error.errno is not None:
+            return os.strerror(error.errno)
+        match = _OS_ERROR_CODE.search(str(error))
+        if match:
+            return os.strerror(int(match.group(1)))
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+class _DropThreadDuplicates(logging.Filter):
+    """Orbax logs a failed background write with its full traceback from each thread involved, then
+    raises the same error in the caller's thread at the next save / wait, where `TrainStateCheckpointer`
+    turns it into one `CheckpointWriteError`: drop those duplicate traceback records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        duplicate = record.exc_info is not None and f"{os.sep}orbax{os.sep}" in record.pathname
+        return not duplicate or debug_requested([])
+
+
+def _quiet_orbax_thread_errors() -> None:
+    absl_log = logging.getLogger("absl")
+    if not any(isinstance(f, _DropThreadDuplicates) for f in absl_log.filters):
+        absl_log.addFilter(_DropThreadDuplicates())
+
+
 STATE_ITEM, METADATA_ITEM = "state", "metadata"
+
+
+def committed_steps(directory: str | Path) -> list[int]:
+    """The committed step numbers under a local checkpoint directory, ascending, read from the
+    directory listing alone (no orbax manager; [] when it does not exist)."""
+    path = Path(os.path.expanduser(str(directory)))
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def check_resume_matches(directory: str | Path, resume: bool, *, resume_flag: str, new_run_hint: str) -> None:
+    """Refuse (UserError) a fresh run over the committed checkpoints of an earlier one, and a resume
+    with nothing to resume, before anything is built; `new_run_hint` says how to start a new run."""
+    if "://" in str(directory):
+        return  # remote filesystems: orbax decides
+    steps = committed_steps(directory)
+    path = os.path.abspath(os.path.expanduser(str(directory)))
+    if resume and not steps:
+        raise UserError(f"{resume_flag}: there is no checkpoint to resume in {path}; drop {resume_flag} to start a new run")
+    if not resume and steps:
+        raise UserError(
+            f"{path} already holds checkpoints {steps} of an earlier run: pass {resume_flag} to continue "
+            f"it, or {new_run_hint} to start a new run beside it"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +188,8 @@ class TrainStateCheckpointer:
     ):
         """
         Args:
-          directory: where the step directories go (created if missing; local path or gs://...).
+          directory: where the step directories go (created if missing; local path, relative ones
+            resolved against the working directory now, or gs://...).
           max_to_keep: keep the newest N checkpoints (None keeps all).
           save_interval: `save` writes only on steps divisible by this (unless `force`).
           async_save: write in a background thread (False: `save` returns once committed).
@@ -116,8 +198,12 @@ class TrainStateCheckpointer:
             raise ValueError(f"save_interval must be >= 1; got {save_interval}")
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None; got {max_to_keep}")
-        self.directory = Path(directory) if "://" not in str(directory) else directory
+        if "://" in str(directory):
+            self.directory = directory
+        else:  # orbax refuses relative paths (the background writer would fail at the first save)
+            self.directory = Path(os.path.abspath(os.path.expanduser(str(directory))))
         self.save_interval = save_interval
+        _quiet_orbax_thread_errors()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             # Interval handled here, so a forced save (emergency, final) is never filtered out.
@@ -126,9 +212,14 @@ class TrainStateCheckpointer:
             cleanup_tmp_directories=True,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(
-            str(directory), options=options, item_names=(STATE_ITEM, METADATA_ITEM)
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                str(self.directory), options=options, item_names=(STATE_ITEM, METADATA_ITEM)
+            )
+        except OSError as error:
+            raise CheckpointWriteError(
+                f"cannot create the checkpoint directory {self.directory}: {error.strerror or error}"
+            ) from error
         self._last_started_step: int | None = None  # an async save may not be listed until committed
         self._closed = False
 
@@ -162,15 +253,35 @@ class TrainStateCheckpointer:
         if not force and step % self.save_interval:
             return False
         meta = {"step": step, "saved_at_unix": time.time(), **(metadata or {})}
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{STATE_ITEM: ocp.args.StandardSave(state), METADATA_ITEM: ocp.args.JsonSave(meta)}
-            ),
-            force=True,
-        )
+        self.wait()  # a failure of the previous (asynchronous) save is reported as that step's
+        with self._write_errors(step):
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE_ITEM: ocp.args.StandardSave(state), METADATA_ITEM: ocp.args.JsonSave(meta)}
+                ),
+                force=True,
+            )
         self._last_started_step = step
         return True
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None):
+        """Turn a filesystem failure of a save into one `CheckpointWriteError` naming the directory."""
+        try:
+            yield
+        except Exception as error:
+            reason = _write_failure_reason(error)
+            if reason is None:
+                raise
+            with contextlib.suppress(Exception):
+                self._manager.reload()  # orbax's in-memory list already dropped steps due for deletion
+            committed = self.all_steps()
+            kept = f"committed steps {committed} are intact" if committed else "no step was committed yet"
+            raise CheckpointWriteError(
+                f"could not write checkpoint step {step} in {self.directory}: {reason}; {kept}. "
+                "Free space or fix the permissions, then continue with --resume"
+            ) from error
 
     def emergency_save(self, step: int, state: PyTree, metadata: dict[str, Any] | None = None) -> bool:
         """Best-effort synchronous save for an exception path: never raises, waits for the commit."""
@@ -181,20 +292,23 @@ class TrainStateCheckpointer:
                 log.warning("saved an emergency checkpoint at step %d in %s", step, self.directory)
             return started
         except Exception as error:  # the original exception matters more than this one
-            log.error("emergency checkpoint at step %d failed: %r", step, error)
+            log.error("emergency checkpoint at step %d failed: %s", step, _first_line(error))
             return False
 
     def wait(self) -> None:
         """Block until the pending asynchronous save (if any) is committed."""
-        self._manager.wait_until_finished()
+        with self._write_errors(self._last_started_step):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Wait for pending saves and release the manager's resources (idempotent)."""
         if self._closed:
             return
-        self._manager.wait_until_finished()
-        self._manager.close()
         self._closed = True
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> TrainStateCheckpointer:
         return self
@@ -251,14 +365,15 @@ class TrainStateCheckpointer:
             try:
                 restored = self.restore(step, abstract_state, shardings)
             except Exception as error:
-                warnings.warn(
-                    f"checkpoint step {step} in {self.directory} could not be restored "
-                    f"({type(error).__name__}: {str(error)[:300]}); trying the previous one",
-                    stacklevel=2,
-                )
                 failures.append((step, error))
                 continue
             if failures:
+                for failed, error in failures:
+                    warnings.warn(
+                        f"checkpoint step {failed} in {self.directory} could not be restored "
+                        f"({type(error).__name__}: {_first_line(error)})",
+                        stacklevel=2,
+                    )
                 self._quarantine([s for s, _ in failures])
                 warnings.warn(
                     f"resumed from step {step}: newer step(s) {[s for s, _ in failures]} were unreadable "
@@ -267,7 +382,13 @@ class TrainStateCheckpointer:
                 )
             return restored
         if failures:
-            raise failures[0][1]
+            step, error = failures[0]
+            raise CheckpointRestoreError(
+                f"no checkpoint in {self.directory} could be restored (steps tried, newest first: "
+                f"{[s for s, _ in failures]}); step {step}: {type(error).__name__}: {_first_line(error, 200)}. "
+                "If the config changed since they were saved, resume with the original config, or start "
+                "a new run (--name)"
+            ) from error
         return None
 
     def _quarantine(self, steps: list[int]) -> None:

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from pirl.errors import UserError
+
 PyTree = Any
 
 AUTO_FSDP = "auto_fsdp"
@@ -130,13 +132,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
-    """Raise a ValueError naming `what` unless `batch_size` splits evenly over the mesh's batch axes."""
+    """Raise a UserError naming `what` unless `batch_size` splits evenly over the mesh's batch axes."""
     shards = math.prod(mesh.shape[a] for a in batch_axes(mesh))
     if batch_size % shards:
         layout = " x ".join(f"{a}={mesh.shape[a]}" for a in batch_axes(mesh))
         lower, upper = (batch_size // shards) * shards, (batch_size // shards + 1) * shards
         suggestion = f"{upper}" if lower == 0 else f"{lower} or {upper}"
-        raise ValueError(
+        raise UserError(
             f"{what} = {batch_size} is not divisible by the {shards} batch shards of the mesh "
             f"({layout}); set {what} to a multiple of {shards} (e.g. {suggestion}) or change the mesh"
         )

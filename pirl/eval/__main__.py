@@ -3,6 +3,8 @@
 Evaluates a checkpoint (openpi JAX, openpi-PyTorch or pirl run; auto-detected) with the same host
 `Policy` the server uses. Rerunning with the same `--out` resumes: finished episodes (in
 `<out>/episodes.jsonl`) are skipped. Writes results.json, results.md and videos/ under `--out`.
+User errors exit 2 in one or two lines (`--debug` for the traceback); SIGTERM closes the LIBERO
+worker processes before the command exits (status 143).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal
 
 import tyro
 
+from pirl.errors import UserError, run_cli
 from pirl.serving.policy import policy_from_args
 
 
@@ -72,7 +75,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(x.strip() for x in text.split(",") if x.strip())
     if not names:
-        raise SystemExit("error: --suites needs at least one suite")
+        raise UserError("--suites needs at least one suite, e.g. --suites libero_spatial")
     return names
 
 
@@ -121,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -14,6 +14,7 @@ import math
 from typing import Literal
 
 from pirl.distributed.mesh import MeshConfig
+from pirl.errors import UserError, check_at_least
 from pirl.models.config import Pi0Config
 from pirl.policies.config import FlowPolicyConfig
 from pirl.rl.losses import PPOLossConfig
@@ -183,6 +184,7 @@ class RLConfig:
     """Persistent XLA compilation cache (a re-run or --resume skips compiling); None = off."""
 
     def __post_init__(self):
+        self._check_counts()
         self._check_env()
         if self.rollout_epochs < 1 or self.update_epochs < 1 or self.total_steps < 0:
             raise ValueError("rollout_epochs and update_epochs must be >= 1 and total_steps >= 0")
@@ -211,6 +213,46 @@ class RLConfig:
                 f"a global step collects rollout_epochs*num_envs*chunk_steps = {self.rollout_epochs}*"
                 f"{self.env.num_envs}*{self.resolved_chunk_steps} = {self.transitions_per_step} transitions, "
                 f"which global_batch_size={self.global_batch_size} must divide"
+            )
+
+    def _check_counts(self) -> None:
+        """Every count and size of the config is in range, before any arithmetic divides by one
+        (the policy and model configs check their own)."""
+        env, ws = self.env, self.warm_start
+        check_at_least(
+            {
+                "env.num_envs": (env.num_envs, 1),
+                "env.image_size": (env.image_size, 1),
+                "env.max_episode_steps": (env.max_episode_steps, 1),
+                "env.num_workers": (env.num_workers, 0),
+                "env.pipeline_stage_num": (env.pipeline_stage_num, 1),
+                "env.settle_steps": (env.settle_steps, 0),
+                "env.sample_micro_batch": (env.sample_micro_batch, 1),
+                "adv.group_size": (self.adv.group_size, 1),
+                "warm_start.episodes_per_task": (ws.episodes_per_task, 0),
+                "warm_start.sft_steps": (ws.sft_steps, 0),
+                "warm_start.batch_size": (ws.batch_size, 1),
+                "warm_start.action_noise": (ws.action_noise, 0.0),
+                "rollout_epochs": (self.rollout_epochs, 1),
+                "chunk_steps": (self.chunk_steps, 1),
+                "update_epochs": (self.update_epochs, 1),
+                "global_batch_size": (self.global_batch_size, 1),
+                "micro_batch_size": (self.micro_batch_size, 1),
+                "total_steps": (self.total_steps, 0),
+                "delta_action_dims": (self.delta_action_dims, 0),
+                "eval_interval": (self.eval_interval, 0),
+                "eval_episodes": (self.eval_episodes, 1 if self.eval_interval else 0),
+                "video_interval": (self.video_interval, 0),
+                "save_interval": (self.save_interval, 0),
+                "keep_checkpoints": (self.keep_checkpoints, 1),
+            }
+        )
+        if any(i < 0 for i in env.task_ids + env.init_ids):
+            raise UserError(f"env.task_ids {env.task_ids} and env.init_ids {env.init_ids} must be >= 0")
+        if ws.sft_steps > 0 and ws.episodes_per_task == 0:
+            raise UserError(
+                f"warm_start.sft_steps={ws.sft_steps} needs demonstrations: set --warm-start.episodes-per-task "
+                "above 0, or --warm-start.sft-steps 0"
             )
 
     def _check_env(self) -> None:

@@ -4,6 +4,11 @@ Per global step: `collect` (jit: `rollout_epochs` rollouts from fresh resets →
 flat transitions, all on device) and `update` (jit: every PPO optimizer step of the step). Both are
 compiled once with the parameters FSDP-sharded and the environment / transition batch split over
 the mesh's batch axes. The host only loops, logs, evaluates, writes videos and saves checkpoints.
+
+Before any environment, tokenizer or compilation, `train_rl` checks the named files exist and the run
+directory matches `resume` (no fresh run over an earlier run's checkpoints, no resume from nothing);
+any exception (Ctrl-C, SIGTERM under `pirl.errors.run_cli`, a failed write) first saves an emergency
+checkpoint of the last completed step.
 """
 
 from __future__ import annotations
@@ -24,9 +29,15 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import pirl
-from pirl.checkpoints.train_state import TrainStateCheckpointer
+from pirl.checkpoints.train_state import (
+    CheckpointWriteError,
+    TrainStateCheckpointer,
+    check_resume_matches,
+    committed_steps,
+)
 from pirl.data.normalize import NormStats, load_norm_stats, save_norm_stats
 from pirl.distributed import mesh as mesh_lib
+from pirl.errors import UserError, disk_errors
 from pirl.logging.video import video_grid, write_video
 from pirl.logging.writer import MetricWriter, progress
 from pirl.models import pi0
@@ -68,7 +79,7 @@ def _id_pool(chosen: tuple[int, ...], count: int, field: str, limit: str) -> np.
     """`chosen` ids (all of 0..count-1 when empty), checked to lie in range; `limit` explains count."""
     ids = np.asarray(chosen or range(count), np.int32)
     if ids.min() < 0 or ids.max() >= count:
-        raise ValueError(f"env.{field} {tuple(ids.tolist())} out of range: {limit}")
+        raise UserError(f"env.{field} {tuple(ids.tolist())} out of range: {limit}")
     return ids
 
 
@@ -134,6 +145,70 @@ def load_norm_stats_for(cfg: RLConfig) -> dict[str, NormStats] | None:
 
 def _stats_json(stats: dict[str, NormStats] | None) -> dict | None:
     return None if stats is None else {k: v.to_json() for k, v in stats.items()}
+
+
+def check_paths(cfg: RLConfig) -> None:
+    """The files the config names exist, and a real preset has a checkpoint (UserError otherwise)."""
+    if cfg.init_checkpoint is None and not cfg.random_init:
+        raise UserError(
+            f"preset {cfg.name!r} fine-tunes an SFT checkpoint: pass --init-checkpoint /path/to/checkpoint "
+            "(a pirl or openpi orbax checkpoint dir, or a dir with model.safetensors), or --random-init for a smoke test"
+        )
+    for flag, value in (
+        ("--init-checkpoint", cfg.init_checkpoint),
+        ("--tokenizer-path", cfg.tokenizer_path),
+        ("--norm-stats-path", cfg.norm_stats_path),
+    ):
+        if value and "://" not in value and not Path(value).expanduser().exists():
+            raise UserError(f"{flag} {value} does not exist")
+
+
+def prepare_run_dir(cfg: RLConfig) -> Path:
+    """Create the run directory and write config.json, after refusing a fresh run over an earlier
+    run's checkpoints and a --resume with none; a fresh run sets the earlier run's logs aside."""
+    run_dir = Path(cfg.run_dir)
+    check_resume_matches(
+        run_dir / "checkpoints",
+        cfg.resume,
+        resume_flag="--resume",
+        new_run_hint="--name <new name> (or another --run-root)",
+    )
+    with disk_errors(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        earlier = [run_dir / d for d in ("tb", "videos") if (run_dir / d).exists()]
+        if not cfg.resume and earlier and jax.process_index() == 0:
+            # Logs of an earlier run that saved no checkpoint: kept, but not mixed with this run's.
+            aside = run_dir / f"previous-{int(time.time())}"
+            aside.mkdir()
+            for path in earlier:
+                path.rename(aside / path.name)
+            log.warning("moved the logs of an earlier run without checkpoints to %s", aside)
+        if cfg.resume and jax.process_index() == 0:
+            set_aside_metrics_after(
+                run_dir / "tb" / "metrics.jsonl", committed_steps(run_dir / "checkpoints")[-1]
+            )
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    return run_dir
+
+
+def set_aside_metrics_after(path: Path, step: int) -> int:
+    """Move the records of steps after `step` (logged after the last checkpoint by a run that was
+    killed) from metrics.jsonl to metrics.superseded.jsonl, so the resumed run's records of those steps
+    are the only ones; returns how many were moved."""
+    if not path.is_file():
+        return 0
+    keep, later = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            (later if json.loads(line).get("step", 0) > step else keep).append(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            later.append(line if line.endswith("\n") else line + "\n")
+    if later:
+        with open(path.with_name("metrics.superseded.jsonl"), "a", encoding="utf-8") as f:
+            f.writelines(later)
+        path.write_text("".join(keep))
+        log.warning("moved %d metric records of steps after checkpoint %d to %s", len(later), step, f.name)
+    return len(later)
 
 
 # ----------------------------------------------------------------------------- programs
@@ -349,19 +424,25 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
             "XLA_FLAGS turns XLA's CPU fusion emitters back on: MJX rollouts run many times slower "
             "on the CPU (see pirl/__init__.py); drop xla_cpu_use_fusion_emitters from XLA_FLAGS"
         )
-    if cfg.compilation_cache_dir:
-        cache_dir = Path(cfg.compilation_cache_dir).expanduser()
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    # Everything checkable is checked before an environment, a tokenizer or a compilation.
+    check_paths(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     mesh_lib.check_divisible(cfg.env.num_envs, mesh, what="env.num_envs")
     mesh_lib.check_divisible(cfg.global_batch_size, mesh, what="global_batch_size")
     if cfg.micro_batch_size is not None:
         mesh_lib.check_divisible(cfg.micro_batch_size, mesh, what="micro_batch_size")
+    run_dir = prepare_run_dir(cfg)
+    if cfg.compilation_cache_dir:
+        cache_dir = Path(cfg.compilation_cache_dir).expanduser()
+        with disk_errors(cache_dir):
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    with disk_errors(run_dir):
+        return _train(cfg, env, run_dir, mesh)
+
+
+def _train(cfg: RLConfig, env: Any | None, run_dir: Path, mesh: jax.sharding.Mesh) -> dict[str, float]:
     owns_env = env is None
     if env is None:
         env = make_rl_env(cfg)
@@ -497,8 +578,9 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
             bar.update(1)
         bar.close()
         ckpt.save(cfg.total_steps, state, {"name": cfg.name}, force=True)
-    except BaseException:
-        ckpt.emergency_save(completed, state, {"name": cfg.name})
+    except BaseException as error:
+        if not isinstance(error, CheckpointWriteError):  # a full disk would only fail again
+            ckpt.emergency_save(completed, state, {"name": cfg.name})
         raise
     finally:
         ckpt.close()

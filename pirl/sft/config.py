@@ -7,6 +7,7 @@ from typing import Any
 
 from pirl.data.configs import DataConfig, data_config_names, get_data_config
 from pirl.distributed.mesh import MeshConfig
+from pirl.errors import check_at_least
 from pirl.models.config import Pi0Config
 
 
@@ -76,6 +77,21 @@ class SFTConfig:
     """Show a progress bar."""
 
     def __post_init__(self):
+        check_at_least(
+            {
+                "batch_size": (self.batch_size, 1),
+                "num_steps": (self.num_steps, 0),
+                "lr": (self.lr, 0.0),
+                "warmup_steps": (self.warmup_steps, 0),
+                "decay_steps": (self.decay_steps, 0),
+                "num_workers": (self.num_workers, 0),
+                "log_interval": (self.log_interval, 1),
+                "save_interval": (self.save_interval, 1),
+                "eval_interval": (self.eval_interval, 0),
+                "val_batches": (self.val_batches, 1),
+                "keep_checkpoints": (self.keep_checkpoints, 1),
+            }
+        )
         if self.model.action_horizon != self.data.action_horizon:
             raise ValueError(
                 f"model.action_horizon ({self.model.action_horizon}) != data.action_horizon "

@@ -11,7 +11,8 @@ Data: each process reads only its rows of every global batch (those its devices 
 process. Checkpoints (`<checkpoint_dir>/<step>/`): `state` + `metadata` (params, opt state, EMA, rng,
 global loader position; resumable on any mesh), `loader/process_<i>-of-<n>.json` (each process's
 loader state) and, for RL presets and openpi tools, `params` (openpi's orbax layout; the EMA params
-when EMA is on) and `assets/<asset id>/norm_stats.json`.
+when EMA is on) and `assets/<asset id>/norm_stats.json`. `check_sft_run` refuses, before anything
+is built, missing files and a run without `resume` over an earlier run's checkpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,13 +31,19 @@ import numpy as np
 import optax
 
 from pirl.checkpoints.openpi_jax import load_openpi_params, merge_missing_params, save_openpi_params
-from pirl.checkpoints.train_state import TrainStateCheckpointer
+from pirl.checkpoints.train_state import (
+    CheckpointWriteError,
+    TrainStateCheckpointer,
+    check_resume_matches,
+    committed_steps,
+)
 from pirl.data.configs import asset_id_for, make_transforms_for_model
 from pirl.data.lerobot import LeRobotDataset, load_metadata
 from pirl.data.loader import BatchLoader, LoaderPosition, to_device
 from pirl.data.normalize import load_norm_stats, save_norm_stats
 from pirl.distributed import mesh as mesh_lib
 from pirl.distributed import multihost
+from pirl.errors import UserError, disk_errors
 from pirl.logging.writer import MetricWriter, progress
 from pirl.models import pi0
 from pirl.models.config import Pi0Config
@@ -292,8 +300,46 @@ def _val_loss(
     return float(np.mean(jax.device_get(losses))) if losses else float("nan")
 
 
+def check_sft_run(config: SFTConfig) -> None:
+    """What can be checked before a dataset, a model or a compilation (UserError otherwise): the
+    files the config names exist, and a run without --resume does not start over another run's
+    checkpoints. A fresh run sets an earlier run's logs (one that saved no checkpoint) aside."""
+    for flag, value in (
+        ("--tokenizer-path", config.tokenizer_path),
+        ("--init-checkpoint", config.init_checkpoint),
+        ("--norm-stats-dir", config.norm_stats_dir),
+    ):
+        if value and "://" not in value and not Path(value).expanduser().exists():
+            raise UserError(f"{flag} {value} does not exist")
+    if not config.resume:
+        check_resume_matches(
+            config.checkpoint_dir,
+            False,
+            resume_flag="--resume",
+            new_run_hint="another --checkpoint-dir (and --log-dir)",
+        )
+    norm_dir = config.norm_stats_dir or config.data.norm_stats_dir()
+    try:
+        load_norm_stats(Path(norm_dir).expanduser())
+    except FileNotFoundError as error:
+        raise UserError(f"{error} (or pass --norm-stats-dir)") from None
+    log_dir = Path(config.log_dir).expanduser()
+    fresh = not committed_steps(config.checkpoint_dir)
+    if fresh and log_dir.is_dir() and any(log_dir.iterdir()) and jax.process_index() == 0:
+        aside = log_dir.with_name(f"{log_dir.name}.previous-{int(time.time())}")
+        with disk_errors(log_dir):
+            log_dir.rename(aside)
+        log.warning("moved the logs of an earlier run without checkpoints to %s", aside)
+
+
 def train_sft(config: SFTConfig) -> dict[str, Any]:
     """Run SFT; returns {"step", "train_loss", "val_loss", "checkpoint_dir"} of the final state."""
+    check_sft_run(config)
+    with disk_errors(config.checkpoint_dir):
+        return _train_sft(config)
+
+
+def _train_sft(config: SFTConfig) -> dict[str, Any]:
     mesh = mesh_lib.make_mesh(config.mesh)
     mesh_lib.check_divisible(config.batch_size, mesh, what="batch_size")
     batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -377,9 +423,12 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
                 force=step == config.num_steps,
             )
             bar.update(1)
-    except BaseException:
-        if step > start_step and ckpt.emergency_save(
-            step, state, {"loader_position": data.train.position.to_dict()}
+    except BaseException as error:
+        # (not after a failed checkpoint write: a full disk would only fail again)
+        if (
+            not isinstance(error, CheckpointWriteError)
+            and step > start_step
+            and ckpt.emergency_save(step, state, {"loader_position": data.train.position.to_dict()})
         ):
             data.train.save_state(Path(ckpt.directory) / str(step))
         raise
