@@ -81,7 +81,8 @@ def test_rollout_targets_carry_episode_weights_only_when_rlinf_would():
     dones[1, 0] = dones[5, 1] = True
     traj = _trajectory(np.zeros((6, 2)), np.zeros((6, 2)), dones, np.zeros((6, 2)))
     on, _ = update_lib.rollout_targets(_cfg(), traj, jnp.zeros(2))
-    np.testing.assert_allclose(np.asarray(on.loss_weight)[:2], [3.0, 1.0])
+    # Env-major rows (env * T + t): env 0's episode lasts 2 of 6 steps (weight 6/2), env 1's all 6.
+    np.testing.assert_allclose(np.asarray(on.loss_weight).reshape(2, 6)[:, 0], [3.0, 1.0])
     assert _cfg().episode_weights_active
     assert not _cfg(episode_loss_weighting=False).episode_weights_active
     off, _ = update_lib.rollout_targets(_cfg(episode_loss_weighting=False), traj, jnp.zeros(2))
