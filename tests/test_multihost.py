@@ -39,8 +39,10 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 900) -> None:
         assert proc.returncode == 0, out[-4000:]
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 def test_two_processes_match_one_and_restore_elsewhere(tmp_path):
+    """Nightly: CI runs the real trainer on two processes (test_train_rl_on_two_processes); this
+    hand-built worker adds exact 1-vs-2-process equality of PPO/SFT steps and a cross-mesh restore."""
     # One process with 2 devices.
     single = _run(
         ["--out", str(tmp_path / "single.npz"), "--ckpt", str(tmp_path / "ckpt1")], subprocess_env(2)
