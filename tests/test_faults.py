@@ -174,7 +174,7 @@ def test_internal_errors_keep_their_traceback(monkeypatch):
         (["--eval-episodes", "0"], "eval_episodes must be >= 1, got 0"),
         (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1, got 0"),
         (["--env.max-episode-steps", "0"], "env.max_episode_steps must be >= 1, got 0"),
-        (["--warm-start.episodes-per-task", "0"], "warm_start.sft_steps=800 needs demonstrations"),
+        (["--warm-start.episodes-per-task", "0"], "warm_start.sft_steps=500 needs demonstrations"),
     ],
 )
 def test_bad_counts_are_refused_at_parse_time(argv, message, capsys):
