@@ -12,7 +12,7 @@ pirl before the first JAX computation):
   Eigen dot thunks): with YNNPACK's dot fusions on the intra-op thread pool, the compiled
   evaluation rollout of the demo stopped for good every 5-10 calls on a 2-core machine: every
   XLA thread idle in its pool, the caller waiting forever for the result (with or without async
-  dispatch). Measured with the repeated-evaluation harness described in docs/ARCHITECTURE.md.
+  dispatch); `benchmarks/eval_stall.py` measures it.
 """
 
 import os as _os
