@@ -320,6 +320,7 @@ def test_openpi_pytorch_checkpoint_trains_with_pi0_libero_delta_transform(mjx_en
         "28",
     ]
     argv += ["--model.action-horizon", "10", "--model.max-token-len", "16", "--model.dtype", "float32"]
+    argv += ["--model.frozen-dtype", "float32"]
     argv += ["--model.no-remat", "--model.image-keys", "base_0_rgb", "left_wrist_0_rgb"]
     argv += ["--policy.action-chunk", "2", "--policy.value-head-hidden", "32"]
     argv += [

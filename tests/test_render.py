@@ -217,7 +217,10 @@ def test_vmap_batch_matches_single(model, render_all, data):
     assert batched[0].shape == (2, len(CAMERAS), SIZE, SIZE, 3)
     for i, single_data in enumerate((data, moved)):
         for got, want in zip(batched, render_all(single_data), strict=True):
-            np.testing.assert_array_equal(got[i], np.asarray(want))
+            if np.issubdtype(got.dtype, np.floating):  # depth: XLA may fuse the batch differently
+                np.testing.assert_allclose(got[i], np.asarray(want), rtol=1e-5, atol=1e-5)
+            else:
+                np.testing.assert_array_equal(got[i], np.asarray(want))
     rgb = batched[0]
     assert not np.array_equal(rgb[0], rgb[1])  # the ball moved right in the top image
     red_cols = [np.nonzero((b[0, ..., 0] > 100) & (b[0, ..., 1] < 30))[1].mean() for b in rgb]
