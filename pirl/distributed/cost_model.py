@@ -133,6 +133,18 @@ def ppo_update_flops_per_sample(cfg: Pi0Config, *, joint_logprob_steps: int = 1)
     return {**parts, "total": sum(parts.values())}
 
 
+def rollout_flops_per_sample(cfg: Pi0Config, num_steps: int) -> dict[str, float]:
+    """FLOPs per environment of one policy call in a rollout (`flow_policy.sample`): one prefix
+    pass (SigLIP + LLM, the prefix attending to itself), then `num_steps` expert passes over the
+    suffix attending to the cached prefix. The value head is negligible and not counted."""
+    fwd = forward_flops(cfg, joint=False)
+    parts = {
+        "prefix_forward": fwd["siglip"] + fwd["llm_prefix"],
+        "expert_denoise": fwd["expert_suffix"] * num_steps,
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
 def sft_flops_per_sample(cfg: Pi0Config) -> dict[str, float]:
     """FLOPs per example of a full fine-tuning SFT step: forward, backward (2x), remat recompute (1x)."""
     fwd = sum(forward_flops(cfg, joint=True).values())
