@@ -169,9 +169,12 @@ def analyse(
     }
 
 
-def _compile(fn: Any, *args: Any) -> tuple[Any, float, float]:
+def _compile(fn: Any, mesh: Any, *args: Any) -> tuple[Any, float, float]:
+    import jax
+
     t0 = time.perf_counter()
-    lowered = fn.lower(*args)
+    with jax.set_mesh(mesh):  # activates the model's batch constraints (mesh.constrain_batch)
+        lowered = fn.lower(*args)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     return compiled, t1 - t0, time.perf_counter() - t1
@@ -286,7 +289,7 @@ def rl_rows(name: str, programs: list[str], sizes: tuple[int, ...] | None, opts:
                     cost_model.rollout_flops_per_sample(cfg.model, cfg.policy.num_steps)["total"] * envs
                 )
                 row.update(environments=envs, denoise_steps=cfg.policy.num_steps)
-            compiled, lower_s, compile_s = _compile(fn, *args)
+            compiled, lower_s, compile_s = _compile(fn, mesh, *args)
             row.update(lower_s=round(lower_s, 1), compile_s=round(compile_s, 1))
             row.update(
                 analyse(
@@ -361,7 +364,7 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
             out_shardings=(shardings, replicated),
             donate_argnums=0,
         )
-        compiled, lower_s, compile_s = _compile(fn, _abstract(state, shardings), batch)
+        compiled, lower_s, compile_s = _compile(fn, mesh, _abstract(state, shardings), batch)
         row.update(
             batch=b,
             params_gb=round(_nbytes(abstract) / GB, 2),
