@@ -102,12 +102,18 @@ def analyse(
     step_seconds: float | None,
     chip_name: str,
     mfu: float,
+    dump: str | None = None,
 ) -> dict:
-    """Memory, FLOP and collective figures of a compiled SPMD program (per device and per call)."""
+    """Memory, FLOP and collective figures of a compiled SPMD program (per device and per call);
+    `dump`: a file to write the optimized HLO text to."""
     from pirl.distributed import cost_model, hlo
 
     memory = compiled.memory_analysis()
     text = compiled.as_text()
+    if dump:
+        os.makedirs(os.path.dirname(dump) or ".", exist_ok=True)
+        with open(dump, "w") as f:
+            f.write(text)
     ops = hlo.collectives(text)
     counted = hlo.dot_flops(text)
     chip = cost_model.CHIPS[chip_name]
@@ -167,6 +173,10 @@ def analyse(
         if step_seconds is None
         else step_flops / (step_seconds * devices * chip.peak_flops),
     }
+
+
+def _dump_path(opts: dict, preset: str, program: str) -> str | None:
+    return None if not opts.get("dump_hlo") else os.path.join(opts["dump_hlo"], f"{preset}.{program}.hlo.txt")
 
 
 def _compile(fn: Any, mesh: Any, *args: Any) -> tuple[Any, float, float]:
@@ -299,6 +309,7 @@ def rl_rows(name: str, programs: list[str], sizes: tuple[int, ...] | None, opts:
                     step_seconds=opts["step_seconds"].get(prog),
                     chip_name=opts["chip"],
                     mfu=opts["mfu"],
+                    dump=_dump_path(opts, name, prog),
                 )
             )
         except Exception as error:  # e.g. the host runs out of memory: report it, go on
@@ -379,6 +390,7 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
                 step_seconds=opts["step_seconds"].get("sft"),
                 chip_name=opts["chip"],
                 mfu=opts["mfu"],
+                dump=_dump_path(opts, name, "sft"),
             )
         )
     except Exception as error:
@@ -421,6 +433,7 @@ def main() -> None:
     )
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the implied step time")
     parser.add_argument("--chip", default="h100", help="pirl.distributed.cost_model.CHIPS key")
+    parser.add_argument("--dump-hlo", default=None, help="folder to write each optimized HLO module to")
     args = parser.parse_args()
     step_seconds = {}
     for item in args.step_seconds:
@@ -428,7 +441,13 @@ def main() -> None:
         if prog not in PROGRAMS or not value:
             parser.error(f"--step-seconds takes PROGRAM=SECONDS with PROGRAM in {PROGRAMS}, got {item!r}")
         step_seconds[prog] = float(value)
-    opts = {"tree": _tree_id(), "step_seconds": step_seconds, "chip": args.chip, "mfu": args.mfu}
+    opts = {
+        "tree": _tree_id(),
+        "step_seconds": step_seconds,
+        "chip": args.chip,
+        "mfu": args.mfu,
+        "dump_hlo": args.dump_hlo,
+    }
     sizes = tuple(args.mesh_sizes) if args.mesh_sizes else None
     for name in args.presets:
         if name in SFT_PRESETS:
