@@ -1,14 +1,18 @@
-"""Reading compiled programs: the cross-device collectives of an optimized HLO module.
+"""Reading compiled programs: the cross-device collectives and the matmul FLOPs of an optimized
+HLO module, with every loop body counted as often as it runs.
 
 `collectives(compiled.as_text())` lists every all-gather / all-reduce / all-to-all /
-reduce-scatter / collective-permute with its per-device result shapes and bytes, so tests can
-assert that no transition-sized buffer crosses devices, and `benchmarks/full_scale.py` can report
-the traffic of the full-size programs without running them.
+reduce-scatter / collective-permute with its per-device result shapes, bytes and run count (the
+known trip counts of the loops around it), so tests can assert that no transition-sized buffer
+crosses devices, and `benchmarks/full_scale.py` can report the traffic of the full-size programs
+without running them. `dot_flops` counts the dot / convolution FLOPs per call: XLA's own
+`cost_analysis()` counts each while-loop body once (layer scans, micro-batch loops, ...).
 
 ```python
 compiled = jax.jit(step).lower(*abstract_args).compile()
 ops = collectives(compiled.as_text())
-largest = max((op.bytes for op in ops), default=0)
+moved = bytes_by_op(ops, executed=True)       # {"all-gather": bytes per call per device, ...}
+flops = dot_flops(compiled.as_text()).flops   # per device per call
 ```
 """
 
