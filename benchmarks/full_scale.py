@@ -50,7 +50,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pirl  # noqa: F401  (CPU flags before JAX starts)
 
 RL_PRESETS = ("pi0_libero_ppo", "pi0_libero_grpo", "pi05_libero_ppo", "pi05_libero_grpo")
-SFT_PRESETS = ("pi0_libero_sft", "pi05_libero_sft")
+"""RL presets whose update and rollout programs compile here (LIBERO: the rollout is `sample_stage`)."""
 PROGRAMS = ("update", "rollout", "sft")
 GB = 1e9
 
@@ -400,6 +400,9 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
 
 
 def main() -> None:
+    from configs import sft as sft_configs
+
+    sft_presets = tuple(sorted(sft_configs.presets()))  # every `<data config>_sft`
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -407,7 +410,7 @@ def main() -> None:
         "--presets",
         nargs="*",
         default=["pi0_libero_ppo"],
-        choices=RL_PRESETS + SFT_PRESETS,
+        choices=RL_PRESETS + sft_presets,
         help="presets to compile",
     )
     parser.add_argument(
@@ -450,7 +453,7 @@ def main() -> None:
     }
     sizes = tuple(args.mesh_sizes) if args.mesh_sizes else None
     for name in args.presets:
-        if name in SFT_PRESETS:
+        if name in sft_presets:
             rows = [sft_row(name, sizes, opts)] if "sft" in args.programs else []
         else:
             rows = rl_rows(name, [p for p in args.programs if p != "sft"], sizes, opts)
