@@ -328,6 +328,7 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
     from pirl.distributed import cost_model
     from pirl.distributed import mesh as mesh_lib
     from pirl.models import pi0
+    from pirl.policies import masks
     from pirl.sft import train as sft_train
 
     cfg = configs.get_preset(name)
@@ -336,7 +337,8 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
     try:
         replicated = mesh_lib.replicated(mesh)
         batch_sharding = mesh_lib.batch_sharding(mesh)
-        abstract = pi0.abstract_params(cfg.model)
+        # As pirl.sft.train: frozen leaves stored as model.frozen_dtype, EMA of the trainable ones.
+        abstract = sft_train.frozen_params_cast(cfg, pi0.abstract_params(cfg.model))
         mask = sft_train.trainable_mask(abstract, cfg.train_expert_only)
         tx = sft_train.make_optimizer(cfg, mask)
 
@@ -348,7 +350,7 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
                 "step": jnp.int32(0),
             }
             if cfg.ema_decay is not None:
-                state["ema_params"] = params
+                state["ema_params"] = masks.split_frozen(params, mask)[0]
             return state
 
         state = jax.eval_shape(make_state, abstract)
