@@ -36,10 +36,14 @@ def test_step_flops_follow_what_is_trained():
     assert ppo["prefix_forward"] == fwd["siglip"] + fwd["llm_prefix"]  # frozen: forward only
     assert ppo["expert_fwd_bwd"] == 3 * fwd["expert_suffix"]  # no remat in the tiny config
     remat = dataclasses.replace(TINY, remat=True)
-    assert cost_model.ppo_update_flops_per_sample(remat)["expert_fwd_bwd"] == 4 * fwd["expert_suffix"]
+    # Remat recomputes each layer's forward but its MLP down projection (XLA drops it as dead code).
+    expert = cost_model.ppo_update_flops_per_sample(remat)["expert_fwd_bwd"]
+    assert 3.5 * fwd["expert_suffix"] < expert < 4 * fwd["expert_suffix"]
     sft = cost_model.sft_flops_per_sample(remat)
-    assert sft["total"] == 4 * sft["forward"]
+    assert sft["total"] == 3 * sft["forward"] + sft["remat_recompute"]
+    assert 0.5 * sft["forward"] < sft["remat_recompute"] < sft["forward"]
     assert sft["forward"] == sum(cost_model.forward_flops(TINY, joint=True).values())
+    assert cost_model.sft_flops_per_sample(TINY)["remat_recompute"] == 0.0
 
 
 def test_memory_and_traffic_scale_with_the_mesh():

@@ -120,23 +120,61 @@ def forward_flops(cfg: Pi0Config, *, joint: bool, loop_bodies_once: bool = False
     }
 
 
+def remat_recompute_flops(cfg: Pi0Config, *, joint: bool, towers: tuple[str, ...]) -> float:
+    """FLOPs per sample the backward spends recomputing the rematerialised (scanned) layers of
+    `towers` ("siglip", "llm_prefix", "expert_suffix"): each layer's forward except its MLP down
+    projection, the layer's last matmul, whose output nothing in the backward needs (the layer
+    output is the next layer's saved input; the projection's own gradients need only its input).
+    XLA drops it as dead code. Patch embedding and projections outside the layer scans are saved,
+    not recomputed. 0 without `cfg.remat`."""
+    if not cfg.remat:
+        return 0.0
+    p, s = cfg.prefix_len, cfg.suffix_len
+    images, tokens = len(cfg.image_keys), cfg.tokens_per_image
+    vit = cfg.siglip
+    layers = {
+        "siglip": _siglip_flops(vit, tokens, images, cfg.llm.width)
+        - _siglip_flops(dataclasses.replace(vit, depth=0), tokens, images, cfg.llm.width)
+        - vit.depth * tokens * images * 2 * vit.width * vit.mlp_dim,
+        "llm_prefix": _gemma_flops(cfg.llm, p, p + s if joint else p)
+        - cfg.llm.depth * p * 2 * cfg.llm.width * cfg.llm.mlp_dim,
+        "expert_suffix": _gemma_flops(cfg.expert, s, p + s)
+        - cfg.expert.depth * s * 2 * cfg.expert.width * cfg.expert.mlp_dim,
+    }
+    return sum(layers[t] for t in towers)
+
+
 def ppo_update_flops_per_sample(cfg: Pi0Config, *, joint_logprob_steps: int = 1) -> dict[str, float]:
     """FLOPs per transition of the PPO rescoring + gradient with the VLM frozen (train_expert_only):
     the prefix runs forward only (no tangents reach frozen weights), the expert forward + backward
-    (2x) + the remat recompute (1x, when cfg.remat) for each rescored denoise step."""
+    (2x) + the remat recompute (`remat_recompute_flops`) for each rescored denoise step."""
     fwd = forward_flops(cfg, joint=False)
-    expert_factor = (4 if cfg.remat else 3) * joint_logprob_steps
+    recompute = remat_recompute_flops(cfg, joint=False, towers=("expert_suffix",))
     parts = {
         "prefix_forward": fwd["siglip"] + fwd["llm_prefix"],
-        "expert_fwd_bwd": fwd["expert_suffix"] * expert_factor,
+        "expert_fwd_bwd": (3 * fwd["expert_suffix"] + recompute) * joint_logprob_steps,
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+def rollout_flops_per_sample(cfg: Pi0Config, num_steps: int) -> dict[str, float]:
+    """FLOPs per environment of one policy call in a rollout (`flow_policy.sample`): one prefix
+    pass (SigLIP + LLM, the prefix attending to itself), then `num_steps` expert passes over the
+    suffix attending to the cached prefix. The value head is negligible and not counted."""
+    fwd = forward_flops(cfg, joint=False)
+    parts = {
+        "prefix_forward": fwd["siglip"] + fwd["llm_prefix"],
+        "expert_denoise": fwd["expert_suffix"] * num_steps,
     }
     return {**parts, "total": sum(parts.values())}
 
 
 def sft_flops_per_sample(cfg: Pi0Config) -> dict[str, float]:
-    """FLOPs per example of a full fine-tuning SFT step: forward, backward (2x), remat recompute (1x)."""
+    """FLOPs per example of a full fine-tuning SFT step: forward, backward (2x), and the remat
+    recompute of every tower's layers (`remat_recompute_flops`, about 0.7x forward)."""
     fwd = sum(forward_flops(cfg, joint=True).values())
-    return {"forward": fwd, "total": fwd * (4 if cfg.remat else 3)}
+    recompute = remat_recompute_flops(cfg, joint=True, towers=("siglip", "llm_prefix", "expert_suffix"))
+    return {"forward": fwd, "remat_recompute": recompute, "total": 3 * fwd + recompute}
 
 
 # ------------------------------------------------------------------------------ activations

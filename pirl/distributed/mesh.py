@@ -126,6 +126,29 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
 
 
+def constrain_batch(x: PyTree) -> PyTree:
+    """Pin the leading (batch) dim of every leaf of `x` to the batch axes of the mesh set around the
+    trace (`with jax.set_mesh(mesh):`), the rest replicated; a no-op without one, or for a leaf whose
+    batch dim does not split evenly.
+
+    Model code calls this on its activations so that, under FSDP, the partitioner gathers the
+    weights instead of gathering a micro-batch's activations and splitting the matmuls over the
+    weights' sharded dims (which all-reduces activations: see docs/scaling.md).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(mesh.axis_names)
+    shards = math.prod(mesh.shape[a] for a in axes)
+
+    def pin(leaf):
+        if leaf.ndim == 0 or leaf.shape[0] % shards:
+            return leaf
+        return jax.lax.with_sharding_constraint(leaf, PartitionSpec(axes))
+
+    return jax.tree.map(pin, x)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated sharding on `mesh`."""
     return NamedSharding(mesh, PartitionSpec())

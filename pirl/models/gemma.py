@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pirl.distributed.mesh import constrain_batch
 from pirl.models import lora
 from pirl.models.config import GemmaConfig
 
@@ -152,6 +153,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, xs, kv_cache, positions, mask, adarms_cond):
+        xs = constrain_batch(xs)  # samples stay split over the devices (see constrain_batch)
         normed, gates = [], []
         for i, (x, cond) in enumerate(zip(xs, adarms_cond, strict=True)):
             if x is None:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pirl.distributed.mesh import constrain_batch
 from pirl.models.config import SiglipConfig
 
 
@@ -38,6 +39,7 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, None]:
+        x = constrain_batch(x)  # images stay split over the devices (see constrain_batch)
         y = nn.LayerNorm(dtype=self.dtype)(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.cfg.num_heads,

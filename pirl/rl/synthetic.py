@@ -181,30 +181,54 @@ def make_ppo_update_setup(
     abstract = jax.eval_shape(init)
     shardings = mesh_lib.param_shardings(abstract, mesh, min_size=min_shard_size)
     placed = jax.jit(init, out_shardings=shardings)() if params is None else jax.device_put(params, shardings)
-    trainable = trainable_mask(abstract, cfg.policy, cfg.model)
-    value_mask = {k: jax.tree.map(lambda _, k=k: k == "value_head", v) for k, v in abstract.items()}
-    optimizer = make_optimizer(cfg.optim, trainable, value_mask)
-    opt_state = jax.jit(optimizer.init)(placed)
     adapter = toy_env_adapter(cfg)
-    batch_sharding = mesh_lib.batch_sharding(mesh)
+    program = ppo_update_program(cfg, abstract, adapter, mesh, shuffle_shards=shuffle_shards)
+    opt_state = jax.jit(program.optimizer.init)(placed)
+    return PPOUpdateSetup(
+        cfg=cfg,
+        mesh=mesh,
+        params=placed,
+        opt_state=opt_state,
+        trainable_mask=program.trainable_mask,
+        optimizer=program.optimizer,
+        adapter=adapter,
+        update=jax.jit(program.update),
+    )
 
+
+@dataclasses.dataclass(frozen=True)
+class PPOUpdateProgram:
+    """The unjitted `ppo_update` of a config with its optimizer (no arrays: works on abstract params)."""
+
+    trainable_mask: PyTree
+    """Python bools: True where the update trains the leaf."""
+    optimizer: optax.GradientTransformation
+    """AdamW (policy lr / value lr) + clipping + frozen masking."""
+    update: UpdateFn
+    """ppo_update with everything but (params, opt_state, opt_step, batch, rng) bound."""
+
+
+def ppo_update_program(
+    cfg: RLConfig,
+    abstract_params: PyTree,
+    adapter: EnvAdapter,
+    mesh: Mesh,
+    *,
+    shuffle_shards: int | None = None,
+) -> PPOUpdateProgram:
+    """The update of `cfg` on `mesh` for params shaped like `abstract_params` (ShapeDtypeStructs
+    suffice): shared by `make_ppo_update_setup` and `benchmarks/full_scale.py`, which compiles the
+    full-size program without allocating it."""
+    trainable = trainable_mask(abstract_params, cfg.policy, cfg.model)
+    value_mask = {k: jax.tree.map(lambda _, k=k: k == "value_head", v) for k, v in abstract_params.items()}
+    optimizer = make_optimizer(cfg.optim, trainable, value_mask)
     update = functools.partial(
         ppo_update,
         cfg=cfg,
         adapter=adapter,
         optimizer=optimizer,
         trainable_mask=trainable,
-        batch_sharding=batch_sharding,
+        batch_sharding=mesh_lib.batch_sharding(mesh),
         shuffle_shards=shuffle_shards,
     )
-
-    return PPOUpdateSetup(
-        cfg=cfg,
-        mesh=mesh,
-        params=placed,
-        opt_state=opt_state,
-        trainable_mask=trainable,
-        optimizer=optimizer,
-        adapter=adapter,
-        update=jax.jit(update),
-    )
+    return PPOUpdateProgram(trainable, optimizer, update)
