@@ -42,7 +42,7 @@ UNDER_LOW, UNDER_HIGH = 0.005, 0.10
 IN_BOX_Z_SLACK = 0.01
 """SiteObject.in_box: the box's lower z bound is lowered by this (m)."""
 GOAL_FILE = "goal.json"
-GOAL_FORMAT = 1
+GOAL_FORMAT = 2
 
 
 # ----------------------------------------------------------------------------- spec from LIBERO
@@ -77,7 +77,8 @@ def _refine(fn, edge: float, rising: bool) -> float:
     return 0.5 * (a + b)
 
 
-def _joint_interval(fn) -> list[float]:
+def joint_interval(fn) -> list[float]:
+    """(lo, hi) with LIBERO's threshold function `fn(q)` true exactly for lo < q < hi (to 1e-9)."""
     lo, hi = _interval(fn)
     if math.isfinite(lo):
         lo = round(_refine(fn, lo, rising=True), 9)
@@ -133,7 +134,7 @@ def goal_spec(env: Any) -> dict:
                     "kind": "joints",
                     "mode": "any" if pred in ("open", "turnon") else "all",
                     "joints": joints,
-                    "intervals": [_joint_interval(fn) for _ in joints],
+                    "intervals": [joint_interval(fn) for _ in joints],
                 }
             )
             continue
@@ -146,14 +147,24 @@ def goal_spec(env: Any) -> dict:
         obj_contact = _contact_bodies(env, env.get_object(term[1]))
         if isinstance(b, SiteObjectState):
             site = env.object_sites_dict[term[2]]
-            entry = {"term": term, "site": term[2], "size": [float(x) for x in site.size], "obj_body": obj_body}
+            entry = {
+                "term": term,
+                "site": term[2],
+                "size": [float(x) for x in site.size],
+                "obj_body": obj_body,
+            }
+            parent = env.get_object(b.parent_name) if b.parent_name else None
+            if site.joints and hasattr(parent, "is_open"):
+                # not part of the predicate: how to open the part holding the site (a drawer), for tests
+                # that place objects there (place_for_goal)
+                entry["open_joints"] = list(site.joints)
+                entry["open_intervals"] = [joint_interval(parent.is_open) for _ in site.joints]
             if pred == "in":
                 entry["kind"] = "site_in"
             elif not hasattr(site, "under"):
                 entry["kind"] = "true"
             else:
                 entry["kind"] = "site_on"
-                parent = env.get_object(b.parent_name)
                 entry["contact"] = None if parent is None else [_contact_bodies(env, parent), obj_contact]
             terms.append(entry)
             continue
@@ -184,7 +195,9 @@ def ensure_goal_spec(suite: str, task_id: int, cache: str | None = None) -> dict
     try:
         env, _ = make_libero_env(suite, task_id)
     except ImportError as e:
-        raise UserError(f"{suite} task {task_id}'s goal facts are not cached and need the `libero` extra ({e})") from e
+        raise UserError(
+            f"{suite} task {task_id}'s goal facts are not cached and need the `libero` extra ({e})"
+        ) from e
     try:
         env.seed(BUILD_SEED)
         np.random.seed(BUILD_SEED)
@@ -241,6 +254,11 @@ def compile_goal(spec: dict, m: mujoco.MjModel) -> GoalProgram:
             r["site"] = _id(m, mujoco.mjtObj.mjOBJ_SITE, t["site"])
             r["size"] = np.array(t["size"], np.float64)
             r["obj"] = body(t["obj_body"])
+            if "open_joints" in t:
+                r["open_qpos"] = np.array(
+                    [m.jnt_qposadr[_id(m, mujoco.mjtObj.mjOBJ_JOINT, j)] for j in t["open_joints"]], np.int32
+                )
+                r["open_intervals"] = np.array(t["open_intervals"], np.float64).reshape(-1, 2)
             contact = t.get("contact")
             if contact is not None:
                 r["contact"] = (_geom_mask(m, contact[0]), _geom_mask(m, contact[1]))
@@ -281,7 +299,7 @@ def view_mujoco(m: mujoco.MjModel, d: mujoco.MjData) -> SimView:
 
 def view_mjx(data: Any) -> SimView:
     """SimView of mjx.Data (collision run, e.g. after mjx.step / mjx.forward)."""
-    c = data.contact
+    c = data._impl.contact  # MJX 3.17 deprecates data.contact and has no other public accessor
     return SimView(data.qpos, data.xpos, data.site_xpos, data.site_xmat, c.geom, c.dist < 0.0)
 
 
@@ -351,31 +369,54 @@ def _free_qpos_adr(m: mujoco.MjModel, body: int) -> int:
     raise ValueError(f"body {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, body)} has no free joint")
 
 
+def _set_joint_into(m: mujoco.MjModel, d: mujoco.MjData, adr: int, lo: float, hi: float) -> None:
+    """Joint at qpos[adr] to the middle of (lo, hi) within its range."""
+    j = int(np.where(m.jnt_qposadr == adr)[0][0])
+    jlo, jhi = m.jnt_range[j] if m.jnt_limited[j] else (-np.inf, np.inf)
+    a, b = max(lo, jlo), min(hi, jhi)
+    a, b = (a if np.isfinite(a) else b - 0.5), (b if np.isfinite(b) else a + 0.5)
+    d.qpos[adr] = 0.5 * (a + b)
+
+
 def place_for_goal(m: mujoco.MjModel, d: mujoco.MjData, program: GoalProgram, lift: float = 0.03) -> None:
-    """Move the state towards the goal, as a test would by hand (mj_forward current): articulated
-    joints into their goal interval; each goal object `lift` m above where its term wants it (the
-    site's centre for `in`, the site's top for `on` a site, the reference body for `on` an object),
-    to be dropped by the caller's physics. qvel is zeroed."""
+    """Move the state towards the goal, as a test would by hand: each goal object `lift` m above where
+    its term wants it (the site's centre for `in`, the site's top for `on` a site, the reference body
+    for `on` an object), dropped there for 0.5 s (`settle_held`); then articulated joints into their
+    goal interval, objects in a site that moved with a joint (a bowl in a drawer) moved along. qvel is
+    zeroed; the caller settles the result."""
+    placed = []
     for r in program.terms:
         kind = r["kind"]
-        if kind == "joints":
-            for adr, lo, hi in zip(r["qpos"], r["lo"], r["hi"], strict=True):
-                j = int(np.where(m.jnt_qposadr == adr)[0][0])
-                jlo, jhi = m.jnt_range[j] if m.jnt_limited[j] else (-np.inf, np.inf)
-                a, b = max(lo, jlo), min(hi, jhi)
-                a, b = (a if np.isfinite(a) else b - 0.5), (b if np.isfinite(b) else a + 0.5)
-                d.qpos[adr] = 0.5 * (a + b)
+        if kind in ("joints", "true"):
             continue
-        if kind == "true":
-            continue
+        if "open_qpos" in r:  # a drawer: open it first
+            for qadr, (lo, hi) in zip(r["open_qpos"], r["open_intervals"], strict=True):
+                _set_joint_into(m, d, int(qadr), lo, hi)
+            mujoco.mj_forward(m, d)
         adr = _free_qpos_adr(m, r["obj"])
         if kind == "object_on":
             target = d.xpos[r["ref"]] + np.array([0.0, 0.0, lift])
-        else:
+        elif kind == "site_on":  # under() reads delta = xmat @ (p - site), so p = site + xmat.T @ delta
             pos, mat = d.site_xpos[r["site"]], d.site_xmat[r["site"]].reshape(3, 3)
-            up = r["size"][2] + lift if kind == "site_on" else 0.0
-            target = pos + mat.T @ np.array([0.0, 0.0, up]) + (0 if kind == "site_on" else np.array([0, 0, lift]))
+            target = pos + mat.T @ np.array([0.0, 0.0, r["size"][2] + lift])
+        else:  # site_in: the site's centre, lifted
+            target = d.site_xpos[r["site"]] + np.array([0.0, 0.0, lift])
         d.qpos[adr : adr + 3] += target - d.xpos[r["obj"]]
+        d.qvel[:] = 0.0
+        mujoco.mj_forward(m, d)
+        if "site" in r:
+            placed.append((adr, r["site"]))
+    if placed:
+        settle_held(m, d, 0.5)
+    before = {site: d.site_xpos[site].copy() for _, site in placed}
+    for r in program.terms:
+        if r["kind"] != "joints":
+            continue
+        for adr, lo, hi in zip(r["qpos"], r["lo"], r["hi"], strict=True):
+            _set_joint_into(m, d, int(adr), lo, hi)
+        mujoco.mj_forward(m, d)
+    for adr, site in placed:
+        d.qpos[adr : adr + 3] += d.site_xpos[site] - before[site]
     d.qvel[:] = 0.0
     mujoco.mj_forward(m, d)
 
