@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -20,12 +21,14 @@ import pirl  # noqa: F401  (XLA CPU flag before JAX starts)
 from pirl.envs import make_env
 
 
-def bench(suite: str, task: int, num_envs: int, steps: int, render: bool, size: int) -> dict:
-    env = make_env(suite, task_ids=(task,), image_size=size, render=render)
-    reset = jax.jit(jax.vmap(env.reset_to))
+def bench(suite: str, task: int, num_envs: int, steps: int, render: bool, size: int, batching: str) -> dict:
+    env = make_env(suite, task_ids=(task,), image_size=size, render=render, batching=batching)
+    reset = jax.jit(env.batched(env.reset_to))
     step = jax.jit(env.batched(env.step))
     t0 = time.perf_counter()
-    state = reset(jnp.full(num_envs, task, jnp.int32), jnp.arange(num_envs, dtype=jnp.int32) % env.num_init_states)
+    state = reset(
+        jnp.full(num_envs, task, jnp.int32), jnp.arange(num_envs, dtype=jnp.int32) % env.num_init_states
+    )
     jax.block_until_ready(state)
     reset_s = time.perf_counter() - t0
     actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 2, num_envs, 7), minval=-0.3, maxval=0.3)
@@ -47,6 +50,8 @@ def bench(suite: str, task: int, num_envs: int, steps: int, render: bool, size: 
         "backend": jax.default_backend(),
         "num_envs": num_envs,
         "render": render,
+        "batching": batching,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "steps": steps,
         "reset_first_call_s": round(reset_s, 1),
         "step_first_two_calls_s": round(first_s, 1),
@@ -65,9 +70,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--render", action="store_true", help="render both cameras every step")
     p.add_argument("--size", type=int, default=128, help="image side with --render")
+    p.add_argument("--batching", default="vmap", choices=("vmap", "map"), help="how envs are batched")
     args = p.parse_args()
     for n in args.num_envs:
-        print(json.dumps(bench(args.suite, args.task, n, args.steps, args.render, args.size)), flush=True)
+        print(
+            json.dumps(bench(args.suite, args.task, n, args.steps, args.render, args.size, args.batching)),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -467,12 +467,18 @@ def libero_goal_report(suite: str, task_id: int, init_ids: list[int], settle_s: 
     return {"spec": spec, "records": records}
 
 
-def libero_goal_report_isolated(suite: str, task_id: int, init_ids: list[int], settle_s: float = 1.0) -> dict:
-    """`libero_goal_report` in a spawned process (robosuite and a running JAX runtime do not share a
-    process here, see pirl.envs.libero_check)."""
+def _reports(tasks: list[tuple[str, int]], init_ids: list[int], settle_s: float) -> list[dict]:
+    return [libero_goal_report(suite, task_id, init_ids, settle_s) for suite, task_id in tasks]
+
+
+def libero_goal_reports_isolated(
+    tasks: list[tuple[str, int]], init_ids: list[int], settle_s: float = 1.0
+) -> list[dict]:
+    """`libero_goal_report` of each (suite, task id), in one spawned process (robosuite and a running
+    JAX runtime do not share a process here, see pirl.envs.libero_check)."""
     import concurrent.futures
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        return pool.submit(libero_goal_report, suite, task_id, init_ids, settle_s).result()
+        return pool.submit(_reports, list(tasks), list(init_ids), settle_s).result()
