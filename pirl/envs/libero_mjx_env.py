@@ -34,12 +34,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import mujoco
-import numpy as np
 from mujoco import mjx
 
 from pirl.envs import libero_predicates as lp
 from pirl.envs import libero_scene as ls
-from pirl.envs.build_libero import FAITHFUL_SUITES, SETTLE_ACTION, check_suite, ensure_built
+from pirl.envs.build_libero import FAITHFUL_SUITES, SETTLE_ACTION, check_suite, is_built, task_dir
 from pirl.envs.env import State
 from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
 from pirl.errors import UserError
@@ -93,13 +92,16 @@ def libero_render_fn(model: mujoco.MjModel, size: int) -> RenderFn:
     return default_render_fn(model, CAMERAS, size)
 
 
-def suite_prompts(suite: str, cache: str | None = None) -> list[str]:
-    """The suite's ten task prompts, by task id (from the build cache; built on first use)."""
+def suite_prompts(suite: str) -> list[str]:
+    """The suite's task prompts, by task id: from the build cache where every task is built, else from
+    the installed LIBERO (`libero_pool.suite_info`), so that one task's env does not build all ten."""
     import json
 
-    return [
-        json.loads((ensure_built(suite, t, cache) / "meta.json").read_text())["prompt"] for t in range(10)
-    ]
+    if all(is_built(suite, t) for t in range(10)):
+        return [json.loads((task_dir(suite, t) / "meta.json").read_text())["prompt"] for t in range(10)]
+    from pirl.envs.libero_pool import suite_info
+
+    return list(suite_info(suite).prompts)
 
 
 class LiberoMJXEnv:
@@ -267,8 +269,3 @@ def make_libero_env(
         raise UserError(f"unknown LiberoEnvConfig fields {sorted(bad)}; valid: {sorted(fields)}")
     cfg = LiberoEnvConfig(image_size=image_size, render=render, **overrides)
     return LiberoMJXEnv(name, int(task_ids[0]), cfg, render_fn)
-
-
-def init_state_table(env: LiberoMJXEnv) -> np.ndarray:
-    """Host copy of the task's initial qpos f32[50, nq]."""
-    return np.asarray(env.init_qpos)

@@ -157,8 +157,11 @@ def goal_spec(env: Any) -> dict:
             if site.joints and hasattr(parent, "is_open"):
                 # not part of the predicate: how to open the part holding the site (a drawer), for tests
                 # that place objects there (place_for_goal)
-                entry["open_joints"] = list(site.joints)
-                entry["open_intervals"] = [joint_interval(parent.is_open) for _ in site.joints]
+                try:
+                    entry["open_intervals"] = [joint_interval(parent.is_open) for _ in site.joints]
+                    entry["open_joints"] = list(site.joints)
+                except NotImplementedError:  # an articulated object without an open state (a stove)
+                    pass
             if pred == "in":
                 entry["kind"] = "site_in"
             elif not hasattr(site, "under"):
