@@ -272,7 +272,6 @@ def make_env(
         from pirl.envs.libero_mjx_env import make_libero_env
 
         return make_libero_env(name, image_size=image_size, render=render, render_fn=render_fn, **overrides)
-    overrides.pop("task_ids", None)  # the toy suites hold every task in one model
     fields = {f.name for f in dataclasses.fields(EnvConfig)}
     bad = set(overrides) - fields
     if bad:
