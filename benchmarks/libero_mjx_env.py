@@ -17,7 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-import pirl  # noqa: F401  (XLA CPU flag before JAX starts)
+import pirl  # XLA CPU flags before JAX starts
 from pirl.envs import make_env
 
 
@@ -52,6 +52,7 @@ def bench(suite: str, task: int, num_envs: int, steps: int, render: bool, size: 
         "render": render,
         "batching": batching,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_cpu_threads": os.environ.get("PIRL_XLA_CPU_THREADS", "1"),
         "steps": steps,
         "reset_first_call_s": round(reset_s, 1),
         "step_first_two_calls_s": round(first_s, 1),
@@ -72,6 +73,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128, help="image side with --render")
     p.add_argument("--batching", default="vmap", choices=("vmap", "map"), help="how envs are batched")
     args = p.parse_args()
+    pirl.create_backends()  # XLA's CPU pool as pirl.train sizes it (PIRL_XLA_CPU_THREADS)
     for n in args.num_envs:
         print(
             json.dumps(bench(args.suite, args.task, n, args.steps, args.render, args.size, args.batching)),
