@@ -1,5 +1,6 @@
 """Manipulation environments: the on-device MJX suites (scenes in assets/, OSC-style controller, JAX
-renderer, LIBERO / ManiSkill-style task suites, batching, scripted experts) and the real LIBERO in
+renderer, LIBERO / ManiSkill-style task suites, batching, scripted experts), LIBERO's own tasks
+rebuilt for MJX (`libero_scene`, `libero_predicates`, `libero_mjx_env`) and the real LIBERO in
 host worker processes (`pirl.envs.libero_pool`).
 
 The MJX names below are imported on first use, so that a LIBERO worker process (which imports
@@ -12,6 +13,7 @@ _EXPORTS = {
     "BatchEnv": "pirl.envs.batch",
     "EnvConfig": "pirl.envs.env",
     "ManipEnv": "pirl.envs.env",
+    "LiberoMJXEnv": "pirl.envs.libero_mjx_env",
     "State": "pirl.envs.env",
     "make_env": "pirl.envs.env",
     "ExpertConfig": "pirl.envs.expert",

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import time
 from typing import Any
 
@@ -67,9 +68,15 @@ def is_built(suite: str, task_id: int, root: str | os.PathLike | None = None) ->
     if not meta.exists():
         return False
     try:
-        return json.loads(meta.read_text()).get("format") == FORMAT_VERSION
+        if json.loads(meta.read_text()).get("format") != FORMAT_VERSION:
+            return False
     except json.JSONDecodeError:
         return False
+    # the saved MJCF names LIBERO's meshes and textures by absolute path inside the virtual environment
+    # that built it; a cache built from another (since removed) checkout must be rebuilt
+    xml = (meta.parent / "scene.xml").read_text() if (meta.parent / "scene.xml").exists() else ""
+    files = set(re.findall(r'file="(/[^"]+)"', xml))
+    return bool(xml) and all(os.path.exists(f) for f in files)
 
 
 def make_libero_env(suite: str, task_id: int, cameras: bool = False, size: int = 128) -> tuple[Any, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,9 @@ from mujoco import mjx
 from pirl.envs import controller as ctl
 from pirl.envs import scene as scn
 from pirl.envs import tasks as tsk
+
+if TYPE_CHECKING:
+    from pirl.envs.libero_mjx_env import LiberoMJXEnv
 
 IMAGE_KEYS = {"agentview": "agentview_image", "eye_in_hand": "wrist_image"}
 RenderFn = Callable[[mjx.Data], jax.Array]  # data -> u8[ncam, S, S, 3]
@@ -257,9 +261,17 @@ def make_env(
     render: bool = True,
     render_fn: RenderFn | None = None,
     **overrides,
-) -> ManipEnv:
+) -> ManipEnv | LiberoMJXEnv:
     """Build a suite's env: toy_spatial, toy_object, toy_goal, toy_10,
-    maniskill_put_on_plate. `overrides` set other EnvConfig fields."""
+    maniskill_put_on_plate (`overrides` set other EnvConfig fields); or LIBERO's own tasks,
+    libero_spatial, libero_object, libero_goal, libero_10, one task per env: pass `task_ids=(k,)`
+    (`pirl.envs.libero_mjx_env`, overrides set LiberoEnvConfig fields)."""
+    from pirl.envs.build_libero import FAITHFUL_SUITES
+
+    if name in FAITHFUL_SUITES:
+        from pirl.envs.libero_mjx_env import make_libero_env
+
+        return make_libero_env(name, image_size=image_size, render=render, render_fn=render_fn, **overrides)
     fields = {f.name for f in dataclasses.fields(EnvConfig)}
     bad = set(overrides) - fields
     if bad:

@@ -26,8 +26,9 @@ class EnvSpec:
     """Which task suite to train on, how many copies, and how episodes run."""
 
     name: str = "toy_spatial"
-    """Suite. backend mjx: toy_spatial, toy_object, toy_goal, toy_10 or maniskill_put_on_plate;
-    backend libero: libero_spatial, libero_object, libero_goal, libero_10 or libero_90."""
+    """Suite. backend mjx: toy_spatial, toy_object, toy_goal, toy_10, maniskill_put_on_plate, or LIBERO's
+    own tasks rebuilt in MJX (libero_spatial, libero_object, libero_goal, libero_10; one task per run:
+    set task_ids); backend libero: libero_spatial, libero_object, libero_goal, libero_10 or libero_90."""
     backend: Literal["mjx", "libero"] = "mjx"
     """'mjx': pirl's scenes, simulated and rendered on the devices; 'libero': the real LIBERO in host
     worker processes (the `libero` extra) feeding the on-device policy."""
@@ -62,7 +63,8 @@ class EnvSpec:
     """libero: split each host's environments into this many stages; the device samples actions for
     one stage while the CPUs step the others (RLinf's rollout.pipeline_stage_num)."""
     settle_steps: int = 15
-    """libero: no-op steps with the gripper open after each reset while objects settle (RLinf: 15)."""
+    """libero, and LIBERO's tasks in MJX: no-op steps with the gripper open after each reset while objects
+    settle (RLinf: 15)."""
     sample_micro_batch: int | None = None
     """libero: environments per device per policy forward within a sampling call (None = all of a
     device's rows at once). A size that divides every stage's per-device rows makes trajectories
@@ -274,6 +276,14 @@ class RLConfig:
                 "and adv.bootstrap_on_truncation=True; set it False otherwise"
             )
         if env.backend == "mjx":
+            from pirl.envs.build_libero import FAITHFUL_SUITES
+
+            if env.name in FAITHFUL_SUITES and len(env.task_ids) != 1:
+                raise UserError(
+                    f"--env.backend mjx builds {env.name} one task per compiled model (the tasks have different "
+                    f"objects), so a run trains on one task: set --env.task-ids to one task id (0-9), got "
+                    f"{env.task_ids or 'all tasks'}. Multi-task runs on LIBERO need --env.backend libero"
+                )
             return
         from pirl.envs.libero_pool import EPISODE_LIMITS
 
@@ -312,9 +322,10 @@ class RLConfig:
         """Control steps per episode (the suite default unless overridden)."""
         if self.env.max_episode_steps is not None:
             return self.env.max_episode_steps
-        if self.env.backend == "libero":
-            from pirl.envs.libero_pool import EPISODE_LIMITS
+        from pirl.envs.libero_pool import EPISODE_LIMITS
 
+        if self.env.backend == "libero" or self.env.name in EPISODE_LIMITS["rl"]:
+            # the same episodes on both backends for LIBERO's tasks (RLinf's limits)
             return EPISODE_LIMITS["rl"][self.env.name]
         from pirl.envs.tasks import get_suite
 

@@ -76,12 +76,20 @@ def make_rl_env(cfg: RLConfig) -> Any:
 
         return LiberoTrainEnv(cfg)
     from pirl.envs import make_env
+    from pirl.envs.build_libero import FAITHFUL_SUITES
 
+    # LIBERO's own tasks in MJX: one compiled model per task, settled like the libero backend
+    faithful = (
+        {"task_ids": cfg.env.task_ids, "settle_steps": cfg.env.settle_steps}
+        if cfg.env.name in FAITHFUL_SUITES
+        else {}
+    )
     return make_env(
         cfg.env.name,
         image_size=cfg.env.image_size,
         max_steps=cfg.max_episode_steps,
         terminate_on_success=not cfg.env.ignore_terminations,
+        **faithful,
     )
 
 

@@ -1,0 +1,85 @@
+"""The faithful LIBERO MJX env (`make_env("libero_spatial", task_ids=(0,))`): batched reset and step.
+
+    python benchmarks/libero_mjx_env.py --suite libero_spatial --task 0 --num-envs 1 2 4 16 --steps 5
+
+Prints one JSON object per line per batch size: the first (compiling) calls of the vmapped
+`reset_to` (10 settle steps inside) and `step`, then env-steps/s over `--steps` timed calls
+(physics + OSC + success predicates, no cameras unless --render).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+import pirl  # XLA CPU flags before JAX starts
+from pirl.envs import make_env
+
+
+def bench(suite: str, task: int, num_envs: int, steps: int, render: bool, size: int, batching: str) -> dict:
+    env = make_env(suite, task_ids=(task,), image_size=size, render=render, batching=batching)
+    reset = jax.jit(env.batched(env.reset_to))
+    step = jax.jit(env.batched(env.step))
+    t0 = time.perf_counter()
+    state = reset(
+        jnp.full(num_envs, task, jnp.int32), jnp.arange(num_envs, dtype=jnp.int32) % env.num_init_states
+    )
+    jax.block_until_ready(state)
+    reset_s = time.perf_counter() - t0
+    actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 2, num_envs, 7), minval=-0.3, maxval=0.3)
+    t0 = time.perf_counter()
+    # two untimed calls: the second may compile again on the step's own output layout (docs/osc.md)
+    state = step(state, actions[0])
+    state = step(state, actions[1])
+    jax.block_until_ready(state)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for k in range(steps):
+        state = step(state, actions[k + 2])
+    jax.block_until_ready(state)
+    dt = time.perf_counter() - t0
+    return {
+        "bench": "libero_mjx_env",
+        "suite": suite,
+        "task": task,
+        "backend": jax.default_backend(),
+        "num_envs": num_envs,
+        "render": render,
+        "batching": batching,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_cpu_threads": os.environ.get("PIRL_XLA_CPU_THREADS", "1"),
+        "steps": steps,
+        "reset_first_call_s": round(reset_s, 1),
+        "step_first_two_calls_s": round(first_s, 1),
+        "env_steps_per_s": round(num_envs * steps / dt, 2),
+        "ms_per_batched_step": round(1000 * dt / steps, 2),
+        "finite": bool(jnp.isfinite(state.data.qpos).all()),
+        "success": int(state.info["success"].sum()),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--task", type=int, default=0)
+    p.add_argument("--num-envs", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--render", action="store_true", help="render both cameras every step")
+    p.add_argument("--size", type=int, default=128, help="image side with --render")
+    p.add_argument("--batching", default="vmap", choices=("vmap", "map"), help="how envs are batched")
+    args = p.parse_args()
+    pirl.create_backends()  # XLA's CPU pool as pirl.train sizes it (PIRL_XLA_CPU_THREADS)
+    for n in args.num_envs:
+        print(
+            json.dumps(bench(args.suite, args.task, n, args.steps, args.render, args.size, args.batching)),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

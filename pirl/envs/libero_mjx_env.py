@@ -1,0 +1,271 @@
+"""LIBERO's own tasks as MJX environments: `make_env("libero_spatial", task_ids=(k,))`.
+
+The same API as `pirl.envs.env.ManipEnv` (Brax / MuJoCo Playground style: `reset(rng)`,
+`reset_to(task_id, init_id)`, `step`, `chunk_step`, `batched`; pure functions, jit/vmap at the call
+site; `pirl.envs.batch.BatchEnv` and the RL rollout drive it unchanged), over the faithful scene of
+one LIBERO task (`pirl.envs.libero_scene`):
+
+- physics and control: the rebuilt scene, robosuite's OSC_POSE + PandaGripper at 20 Hz
+  (`pirl.envs.osc`), LIBERO's 50 official initial states;
+- reset: the initial state, the controller reset, then `settle_steps` (10, as openpi's LIBERO
+  evaluation) no-op steps with the gripper open; the episode's step counter starts after them;
+- obs: `state` = LIBERO's 8-D state (`libero_scene.libero_state`), and with `render` the JAX
+  renderer's images of LIBERO's `agentview` and `robot0_eye_in_hand` cameras (`wrist_image`),
+  upright as in `ManipEnv` (see `libero_render_fn`; primitives only: the rebuilt collision boxes);
+- reward: success (LIBERO's BDDL goal, `pirl.envs.libero_predicates`) as `ManipEnv` pays it: 1 on
+  the step success is first reached (`terminate_on_success`, episode ends) or 1 on every step with
+  success (RLinf's ignore_terminations);
+- episode limit: openpi's per suite (220 / 280 / 300 / 520 control steps), unless `max_steps`.
+
+One task per compiled model. Tasks of a suite have different objects and fixtures (different qpos
+layouts, bodies and contact pairs), so they cannot share one MJX model; padding them to a common
+shape is not done. An env therefore simulates exactly one task (`task_ids` of length 1) while
+`prompts` is the suite's full prompt table, so task ids stay the suite's (0-9) everywhere (policy
+prompts, logs). `reset_to` with another task id fails when the id is concrete; a traced id is
+ignored (the state's `task_id` is the env's task). Multi-task training on the faithful scenes needs
+one env (and one compiled program) per task and is refused by the RL config for now.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import mujoco
+from mujoco import mjx
+
+from pirl.envs import libero_predicates as lp
+from pirl.envs import libero_scene as ls
+from pirl.envs.build_libero import FAITHFUL_SUITES, SETTLE_ACTION, check_suite, is_built, task_dir
+from pirl.envs.env import State
+from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
+from pirl.errors import UserError
+
+EPISODE_LIMITS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
+"""Control steps per episode after the settle steps (openpi's LIBERO evaluation)."""
+CAMERAS = ("agentview", "robot0_eye_in_hand")
+"""LIBERO's cameras, in observation order."""
+IMAGE_KEYS = ("agentview_image", "wrist_image")
+
+
+@dataclasses.dataclass(frozen=True)
+class LiberoEnvConfig:
+    """Options of a faithful LIBERO task in MJX."""
+
+    image_size: int = 224
+    """Square image side of both camera observations."""
+    render: bool = True
+    """Render camera images into obs; False leaves the image keys out (physics-only)."""
+    max_steps: int | None = None
+    """Episode limit in control steps (None: openpi's limit for the suite)."""
+    settle_steps: int = 10
+    """No-op control steps (gripper open) inside every reset, as openpi's LIBERO evaluation."""
+    batching: str = "vmap"
+    """How `batched` maps over environments: vmap, or map (a sequential lax.map)."""
+    terminate_on_success: bool = True
+    """Success ends the episode and pays 1 once; False (RLinf's ignore_terminations): episodes end only
+    at max_steps and every step with success pays 1."""
+    scene: ls.SceneConfig = ls.SceneConfig()
+    """How the LIBERO scene is rebuilt for MJX."""
+
+    def __post_init__(self):
+        if self.batching not in ("vmap", "map"):
+            raise UserError(f"batching must be 'vmap' or 'map', got {self.batching!r}")
+        if self.image_size < 8:
+            raise UserError(f"image_size must be >= 8, got {self.image_size}")
+        if self.settle_steps < 0:
+            raise UserError(f"settle_steps must be >= 0, got {self.settle_steps}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"max_steps must be >= 1, got {self.max_steps}")
+
+
+RenderFn = Callable[[mjx.Data], jax.Array]
+
+
+def libero_render_fn(model: mujoco.MjModel, size: int) -> RenderFn:
+    """data -> u8[2, S, S, 3]: LIBERO's agentview and eye-in-hand cameras, drawn by pirl's JAX renderer
+    on the scene's primitives. The one place the faithful env makes images (replaceable wholesale)."""
+    from pirl.envs.env import default_render_fn
+
+    return default_render_fn(model, CAMERAS, size)
+
+
+def suite_prompts(suite: str) -> list[str]:
+    """The suite's task prompts, by task id: from the build cache where every task is built, else from
+    the installed LIBERO (`libero_pool.suite_info`), so that one task's env does not build all ten."""
+    import json
+
+    if all(is_built(suite, t) for t in range(10)):
+        return [json.loads((task_dir(suite, t) / "meta.json").read_text())["prompt"] for t in range(10)]
+    from pirl.envs.libero_pool import suite_info
+
+    return list(suite_info(suite).prompts)
+
+
+class LiberoMJXEnv:
+    """One LIBERO task in MJX with the `ManipEnv` API. Construct with `make_libero_env`."""
+
+    def __init__(self, suite: str, task_id: int, config: LiberoEnvConfig, render_fn: RenderFn | None = None):
+        check_suite(suite, task_id)
+        self.suite_name = suite
+        self.config = config
+        self.task = ls.load_task(suite, task_id, config.scene)
+        m = self.task.model
+        self.info = self.task  # what ManipEnv.info is: the host-side scene facts
+        self.mx = mjx.put_model(m, device=jax.local_devices()[0])
+        self.osc_cfg = OSCConfig(timestep=float(m.opt.timestep))
+        self.osc_idx = OSCIndices.from_model(m)
+        self.eef_body = m.body(ls.EEF_BODY).id
+        self.goal = lp.compile_goal(lp.ensure_goal_spec(suite, task_id), m)
+        self.task_ids = (task_id,)
+        self.prompts: list[str] = suite_prompts(suite)
+        self.num_tasks = len(self.prompts)
+        init = self.task.init_states
+        nq, nv = m.nq, m.nv
+        self.init_qpos = jnp.asarray(init[:, 1 : 1 + nq], jnp.float32)
+        self.init_qvel = jnp.asarray(init[:, 1 + nq : 1 + nq + nv], jnp.float32)
+        self.num_init_states = int(init.shape[0])
+        self.max_steps = config.max_steps or EPISODE_LIMITS[suite]
+        self.action_size = 7
+        self.state_dim = 8
+        self.image_keys = IMAGE_KEYS if config.render else ()
+        if config.render and render_fn is None:
+            render_fn = libero_render_fn(m, config.image_size)
+        self._render = render_fn if config.render else None
+        self._data0 = mjx.make_data(m, device=jax.local_devices()[0])
+
+    # ------------------------------------------------------------------ batching
+
+    def batched(self, fn: Callable) -> Callable:
+        """`fn` over one environment -> `fn` over a leading batch axis (vmap, or lax.map)."""
+        if self.config.batching == "vmap":
+            return jax.vmap(fn)
+        return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
+
+    # ------------------------------------------------------------------ reset
+
+    def reset(self, rng: jax.Array) -> State:
+        """The env's task, a uniformly random official initial state."""
+        init_id = jax.random.randint(rng, (), 0, self.num_init_states)
+        return self.reset_to(self.task_ids[0], init_id)
+
+    def reset_to(self, task_id: jax.Array | int, init_id: jax.Array | int) -> State:
+        """Official initial state `init_id` of the env's task, then the settle steps."""
+        if not isinstance(task_id, jax.core.Tracer) and int(task_id) != self.task_ids[0]:
+            raise UserError(
+                f"this {self.suite_name} env simulates task {self.task_ids[0]} only (one compiled model per task), "
+                f"got task {int(task_id)}"
+            )
+        init_id = jnp.asarray(init_id, jnp.int32)
+        data = self._data0.replace(qpos=self.init_qpos[init_id], qvel=self.init_qvel[init_id])
+        data = mjx.kinematics(self.mx, data)
+        if self._render is not None:  # cameras for settle_steps=0 (the control steps place them otherwise)
+            data = mjx.camlight(self.mx, data)
+        data = osc_reset(self.osc_cfg, self.osc_idx, self.mx, data)
+        settle = jnp.asarray(SETTLE_ACTION, jnp.float32)
+        data = jax.lax.fori_loop(0, self.config.settle_steps, lambda _, d: self._physics(d, settle), data)
+        success = self.success(data)
+        info = {
+            "task_id": jnp.asarray(self.task_ids[0], jnp.int32),
+            "init_id": init_id,
+            "step": jnp.zeros((), jnp.int32),
+            "success": success,
+            "success_once": success,
+            "truncated": jnp.zeros((), bool),
+        }
+        return State(data, self._observe(data), jnp.zeros(()), jnp.zeros((), bool), info)
+
+    # ------------------------------------------------------------------ step
+
+    def _physics(self, data: mjx.Data, action: jax.Array) -> mjx.Data:
+        return osc_control_step(self.osc_cfg, self.osc_idx, self.mx, data, action)
+
+    def success(self, data: mjx.Data) -> jax.Array:
+        """LIBERO's `_check_success` on the data (bool[])."""
+        return lp.success(self.goal, lp.view_mjx(data), jnp)
+
+    def goal_terms(self, data: mjx.Data) -> jax.Array:
+        """bool[n_terms]: each BDDL goal term (names in `self.goal.names`)."""
+        return jnp.stack(lp.term_values(self.goal, lp.view_mjx(data), jnp))
+
+    def step(self, state: State, action: jax.Array) -> State:
+        """One 20 Hz control step with action f32[7] in [-1, 1]."""
+        state = self._advance(state, action)
+        return state.replace(obs=self._observe(state.data))
+
+    def _advance(self, state: State, action: jax.Array) -> State:
+        if action.shape != (self.action_size,):
+            raise ValueError(f"action must have shape (7,), got {action.shape}; vmap for batches")
+        action = jnp.where(jnp.isfinite(action), action, 0.0)
+        data = self._physics(state.data, action)
+        success = self.success(data)
+        success_once = state.info["success_once"] | success
+        step = state.info["step"] + 1
+        truncated = step >= self.max_steps
+        info = dict(state.info, step=step, success=success, success_once=success_once, truncated=truncated)
+        if self.config.terminate_on_success:
+            reward = (success_once & ~state.info["success_once"]).astype(jnp.float32)
+            return State(data, state.obs, reward, success_once | truncated, info)
+        return State(data, state.obs, success.astype(jnp.float32), truncated, info)
+
+    def chunk_step(self, state: State, actions: jax.Array) -> State:
+        """Actions f32[H, 7] in order (lax.scan); steps after `done` are no-ops; reward = chunk sum;
+        cameras rendered once, after the last step."""
+        if actions.ndim != 2 or actions.shape[1] != self.action_size:
+            raise ValueError(f"actions must have shape (H, 7), got {actions.shape}")
+
+        def body(carry, action):
+            st, total = carry
+            nxt = self._advance(st, action)
+            nxt = jax.tree.map(lambda new, old: jnp.where(st.done, old, new), nxt, st)
+            return (nxt, total + jnp.where(st.done, 0.0, nxt.reward)), None
+
+        (state, total), _ = jax.lax.scan(body, (state, jnp.zeros(())), actions)
+        return state.replace(obs=self._observe(state.data), reward=total)
+
+    # ------------------------------------------------------------------ observation
+
+    def robot_state(self, data: mjx.Data) -> jax.Array:
+        """f32[8]: LIBERO's state (grip-site position, eef axis-angle, finger qpos x2)."""
+        return ls.libero_state(self.osc_idx, self.eef_body, data).astype(jnp.float32)
+
+    def _observe(self, data: mjx.Data) -> dict[str, jax.Array]:
+        obs = {"state": self.robot_state(data)}
+        if self._render is not None:
+            images = self._render(data)
+            for k, key in enumerate(self.image_keys):
+                obs[key] = images[k]
+        return obs
+
+    def render(self, data: mjx.Data, size: int | None = None) -> jax.Array:
+        """u8[2, S, S, 3] images of LIBERO's cameras (for videos)."""
+        if size is None and self._render is not None:
+            return self._render(data)
+        return libero_render_fn(self.task.model, size or self.config.image_size)(data)
+
+
+def make_libero_env(
+    name: str,
+    task_ids: tuple[int, ...] = (),
+    image_size: int = 224,
+    render: bool = True,
+    render_fn: RenderFn | None = None,
+    **overrides,
+) -> LiberoMJXEnv:
+    """The faithful MJX env of one task of a LIBERO suite (`task_ids` must name exactly one task)."""
+    if name not in FAITHFUL_SUITES:
+        raise UserError(f"unknown LIBERO suite {name!r}; choose from {', '.join(FAITHFUL_SUITES)}")
+    if len(task_ids) != 1:
+        raise UserError(
+            f"the MJX {name} env compiles one model per task (tasks have different objects), so it runs one task: "
+            f"pass task_ids=(k,) (--env.task-ids k), got {tuple(task_ids) or 'all tasks'}. Multi-task training "
+            "on the faithful scenes is not supported yet (use --env.backend libero for the real LIBERO)"
+        )
+    fields = {f.name for f in dataclasses.fields(LiberoEnvConfig)}
+    bad = set(overrides) - fields
+    if bad:
+        raise UserError(f"unknown LiberoEnvConfig fields {sorted(bad)}; valid: {sorted(fields)}")
+    cfg = LiberoEnvConfig(image_size=image_size, render=render, **overrides)
+    return LiberoMJXEnv(name, int(task_ids[0]), cfg, render_fn)
