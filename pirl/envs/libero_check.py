@@ -9,8 +9,16 @@ JSON line each:
   settling; target: position within 5 mm, axis-angle within 0.05 rad;
 - (b) `eef`: the eef trajectory under open-loop action sequences of 20 steps (each axis +/-0.5,
   each rotation +/-0.5, gripper close) started after settling; target: within 1 cm.
+- (d) `images` (with `--images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
+  (robosuite's offscreen render) and by pirl (`pirl.envs.libero_render`) at the same state (the
+  real settled qpos), per image size: PSNR and SSIM of the raw images, and the per-object IoU of
+  the silhouettes (MuJoCo's segmentation render of LIBERO's compiled model vs pirl's geom ids),
+  which is the figure that shows the cameras' pose, fovy and orientation are LIBERO's (the
+  colours cannot match: primitives in mean texture colours vs textured meshes). `--images-dir`
+  saves side-by-side PNGs (real | pirl | silhouettes).
 
     python -m pirl.envs.libero_check --suite libero_spatial --tasks 0 1 --init-states 0 1 2
+    python -m pirl.envs.libero_check --tasks 0 --init-states 0 --images --images-dir /tmp/libero_images
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ SEQUENCE_STEPS = 20
 
 POS_TOL, ROT_TOL, EEF_TOL = 0.005, 0.05, 0.01
 """Targets: settled eef position (m), settled axis-angle (rad), eef after each sequence (m)."""
+
+CHECKS = ("state", "images")
+"""What `--checks` can run: (a)+(b) state, (d) images."""
 
 
 def action_sequences(steps: int = SEQUENCE_STEPS) -> dict[str, np.ndarray]:
@@ -76,17 +87,22 @@ def real_rollouts(
     return {"settled": settled, "qpos": settled_qpos, "traj": traj}
 
 
-def real_rollouts_isolated(
-    suite: str, task_id: int, init_id: int, sequences: dict[str, np.ndarray], settle: int
-) -> dict:
-    """`real_rollouts` in a fresh (spawned) process: robosuite stepping in a process whose JAX
-    runtime is up deadlocked here (all threads in futex waits), so the two never share a process."""
+def _isolated(fn, *args):
+    """fn(*args) in a fresh (spawned) process: robosuite stepping in a process whose JAX runtime is up
+    deadlocked here (all threads in futex waits), so the two never share a process."""
     import concurrent.futures
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:  # raises if the child dies
-        return pool.submit(real_rollouts, suite, task_id, init_id, sequences, settle).result()
+        return pool.submit(fn, *args).result()
+
+
+def real_rollouts_isolated(
+    suite: str, task_id: int, init_id: int, sequences: dict[str, np.ndarray], settle: int
+) -> dict:
+    """`real_rollouts` in a fresh (spawned) process (`_isolated`)."""
+    return _isolated(real_rollouts, suite, task_id, init_id, sequences, settle)
 
 
 def mjx_rollouts_fn(task, settle: int):
@@ -144,6 +160,198 @@ def object_errors(task, qpos: np.ndarray, real_qpos: np.ndarray) -> dict[str, fl
             name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j).removesuffix("_joint0")
             out[name] = round(1000 * float(np.linalg.norm(qpos[a : a + 3] - real_qpos[a : a + 3])), 1)
     return out
+
+
+# ----------------------------------------------------------------------------- (d) images
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio (dB) of two uint8 images."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def _gaussian_filter(x: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:
+    """Separable Gaussian filter over the two leading axes, 'valid' region only."""
+    t = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 * (t / sigma) ** 2)
+    w /= w.sum()
+    n = 2 * radius + 1
+    x = sum(w[i] * x[i : x.shape[0] - n + 1 + i] for i in range(n))
+    return sum(w[i] * x[:, i : x.shape[1] - n + 1 + i] for i in range(n))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean structural similarity of two uint8 images [H, W(, C)] (Wang et al. 2004: 11-tap Gaussian
+    window, sigma 1.5, K1 0.01, K2 0.03), averaged over pixels and channels."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = _gaussian_filter(a), _gaussian_filter(b)
+    var_a = _gaussian_filter(a * a) - mu_a**2
+    var_b = _gaussian_filter(b * b) - mu_b**2
+    cov = _gaussian_filter(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def body_labels(m) -> tuple[np.ndarray, list[str]]:
+    """Silhouette label per body int[nbody] and the label names: each free object (its whole body
+    tree), "robot" (robot0_/gripper0_ bodies); everything else -1."""
+    import mujoco
+
+    names: list[str] = []
+    label = np.full(m.nbody, -1)
+    for j in range(m.njnt):
+        if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE:
+            names.append(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j).removesuffix("_joint0"))
+            root = m.jnt_bodyid[j]
+            for b in range(m.nbody):
+                r = b
+                while r not in (0, root):
+                    r = m.body_parentid[r]
+                if r == root:
+                    label[b] = len(names) - 1
+    names.append("robot")
+    for b in range(m.nbody):
+        if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, b) or "").startswith(("robot0_", "gripper0_")):
+            label[b] = len(names) - 1
+    return label, names
+
+
+def mujoco_views(
+    m, qpos: np.ndarray, size: int, cameras: dict[str, str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """MuJoCo's own render of a model at qpos: per key (RGB u8[S, S, 3], body id i32[S, S] with -1
+    for no geom), both in LIBERO's raw orientation (mujoco.Renderer returns upright rows)."""
+    import mujoco
+
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_forward(m, d)
+    out = {}
+    with mujoco.Renderer(m, size, size) as r:
+        for key, cam in cameras.items():
+            r.update_scene(d, camera=cam)
+            rgb = r.render().copy()
+            r.enable_segmentation_rendering()
+            r.update_scene(d, camera=cam)
+            seg = r.render()
+            r.disable_segmentation_rendering()
+            geom = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
+            body = np.where(geom >= 0, m.geom_bodyid[np.maximum(geom, 0)], -1)
+            out[key] = (rgb[::-1], body[::-1])
+    return out
+
+
+def real_images(suite: str, task_id: int, init_id: int, settle: int, sizes: list[int]) -> dict:
+    """The real LIBERO's raw camera images after reset + set_init_state + settling, per size, and the
+    settled qpos (run it in a spawned process, see real_rollouts_isolated)."""
+    from pirl.envs.libero_pool import CAMERA_KEYS
+
+    out: dict = {"images": {}}
+    for size in sizes:
+        env, task_suite = make_libero_env(suite, task_id, cameras=True, size=size)
+        try:
+            init = task_suite.get_task_init_states(task_id)[init_id]
+            env.seed(BUILD_SEED)
+            np.random.seed(BUILD_SEED)
+            env.reset()
+            obs = env.set_init_state(init)
+            for _ in range(settle):
+                obs, _, _, _ = env.step(list(SETTLE_ACTION))
+            out["images"][size] = {ours: np.array(obs[raw]) for raw, ours in CAMERA_KEYS.items()}
+            out["qpos"] = np.array(env.sim.data.qpos)
+        finally:
+            env.close()
+    return out
+
+
+def _mask_picture(label: np.ndarray, n: int) -> np.ndarray:
+    """Silhouette labels as colours u8[H, W, 3] (background black)."""
+    palette = (np.stack([np.arange(n) * 97 % 255, np.arange(n) * 53 % 255 + 60, np.arange(n) * 181 % 255], 1)
+               .clip(0, 255).astype(np.uint8))  # fmt: skip
+    return np.where(label[..., None] >= 0, palette[np.maximum(label, 0)], 0).astype(np.uint8)
+
+
+def compare_images(
+    suite: str, task_id: int, init_ids: list[int], settle: int, sizes: list[int], images_dir: str | None,
+    out=sys.stdout,
+) -> list[dict]:  # fmt: skip
+    """Check (d): one JSON line per (init, size, camera); returns the records."""
+    import pathlib
+
+    import jax
+    import mujoco
+    from mujoco import mjx
+    from PIL import Image
+
+    from pirl.envs import libero_render as lr
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.build_libero import task_dir
+
+    task = ls.load_task(suite, task_id)
+    cams = lr.libero_cameras(task)
+    compiled = mujoco.MjModel.from_xml_path(str(task_dir(suite, task_id) / "scene.xml"))
+    label, names = body_labels(task.model)
+    mx = mjx.put_model(task.model)
+    fns = {
+        size: jax.jit(
+            lambda d, size=size: (
+                lr.render_libero_cameras(cams, d, size),
+                lr.segment_libero_cameras(cams, d, size),
+            )
+        )
+        for size in sizes
+    }
+    records = []
+    for init_id in init_ids:
+        t0 = time.perf_counter()
+        real = _isolated(real_images, suite, task_id, init_id, settle, sizes)
+        t1 = time.perf_counter()
+        d = mjx.make_data(mx)
+        d = mjx.kinematics(mx, d.replace(qpos=jax.numpy.asarray(real["qpos"], d.qpos.dtype)))
+        for size in sizes:
+            rgb, seg = jax.device_get(fns[size](d))
+            ref = mujoco_views(compiled, real["qpos"], size, lr.LIBERO_CAMERAS)
+            for key in lr.LIBERO_CAMERAS:
+                real_rgb, ours_rgb = real["images"][size][key], np.asarray(rgb[key])
+                mj_rgb, mj_body = ref[key]
+                real_lab = np.where(mj_body >= 0, label[np.maximum(mj_body, 0)], -1)
+                ours_body = np.asarray(seg[key])
+                ours_lab = np.where(ours_body >= 0, label[np.maximum(ours_body, 0)], -1)
+                iou = {}
+                for i, name in enumerate(names):
+                    a, b = real_lab == i, ours_lab == i
+                    if a.sum() + b.sum() >= 20:  # visible in either (>= 20 px)
+                        iou[name] = round(float((a & b).sum() / (a | b).sum()), 3)
+                objects = [v for k, v in iou.items() if k != "robot"]
+                rec = {
+                    "suite": suite, "task": task_id, "init": init_id, "check": "images", "size": size,
+                    "camera": key,
+                    "psnr_db": round(psnr(real_rgb, ours_rgb), 2),
+                    "ssim": round(ssim(real_rgb, ours_rgb), 3),
+                    # the raw orientation: LIBERO's image against MuJoCo's render of the same model,
+                    # rows reversed (as pirl renders) and upright
+                    "real_vs_mujoco_raw_psnr_db": round(psnr(real_rgb, mj_rgb), 2),
+                    "real_vs_mujoco_upright_psnr_db": round(psnr(real_rgb, mj_rgb[::-1]), 2),
+                    "iou": iou,
+                    "object_iou_mean": round(float(np.mean(objects)), 3) if objects else None,
+                    "real_s": round(t1 - t0, 1),
+                }  # fmt: skip
+                records.append(rec)
+                out.write(json.dumps(rec) + "\n")
+                out.flush()
+                if images_dir:
+                    path = pathlib.Path(images_dir)
+                    path.mkdir(parents=True, exist_ok=True)
+                    n = len(names)
+                    row = np.concatenate(
+                        [real_rgb, ours_rgb, _mask_picture(real_lab, n), _mask_picture(ours_lab, n)], 1
+                    )
+                    # saved upright (rows reversed back) for people; the metrics use the raw images
+                    name = f"{suite}_task{task_id}_init{init_id}_{key.removesuffix('_image')}_{size}.png"
+                    Image.fromarray(np.ascontiguousarray(row[::-1])).save(path / name)
+    return records
 
 
 def compare(suite: str, task_id: int, init_ids: list[int], settle: int, out=sys.stdout) -> list[dict]:
@@ -211,13 +419,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", nargs="+", type=int, default=[0])
     p.add_argument("--init-states", nargs="+", type=int, default=[0])
     p.add_argument("--settle", type=int, default=SETTLE_STEPS, help="no-op steps after the reset")
+    p.add_argument("--checks", nargs="+", choices=CHECKS, default=["state"],
+                   help="state: (a) settled state and (b) eef trajectories; images: (d)")  # fmt: skip
+    p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
+    p.add_argument("--images-dir", default=None, help="(d): save side-by-side PNGs here")
     args = p.parse_args(argv)
     import pirl  # noqa: F401  (XLA CPU flag before the first JAX computation)
 
     ok = True
     for t in args.tasks:
-        recs = compare(args.suite, t, args.init_states, args.settle)
-        ok &= all(r["pass"] for r in recs)
+        if "state" in args.checks:
+            recs = compare(args.suite, t, args.init_states, args.settle)
+            ok &= all(r["pass"] for r in recs)
+        if "images" in args.checks:
+            compare_images(args.suite, t, args.init_states, args.settle, args.image_sizes, args.images_dir)
     print(
         json.dumps(
             {
@@ -225,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
                 "suite": args.suite,
                 "tasks": args.tasks,
                 "init_states": args.init_states,
+                "checks": args.checks,
                 "pass": ok,
             }
         )
