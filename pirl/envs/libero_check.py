@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -38,8 +39,8 @@ SEQUENCE_STEPS = 20
 POS_TOL, ROT_TOL, EEF_TOL = 0.005, 0.05, 0.01
 """Targets: settled eef position (m), settled axis-angle (rad), eef after each sequence (m)."""
 
-CHECKS = ("state", "images")
-"""What `--checks` can run: (a)+(b) state, (d) images."""
+CHECKS = ("state", "pick_place", "images")
+"""What `--checks` can run: (a)+(b) state, (c) pick_place, (d) images."""
 
 
 def action_sequences(steps: int = SEQUENCE_STEPS) -> dict[str, np.ndarray]:
@@ -354,6 +355,215 @@ def compare_images(
     return records
 
 
+# ----------------------------------------------------------------------------- (c) pick-and-place
+
+PICK_PLACE_STEPS = 240
+"""Control steps per pick-and-place episode (RL fine-tuning's libero_spatial limit)."""
+
+OBJECT_TOL = 0.02
+"""Target of (c): object positions after the plan within 2 cm of the real LIBERO's."""
+
+
+def pick_place_goal(meta: dict) -> tuple[str, str]:
+    """(object, target) of a task whose goal is one `On` predicate; UserError otherwise."""
+    from pirl.errors import UserError
+
+    goal = meta["goal"]
+    if len(goal) != 1 or goal[0][0].lower() != "on":
+        raise UserError(f"the pick-and-place check handles one On(object, target) goal; this task has {goal}")
+    return goal[0][1], goal[0][2]
+
+
+def _body(m, name: str) -> int:
+    """LIBERO's body of an object name (`<name>_main` where it exists, as LIBERO's obj_body_id)."""
+    import mujoco
+
+    for n in (f"{name}_main", name):
+        b = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, n)
+        if b >= 0:
+            return b
+    raise ValueError(f"no body for object {name!r}")
+
+
+def pick_place_geometry(m, obj: str, target: str):
+    """Extents of the object's and target's geoms (with their sub-bodies) in their body frames, from
+    the MJX scene at qpos0."""
+    import mujoco
+
+    from pirl.envs.expert import PickPlaceGeometry
+    from pirl.envs.libero_scene import geom_points
+
+    d = mujoco.MjData(m)
+    mujoco.mj_kinematics(m, d)
+
+    def extents(root: int):
+        pts = []
+        for g in range(m.ngeom):
+            b = m.geom_bodyid[g]
+            r = b
+            while r not in (0, root):
+                r = m.body_parentid[r]
+            if r == root and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE:
+                local = geom_points(m, g) - m.geom_pos[g]  # in the geom's body frame, about the geom
+                world = d.xpos[b] + (local + m.geom_pos[g]) @ d.xmat[b].reshape(3, 3).T
+                pts.append((world - d.xpos[root]) @ d.xmat[root].reshape(3, 3))
+        pts = np.concatenate(pts)
+        return pts.min(0), pts.max(0)
+
+    lo, hi = extents(_body(m, obj))
+    _, thi = extents(_body(m, target))
+    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi)
+
+
+def _view(m, d, obj_body: int, target_body: int):
+    """PickPlaceView from a MuJoCo model and data (host arrays with MuJoCo's field names)."""
+    import mujoco
+
+    from pirl.envs.expert import PickPlaceView
+
+    site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
+    left = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "gripper0_leftfinger")
+    right = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "gripper0_rightfinger")
+    axis = np.asarray(d.xpos[left]) - np.asarray(d.xpos[right])
+    return PickPlaceView(
+        grip_pos=np.array(d.site_xpos[site], np.float64),
+        grip_mat=np.array(d.site_xmat[site], np.float64).reshape(3, 3),
+        finger_axis=axis / max(np.linalg.norm(axis), 1e-9),
+        obj_pos=np.array(d.xpos[obj_body], np.float64),
+        target_pos=np.array(d.xpos[target_body], np.float64),
+    )
+
+
+def real_pick_place(
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg
+) -> list[dict]:
+    """The plan in the real LIBERO (reading the real simulator), per initial state: LIBERO's own
+    success (first step), the final qpos, the phase reached (run it in a spawned process)."""
+    from pirl.envs.expert import PHASES, PlanState, pick_place_action
+
+    env, task_suite = make_libero_env(suite, task_id)
+    obj, target = pick_place_goal({"goal": env.env.parsed_problem["goal_state"]})
+    m = env.sim.model._model
+    ob, tb = _body(m, obj), _body(m, target)
+    inits = task_suite.get_task_init_states(task_id)
+    out = []
+    try:
+        env.seed(BUILD_SEED)
+        for init_id in init_ids:
+            np.random.seed(BUILD_SEED)
+            env.reset()
+            env.set_init_state(inits[init_id])
+            for _ in range(settle):
+                env.step(list(SETTLE_ACTION))
+            state, first = PlanState(), -1
+            for t in range(steps):
+                action, state = pick_place_action(plan_cfg, geo, _view(m, env.sim.data._data, ob, tb), state)
+                _, _, done, _ = env.step(action.tolist())
+                if done and first < 0:
+                    first = t + 1
+            out.append(
+                {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase]}
+            )
+    finally:
+        env.close()
+    return out
+
+
+def on_top(m, qpos: np.ndarray, obj_body: int, target_body: int) -> bool:
+    """LIBERO's On(object, target) (check_ontop) on the MJX scene's geometry, in MuJoCo C: object xy
+    within 3 cm of the target's, not below it, and touching it."""
+    import mujoco
+
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_forward(m, d)
+
+    def root_of(g: int) -> int:
+        b = m.geom_bodyid[g]
+        while m.body_parentid[b] != 0 and b not in (obj_body, target_body):
+            b = m.body_parentid[b]
+        return b
+
+    touching = any(
+        {root_of(d.contact.geom1[i]), root_of(d.contact.geom2[i])} == {obj_body, target_body}
+        for i in range(d.ncon)
+    )
+    a, b = d.xpos[obj_body], d.xpos[target_body]
+    return bool(a[2] >= b[2] and np.linalg.norm(a[:2] - b[:2]) < 0.03 and touching)
+
+
+def compare_pick_place(
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int = PICK_PLACE_STEPS, out=sys.stdout
+) -> list[dict]:
+    """Check (c): the plan in both simulators per initial state; one JSON line each, then a summary."""
+    import jax
+    import jax.numpy as jnp
+    from mujoco import mjx
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_action
+    from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
+
+    task = ls.load_task(suite, task_id)
+    m = task.model
+    obj, target = pick_place_goal(task.meta)
+    ob, tb = _body(m, obj), _body(m, target)
+    geo = pick_place_geometry(m, obj, target)
+    plan_cfg = LiberoPlanConfig()
+    mx = mjx.put_model(m)
+    cfg = OSCConfig(timestep=float(m.opt.timestep))
+    idx = OSCIndices.from_model(m)
+    fields = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
+
+    @jax.jit
+    def step(d, a):
+        d = mjx.kinematics(mx, osc_control_step(cfg, idx, mx, d, a))
+        return d, {k: getattr(d, k) for k in fields}
+
+    reset = jax.jit(lambda d: osc_reset(cfg, idx, mx, d))
+    t0 = time.perf_counter()
+    real = _isolated(real_pick_place, suite, task_id, init_ids, settle, steps, geo, plan_cfg)
+    real_s = time.perf_counter() - t0
+    records = []
+    for k, init_id in enumerate(init_ids):
+        t1 = time.perf_counter()
+        d = reset(jax.device_put(ls.init_data(task, mx, init_id)))
+        for _ in range(settle):
+            d, host = step(d, jnp.asarray(SETTLE_ACTION, jnp.float32))
+        state, first = PlanState(), -1
+        for t in range(steps):
+            view = _view(m, types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()}), ob, tb)
+            action, state = pick_place_action(plan_cfg, geo, view, state)
+            d, host = step(d, jnp.asarray(action))
+            if first < 0 and on_top(
+                m, np.asarray(host["qpos"], np.float64), ob, tb
+            ):  # LIBERO checks every step
+                first = t + 1
+        qpos = np.asarray(host["qpos"], np.float64)
+        r = real[k]
+        errs = object_errors(task, qpos, r["qpos"])
+        rec = {
+            "suite": suite, "task": task_id, "init": init_id, "check": "pick_place",
+            "real_success_step": r["success_step"], "mjx_success_step": first,
+            "real_phase": r["phase"], "mjx_phase": PHASES[state.phase],
+            "object_err_mm": errs, "max_object_err_mm": max(errs.values()),
+            "pass": max(errs.values()) <= 1000 * OBJECT_TOL,
+            "mjx_s": round(time.perf_counter() - t1, 1),
+        }  # fmt: skip
+        records.append(rec)
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+    summary = {
+        "suite": suite, "task": task_id, "check": "pick_place_summary", "episodes": len(records),
+        "real_successes": sum(r["real_success_step"] > 0 for r in records),
+        "mjx_successes": sum(r["mjx_success_step"] > 0 for r in records),
+        "objects_within_2cm": sum(r["pass"] for r in records), "real_s": round(real_s, 1),
+    }  # fmt: skip
+    out.write(json.dumps(summary) + "\n")
+    out.flush()
+    return records
+
+
 def compare(suite: str, task_id: int, init_ids: list[int], settle: int, out=sys.stdout) -> list[dict]:
     """Run both simulators and write the JSON lines; returns the records."""
     from pirl.envs import libero_scene as ls
@@ -420,7 +630,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-states", nargs="+", type=int, default=[0])
     p.add_argument("--settle", type=int, default=SETTLE_STEPS, help="no-op steps after the reset")
     p.add_argument("--checks", nargs="+", choices=CHECKS, default=["state"],
-                   help="state: (a) settled state and (b) eef trajectories; images: (d)")  # fmt: skip
+                   help="state: (a) settled state and (b) eef trajectories; pick_place: (c); images: (d)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=PICK_PLACE_STEPS, help="(c): control steps per episode")
     p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
     p.add_argument("--images-dir", default=None, help="(d): save side-by-side PNGs here")
     args = p.parse_args(argv)
@@ -430,6 +641,9 @@ def main(argv: list[str] | None = None) -> None:
     for t in args.tasks:
         if "state" in args.checks:
             recs = compare(args.suite, t, args.init_states, args.settle)
+            ok &= all(r["pass"] for r in recs)
+        if "pick_place" in args.checks:
+            recs = compare_pick_place(args.suite, t, args.init_states, args.settle, args.steps)
             ok &= all(r["pass"] for r in recs)
         if "images" in args.checks:
             compare_images(args.suite, t, args.init_states, args.settle, args.image_sizes, args.images_dir)
