@@ -374,8 +374,8 @@ class LiberoPlanConfig:
     """Approach height of the grip site above the grasp point."""
     grasp_depth: float = 0.02
     """Grasp point below the object's top (fingertips straddle a bowl's rim)."""
-    rim_inset: float = 0.012
-    """Grasp point inside the object's outer radius, along the fingers' closing axis."""
+    rim_shift: float = 0.0
+    """Grasp point outside (+) the middle of the object's upper wall, along the fingers' closing axis."""
     lift: float = 0.12
     """Carry height of the object's bottom above the target's top."""
     release_gap: float = 0.015
@@ -415,8 +415,14 @@ class PickPlaceGeometry:
     """Object and target extents in their body frames (from the MJX scene's geoms)."""
 
     obj_lo: np.ndarray
+    """f64[3] lowest corner of the object's geoms in its body frame."""
     obj_hi: np.ndarray
+    """f64[3] highest corner."""
     target_hi: np.ndarray
+    """f64[3] highest corner of the target's geoms in its body frame."""
+    wall_radius: float
+    """Horizontal distance from the object's centre to the middle of its upper wall (the geoms within
+    3 cm of its top): where the fingers straddle it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,9 +455,8 @@ def pick_place_action(
         # the fingers straddle the object's wall on the side the closing axis points to
         axis = np.array([view.finger_axis[0], view.finger_axis[1], 0.0])
         axis /= max(np.linalg.norm(axis), 1e-9)
-        radius = float(min(geo.obj_hi[0] - geo.obj_lo[0], geo.obj_hi[1] - geo.obj_lo[1])) / 2
         centre = np.array([(geo.obj_hi[0] + geo.obj_lo[0]) / 2, (geo.obj_hi[1] + geo.obj_lo[1]) / 2, 0.0])
-        offset = centre + axis * max(radius - cfg.rim_inset, 0.0)
+        offset = centre + axis * max(geo.wall_radius + cfg.rim_shift, 0.0)
         offset[2] = max(geo.obj_hi[2] - cfg.grasp_depth, geo.obj_lo[2] + 0.01)
         state = dataclasses.replace(state, grasp_offset=offset)
     phase, steps = state.phase, state.steps
@@ -470,8 +475,7 @@ def pick_place_action(
         goal = view.grip_pos
         speed = 0.0
     elif name == "lift":
-        goal = np.array([*view.grip_pos[:2], target_top + cfg.lift - geo.obj_lo[2] + hold[2] - 0.0])
-        goal[2] = view.grip_pos[2] + (target_top + cfg.lift - obj_bottom)
+        goal = np.array([*view.grip_pos[:2], view.grip_pos[2] + (target_top + cfg.lift - obj_bottom)])
     elif name == "transport":
         goal = np.array(
             [*(view.target_pos[:2] + hold[:2]), view.grip_pos[2] + (target_top + cfg.lift - obj_bottom)]

@@ -244,12 +244,15 @@ def mujoco_views(
     return out
 
 
-def real_images(suite: str, task_id: int, init_id: int, settle: int, sizes: list[int]) -> dict:
-    """The real LIBERO's raw camera images after reset + set_init_state + settling, per size, and the
-    settled qpos (run it in a spawned process, see real_rollouts_isolated)."""
+def real_images(
+    suite: str, task_id: int, init_id: int, settle: int, sizes: list[int], cameras: dict[str, str]
+) -> dict:
+    """The real LIBERO's raw camera images (keys of `cameras`) after reset + set_init_state + settling, per size, the
+    settled qpos, and MuJoCo's own render (`mujoco_views`) of LIBERO's compiled model there. Run it
+    in a spawned process (`_isolated`): MuJoCo's GL backend must be chosen before mujoco is imported."""
     from pirl.envs.libero_pool import CAMERA_KEYS
 
-    out: dict = {"images": {}}
+    out: dict = {"images": {}, "mujoco": {}}
     for size in sizes:
         env, task_suite = make_libero_env(suite, task_id, cameras=True, size=size)
         try:
@@ -262,6 +265,7 @@ def real_images(suite: str, task_id: int, init_id: int, settle: int, sizes: list
                 obs, _, _, _ = env.step(list(SETTLE_ACTION))
             out["images"][size] = {ours: np.array(obs[raw]) for raw, ours in CAMERA_KEYS.items()}
             out["qpos"] = np.array(env.sim.data.qpos)
+            out["mujoco"][size] = mujoco_views(env.sim.model._model, out["qpos"], size, cameras)
         finally:
             env.close()
     return out
@@ -282,17 +286,14 @@ def compare_images(
     import pathlib
 
     import jax
-    import mujoco
     from mujoco import mjx
     from PIL import Image
 
     from pirl.envs import libero_render as lr
     from pirl.envs import libero_scene as ls
-    from pirl.envs.build_libero import task_dir
 
     task = ls.load_task(suite, task_id)
     cams = lr.libero_cameras(task)
-    compiled = mujoco.MjModel.from_xml_path(str(task_dir(suite, task_id) / "scene.xml"))
     label, names = body_labels(task.model)
     mx = mjx.put_model(task.model)
     fns = {
@@ -307,13 +308,13 @@ def compare_images(
     records = []
     for init_id in init_ids:
         t0 = time.perf_counter()
-        real = _isolated(real_images, suite, task_id, init_id, settle, sizes)
+        real = _isolated(real_images, suite, task_id, init_id, settle, sizes, lr.LIBERO_CAMERAS)
         t1 = time.perf_counter()
         d = mjx.make_data(mx)
         d = mjx.kinematics(mx, d.replace(qpos=jax.numpy.asarray(real["qpos"], d.qpos.dtype)))
         for size in sizes:
             rgb, seg = jax.device_get(fns[size](d))
-            ref = mujoco_views(compiled, real["qpos"], size, lr.LIBERO_CAMERAS)
+            ref = real["mujoco"][size]
             for key in lr.LIBERO_CAMERAS:
                 real_rgb, ours_rgb = real["images"][size][key], np.asarray(rgb[key])
                 mj_rgb, mj_body = ref[key]
@@ -397,7 +398,7 @@ def pick_place_geometry(m, obj: str, target: str):
     mujoco.mj_kinematics(m, d)
 
     def extents(root: int):
-        pts = []
+        pts, centres = [], []
         for g in range(m.ngeom):
             b = m.geom_bodyid[g]
             r = b
@@ -407,12 +408,16 @@ def pick_place_geometry(m, obj: str, target: str):
                 local = geom_points(m, g) - m.geom_pos[g]  # in the geom's body frame, about the geom
                 world = d.xpos[b] + (local + m.geom_pos[g]) @ d.xmat[b].reshape(3, 3).T
                 pts.append((world - d.xpos[root]) @ d.xmat[root].reshape(3, 3))
-        pts = np.concatenate(pts)
-        return pts.min(0), pts.max(0)
+                centres.append((d.geom_xpos[g] - d.xpos[root]) @ d.xmat[root].reshape(3, 3))
+        pts, centres = np.concatenate(pts), np.array(centres)
+        return pts.min(0), pts.max(0), centres
 
-    lo, hi = extents(_body(m, obj))
-    _, thi = extents(_body(m, target))
-    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi)
+    lo, hi, centres = extents(_body(m, obj))
+    _, thi, _ = extents(_body(m, target))
+    upper = centres[centres[:, 2] > hi[2] - 0.03]
+    mid = 0.5 * (lo[:2] + hi[:2])
+    wall = float(np.mean(np.linalg.norm(upper[:, :2] - mid, axis=1)))
+    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall)
 
 
 def _view(m, d, obj_body: int, target_body: int):
@@ -461,6 +466,8 @@ def real_pick_place(
                 _, _, done, _ = env.step(action.tolist())
                 if done and first < 0:
                     first = t + 1
+                if PHASES[state.phase] == "done":
+                    break
             out.append(
                 {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase]}
             )
@@ -493,9 +500,18 @@ def on_top(m, qpos: np.ndarray, obj_body: int, target_body: int) -> bool:
 
 
 def compare_pick_place(
-    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int = PICK_PLACE_STEPS, out=sys.stdout
+    suite: str,
+    task_id: int,
+    init_ids: list[int],
+    settle: int,
+    steps: int = PICK_PLACE_STEPS,
+    scene_cfg=None,
+    mjx_side: bool = True,
+    out=sys.stdout,
 ) -> list[dict]:
-    """Check (c): the plan in both simulators per initial state; one JSON line each, then a summary."""
+    """Check (c): the plan in both simulators per initial state, each episode until the plan is done
+    (after the retreat) or `steps`; one JSON line each, then a summary. `scene_cfg`: the MJX scene's
+    SceneConfig (default: libero_scene's); `mjx_side=False` runs the real LIBERO only."""
     import jax
     import jax.numpy as jnp
     from mujoco import mjx
@@ -504,7 +520,7 @@ def compare_pick_place(
     from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_action
     from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
 
-    task = ls.load_task(suite, task_id)
+    task = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig())
     m = task.model
     obj, target = pick_place_goal(task.meta)
     ob, tb = _body(m, obj), _body(m, target)
@@ -526,6 +542,13 @@ def compare_pick_place(
     real_s = time.perf_counter() - t0
     records = []
     for k, init_id in enumerate(init_ids):
+        r = real[k]
+        if not mjx_side:
+            rec = {"suite": suite, "task": task_id, "init": init_id, "check": "pick_place",
+                   "real_success_step": r["success_step"], "real_phase": r["phase"], "pass": True}  # fmt: skip
+            records.append(rec)
+            out.write(json.dumps(rec) + "\n")
+            continue
         t1 = time.perf_counter()
         d = reset(jax.device_put(ls.init_data(task, mx, init_id)))
         for _ in range(settle):
@@ -540,7 +563,6 @@ def compare_pick_place(
             ):  # LIBERO checks every step
                 first = t + 1
         qpos = np.asarray(host["qpos"], np.float64)
-        r = real[k]
         errs = object_errors(task, qpos, r["qpos"])
         rec = {
             "suite": suite, "task": task_id, "init": init_id, "check": "pick_place",
@@ -556,8 +578,10 @@ def compare_pick_place(
     summary = {
         "suite": suite, "task": task_id, "check": "pick_place_summary", "episodes": len(records),
         "real_successes": sum(r["real_success_step"] > 0 for r in records),
-        "mjx_successes": sum(r["mjx_success_step"] > 0 for r in records),
-        "objects_within_2cm": sum(r["pass"] for r in records), "real_s": round(real_s, 1),
+        "mjx_successes": sum(r.get("mjx_success_step", -1) > 0 for r in records),
+        "objects_within_2cm": sum(r["pass"] for r in records) if mjx_side else None,
+        "caps": [int(m.numeric_data[m.numeric("max_geom_pairs").id]), int(m.numeric_data[m.numeric("max_contact_points").id])],
+        "real_s": round(real_s, 1),
     }  # fmt: skip
     out.write(json.dumps(summary) + "\n")
     out.flush()
@@ -632,6 +656,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checks", nargs="+", choices=CHECKS, default=["state"],
                    help="state: (a) settled state and (b) eef trajectories; pick_place: (c); images: (d)")  # fmt: skip
     p.add_argument("--steps", type=int, default=PICK_PLACE_STEPS, help="(c): control steps per episode")
+    p.add_argument(
+        "--caps",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("PAIRS", "POINTS"),
+        help="(c): the MJX scene's max_geom_pairs and max_contact_points (default: SceneConfig's)",
+    )
+    p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
     p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
     p.add_argument("--images-dir", default=None, help="(d): save side-by-side PNGs here")
     args = p.parse_args(argv)
@@ -643,7 +676,22 @@ def main(argv: list[str] | None = None) -> None:
             recs = compare(args.suite, t, args.init_states, args.settle)
             ok &= all(r["pass"] for r in recs)
         if "pick_place" in args.checks:
-            recs = compare_pick_place(args.suite, t, args.init_states, args.settle, args.steps)
+            from pirl.envs.libero_scene import SceneConfig
+
+            caps = (
+                {}
+                if args.caps is None
+                else {"max_geom_pairs": args.caps[0], "max_contact_points": args.caps[1]}
+            )
+            recs = compare_pick_place(
+                args.suite,
+                t,
+                args.init_states,
+                args.settle,
+                args.steps,
+                SceneConfig(**caps),
+                not args.real_only,
+            )
             ok &= all(r["pass"] for r in recs)
         if "images" in args.checks:
             compare_images(args.suite, t, args.init_states, args.settle, args.image_sizes, args.images_dir)

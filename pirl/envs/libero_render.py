@@ -248,7 +248,7 @@ def libero_cameras(
 
 
 @struct.dataclass
-class _Posed:
+class Posed:
     """The fields pirl.envs.render reads from a data object, for the drawn geoms and the cameras."""
 
     geom_xpos: jax.Array
@@ -259,7 +259,8 @@ class _Posed:
     xmat: jax.Array
 
 
-def _pose(cams: LiberoCameras, data) -> _Posed:
+def posed(cams: LiberoCameras, data) -> Posed:
+    """World poses of the drawn geoms and the cameras from the body poses in `data` (current kinematics)."""
     xpos = jnp.asarray(data.xpos, jnp.float32)
     xmat = jnp.asarray(data.xmat, jnp.float32).reshape(-1, 3, 3)
     gb, cb = np.asarray(cams.geom_body), np.asarray(cams.cam_body)
@@ -268,7 +269,7 @@ def _pose(cams: LiberoCameras, data) -> _Posed:
     cam_xpos = xpos[cb] + jnp.einsum("cij,cj->ci", xmat[cb], cams.cam_local_pos)
     cam_xmat = jnp.einsum("cij,cjk->cik", xmat[cb], cams.cam_local_mat)
     # lights are on the world body: render.py reads xpos/xmat only for lights on other bodies
-    return _Posed(geom_xpos, geom_xmat, cam_xpos, cam_xmat, xpos, xmat)
+    return Posed(geom_xpos, geom_xmat, cam_xpos, cam_xmat, xpos, xmat)
 
 
 def render_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax.Array]:
@@ -276,14 +277,14 @@ def render_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax
 
     `data`: one env's mjx.Data (or anything with body `xpos`, `xmat`) with current kinematics;
     jit at the caller, vmap over data for batches."""
-    rgb = rnd.render(cams.scene, _pose(cams, data), tuple(range(len(cams.camera_keys))), size, size)
+    rgb = rnd.render(cams.scene, posed(cams, data), tuple(range(len(cams.camera_keys))), size, size)
     return {k: rgb[i, ::-1] for i, k in enumerate(cams.camera_keys)}
 
 
 def segment_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax.Array]:
     """Body id i32[size, size] seen at each pixel (-1: background), per key, raw orientation as the images."""
     seg = rnd.render_segmentation(
-        cams.scene, _pose(cams, data), tuple(range(len(cams.camera_keys))), size, size
+        cams.scene, posed(cams, data), tuple(range(len(cams.camera_keys))), size, size
     )
     body = jnp.asarray(np.asarray(cams.geom_body, np.int32))
     seg = jnp.where(seg >= 0, body[jnp.maximum(seg, 0)], -1)
