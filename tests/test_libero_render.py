@@ -88,3 +88,46 @@ def test_images_against_real_libero(setup):
         assert r["object_iou_mean"] >= 0.8, r
         assert r["real_vs_mujoco_raw_psnr_db"] > r["real_vs_mujoco_upright_psnr_db"] + 5, r
         assert r["ssim"] > 0.4 and r["psnr_db"] > 10, r
+
+
+def test_pick_place_plan_on_a_kinematic_gripper():
+    """The plan's phases on an ideal point gripper (moves 0.4 x the commanded 0.05 m per unit each
+    step; the object follows it while closed): it reaches every phase in order and sets the object
+    down on the target within 1 cm, fingers open, straddling the wall at `wall_radius`."""
+    from pirl.envs.expert import (
+        PHASES,
+        LiberoPlanConfig,
+        PickPlaceGeometry,
+        PickPlaceView,
+        PlanState,
+        pick_place_action,
+    )
+
+    cfg = LiberoPlanConfig()
+    geo = PickPlaceGeometry(
+        obj_lo=np.array([-0.06, -0.06, 0.0]), obj_hi=np.array([0.06, 0.06, 0.05]),
+        target_hi=np.array([0.07, 0.07, 0.015]), wall_radius=0.045,
+    )  # fmt: skip
+    grip, obj, target = np.array([-0.2, 0.0, 1.17]), np.array([-0.08, 0.2, 0.9]), np.array([0.06, 0.2, 0.9])
+    mat = np.diag([1.0, -1.0, -1.0])
+    state, seen, closed, grasp_at = PlanState(), [], False, None
+    for _ in range(400):
+        view = PickPlaceView(grip.copy(), mat, np.array([0.0, 1.0, 0.0]), obj.copy(), target)
+        action, state = pick_place_action(cfg, geo, view, state)
+        assert np.all(np.abs(action) <= 1.0) and np.allclose(action[3:6], 0.0)
+        name = PHASES[state.phase]
+        if not seen or seen[-1] != name:
+            seen.append(name)
+        if name == "lift" and grasp_at is None:
+            grasp_at = grip - obj
+        closed = action[6] > 0 if name in ("close", "release") else closed
+        step = 0.4 * 0.05 * action[:3]
+        grip = grip + step
+        if closed and name not in ("close",):
+            obj = obj + step
+        if name == "done":
+            break
+    assert seen == list(PHASES)
+    np.testing.assert_allclose(grasp_at[:2], [0.0, 0.045], atol=0.01)  # on the wall, along the finger axis
+    assert np.linalg.norm(obj[:2] - target[:2]) < 0.01
+    assert abs(obj[2] - (target[2] + geo.target_hi[2] + cfg.release_gap)) < 0.01
