@@ -554,10 +554,11 @@ def train_rl(cfg: RLConfig, env: Any | None = None) -> dict[str, float]:
 
     `env`: a ready ManipEnv (e.g. a custom scene or render_fn); None builds `make_rl_env(cfg)`."""
     _log_pirl_info()
-    if jax.default_backend() == "cpu" and not pirl.cpu_flags_in_effect():
+    if jax.default_backend() == "cpu" and pirl.cpu_flags_missing():
         log.warning(
-            "XLA_FLAGS turns XLA's CPU fusion emitters back on: MJX rollouts run many times slower "
-            "on the CPU (see pirl/__init__.py); drop xla_cpu_use_fusion_emitters from XLA_FLAGS"
+            "XLA_FLAGS overrides pirl's CPU flags %s: MJX rollouts can run many times slower or "
+            "stall on the CPU (see pirl/__init__.py); drop those settings from XLA_FLAGS",
+            pirl.cpu_flags_missing(),
         )
     # Everything checkable is checked before an environment, a tokenizer or a compilation.
     check_paths(cfg)
