@@ -9,7 +9,11 @@ JSON line each:
   settling; target: position within 5 mm, axis-angle within 0.05 rad;
 - (b) `eef`: the eef trajectory under open-loop action sequences of 20 steps (each axis +/-0.5,
   each rotation +/-0.5, gripper close) started after settling; target: within 1 cm.
-- (d) `images` (with `--images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
+- (c) `pick_place` (`--checks pick_place`): the scripted plan (`pirl.envs.expert.pick_place_action`)
+  run in both, each reading its own simulator: LIBERO's success and the MJX scene's (LIBERO's On
+  rule in MuJoCo C on the MJX state), and every free object's position error at the end; target:
+  within 2 cm. `--real-only` runs the real side alone (the expert's success rate there).
+- (d) `images` (`--checks images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
   (robosuite's offscreen render) and by pirl (`pirl.envs.libero_render`) at the same state (the
   real settled qpos), per image size: PSNR and SSIM of the raw images, and the per-object IoU of
   the silhouettes (MuJoCo's segmentation render of LIBERO's compiled model vs pirl's geom ids),
@@ -18,7 +22,8 @@ JSON line each:
   saves side-by-side PNGs (real | pirl | silhouettes).
 
     python -m pirl.envs.libero_check --suite libero_spatial --tasks 0 1 --init-states 0 1 2
-    python -m pirl.envs.libero_check --tasks 0 --init-states 0 --images --images-dir /tmp/libero_images
+    python -m pirl.envs.libero_check --tasks 0 1 --init-states 0 1 --checks pick_place
+    python -m pirl.envs.libero_check --tasks 0 --init-states 0 --checks images --images-dir /tmp/libero_images
 """
 
 from __future__ import annotations
