@@ -586,6 +586,7 @@ def compare_pick_place(
         "mjx_successes": sum(r["mjx_success_step"] > 0 for r in records) if mjx_side else None,
         "objects_within_2cm": sum(r["pass"] for r in records) if mjx_side else None,
         "caps": [int(m.numeric_data[m.numeric("max_geom_pairs").id]), int(m.numeric_data[m.numeric("max_contact_points").id])],
+        "solver": [int(m.opt.iterations), int(m.opt.ls_iterations)],
         "real_s": round(real_s, 1),
     }  # fmt: skip
     out.write(json.dumps(summary) + "\n")
@@ -668,6 +669,14 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         metavar=("PAIRS", "POINTS"),
         help="(c): the MJX scene's max_geom_pairs and max_contact_points (default: SceneConfig's)",
+    )
+    p.add_argument(
+        "--solver",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("ITERATIONS", "LS_ITERATIONS"),
+        help="(c): the MJX scene's solver and line-search iterations (default: SceneConfig's)",
     )
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
     p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
