@@ -13,6 +13,10 @@ when every goal holds the expert opens the gripper and retreats upward. Actions 
 
 `run_episodes` rolls policies (the expert, random actions) out from fixed initial states and
 reports success: the measure behind the "expert >= 90%, random < 5%" checks.
+
+For LIBERO's own tasks (pirl.envs.libero_scene), `pick_place_action` runs the same pick-and-place
+phases as a waypoint plan in host numpy, so that one plan drives both the MJX scene and the real
+LIBERO (pirl.envs.libero_check, check (c)).
 """
 
 from __future__ import annotations
