@@ -692,18 +692,18 @@ def main(argv: list[str] | None = None) -> None:
         if "pick_place" in args.checks:
             from pirl.envs.libero_scene import SceneConfig
 
-            caps = (
-                {}
-                if args.caps is None
-                else {"max_geom_pairs": args.caps[0], "max_contact_points": args.caps[1]}
-            )
+            scene = {}
+            if args.caps is not None:
+                scene.update(max_geom_pairs=args.caps[0], max_contact_points=args.caps[1])
+            if args.solver is not None:
+                scene.update(solver_iterations=args.solver[0], ls_iterations=args.solver[1])
             recs = compare_pick_place(
                 args.suite,
                 t,
                 args.init_states,
                 args.settle,
                 args.steps,
-                SceneConfig(**caps),
+                SceneConfig(**scene),
                 not args.real_only,
             )
             ok &= all(r["pass"] for r in recs)
