@@ -3,18 +3,18 @@
     python benchmarks/eval_stall.py                       # 40 calls of pi0_demo_cpu's evaluation
     python benchmarks/eval_stall.py --calls 60 -- --env.num-envs 8    # overrides after `--`
 
-Why it exists: with YNNPACK's dot fusions (XLA's CPU default in jaxlib 0.10.2) this program stopped
-for good every 5-10 calls on a 2-core machine: all XLA threads idle, the caller waiting forever
-(see pirl/__init__.py, which turns those fusions off). A stall is a call that has produced no
-result for `--stall-s` while the process used under 0.5 s of CPU time in the last 30 s; the script
-then prints a "stall" line and exits with status 3 (`py-spy dump --native --pid` on the process
-shows the waiting thread; run it before the timeout to capture one).
+Why it exists: on a 2-core machine this program stopped for good every 5-40 calls when XLA's CPU
+thread pool had two threads (all XLA threads idle, the caller waiting forever), with or without
+async dispatch, YNNPACK's dot fusions or parallel loop partitions; with a pool of one it did not.
+`pirl.create_backends()` (called here as by the CLIs) therefore sizes the pool from
+`PIRL_XLA_CPU_THREADS` (default 1): `PIRL_XLA_CPU_THREADS=0` gives XLA's own size and reproduces
+the stall. A stall is a call that has produced no result for `--stall-s` while the process used
+under 0.5 s of CPU time in the last 30 s; the script then prints a "stall" line and exits with
+status 3 (`py-spy dump --native --pid` on the process before that shows the waiting thread).
 
 It runs the real trainer path (`train_rl` with a short warm start and no PPO step) and wraps
 `trainer.build_programs` so that the step-0 evaluation is called `--calls` times. Lines:
-{"call", "seconds", "eval_success_once"} per call, then {"calls", "median_s", "stalls"}.
-XLA_FLAGS decides the variant: e.g. `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot` puts
-YNNPACK back to reproduce the stall.
+{"call", "seconds", "eval_success_once"} per call, then {"calls", "median_s", "stalls", ...}.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-import pirl  # noqa: F401  (XLA CPU flags before JAX starts)
+import pirl  # XLA CPU flags before JAX starts
 
 
 def _cpu_seconds() -> float:
@@ -61,6 +61,7 @@ def main() -> None:
 
     import jax
 
+    pirl.create_backends()
     from pirl.rl import trainer
     from pirl.train import parse_config
 
@@ -92,7 +93,10 @@ def main() -> None:
         cfg = parse_config([*argv, "--run-root", run_root, "--video-interval", "0", *args.overrides])
         trainer.train_rl(cfg)
     summary = {"calls": len(times), "median_s": round(statistics.median(times), 3), "stalls": 0}
-    print(json.dumps(summary | {"xla_flags": os.environ.get("XLA_FLAGS", "")}))
+    threads = os.environ.get("PIRL_XLA_CPU_THREADS", "1")
+    print(
+        json.dumps(summary | {"pirl_xla_cpu_threads": threads, "xla_flags": os.environ.get("XLA_FLAGS", "")})
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 
 import tyro
 
+import pirl
 from pirl.errors import run_cli
 from pirl.serving.policy import batch_buckets, policy_from_args
 from pirl.serving.server import PolicyServer, ServerConfig
@@ -63,6 +64,7 @@ def main(args: ServeArgs) -> None:
         max_connections=args.max_connections,
         idle_timeout_s=args.idle_timeout_s,
     )
+    pirl.create_backends()  # XLA's CPU pool as pirl sizes it (see pirl/__init__.py)
     policy = policy_from_args(args)
     if args.warmup:
         policy.warmup(batch_buckets(min(args.max_batch_size, policy.max_batch_size)))

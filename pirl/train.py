@@ -18,6 +18,7 @@ from typing import Any
 import tyro
 
 import configs
+import pirl
 
 
 def parse_config(argv: Sequence[str]) -> Any:
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
     # Joins a multi-process job when the environment describes one (PIRL_*, SLURM, TPU pod).
     multihost.initialize()
+    pirl.create_backends()  # XLA's CPU pool as pirl sizes it (see pirl/__init__.py)
     config = parse_config(sys.argv[1:] if argv is None else argv)
     check_devices(config)
     return run(config)

@@ -36,3 +36,50 @@ def run_metrics(run_dir: Path) -> dict[int, dict]:
     for record in read_jsonl(Path(run_dir) / "tb" / "metrics.jsonl"):
         out.setdefault(record["step"], {}).update(record)
     return out
+
+
+TINY_RL_MAX_STEPS = 4
+"""Episode length of `tiny_rl_config`'s envs: two chunk steps of two control steps."""
+
+
+def tiny_rl_config(run_root: Path, name: str, cache_dir: Path, **overrides):
+    """The demo preset shrunk for trainer tests: 28² images, 2-step chunks, 8 `toy_spatial` envs on
+    task 0 (episodes of TINY_RL_MAX_STEPS), no warm start, no video, a checkpoint every step."""
+    import dataclasses
+
+    from configs.rl import pi0_demo_cpu
+    from pirl.rl.config import EnvSpec, WarmStartConfig
+
+    demo = pi0_demo_cpu()
+    env = EnvSpec(
+        name="toy_spatial",
+        num_envs=8,
+        image_size=28,
+        max_episode_steps=TINY_RL_MAX_STEPS,
+        task_ids=(0,),
+        init_ids=overrides.pop("init_ids", ()),
+    )
+    return dataclasses.replace(
+        demo,
+        name=name,
+        run_root=str(run_root),
+        model=dataclasses.replace(demo.model, image_resolution=(28, 28)),
+        policy=dataclasses.replace(demo.policy, action_chunk=2),
+        env=env,
+        warm_start=WarmStartConfig(),
+        global_batch_size=8,
+        update_epochs=1,
+        video_interval=0,
+        save_interval=1,
+        compilation_cache_dir=str(cache_dir),
+        **overrides,
+    )
+
+
+def flat_color_render(data):
+    """A stand-in for the ray caster in trainer tests (it compiles for minutes on a CPU): both
+    cameras one 28² colour that follows the arm, so images still depend on the state."""
+    import jax.numpy as jnp
+
+    color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
+    return jnp.broadcast_to(color, (2, 28, 28, 3))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import TINY_RL_MAX_STEPS, flat_color_render, tiny_rl_config
 
 from pirl.data.configs import get_data_config, output_transforms
 from pirl.data.normalize import NormStats
@@ -218,12 +219,7 @@ def test_policy_description_round_trips_and_wins_over_defaults(tmp_path, tokeniz
 # End to end on a short MJX episode (tiny π0, a flat-colour renderer: the ray caster compiles for
 # minutes on a CPU). Both tests share one persistent compilation cache.
 
-MAX_STEPS = 4  # two chunk steps of two control steps
-
-
-def _flat_color_render(data):
-    color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
-    return jnp.broadcast_to(color, (2, 28, 28, 3))
+MAX_STEPS = TINY_RL_MAX_STEPS
 
 
 def _gripper_closing(table, info, data, task_id):
@@ -241,35 +237,12 @@ def _gripper_closing(table, info, data, task_id):
 def mjx_env():
     from pirl.envs import make_env
 
-    return make_env("toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=MAX_STEPS)
+    return make_env("toy_spatial", image_size=28, render_fn=flat_color_render, max_steps=MAX_STEPS)
 
 
 def _tiny_rl_config(tmp_path, name: str, **overrides):
-    from configs.rl import pi0_demo_cpu
-    from pirl.rl.config import EnvSpec, WarmStartConfig
-
-    demo = pi0_demo_cpu()
-    return dataclasses.replace(
-        demo,
-        name=name,
-        run_root=str(tmp_path / "runs"),
-        model=dataclasses.replace(demo.model, image_resolution=(28, 28)),
-        policy=dataclasses.replace(demo.policy, action_chunk=2),
-        env=EnvSpec(
-            name="toy_spatial",
-            num_envs=8,
-            image_size=28,
-            max_episode_steps=MAX_STEPS,
-            task_ids=(0,),
-            init_ids=(0, 1, 2, 3),
-        ),
-        warm_start=WarmStartConfig(),
-        global_batch_size=8,
-        update_epochs=1,
-        video_interval=0,
-        save_interval=1,
-        compilation_cache_dir=str(tmp_path.parent / "pipeline_xla_cache"),
-        **overrides,
+    return tiny_rl_config(
+        tmp_path / "runs", name, tmp_path.parent / "pipeline_xla_cache", init_ids=(0, 1, 2, 3), **overrides
     )
 
 
@@ -313,7 +286,7 @@ def test_pirl_eval_reproduces_the_trainers_evaluation(mjx_env, tmp_path, monkeyp
         videos_per_task=0,
         seed=cfg.seed + 1,
     )
-    summary = evaluate_mjx(policy, eval_cfg, tmp_path / "eval", render_fn=_flat_color_render)
+    summary = evaluate_mjx(policy, eval_cfg, tmp_path / "eval", render_fn=flat_color_render)
     assert summary["suites"]["toy_spatial"]["success_rate"] == trainer_success
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import flat_color_render
 
 from pirl.policies.config import FlowPolicyConfig
 from pirl.policies.env_io import env_obs_to_model
@@ -443,12 +444,6 @@ def test_ignore_terminations_rollout_pays_success_as_a_difference(scripted):
 AR_MAX_STEPS = 4  # episodes of two chunks of two control steps; rollouts of three chunks
 
 
-def _flat_color_render(data):
-    # The ray caster compiles for minutes on a CPU; a colour that follows the arm is enough here.
-    color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
-    return jnp.broadcast_to(color, (2, 28, 28, 3))
-
-
 @pytest.fixture(scope="module")
 def auto_reset_rollout():
     """A jitted MJX auto-reset rollout (toy_spatial, tiny π0, 2 envs) and what it needs."""
@@ -476,7 +471,7 @@ def auto_reset_rollout():
     )
     # lax.map batching and XLA's cheapest backend pass: these programs run once, compiling dominates.
     env = make_env(
-        "toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=AR_MAX_STEPS, batching="map"
+        "toy_spatial", image_size=28, render_fn=flat_color_render, max_steps=AR_MAX_STEPS, batching="map"
     )
     params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
     adapter = toy_env_adapter(cfg, env.prompts)

@@ -12,53 +12,28 @@ import os
 import signal
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import run_metrics
+from support import TINY_RL_MAX_STEPS, flat_color_render, run_metrics, tiny_rl_config
 
-from configs.rl import pi0_demo_cpu
 from pirl.envs import make_env
 from pirl.errors import run_cli
 from pirl.rl import trainer
-from pirl.rl.config import EnvSpec, WarmStartConfig
 
-MAX_STEPS = 4  # two chunk steps of two control steps
-
-
-def _flat_color_render(data):
-    # The ray caster compiles for minutes on a CPU; a colour that follows the arm is enough here.
-    color = (jnp.tanh(data.qpos[:3]) * 127 + 128).astype(jnp.uint8)
-    return jnp.broadcast_to(color, (2, 28, 28, 3))
+MAX_STEPS = TINY_RL_MAX_STEPS
 
 
 def _config(tmp_path, name: str, total_steps: int, **overrides):
-    demo = pi0_demo_cpu()
-    return dataclasses.replace(
-        demo,
-        name=name,
-        run_root=str(tmp_path / "runs"),
-        model=dataclasses.replace(demo.model, image_resolution=(28, 28)),
-        policy=dataclasses.replace(demo.policy, action_chunk=2),
-        env=EnvSpec(
-            name="toy_spatial", num_envs=8, image_size=28, max_episode_steps=MAX_STEPS, task_ids=(0,)
-        ),
-        warm_start=WarmStartConfig(),  # no expert demos: norm stats from random init are not needed
-        global_batch_size=8,
-        update_epochs=1,
-        total_steps=total_steps,
-        eval_interval=0,  # the evaluation program would be one more MJX compile
-        video_interval=0,
-        save_interval=1,
-        compilation_cache_dir=str(tmp_path / "xla_cache"),
-        **overrides,
+    # eval_interval 0: the evaluation program would be one more MJX compile
+    return tiny_rl_config(
+        tmp_path / "runs", name, tmp_path / "xla_cache", total_steps=total_steps, eval_interval=0, **overrides
     )
 
 
 @pytest.fixture(scope="module")
 def env():
     # One environment per fake CPU device (the batch is sharded over the 8-device mesh).
-    return make_env("toy_spatial", image_size=28, render_fn=_flat_color_render, max_steps=MAX_STEPS)
+    return make_env("toy_spatial", image_size=28, render_fn=flat_color_render, max_steps=MAX_STEPS)
 
 
 @pytest.mark.slow

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pirl.checkpoints.detect import load_checkpoint_params
+from pirl.checkpoints.openpi_jax import load_openpi_params, save_openpi_params
 from pirl.distributed import hlo
 from pirl.distributed import mesh as mesh_lib
-from pirl.policies import flow_policy
+from pirl.models import pi0
+from pirl.policies import flow_policy, masks
 from pirl.policies.config import FlowPolicyConfig
-from pirl.rl import synthetic
+from pirl.rl import optim, synthetic
 from pirl.rl import update as update_lib
 from pirl.rl.config import AdvantageConfig, EnvSpec, RLConfig
 from pirl.rl.rollout import Trajectory
@@ -179,3 +184,135 @@ def test_critic_warmup_and_recomputed_log_probs(setup):
         jax.tree.map(lambda a, b: np.abs(a - b).max(), new["value_head"], params["value_head"])
     )
     assert max(moved) > 1e-5
+
+
+# What passes a weight (or one scanned layer of it) along unchanged; a gather of embedding rows does not.
+_MOVES = {"slice", "dynamic_slice", "squeeze", "reshape", "transpose", "broadcast_in_dim", "copy"}
+
+
+def _upcasts_of(jaxpr, tainted: set) -> tuple[list[tuple[tuple[int, ...], str]], set]:
+    """(shape, source file) of the bf16 -> f32 converts of `tainted` vars of `jaxpr` (or of slices /
+    reshapes of them, also inside nested jaxprs: scan, remat, pjit, ...), and which outvars carry
+    tainted values out."""
+    found = []
+    tainted = set(tainted)
+
+    def is_tainted(v) -> bool:
+        return not isinstance(v, jax.extend.core.Literal) and v in tainted
+
+    for eqn in jaxpr.eqns:
+        hit = any(is_tainted(v) for v in eqn.invars)
+        name = eqn.primitive.name
+        if name == "convert_element_type" and hit:
+            if eqn.invars[0].aval.dtype == jnp.bfloat16 and eqn.params["new_dtype"] == jnp.float32:
+                where = jax._src.source_info_util.summarize(eqn.source_info)
+                found.append((eqn.invars[0].aval.shape, where.rsplit("/", 1)[-1]))
+        elif name in _MOVES and hit:
+            tainted.update(eqn.outvars)
+        elif name == "optimization_barrier":
+            tainted.update(o for i, o in zip(eqn.invars, eqn.outvars, strict=True) if is_tainted(i))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            # Nested jaxprs take the equation's last len(sub.invars) operands (scan, pjit, remat: all).
+            offset = len(eqn.invars) - len(sub.invars)
+            inner = {sub.invars[k] for k, v in enumerate(eqn.invars[offset:]) if is_tainted(v)}
+            sub_found, sub_out = _upcasts_of(sub, inner)
+            found += sub_found
+            if len(sub.outvars) == len(eqn.outvars):
+                tainted.update(
+                    o
+                    for o, i in zip(eqn.outvars, sub.outvars, strict=True)
+                    if not isinstance(i, jax.extend.core.Literal) and i in sub_out
+                )
+    return found, {v for v in jaxpr.outvars if is_tainted(v)}
+
+
+def test_frozen_vlm_in_bf16_restore_train_save_restore(tmp_path):
+    """The full-size presets' setting (bf16 compute, VLM frozen and stored in bf16) on the tiny
+    model: a float32 openpi checkpoint is restored as the trainer does (float32) and cast; the
+    optimizer holds no moments and the gradient no leaf for the frozen VLM, whose matrices enter the
+    matmuls as stored; after an update it is still bf16 and bit-identical; the saved params restore
+    (as stored, or through the trainer's float32 path)."""
+    base = synthetic.tiny_ppo_config()
+    model = dataclasses.replace(base.model, dtype="bfloat16", frozen_dtype="bfloat16")
+    cfg = synthetic.tiny_ppo_config(model=model)
+    save_openpi_params(pi0.init_params(cfg.model, jax.random.key(0)), tmp_path / "sft")  # float32
+    loaded = load_checkpoint_params(tmp_path / "sft", cfg.model, dtype=np.float32)
+    params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0), loaded)
+    mask = masks.trainable_mask(params, cfg.policy, cfg.model)
+    flat_mask = dict(jax.tree_util.tree_leaves_with_path(mask))
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    frozen = {path for path, _ in leaves if not flat_mask[path]}
+    assert any("img" in jax.tree_util.keystr(p) for p in frozen)  # train_expert_only: the VLM
+    for path, leaf in leaves:
+        assert leaf.dtype == (jnp.bfloat16 if path in frozen else jnp.float32), jax.tree_util.keystr(path)
+
+    # The gradient tree has no frozen leaf: the VLM's weight gradients are never formed; and the
+    # gradient program upcasts no frozen weight matrix (nor a scanned layer of one) to float32.
+    batch = synthetic.synthetic_transitions(cfg, 8)
+    adapter = synthetic.toy_env_adapter(cfg)
+    jaxpr, ((_, _), grads) = jax.make_jaxpr(
+        lambda p, b: optim.accumulate_gradients(
+            lambda q, mb: update_lib.ppo_loss_fn(q, mb, cfg=cfg, adapter=adapter, critic_warmup=False),
+            p,
+            b,
+            2,
+            trainable_mask=mask,
+        ),
+        return_shape=True,
+    )(params, batch)
+    trainable = masks.split_frozen(params, mask)[0]
+    assert jax.tree.structure(grads) == jax.tree.structure(trainable)
+    num_trainable = sum(x.size for x in jax.tree.leaves(trainable))
+    assert len(jax.tree.leaves(grads)) == len(leaves) - len(frozen)
+    flat_mask = jax.tree.leaves(mask)
+    frozen_vars = [v for v, t in zip(jaxpr.jaxpr.invars, flat_mask, strict=False) if not t]
+    assert len(frozen_vars) == len(frozen)  # the params come first among the invars
+    upcasts, _ = _upcasts_of(jaxpr.jaxpr, {v for v in frozen_vars if v.aval.ndim >= 2})
+    # Allowed: per-layer vectors (RMSNorm scales) and SigLIP's small float32 pieces (the patch-
+    # embedding conv, the position embedding, the LayerNorms), of width siglip.width; no matrix of
+    # the Gemma LLM.
+    width = cfg.model.siglip.width
+    assert width != cfg.model.llm.width
+    matrices = [(shape, where) for shape, where in upcasts if len(shape) >= 2]
+    assert [(shape, where) for shape, where in matrices if shape[-1] != width or "gemma" in where] == []
+    assert any(len(shape) == 4 for shape, _ in upcasts)  # the check does see the conv kernel's upcast
+
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(1, 1)), jax.devices()[:1])
+    ppo = synthetic.make_ppo_update_setup(cfg, mesh, params=params)
+    # AdamW: two moments per trainable element, none for the frozen ones (scalars: step counts).
+    state_sizes = sum(x.size for x in jax.tree.leaves(ppo.opt_state) if x.ndim > 0)
+    assert state_sizes == 2 * num_trainable
+    new, _, _, metrics = ppo.update(
+        ppo.params,
+        ppo.opt_state,
+        jnp.zeros((), jnp.int32),
+        synthetic.place_transitions(batch, mesh),
+        jax.random.key(1),
+    )
+    assert np.isfinite(float(metrics["train/actor/grad_norm"]))
+    new = jax.device_get(new)
+    for (path, before), after in zip(leaves, jax.tree.leaves(new), strict=True):
+        assert after.dtype == before.dtype, jax.tree_util.keystr(path)
+        if path in frozen:
+            assert np.asarray(after).tobytes() == np.asarray(before).tobytes(), jax.tree_util.keystr(path)
+    assert not np.allclose(
+        params["model"]["action_out_proj"]["kernel"], new["model"]["action_out_proj"]["kernel"]
+    )
+
+    # Saved as stored (bf16 frozen, float32 trained, like openpi's own params), restored bit-exact,
+    # and again through the trainer's path (float32 restore, then the cast).
+    save_openpi_params(new["model"], tmp_path / "rl")
+    for restored in (
+        load_openpi_params(tmp_path / "rl"),
+        flow_policy.init_policy_params(
+            cfg.policy,
+            cfg.model,
+            jax.random.key(0),
+            load_checkpoint_params(tmp_path / "rl", cfg.model, np.float32),
+        )["model"],
+    ):
+        for (path, want), got in zip(
+            jax.tree_util.tree_leaves_with_path(new["model"]), jax.tree.leaves(restored), strict=True
+        ):
+            got = np.asarray(got)
+            assert got.dtype == want.dtype and got.tobytes() == np.asarray(want).tobytes(), path

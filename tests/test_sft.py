@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sentencepiece
@@ -24,6 +25,9 @@ from pirl.distributed.mesh import MeshConfig, make_mesh, param_shardings
 from pirl.logging.writer import read_jsonl
 from pirl.models import pi0
 from pirl.models.config import Pi0Config
+from pirl.policies import masks
+from pirl.rl import optim
+from pirl.sft import train as sft_train
 from pirl.sft.config import SFTConfig, sft_config_for, sft_presets
 from pirl.sft.train import init_params as sft_init_params
 from pirl.sft.train import train_sft, trainable_mask
@@ -102,7 +106,13 @@ def make_config(workdir, name: str, **overrides) -> SFTConfig:
         action_horizon=HORIZON,
         cameras=(("base_0_rgb", "observation/image"),),
     )
-    model = Pi0Config.tiny(action_horizon=HORIZON, image_keys=("base_0_rgb",), paligemma_variant="dummy_lora")
+    # The frozen LLM stored in bf16 (as at full size): LoRA SFT, EMA, resume and export cover it.
+    model = Pi0Config.tiny(
+        action_horizon=HORIZON,
+        image_keys=("base_0_rgb",),
+        paligemma_variant="dummy_lora",
+        frozen_dtype="bfloat16",
+    )
     defaults = dict(
         model=model,
         data=data,
@@ -165,7 +175,9 @@ def test_lora_sft_lowers_loss_freezes_llm_and_resumes_exactly(workdir):
     assert frozen and all(k.startswith("PaliGemma/llm") and "lora" not in k for k in frozen)
     assert not any("_1" in k.split("llm/")[1] for k in frozen)  # the expert is not LoRA: trainable
     for key in frozen:
+        assert exported[key].dtype == initial[key].dtype == jnp.bfloat16, key
         assert np.asarray(exported[key]).tobytes() == np.asarray(initial[key]).tobytes(), key
+    assert all(exported[k].dtype == np.float32 for k in mask if mask[k])
     changed = [k for k in mask if mask[k] and not np.array_equal(exported[k], initial[k])]
     assert any("lora" in k for k in changed) and "action_in_proj/kernel" in changed
 
@@ -195,6 +207,51 @@ def test_trainable_masks_follow_openpi():
     mask = flatten_params(trainable_mask(pi0.abstract_params(both_lora)))
     for key, trainable in mask.items():
         assert trainable == (not key.startswith("PaliGemma/llm") or "lora" in key), key
+
+
+def test_sft_and_rl_share_one_frozen_mechanism(monkeypatch):
+    """SFT and the RL update take gradients and build optimizers through the same two functions of
+    pirl.policies.masks; a LoRA model's frozen LLM is bf16 and gets no Adam moments."""
+    calls = []
+    value_and_grad, optimizer = masks.trainable_value_and_grad, masks.trainable_optimizer
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(masks, "trainable_value_and_grad", spy("grad", value_and_grad))
+    monkeypatch.setattr(masks, "trainable_optimizer", spy("optimizer", optimizer))
+
+    config = SFTConfig(
+        model=Pi0Config.tiny(action_horizon=50, paligemma_variant="dummy_lora", frozen_dtype="bfloat16")
+    )
+    abstract = sft_train.frozen_params_cast(config, pi0.abstract_params(config.model))
+    mask = trainable_mask(abstract)
+    tx = sft_train.make_optimizer(config, mask)
+    sft_train.make_train_step(config, tx, mask)
+    assert calls == ["optimizer", "grad"]
+    frozen = [x for x, t in zip(jax.tree.leaves(abstract), jax.tree.leaves(mask), strict=True) if not t]
+    trainable = [x for x, t in zip(jax.tree.leaves(abstract), jax.tree.leaves(mask), strict=True) if t]
+    assert frozen and all(x.dtype == jnp.bfloat16 for x in frozen)
+    assert all(x.dtype == jnp.float32 for x in trainable)
+    state = jax.eval_shape(tx.init, abstract)
+    assert sum(x.size for x in jax.tree.leaves(state) if x.ndim) == 2 * sum(x.size for x in trainable)
+
+    calls.clear()
+    params = {"w": jnp.ones((2,)), "frozen": jnp.ones((2,), jnp.bfloat16)}
+    rl_mask = {"w": True, "frozen": False}
+    optim.make_optimizer(optim.OptimizerConfig(), rl_mask)
+    _, grads = optim.accumulate_gradients(
+        lambda p, b: (jnp.sum(p["w"] * p["frozen"] * b["x"].sum()), {}),
+        params,
+        {"x": jnp.ones((2, 2))},
+        1,
+        trainable_mask=rl_mask,
+    )
+    assert calls == ["optimizer", "grad"] and grads["frozen"] is None
 
 
 def test_presets_cover_every_data_config():

@@ -4,12 +4,14 @@ XLA_FLAGS already decides each of them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 import pirl
 
@@ -53,3 +55,26 @@ def test_compiled_dots_use_no_ynnpack_fusion():
     optimized = text.compile().as_text()
     assert "__ynn_fusion" not in optimized
     assert " dot(" in optimized
+
+
+def _pool_after_create_backends(threads: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PIRL_XLA_CPU_THREADS")}
+    if threads is not None:
+        env["PIRL_XLA_CPU_THREADS"] = threads
+    code = (
+        "import json, os, pirl; before = sorted(os.sched_getaffinity(0)); pirl.create_backends(); "
+        "names = [open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')]; "
+        "print(json.dumps({'pool': names.count('tf_XLAEigen'), 'before': before, "
+        "'after': sorted(os.sched_getaffinity(0))}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell the pool sizes apart")
+def test_create_backends_sizes_the_cpu_pool_and_restores_the_thread():
+    default = _pool_after_create_backends(None)
+    assert default["pool"] == 1  # the stall-free size (pirl/__init__.py)
+    assert default["after"] == default["before"]  # only the pool is confined, not the caller
+    everything = _pool_after_create_backends("0")
+    assert everything["pool"] == len(everything["before"]) > 1

@@ -16,6 +16,7 @@ from typing import Literal
 
 import tyro
 
+import pirl
 from pirl.errors import UserError, run_cli
 from pirl.serving.policy import policy_from_args
 
@@ -124,7 +125,9 @@ def run(args: EvalArgs) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run(tyro.cli(EvalArgs))
+    args = tyro.cli(EvalArgs)
+    pirl.create_backends()  # XLA's CPU pool as pirl sizes it (see pirl/__init__.py)
+    summary = run(args)
     print(json.dumps({name: s["success_rate"] for name, s in summary["suites"].items()}))
 
 

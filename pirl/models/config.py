@@ -131,7 +131,9 @@ class Pi0Config:
     discrete_state_input: bool | None = None
     """Tokenizer puts the discretised state in the prompt; None means equal to pi05."""
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    """Activation / compute dtype; parameters are always stored in float32."""
+    """Activation / compute dtype; trainable parameters are stored in float32."""
+    frozen_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Storage dtype of the parameters a run keeps frozen (pirl.policies.masks; e.g. the VLM)."""
     remat: bool = True
     """Recompute each scanned layer in the backward pass (openpi does; saves memory, costs compute)."""
     lora_rank: int | None = None
@@ -171,6 +173,8 @@ class Pi0Config:
             raise ValueError("image_keys must name at least one camera")
         if self.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {self.dtype!r}")
+        if self.frozen_dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"frozen_dtype must be 'bfloat16' or 'float32', got {self.frozen_dtype!r}")
 
     def _with_lora(self, cfg: GemmaConfig) -> GemmaConfig:
         if cfg.lora_attn is None or (self.lora_rank is None and self.lora_alpha is None):
@@ -218,7 +222,7 @@ class Pi0Config:
     @classmethod
     def tiny(cls, pi05: bool = False, **overrides) -> "Pi0Config":
         """CPU test size: dummy Gemma for both experts, SigLIP mu/14 at 28x28 (4 tokens per camera),
-        vocab 512, horizon 10, 16 prompt tokens, float32, no remat. Compiles in seconds."""
+        vocab 512, horizon 10, 16 prompt tokens, float32 (frozen params too), no remat. Compiles in seconds."""
         kwargs = dict(
             paligemma_variant="dummy",
             action_expert_variant="dummy",
@@ -229,6 +233,7 @@ class Pi0Config:
             max_token_len=16,
             pi05=pi05,
             dtype="float32",
+            frozen_dtype="float32",
             remat=False,
         )
         kwargs.update(overrides)

@@ -48,7 +48,8 @@ class RMSNorm(nn.Module):
         normed = x * jnp.reciprocal(jnp.sqrt(var + 1e-6))  # float32
         if cond is None:
             scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
-            return (normed * (1 + scale)).astype(dtype), None
+            # float32 like `normed`, whatever the scale is stored as (bf16 when frozen)
+            return (normed * (1 + scale.astype(jnp.float32))).astype(dtype), None
         modulation = nn.Dense(
             x.shape[-1] * 3, kernel_init=nn.initializers.zeros, dtype=dtype, name="Dense_0"
         )(cond)
@@ -246,4 +247,4 @@ class Embedder(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         table = self.param("input_embedding", nn.initializers.normal(), (self.vocab_size, self.width))
-        return table[tokens] * jnp.sqrt(self.width).astype(table.dtype)
+        return table[tokens].astype(jnp.float32) * jnp.sqrt(jnp.float32(self.width))

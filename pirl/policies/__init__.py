@@ -2,7 +2,8 @@
 
 Owns the policy config (`config.FlowPolicyConfig`), rollout sampling and rescoring
 (`flow_policy.sample`, `flow_policy.log_prob_and_value`, `flow_policy.init_policy_params`), the
-Flow-Noise noise head (`noise_head`) and the freeze masks / optimizer labels RL updates with (`masks`);
+Flow-Noise noise head (`noise_head`) and the freeze masks with the one mechanism that keeps frozen
+parameters frozen in RL and SFT (`masks`);
 the on-device env <-> model adapter built from a data config (`env_io`) and the trained-policy
 description every run saves with its checkpoints (`trained`).
 """
@@ -16,7 +17,7 @@ from pirl.policies.flow_policy import (
     log_prob_and_value,
     sample,
 )
-from pirl.policies.masks import optimizer_labels, stop_frozen_gradients, trainable_mask
+from pirl.policies.masks import optimizer_labels, trainable_mask
 
 __all__ = [
     "FlowPolicyConfig",
@@ -27,6 +28,5 @@ __all__ = [
     "log_prob_and_value",
     "optimizer_labels",
     "sample",
-    "stop_frozen_gradients",
     "trainable_mask",
 ]

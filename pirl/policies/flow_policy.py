@@ -28,7 +28,7 @@ from pirl.models import pi0
 from pirl.models.config import Pi0Config
 from pirl.models.value_head import apply_value_head, init_value_head
 from pirl.policies.config import FlowPolicyConfig
-from pirl.policies.masks import stop_frozen_gradients, trainable_mask
+from pirl.policies.masks import cast_frozen, trainable_mask
 from pirl.policies.noise_head import apply_noise_head, init_noise_head
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -142,6 +142,7 @@ def init_policy_params(
     """{"model": openpi tree, "value_head": ... (if add_value_head), "noise_head": ... (flow_noise)}.
 
     `model_params` (e.g. a loaded SFT checkpoint) is used as is; otherwise the model is initialised.
+    The leaves RL keeps frozen (`masks.trainable_mask`) are stored as `model_cfg.frozen_dtype`.
     """
     _check_configs(policy_cfg, model_cfg)
     rng_model, rng_value, rng_noise = jax.random.split(rng, 3)
@@ -153,7 +154,7 @@ def init_policy_params(
         params["noise_head"] = init_noise_head(
             rng_noise, model_cfg.expert.width, policy_cfg.noise_head_hidden, model_cfg.action_dim
         )
-    return params
+    return cast_frozen(params, trainable_mask(params, policy_cfg, model_cfg), model_cfg.frozen_dtype)
 
 
 def _value(value_params: dict, features: Float[Array, "b d"]) -> Float[Array, " b"]:
@@ -357,8 +358,8 @@ def log_prob_and_value(
     joint mode rescores all K (one prefix pass + K expert passes, lax.scan) plus log N(x_0; 0, I),
     averaged over the K+1 terms. Entropy is Flow-Noise's mean Gaussian entropy ½ log(2πe s²) over
     the scored elements (zeros for Flow-SDE, whose std does not depend on params). The value is the
-    expert critic at the rescored step(s) (mean over steps) or the VLM critic. Frozen parameters
-    (see masks.trainable_mask) are wrapped in stop_gradient, so their gradients are exactly zero.
+    expert critic at the rescored step(s) (mean over steps) or the VLM critic. Differentiate it
+    w.r.t. the trainable leaves only (`masks.trainable_value_and_grad`, as the update does).
     `noise_level`: the Flow-SDE level the chain was sampled with (scalar or [B]; None = the config's).
     """
     _check_configs(policy_cfg, model_cfg)
@@ -366,7 +367,6 @@ def log_prob_and_value(
     num_steps = policy_cfg.num_steps
     if chain.ndim != 4 or chain.shape[1] != num_steps + 1:
         raise ValueError(f"chain must be [B, K+1={num_steps + 1}, H, A], got shape {chain.shape}")
-    params = stop_frozen_gradients(params, trainable_mask(params, policy_cfg, model_cfg))
     batch = chain.shape[0]
     schedule, level = _schedule_and_level(policy_cfg, noise_level, batch)
     chain = chain.astype(jnp.float32)

@@ -1,10 +1,11 @@
 """The SFT loop: `train_sft(config)`.
 
-One jitted step: flow-matching loss (`pi0.compute_loss`, mean over batch and horizon), gradients
-with `stop_gradient` on frozen leaves, AdamW (global-norm clipping, warm-up + cosine decay) through
-`optax.multi_transform` so frozen leaves carry no optimizer state, frozen leaves passed through
-untouched (bit-identical), EMA over the trainable leaves. Params and optimizer state are sharded
-FSDP-style over the mesh, the batch over all mesh axes.
+One jitted step: flow-matching loss (`pi0.compute_loss`, mean over batch and horizon), AdamW
+(global-norm clipping, warm-up + cosine decay), EMA over the trainable leaves. Frozen leaves (LoRA,
+`train_expert_only`) go through `pirl.policies.masks`, the mechanism RL uses too: stored as
+`model.frozen_dtype`, not differentiated, no optimizer state, passed through bit-identical; the EMA
+holds the trainable part only. Params and optimizer state are sharded FSDP-style over the mesh, the
+batch over all mesh axes.
 
 Data: each process reads only its rows of every global batch (those its devices hold; see
 `pirl.data.loader`), so a multi-host job reads each frame once and sees the same batches as one
@@ -50,6 +51,7 @@ from pirl.logging.writer import MetricWriter, progress
 from pirl.models import pi0
 from pirl.models.config import Pi0Config
 from pirl.models.tokenizer import PaligemmaTokenizer
+from pirl.policies import masks
 from pirl.policies.trained import PolicyDescription, save_policy_assets
 from pirl.sft.config import SFTConfig
 
@@ -62,39 +64,15 @@ TrainState = dict[str, Any]
 # ------------------------------------------------------------------------------ trainable masks
 
 
-def _names(path: tuple[Any, ...]) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
 def trainable_mask(params: Params, train_expert_only: bool = False) -> Any:
-    """Pytree of Python bools, True where SFT updates the leaf.
+    """Pytree of Python bools, True where SFT updates the leaf (`masks.model_trainable_mask`).
 
     openpi's rules: with LoRA on the PaliGemma LLM, its non-LoRA weights are frozen (and the
     expert's too when the expert has LoRA); with LoRA on the expert only, the expert's non-LoRA
     weights are frozen. SigLIP and the projections stay trainable. `train_expert_only` freezes
     the whole VLM (PaliGemma/img and the LLM's non-expert weights, whose names lack `_1`).
     """
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    names = [_names(path) for path, _ in flat]
-
-    def part(n: tuple[str, ...]) -> str:
-        if "llm" not in n:
-            return "img" if "img" in n else "other"
-        return "expert" if any("_1" in x for x in n[n.index("llm") + 1 :]) else "llm"
-
-    is_lora = [any("lora" in x for x in n) for n in names]
-    parts = [part(n) for n in names]
-    llm_lora = any(p == "llm" and lora for p, lora in zip(parts, is_lora, strict=True))
-    expert_lora = any(p == "expert" and lora for p, lora in zip(parts, is_lora, strict=True))
-    mask = []
-    for p, lora in zip(parts, is_lora, strict=True):
-        frozen = (
-            (train_expert_only and p in ("img", "llm"))
-            or (llm_lora and p == "llm" and not lora)
-            or (expert_lora and p == "expert" and not lora)
-        )
-        mask.append(not frozen)
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), mask)
+    return masks.model_trainable_mask(params, train_expert_only=train_expert_only)
 
 
 # ------------------------------------------------------------------------------ optimizer
@@ -112,7 +90,8 @@ def learning_rate_schedule(config: SFTConfig) -> optax.Schedule:
 
 
 def make_optimizer(config: SFTConfig, mask: Any) -> optax.GradientTransformation:
-    """AdamW with clipping on trainable leaves; frozen leaves get no state and zero updates."""
+    """AdamW with clipping over the trainable leaves only (`masks.trainable_optimizer`: frozen leaves
+    get no state, updates are the trainable part)."""
     adamw = optax.chain(
         optax.clip_by_global_norm(config.grad_clip_norm),
         optax.adamw(
@@ -123,8 +102,7 @@ def make_optimizer(config: SFTConfig, mask: Any) -> optax.GradientTransformation
             weight_decay=config.weight_decay,
         ),
     )
-    labels = jax.tree.map(lambda trainable: "train" if trainable else "frozen", mask)
-    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+    return masks.trainable_optimizer(adamw, mask)
 
 
 # ------------------------------------------------------------------------------ step
@@ -143,23 +121,23 @@ def make_train_step(
     schedule = learning_rate_schedule(config)
 
     def loss_fn(params: Params, rng: jax.Array, batch: dict[str, Any]) -> jax.Array:
-        params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, mask)
         obs = batch_to_observation(model_cfg, batch)
         return jnp.mean(pi0.compute_loss(params, model_cfg, rng, obs, batch["actions"]))
 
+    value_and_grad = masks.trainable_value_and_grad(loss_fn, mask)
+
     def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, step_rng = jax.random.split(state["rng"])
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"], step_rng, batch)
+        loss, grads = value_and_grad(state["params"], step_rng, batch)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        # Frozen leaves are returned as they are (p + 0 would turn -0.0 into +0.0).
-        params = jax.tree.map(
-            lambda p, u, t: p + u.astype(p.dtype) if t else p, state["params"], updates, mask
-        )
+        params = masks.apply_trainable_updates(state["params"], updates, mask)
         new_state = {**state, "params": params, "opt_state": opt_state, "rng": rng, "step": state["step"] + 1}
         if "ema_params" in state:
             decay = config.ema_decay
             new_state["ema_params"] = jax.tree.map(
-                lambda e, p, t: decay * e + (1 - decay) * p if t else e, state["ema_params"], params, mask
+                lambda e, p: decay * e + (1 - decay) * p,
+                state["ema_params"],
+                masks.split_frozen(params, mask)[0],
             )
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
         return new_state, metrics
@@ -233,8 +211,11 @@ def make_data(
 
 
 def init_params(config: SFTConfig, rng: jax.Array, shardings: Any) -> Params:
-    """Random init, or the init checkpoint (missing LoRA leaves filled from the random init)."""
-    init = jax.jit(lambda r: pi0.init_params(config.model, r), out_shardings=shardings)
+    """Random init, or the init checkpoint (missing LoRA leaves filled from the random init); frozen
+    leaves stored as `config.model.frozen_dtype` (a float32 checkpoint is cast)."""
+    init = jax.jit(
+        lambda r: frozen_params_cast(config, pi0.init_params(config.model, r)), out_shardings=shardings
+    )
     params = init(rng)
     if config.init_checkpoint:
         loaded = load_openpi_params(
@@ -244,8 +225,23 @@ def init_params(config: SFTConfig, rng: jax.Array, shardings: Any) -> Params:
             missing_regex=".*lora.*",
             ignore_unexpected=False,
         )
-        params = merge_missing_params(loaded, params)
+        params = frozen_params_cast(config, merge_missing_params(loaded, params))
     return params
+
+
+def frozen_params_cast(config: SFTConfig, params: Params) -> Params:
+    """`params` (arrays or abstract) with the frozen leaves stored as `config.model.frozen_dtype`."""
+    return masks.cast_frozen(
+        params, trainable_mask(params, config.train_expert_only), config.model.frozen_dtype
+    )
+
+
+def export_params(state: TrainState, mask: Any) -> Params:
+    """The params a checkpoint exports: the EMA of the trainable leaves (when EMA is on) merged with
+    the frozen ones, else the params."""
+    if "ema_params" not in state:
+        return state["params"]
+    return masks.merge_frozen(state["ema_params"], masks.split_frozen(state["params"], mask)[1])
 
 
 def _state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh) -> Any:
@@ -257,7 +253,7 @@ def _state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh) -> Any
         "step": replicated,
     }
     if "ema_params" in abstract_state:
-        out["ema_params"] = out["params"]
+        out["ema_params"] = mesh_lib.param_shardings(abstract_state["ema_params"], mesh)
     return out
 
 
@@ -279,7 +275,7 @@ def save_checkpoint(
     ckpt.wait()
     step_dir = Path(ckpt.directory) / str(step)
     loader.save_state(step_dir)
-    export = state.get("ema_params", state["params"])
+    export = export_params(state, trainable_mask(state["params"], config.train_expert_only))
     save_openpi_params(export, step_dir, overwrite=True)
     save_norm_stats(
         step_dir / "assets" / asset_id_for(config.data.asset_id or config.data.repo_id), norm_stats
@@ -353,7 +349,9 @@ def _train_sft(config: SFTConfig) -> dict[str, Any]:
 
     rng = jax.random.PRNGKey(config.seed)
     init_rng, train_rng = jax.random.split(rng)
-    abstract_params = jax.eval_shape(lambda r: pi0.init_params(config.model, r), init_rng)
+    abstract_params = frozen_params_cast(
+        config, jax.eval_shape(lambda r: pi0.init_params(config.model, r), init_rng)
+    )
     mask = trainable_mask(abstract_params, config.train_expert_only)
     tx = make_optimizer(config, mask)
 
@@ -361,7 +359,7 @@ def _train_sft(config: SFTConfig) -> dict[str, Any]:
         state = {"params": params, "opt_state": tx.init(params), "rng": train_rng, "step": jnp.int32(0)}
         if config.ema_decay is not None:
             # A copy: the train step donates its state, and one buffer cannot be donated twice.
-            state["ema_params"] = jax.tree.map(jnp.copy, params)
+            state["ema_params"] = jax.tree.map(jnp.copy, masks.split_frozen(params, mask)[0])
         return state
 
     abstract_state = jax.eval_shape(make_state, abstract_params)
