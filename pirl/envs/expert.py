@@ -13,6 +13,10 @@ when every goal holds the expert opens the gripper and retreats upward. Actions 
 
 `run_episodes` rolls policies (the expert, random actions) out from fixed initial states and
 reports success: the measure behind the "expert >= 90%, random < 5%" checks.
+
+For LIBERO's own tasks (pirl.envs.libero_scene), `pick_place_action` runs the same pick-and-place
+phases as a waypoint plan in host numpy, so that one plan drives both the MJX scene and the real
+LIBERO (pirl.envs.libero_check, check (c)).
 """
 
 from __future__ import annotations
@@ -353,3 +357,156 @@ def run_episodes(
     keys = jax.random.split(rng, n)
     task_ids, init_ids = jnp.asarray(task_ids, jnp.int32), jnp.asarray(init_ids, jnp.int32)
     return env.batched(one)(task_ids, init_ids, keys, ids, limits)
+
+
+# ----------------------------------------------------------------------------- LIBERO's own tasks
+# The faithful LIBERO tasks (pirl.envs.libero_scene) run the same plan in MJX and in the real LIBERO
+# (pirl.envs.libero_check), so this expert is host numpy over a simulator-neutral view of the state:
+# the phases of the pick-and-place above as a waypoint plan (approach above -> descend -> close ->
+# lift -> transport -> lower -> release -> retreat), advanced when a waypoint is reached, and
+# robosuite's OSC_POSE actions (delta position 0.05 m and rotation 0.5 rad per unit).
+
+PHASES = ("approach", "descend", "close", "lift", "transport", "lower", "release", "retreat", "done")
+"""Phases of the LIBERO pick-and-place plan, in order."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LiberoPlanConfig:
+    """Waypoints and gains of the LIBERO pick-and-place plan (m, control steps)."""
+
+    hover: float = 0.08
+    """Approach height of the grip site above the grasp point."""
+    grasp_depth: float = 0.02
+    """Grasp point below the object's top (fingertips straddle a bowl's rim)."""
+    rim_shift: float = 0.0
+    """Grasp point outside (+) the middle of the object's upper wall, along the fingers' closing axis."""
+    lift: float = 0.12
+    """Carry height of the object's bottom above the target's top."""
+    release_gap: float = 0.015
+    """Object bottom above the target's top when the fingers open."""
+    pos_gain: float = 2.5
+    """Position action per (error / 0.05 m)."""
+    rot_gain: float = 1.0
+    """Rotation action per (error / 0.5 rad)."""
+    carry_speed: float = 0.5
+    """Largest position action while holding."""
+    reach_tol: float = 0.008
+    """Waypoint reached within this distance."""
+    grip_steps: int = 12
+    """Control steps to close or open the gripper."""
+    phase_timeout: int = 60
+    """Steps after which a moving phase gives up waiting for its waypoint and moves on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PickPlaceView:
+    """What the plan reads from a simulator (world frame)."""
+
+    grip_pos: np.ndarray
+    """f64[3] grip site position."""
+    grip_mat: np.ndarray
+    """f64[3, 3] grip site orientation."""
+    finger_axis: np.ndarray
+    """f64[3] unit vector from the right to the left finger (the closing axis)."""
+    obj_pos: np.ndarray
+    """f64[3] object body position."""
+    target_pos: np.ndarray
+    """f64[3] target body position."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PickPlaceGeometry:
+    """Object and target extents in their body frames (from the MJX scene's geoms)."""
+
+    obj_lo: np.ndarray
+    """f64[3] lowest corner of the object's geoms in its body frame."""
+    obj_hi: np.ndarray
+    """f64[3] highest corner."""
+    target_hi: np.ndarray
+    """f64[3] highest corner of the target's geoms in its body frame."""
+    wall_radius: float
+    """Horizontal distance from the object's centre to the middle of its upper wall (the geoms within
+    3 cm of its top): where the fingers straddle it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanState:
+    """Where the plan is: phase index, steps spent in it, the reference orientation and grasp offset."""
+
+    phase: int = 0
+    steps: int = 0
+    ref_mat: np.ndarray | None = None
+    """Grip orientation held throughout (the one at the first step: pointing down)."""
+    grasp_offset: np.ndarray | None = None
+    """Grasp point minus object position, fixed at the first step."""
+
+
+def _rot_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle f64[3] of desired @ current^T."""
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, (desired @ current.T).reshape(9))
+    v = np.zeros(3)
+    mujoco.mju_quat2Vel(v, q, 1.0)
+    return v
+
+
+def pick_place_action(
+    cfg: LiberoPlanConfig, geo: PickPlaceGeometry, view: PickPlaceView, state: PlanState
+) -> tuple[np.ndarray, PlanState]:
+    """One control step of the plan: (OSC_POSE action f32[7], next plan state)."""
+    ref = view.grip_mat if state.ref_mat is None else state.ref_mat
+    if state.grasp_offset is None:
+        # the fingers straddle the object's wall on the side the closing axis points to
+        axis = np.array([view.finger_axis[0], view.finger_axis[1], 0.0])
+        axis /= max(np.linalg.norm(axis), 1e-9)
+        centre = np.array([(geo.obj_hi[0] + geo.obj_lo[0]) / 2, (geo.obj_hi[1] + geo.obj_lo[1]) / 2, 0.0])
+        offset = centre + axis * max(geo.wall_radius + cfg.rim_shift, 0.0)
+        offset[2] = max(geo.obj_hi[2] - cfg.grasp_depth, geo.obj_lo[2] + 0.01)
+        state = dataclasses.replace(state, grasp_offset=offset)
+    phase, steps = state.phase, state.steps
+    grasp = view.obj_pos + state.grasp_offset
+    target_top = view.target_pos[2] + geo.target_hi[2]
+    # while holding, steer the object: the grip keeps its offset to it
+    hold = view.grip_pos - view.obj_pos
+    obj_bottom = view.obj_pos[2] + geo.obj_lo[2]
+    name = PHASES[phase]
+    grip, speed = (-1.0, 1.0) if phase in (0, 1, 6, 7, 8) else (1.0, cfg.carry_speed)
+    if name == "approach":
+        goal = grasp + np.array([0.0, 0.0, cfg.hover])
+    elif name == "descend":
+        goal = grasp
+    elif name in ("close", "release"):
+        goal = view.grip_pos
+        speed = 0.0
+    elif name == "lift":
+        goal = np.array([*view.grip_pos[:2], view.grip_pos[2] + (target_top + cfg.lift - obj_bottom)])
+    elif name == "transport":
+        goal = np.array(
+            [*(view.target_pos[:2] + hold[:2]), view.grip_pos[2] + (target_top + cfg.lift - obj_bottom)]
+        )
+    elif name == "lower":
+        goal = np.array(
+            [
+                *(view.target_pos[:2] + hold[:2]),
+                view.grip_pos[2] + (target_top + cfg.release_gap - obj_bottom),
+            ]
+        )
+    else:  # retreat, done
+        goal = np.array([*view.grip_pos[:2], max(view.grip_pos[2], target_top + 0.2)])
+    err = goal - view.grip_pos
+    a_pos = np.clip(err / 0.05 * cfg.pos_gain, -speed, speed)
+    a_rot = np.clip(_rot_error(ref, view.grip_mat) / 0.5 * cfg.rot_gain, -1.0, 1.0)
+    action = np.concatenate([a_pos, a_rot, [grip]]).astype(np.float32)
+    if name in ("close", "release"):
+        done = steps + 1 >= cfg.grip_steps
+    elif name == "done":
+        done = False
+    else:
+        done = (
+            np.linalg.norm(err) < cfg.reach_tol * (2.0 if name == "retreat" else 1.0)
+            or steps + 1 >= cfg.phase_timeout
+        )
+    nxt = dataclasses.replace(
+        state, ref_mat=ref, phase=phase + 1 if done else phase, steps=0 if done else steps + 1
+    )
+    return action, nxt

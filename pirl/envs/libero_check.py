@@ -9,8 +9,21 @@ JSON line each:
   settling; target: position within 5 mm, axis-angle within 0.05 rad;
 - (b) `eef`: the eef trajectory under open-loop action sequences of 20 steps (each axis +/-0.5,
   each rotation +/-0.5, gripper close) started after settling; target: within 1 cm.
+- (c) `pick_place` (`--checks pick_place`): the scripted plan (`pirl.envs.expert.pick_place_action`)
+  run in both, each reading its own simulator: LIBERO's success and the MJX scene's (LIBERO's On
+  rule in MuJoCo C on the MJX state), and every free object's position error at the end; target:
+  within 2 cm. `--real-only` runs the real side alone (the expert's success rate there).
+- (d) `images` (`--checks images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
+  (robosuite's offscreen render) and by pirl (`pirl.envs.libero_render`) at the same state (the
+  real settled qpos), per image size: PSNR and SSIM of the raw images, and the per-object IoU of
+  the silhouettes (MuJoCo's segmentation render of LIBERO's compiled model vs pirl's geom ids),
+  which is the figure that shows the cameras' pose, fovy and orientation are LIBERO's (the
+  colours cannot match: primitives in mean texture colours vs textured meshes). `--images-dir`
+  saves side-by-side PNGs (real | pirl | silhouettes).
 
     python -m pirl.envs.libero_check --suite libero_spatial --tasks 0 1 --init-states 0 1 2
+    python -m pirl.envs.libero_check --tasks 0 1 --init-states 0 1 --checks pick_place
+    python -m pirl.envs.libero_check --tasks 0 --init-states 0 --checks images --images-dir /tmp/libero_images
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -29,6 +43,9 @@ SEQUENCE_STEPS = 20
 
 POS_TOL, ROT_TOL, EEF_TOL = 0.005, 0.05, 0.01
 """Targets: settled eef position (m), settled axis-angle (rad), eef after each sequence (m)."""
+
+CHECKS = ("state", "pick_place", "images")
+"""What `--checks` can run: (a)+(b) state, (c) pick_place, (d) images."""
 
 
 def action_sequences(steps: int = SEQUENCE_STEPS) -> dict[str, np.ndarray]:
@@ -76,17 +93,22 @@ def real_rollouts(
     return {"settled": settled, "qpos": settled_qpos, "traj": traj}
 
 
-def real_rollouts_isolated(
-    suite: str, task_id: int, init_id: int, sequences: dict[str, np.ndarray], settle: int
-) -> dict:
-    """`real_rollouts` in a fresh (spawned) process: robosuite stepping in a process whose JAX
-    runtime is up deadlocked here (all threads in futex waits), so the two never share a process."""
+def _isolated(fn, *args):
+    """fn(*args) in a fresh (spawned) process: robosuite stepping in a process whose JAX runtime is up
+    deadlocked here (all threads in futex waits), so the two never share a process."""
     import concurrent.futures
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:  # raises if the child dies
-        return pool.submit(real_rollouts, suite, task_id, init_id, sequences, settle).result()
+        return pool.submit(fn, *args).result()
+
+
+def real_rollouts_isolated(
+    suite: str, task_id: int, init_id: int, sequences: dict[str, np.ndarray], settle: int
+) -> dict:
+    """`real_rollouts` in a fresh (spawned) process (`_isolated`)."""
+    return _isolated(real_rollouts, suite, task_id, init_id, sequences, settle)
 
 
 def mjx_rollouts_fn(task, settle: int):
@@ -144,6 +166,432 @@ def object_errors(task, qpos: np.ndarray, real_qpos: np.ndarray) -> dict[str, fl
             name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j).removesuffix("_joint0")
             out[name] = round(1000 * float(np.linalg.norm(qpos[a : a + 3] - real_qpos[a : a + 3])), 1)
     return out
+
+
+# ----------------------------------------------------------------------------- (d) images
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio (dB) of two uint8 images."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def _gaussian_filter(x: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:
+    """Separable Gaussian filter over the two leading axes, 'valid' region only."""
+    t = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 * (t / sigma) ** 2)
+    w /= w.sum()
+    n = 2 * radius + 1
+    x = sum(w[i] * x[i : x.shape[0] - n + 1 + i] for i in range(n))
+    return sum(w[i] * x[:, i : x.shape[1] - n + 1 + i] for i in range(n))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean structural similarity of two uint8 images [H, W(, C)] (Wang et al. 2004: 11-tap Gaussian
+    window, sigma 1.5, K1 0.01, K2 0.03), averaged over pixels and channels."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = _gaussian_filter(a), _gaussian_filter(b)
+    var_a = _gaussian_filter(a * a) - mu_a**2
+    var_b = _gaussian_filter(b * b) - mu_b**2
+    cov = _gaussian_filter(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def body_labels(m) -> tuple[np.ndarray, list[str]]:
+    """Silhouette label per body int[nbody] and the label names: each free object (its whole body
+    tree), "robot" (robot0_/gripper0_ bodies); everything else -1."""
+    import mujoco
+
+    names: list[str] = []
+    label = np.full(m.nbody, -1)
+    for j in range(m.njnt):
+        if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE:
+            names.append(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j).removesuffix("_joint0"))
+            root = m.jnt_bodyid[j]
+            for b in range(m.nbody):
+                r = b
+                while r not in (0, root):
+                    r = m.body_parentid[r]
+                if r == root:
+                    label[b] = len(names) - 1
+    names.append("robot")
+    for b in range(m.nbody):
+        if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, b) or "").startswith(("robot0_", "gripper0_")):
+            label[b] = len(names) - 1
+    return label, names
+
+
+def mujoco_views(
+    m, qpos: np.ndarray, size: int, cameras: dict[str, str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """MuJoCo's own render of a model at qpos: per key (RGB u8[S, S, 3], body id i32[S, S] with -1
+    for no geom), both in LIBERO's raw orientation (mujoco.Renderer returns upright rows)."""
+    import mujoco
+
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_forward(m, d)
+    out = {}
+    with mujoco.Renderer(m, size, size) as r:
+        for key, cam in cameras.items():
+            r.update_scene(d, camera=cam)
+            rgb = r.render().copy()
+            r.enable_segmentation_rendering()
+            r.update_scene(d, camera=cam)
+            seg = r.render()
+            r.disable_segmentation_rendering()
+            geom = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
+            body = np.where(geom >= 0, m.geom_bodyid[np.maximum(geom, 0)], -1)
+            out[key] = (rgb[::-1], body[::-1])
+    return out
+
+
+def real_images(
+    suite: str, task_id: int, init_id: int, settle: int, sizes: list[int], cameras: dict[str, str]
+) -> dict:
+    """The real LIBERO's raw camera images (keys of `cameras`) after reset + set_init_state + settling, per size, the
+    settled qpos, and MuJoCo's own render (`mujoco_views`) of LIBERO's compiled model there. Run it
+    in a spawned process (`_isolated`): MuJoCo's GL backend must be chosen before mujoco is imported."""
+    from pirl.envs.libero_pool import CAMERA_KEYS
+
+    out: dict = {"images": {}, "mujoco": {}}
+    for size in sizes:
+        env, task_suite = make_libero_env(suite, task_id, cameras=True, size=size)
+        try:
+            init = task_suite.get_task_init_states(task_id)[init_id]
+            env.seed(BUILD_SEED)
+            np.random.seed(BUILD_SEED)
+            env.reset()
+            obs = env.set_init_state(init)
+            for _ in range(settle):
+                obs, _, _, _ = env.step(list(SETTLE_ACTION))
+            out["images"][size] = {ours: np.array(obs[raw]) for raw, ours in CAMERA_KEYS.items()}
+            out["qpos"] = np.array(env.sim.data.qpos)
+            out["mujoco"][size] = mujoco_views(env.sim.model._model, out["qpos"], size, cameras)
+        finally:
+            env.close()
+    return out
+
+
+def _mask_picture(label: np.ndarray, n: int) -> np.ndarray:
+    """Silhouette labels as colours u8[H, W, 3] (background black)."""
+    palette = (np.stack([np.arange(n) * 97 % 255, np.arange(n) * 53 % 255 + 60, np.arange(n) * 181 % 255], 1)
+               .clip(0, 255).astype(np.uint8))  # fmt: skip
+    return np.where(label[..., None] >= 0, palette[np.maximum(label, 0)], 0).astype(np.uint8)
+
+
+def compare_images(
+    suite: str, task_id: int, init_ids: list[int], settle: int, sizes: list[int], images_dir: str | None,
+    out=sys.stdout,
+) -> list[dict]:  # fmt: skip
+    """Check (d): one JSON line per (init, size, camera); returns the records."""
+    import pathlib
+
+    import jax
+    from mujoco import mjx
+    from PIL import Image
+
+    from pirl.envs import libero_render as lr
+    from pirl.envs import libero_scene as ls
+
+    task = ls.load_task(suite, task_id)
+    cams = lr.libero_cameras(task)
+    label, names = body_labels(task.model)
+    mx = mjx.put_model(task.model)
+    fns = {
+        size: jax.jit(
+            lambda d, size=size: (
+                lr.render_libero_cameras(cams, d, size),
+                lr.segment_libero_cameras(cams, d, size),
+            )
+        )
+        for size in sizes
+    }
+    records = []
+    for init_id in init_ids:
+        t0 = time.perf_counter()
+        real = _isolated(real_images, suite, task_id, init_id, settle, sizes, lr.LIBERO_CAMERAS)
+        t1 = time.perf_counter()
+        d = mjx.make_data(mx)
+        d = mjx.kinematics(mx, d.replace(qpos=jax.numpy.asarray(real["qpos"], d.qpos.dtype)))
+        for size in sizes:
+            rgb, seg = jax.device_get(fns[size](d))
+            ref = real["mujoco"][size]
+            for key in lr.LIBERO_CAMERAS:
+                real_rgb, ours_rgb = real["images"][size][key], np.asarray(rgb[key])
+                mj_rgb, mj_body = ref[key]
+                real_lab = np.where(mj_body >= 0, label[np.maximum(mj_body, 0)], -1)
+                ours_body = np.asarray(seg[key])
+                ours_lab = np.where(ours_body >= 0, label[np.maximum(ours_body, 0)], -1)
+                iou = {}
+                for i, name in enumerate(names):
+                    a, b = real_lab == i, ours_lab == i
+                    if a.sum() + b.sum() >= 20:  # visible in either (>= 20 px)
+                        iou[name] = round(float((a & b).sum() / (a | b).sum()), 3)
+                objects = [v for k, v in iou.items() if k != "robot"]
+                rec = {
+                    "suite": suite, "task": task_id, "init": init_id, "check": "images", "size": size,
+                    "camera": key,
+                    "psnr_db": round(psnr(real_rgb, ours_rgb), 2),
+                    "ssim": round(ssim(real_rgb, ours_rgb), 3),
+                    # the raw orientation: LIBERO's image against MuJoCo's render of the same model,
+                    # rows reversed (as pirl renders) and upright
+                    "real_vs_mujoco_raw_psnr_db": round(psnr(real_rgb, mj_rgb), 2),
+                    "real_vs_mujoco_upright_psnr_db": round(psnr(real_rgb, mj_rgb[::-1]), 2),
+                    "iou": iou,
+                    "object_iou_mean": round(float(np.mean(objects)), 3) if objects else None,
+                    "real_s": round(t1 - t0, 1),
+                }  # fmt: skip
+                records.append(rec)
+                out.write(json.dumps(rec) + "\n")
+                out.flush()
+                if images_dir:
+                    path = pathlib.Path(images_dir)
+                    path.mkdir(parents=True, exist_ok=True)
+                    n = len(names)
+                    row = np.concatenate(
+                        [real_rgb, ours_rgb, _mask_picture(real_lab, n), _mask_picture(ours_lab, n)], 1
+                    )
+                    # saved upright (rows reversed back) for people; the metrics use the raw images
+                    name = f"{suite}_task{task_id}_init{init_id}_{key.removesuffix('_image')}_{size}.png"
+                    Image.fromarray(np.ascontiguousarray(row[::-1])).save(path / name)
+    return records
+
+
+# ----------------------------------------------------------------------------- (c) pick-and-place
+
+PICK_PLACE_STEPS = 240
+"""Control steps per pick-and-place episode (RL fine-tuning's libero_spatial limit)."""
+
+OBJECT_TOL = 0.02
+"""Target of (c): object positions after the plan within 2 cm of the real LIBERO's."""
+
+
+def pick_place_goal(meta: dict) -> tuple[str, str]:
+    """(object, target) of a task whose goal is one `On` predicate; UserError otherwise."""
+    from pirl.errors import UserError
+
+    goal = meta["goal"]
+    if len(goal) != 1 or goal[0][0].lower() != "on":
+        raise UserError(f"the pick-and-place check handles one On(object, target) goal; this task has {goal}")
+    return goal[0][1], goal[0][2]
+
+
+def _body(m, name: str) -> int:
+    """LIBERO's body of an object name (`<name>_main` where it exists, as LIBERO's obj_body_id)."""
+    import mujoco
+
+    for n in (f"{name}_main", name):
+        b = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, n)
+        if b >= 0:
+            return b
+    raise ValueError(f"no body for object {name!r}")
+
+
+def pick_place_geometry(m, obj: str, target: str):
+    """Extents of the object's and target's geoms (with their sub-bodies) in their body frames, from
+    the MJX scene at qpos0."""
+    import mujoco
+
+    from pirl.envs.expert import PickPlaceGeometry
+    from pirl.envs.libero_scene import geom_points
+
+    d = mujoco.MjData(m)
+    mujoco.mj_kinematics(m, d)
+
+    def extents(root: int):
+        pts, centres = [], []
+        for g in range(m.ngeom):
+            b = m.geom_bodyid[g]
+            r = b
+            while r not in (0, root):
+                r = m.body_parentid[r]
+            if r == root and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE:
+                local = geom_points(m, g) - m.geom_pos[g]  # in the geom's body frame, about the geom
+                world = d.xpos[b] + (local + m.geom_pos[g]) @ d.xmat[b].reshape(3, 3).T
+                pts.append((world - d.xpos[root]) @ d.xmat[root].reshape(3, 3))
+                centres.append((d.geom_xpos[g] - d.xpos[root]) @ d.xmat[root].reshape(3, 3))
+        pts, centres = np.concatenate(pts), np.array(centres)
+        return pts.min(0), pts.max(0), centres
+
+    lo, hi, centres = extents(_body(m, obj))
+    _, thi, _ = extents(_body(m, target))
+    upper = centres[centres[:, 2] > hi[2] - 0.03]
+    mid = 0.5 * (lo[:2] + hi[:2])
+    wall = float(np.mean(np.linalg.norm(upper[:, :2] - mid, axis=1)))
+    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall)
+
+
+def _view(m, d, obj_body: int, target_body: int):
+    """PickPlaceView from a MuJoCo model and data (host arrays with MuJoCo's field names)."""
+    import mujoco
+
+    from pirl.envs.expert import PickPlaceView
+
+    site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
+    left = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "gripper0_leftfinger")
+    right = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "gripper0_rightfinger")
+    axis = np.asarray(d.xpos[left]) - np.asarray(d.xpos[right])
+    return PickPlaceView(
+        grip_pos=np.array(d.site_xpos[site], np.float64),
+        grip_mat=np.array(d.site_xmat[site], np.float64).reshape(3, 3),
+        finger_axis=axis / max(np.linalg.norm(axis), 1e-9),
+        obj_pos=np.array(d.xpos[obj_body], np.float64),
+        target_pos=np.array(d.xpos[target_body], np.float64),
+    )
+
+
+def real_pick_place(
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg
+) -> list[dict]:
+    """The plan in the real LIBERO (reading the real simulator), per initial state: LIBERO's own
+    success (first step), the final qpos, the phase reached (run it in a spawned process)."""
+    from pirl.envs.expert import PHASES, PlanState, pick_place_action
+
+    env, task_suite = make_libero_env(suite, task_id)
+    obj, target = pick_place_goal({"goal": env.env.parsed_problem["goal_state"]})
+    m = env.sim.model._model
+    ob, tb = _body(m, obj), _body(m, target)
+    inits = task_suite.get_task_init_states(task_id)
+    out = []
+    try:
+        env.seed(BUILD_SEED)
+        for init_id in init_ids:
+            np.random.seed(BUILD_SEED)
+            env.reset()
+            env.set_init_state(inits[init_id])
+            for _ in range(settle):
+                env.step(list(SETTLE_ACTION))
+            state, first = PlanState(), -1
+            for t in range(steps):
+                action, state = pick_place_action(plan_cfg, geo, _view(m, env.sim.data._data, ob, tb), state)
+                _, _, done, _ = env.step(action.tolist())
+                if done and first < 0:
+                    first = t + 1
+                if PHASES[state.phase] == "done":
+                    break
+            out.append(
+                {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase]}
+            )
+    finally:
+        env.close()
+    return out
+
+
+def on_top(m, qpos: np.ndarray, obj_body: int, target_body: int) -> bool:
+    """LIBERO's On(object, target) (check_ontop) on the MJX scene's geometry, in MuJoCo C: object xy
+    within 3 cm of the target's, not below it, and touching it."""
+    import mujoco
+
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_forward(m, d)
+
+    def root_of(g: int) -> int:
+        b = m.geom_bodyid[g]
+        while m.body_parentid[b] != 0 and b not in (obj_body, target_body):
+            b = m.body_parentid[b]
+        return b
+
+    touching = any(
+        {root_of(d.contact.geom1[i]), root_of(d.contact.geom2[i])} == {obj_body, target_body}
+        for i in range(d.ncon)
+    )
+    a, b = d.xpos[obj_body], d.xpos[target_body]
+    return bool(a[2] >= b[2] and np.linalg.norm(a[:2] - b[:2]) < 0.03 and touching)
+
+
+def compare_pick_place(
+    suite: str,
+    task_id: int,
+    init_ids: list[int],
+    settle: int,
+    steps: int = PICK_PLACE_STEPS,
+    scene_cfg=None,
+    mjx_side: bool = True,
+    out=sys.stdout,
+) -> list[dict]:
+    """Check (c): the plan in both simulators per initial state, each episode until the plan is done
+    (after the retreat) or `steps`; one JSON line each, then a summary. `scene_cfg`: the MJX scene's
+    SceneConfig (default: libero_scene's); `mjx_side=False` runs the real LIBERO only."""
+    import jax
+    import jax.numpy as jnp
+    from mujoco import mjx
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_action
+    from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
+
+    task = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig())
+    m = task.model
+    obj, target = pick_place_goal(task.meta)
+    ob, tb = _body(m, obj), _body(m, target)
+    geo = pick_place_geometry(m, obj, target)
+    plan_cfg = LiberoPlanConfig()
+    mx = mjx.put_model(m)
+    cfg = OSCConfig(timestep=float(m.opt.timestep))
+    idx = OSCIndices.from_model(m)
+    fields = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
+
+    @jax.jit
+    def step(d, a):
+        d = mjx.kinematics(mx, osc_control_step(cfg, idx, mx, d, a))
+        return d, {k: getattr(d, k) for k in fields}
+
+    reset = jax.jit(lambda d: osc_reset(cfg, idx, mx, d))
+    t0 = time.perf_counter()
+    real = _isolated(real_pick_place, suite, task_id, init_ids, settle, steps, geo, plan_cfg)
+    real_s = time.perf_counter() - t0
+    records = []
+    for k, init_id in enumerate(init_ids):
+        r = real[k]
+        if not mjx_side:
+            rec = {"suite": suite, "task": task_id, "init": init_id, "check": "pick_place",
+                   "real_success_step": r["success_step"], "real_phase": r["phase"], "pass": True}  # fmt: skip
+            records.append(rec)
+            out.write(json.dumps(rec) + "\n")
+            continue
+        t1 = time.perf_counter()
+        d = reset(jax.device_put(ls.init_data(task, mx, init_id)))
+        for _ in range(settle):
+            d, host = step(d, jnp.asarray(SETTLE_ACTION, jnp.float32))
+        state, first = PlanState(), -1
+        for t in range(steps):
+            view = _view(m, types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()}), ob, tb)
+            action, state = pick_place_action(plan_cfg, geo, view, state)
+            d, host = step(d, jnp.asarray(action))
+            if first < 0 and on_top(
+                m, np.asarray(host["qpos"], np.float64), ob, tb
+            ):  # LIBERO checks every step
+                first = t + 1
+        qpos = np.asarray(host["qpos"], np.float64)
+        errs = object_errors(task, qpos, r["qpos"])
+        rec = {
+            "suite": suite, "task": task_id, "init": init_id, "check": "pick_place",
+            "real_success_step": r["success_step"], "mjx_success_step": first,
+            "real_phase": r["phase"], "mjx_phase": PHASES[state.phase],
+            "object_err_mm": errs, "max_object_err_mm": max(errs.values()),
+            "pass": max(errs.values()) <= 1000 * OBJECT_TOL,
+            "mjx_s": round(time.perf_counter() - t1, 1),
+        }  # fmt: skip
+        records.append(rec)
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+    summary = {
+        "suite": suite, "task": task_id, "check": "pick_place_summary", "episodes": len(records),
+        "real_successes": sum(r["real_success_step"] > 0 for r in records),
+        "mjx_successes": sum(r["mjx_success_step"] > 0 for r in records) if mjx_side else None,
+        "objects_within_2cm": sum(r["pass"] for r in records) if mjx_side else None,
+        "caps": [int(m.numeric_data[m.numeric("max_geom_pairs").id]), int(m.numeric_data[m.numeric("max_contact_points").id])],
+        "solver": [int(m.opt.iterations), int(m.opt.ls_iterations)],
+        "real_s": round(real_s, 1),
+    }  # fmt: skip
+    out.write(json.dumps(summary) + "\n")
+    out.flush()
+    return records
 
 
 def compare(suite: str, task_id: int, init_ids: list[int], settle: int, out=sys.stdout) -> list[dict]:
@@ -211,13 +659,56 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", nargs="+", type=int, default=[0])
     p.add_argument("--init-states", nargs="+", type=int, default=[0])
     p.add_argument("--settle", type=int, default=SETTLE_STEPS, help="no-op steps after the reset")
+    p.add_argument("--checks", nargs="+", choices=CHECKS, default=["state"],
+                   help="state: (a) settled state and (b) eef trajectories; pick_place: (c); images: (d)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=PICK_PLACE_STEPS, help="(c): control steps per episode")
+    p.add_argument(
+        "--caps",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("PAIRS", "POINTS"),
+        help="(c): the MJX scene's max_geom_pairs and max_contact_points (default: SceneConfig's)",
+    )
+    p.add_argument(
+        "--solver",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("ITERATIONS", "LS_ITERATIONS"),
+        help="(c): the MJX scene's solver and line-search iterations (default: SceneConfig's)",
+    )
+    p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
+    p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
+    p.add_argument("--images-dir", default=None, help="(d): save side-by-side PNGs here")
     args = p.parse_args(argv)
     import pirl  # noqa: F401  (XLA CPU flag before the first JAX computation)
 
     ok = True
     for t in args.tasks:
-        recs = compare(args.suite, t, args.init_states, args.settle)
-        ok &= all(r["pass"] for r in recs)
+        if "state" in args.checks:
+            recs = compare(args.suite, t, args.init_states, args.settle)
+            ok &= all(r["pass"] for r in recs)
+        if "pick_place" in args.checks:
+            from pirl.envs.libero_scene import SceneConfig
+
+            scene = {}
+            if args.caps is not None:
+                scene.update(max_geom_pairs=args.caps[0], max_contact_points=args.caps[1])
+            if args.solver is not None:
+                scene.update(solver_iterations=args.solver[0], ls_iterations=args.solver[1])
+            recs = compare_pick_place(
+                args.suite,
+                t,
+                args.init_states,
+                args.settle,
+                args.steps,
+                SceneConfig(**scene),
+                not args.real_only,
+            )
+            ok &= all(r["pass"] for r in recs)
+        if "images" in args.checks:
+            compare_images(args.suite, t, args.init_states, args.settle, args.image_sizes, args.images_dir)
     print(
         json.dumps(
             {
@@ -225,6 +716,7 @@ def main(argv: list[str] | None = None) -> None:
                 "suite": args.suite,
                 "tasks": args.tasks,
                 "init_states": args.init_states,
+                "checks": args.checks,
                 "pass": ok,
             }
         )

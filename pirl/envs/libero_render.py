@@ -1,0 +1,291 @@
+"""LIBERO's cameras on the MJX scenes of `pirl.envs.libero_scene`, drawn by pirl's JAX renderer.
+
+    cams = libero_cameras(task)                                   # host side, once per task
+    obs = render_libero_cameras(cams, mjx_data, 224)              # {"agentview_image": u8[224, 224, 3], ...}
+
+The cameras are LIBERO's own (`agentview`, `robot0_eye_in_hand`: the rebuilt model keeps their
+bodies, poses and fovy). What is drawn are primitives only (`pirl.envs.render` ray-casts planes,
+boxes, capsules, cylinders; LIBERO's textured meshes are out of its reach):
+
+- the MJX scene's own geoms (each object's and fixture's fitted boxes, the gripper's boxes, the
+  forearm capsule), except its contact plane;
+- LIBERO's visual primitives (walls, floor, table top and legs, the mount's torso);
+- one capsule fitted to each robot link's visual meshes and one box to the mount's pedestal (the
+  MJX scene has no geometry for them: they never touch anything);
+- each body in the mean colour of its visual material's texture (times the material colour).
+
+Images come out as LIBERO's raw renders: upside down (rows reversed; robosuite returns OpenGL's
+bottom-up rows). The policy-side transform is the one of the real-LIBERO path, applied where
+observations become model inputs (`pirl.policies.env_io.EnvAdapter.rotate_images`, openpi's 180
+degree rotation), so an env using this sets `images_upside_down = True` like `LiberoTrainEnv`.
+
+The extra geoms are not in the MJX model: their world poses come from the body poses in the data
+(`xpos`, `xmat`), so `data` needs current kinematics (`mjx.kinematics` after a control step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from flax import struct
+
+from pirl.envs import render as rnd
+from pirl.envs.build_libero import task_dir
+from pirl.envs.libero_scene import LiberoTask, cluster, fit_box, fit_box_in_frame, fit_capsule, geom_points
+
+LIBERO_CAMERAS = {"agentview_image": "agentview", "wrist_image": "robot0_eye_in_hand"}
+"""pirl / LIBERO-pool observation key -> LIBERO camera name."""
+
+_GEOM = mujoco.mjtGeom
+_PRIMITIVES = (int(_GEOM.mjGEOM_PLANE), int(_GEOM.mjGEOM_BOX), int(_GEOM.mjGEOM_CYLINDER),
+               int(_GEOM.mjGEOM_CAPSULE), int(_GEOM.mjGEOM_SPHERE), int(_GEOM.mjGEOM_ELLIPSOID))  # fmt: skip
+_TEXROLE_RGB = int(mujoco.mjtTextureRole.mjTEXROLE_RGB)
+
+
+@dataclasses.dataclass(frozen=True)
+class LiberoRenderConfig:
+    """How LIBERO's scenes are drawn with pirl's renderer."""
+
+    shadows: bool = False
+    """Shadow rays (LIBERO's lights cast none)."""
+    specular: bool = True
+    """Blinn-Phong highlights from the lights' specular terms."""
+    supersample: int = 1
+    """Rays per pixel side (anti-aliasing at s^2 the cost)."""
+    hand_boxes: int = 6
+    """Boxes fitted to k-means groups of the gripper hand's visual mesh (one box around the whole
+    tapered hand filled the bottom quarter of the wrist camera's view, where LIBERO shows the table)."""
+    hand_body: str = "gripper0_right_gripper"
+    """Body drawn with `hand_boxes` instead of the MJX scene's single hand box."""
+
+
+@struct.dataclass
+class LiberoCameras:
+    """What `render_libero_cameras` needs: the render scene and where each drawn geom sits on its body."""
+
+    scene: rnd.RenderScene
+    """pirl.envs.render scene over the drawn geoms (its geom_ids are indices 0..G-1 of the arrays below)."""
+    geom_local_pos: jax.Array
+    """f32[G, 3] geom position in its body's frame."""
+    geom_local_mat: jax.Array
+    """f32[G, 3, 3] geom orientation in its body's frame."""
+    cam_local_pos: jax.Array
+    """f32[C, 3] camera position in its body's frame, per camera of `camera_keys`."""
+    cam_local_mat: jax.Array
+    """f32[C, 3, 3] camera orientation in its body's frame."""
+    geom_body: tuple[int, ...] = struct.field(pytree_node=False)
+    """Body id of each drawn geom (the MJX model's body ids = LIBERO's)."""
+    cam_body: tuple[int, ...] = struct.field(pytree_node=False)
+    """Body id of each camera."""
+    camera_keys: tuple[str, ...] = struct.field(pytree_node=False)
+    """Observation keys, in output order (LIBERO_CAMERAS)."""
+
+
+def _quat_mat(q: np.ndarray) -> np.ndarray:
+    m = np.zeros(9)
+    mujoco.mju_quat2Mat(m, np.asarray(q, np.float64))
+    return m.reshape(3, 3)
+
+
+def _material_rgb(m: mujoco.MjModel, g: int) -> np.ndarray:
+    """A geom's colour as one RGB: its material texture's mean texel times the material colour."""
+    mat = int(m.geom_matid[g])
+    if mat < 0:
+        return np.asarray(m.geom_rgba[g, :3], np.float64)
+    rgb = np.asarray(m.mat_rgba[mat, :3], np.float64)
+    tex = int(m.mat_texid[mat, _TEXROLE_RGB])
+    if tex >= 0:
+        adr, n = int(m.tex_adr[tex]), int(m.tex_nchannel[tex])
+        size = int(m.tex_width[tex]) * int(m.tex_height[tex]) * n
+        texels = np.asarray(m.tex_data[adr : adr + size]).reshape(-1, n)[::7, : min(n, 3)]
+        rgb = rgb * texels.mean(0)[: 3 if n >= 3 else 1] / 255.0
+    return rgb
+
+
+def _is_visual(m: mujoco.MjModel, g: int) -> bool:
+    return (
+        not (m.geom_contype[g] or m.geom_conaffinity[g])
+        and int(m.geom_group[g]) <= 2
+        and m.geom_rgba[g, 3] > 0
+    )
+
+
+def _body_rgb(compiled: mujoco.MjModel, b: int) -> np.ndarray | None:
+    """Colour of a body: the material colour of its largest visual geom (mesh vertices or volume)."""
+    vis = [g for g in np.where(compiled.geom_bodyid == b)[0] if _is_visual(compiled, g)]
+    if not vis:
+        return None
+
+    def weight(g):
+        if compiled.geom_type[g] == _GEOM.mjGEOM_MESH:
+            return float(compiled.mesh_vertnum[compiled.geom_dataid[g]])
+        return float(np.prod(compiled.geom_size[g] + 1e-3))
+
+    return _material_rgb(compiled, max(vis, key=weight))
+
+
+def libero_cameras(
+    task: LiberoTask, cfg: LiberoRenderConfig = LiberoRenderConfig(), cache: str | None = None
+) -> LiberoCameras:
+    """Host-side preparation for one task (reads LIBERO's compiled model from pirl's cache)."""
+    model = task.model
+    compiled = mujoco.MjModel.from_xml_path(str(task_dir(task.suite, task.task_id, cache) / "scene.xml"))
+    if compiled.nbody != model.nbody:
+        raise ValueError(
+            f"{task.suite} task {task.task_id}: cached LIBERO model and MJX model differ in bodies"
+        )
+    # (type, body, pos, quat, size, rgb)
+    geoms: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    body_rgb = {b: _body_rgb(compiled, b) for b in range(model.nbody)}
+    for g in range(model.ngeom):  # the MJX scene's own primitives (its contact plane is the table top)
+        t, b = int(model.geom_type[g]), int(model.geom_bodyid[g])
+        if t == _GEOM.mjGEOM_PLANE:
+            continue
+        rgb = body_rgb[b] if body_rgb[b] is not None else model.geom_rgba[g, :3]
+        geoms.append((t, b, model.geom_pos[g], model.geom_quat[g], model.geom_size[g], rgb))
+    hand = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, cfg.hand_body)
+    geoms = [g for g in geoms if g[1] != hand]
+    fitted = {int(model.geom_bodyid[g]) for g in range(model.ngeom)} - {hand}
+    meshes: dict[int, list[int]] = {}
+    for g in range(compiled.ngeom):
+        b, t = int(compiled.geom_bodyid[g]), int(compiled.geom_type[g])
+        floor = b == 0 and t == _GEOM.mjGEOM_PLANE
+        if not (floor or _is_visual(compiled, g)):
+            continue
+        if t in _PRIMITIVES:  # walls, floor, table, legs, torso: LIBERO's own primitives
+            geoms.append(
+                (
+                    t,
+                    b,
+                    compiled.geom_pos[g],
+                    compiled.geom_quat[g],
+                    compiled.geom_size[g],
+                    _material_rgb(compiled, g),
+                )
+            )
+        elif t == _GEOM.mjGEOM_MESH and b not in fitted:  # robot links, pedestal: no MJX geometry
+            meshes.setdefault(b, []).append(g)
+    for b, members in meshes.items():
+        pts = np.concatenate([geom_points(compiled, g) for g in members])
+        name = mujoco.mj_id2name(compiled, mujoco.mjtObj.mjOBJ_BODY, b) or ""
+        if name.startswith("robot0_link"):
+            pos, quat, r, h = fit_capsule(pts)
+            geoms.append((int(_GEOM.mjGEOM_CAPSULE), b, pos, quat, np.array([r, h, 0.0]), body_rgb[b]))
+        elif b == hand:
+            labels = cluster(pts, cfg.hand_boxes)
+            frame = compiled.geom_quat[
+                max(members, key=lambda g: compiled.mesh_vertnum[compiled.geom_dataid[g]])
+            ]
+            for j in range(labels.max() + 1):
+                pos, quat, half = fit_box_in_frame(pts[labels == j], frame)
+                geoms.append((int(_GEOM.mjGEOM_BOX), b, pos, quat, half, body_rgb[b]))
+        else:
+            pos, quat, half = fit_box(pts)
+            geoms.append((int(_GEOM.mjGEOM_BOX), b, pos, quat, half, body_rgb[b]))
+
+    # One host model of the drawn geoms, for pirl.envs.render's preparation (types, sizes, colours),
+    # with the MJX model's lights; cameras and poses come from the MJX model's bodies at render time.
+    spec = mujoco.MjSpec()
+    spec.visual.headlight.ambient = model.vis.headlight.ambient
+    spec.visual.headlight.diffuse = model.vis.headlight.diffuse
+    spec.visual.headlight.specular = model.vis.headlight.specular
+    spec.visual.headlight.active = int(model.vis.headlight.active)
+    # LIBERO's clipping planes (fractions of its model's extent, which the meshes set)
+    spec.visual.map.znear = float(compiled.vis.map.znear * compiled.stat.extent)
+    spec.visual.map.zfar = float(compiled.vis.map.zfar * compiled.stat.extent)
+    spec.stat.extent = 1.0
+    for i in range(model.nlight):
+        if model.light_bodyid[i] != 0:
+            raise ValueError("LIBERO's lights are expected on the world body")
+        light = spec.worldbody.add_light()
+        light.pos, light.dir = model.light_pos[i], model.light_dir[i]
+        light.diffuse, light.specular, light.ambient = (
+            model.light_diffuse[i],
+            model.light_specular[i],
+            model.light_ambient[i],
+        )
+        light.castshadow = bool(model.light_castshadow[i])
+        light.active = bool(model.light_active[i])
+        light.type = mujoco.mjtLightType(int(model.light_type[i]))
+        light.cutoff, light.exponent = float(model.light_cutoff[i]), float(model.light_exponent[i])
+    for t, _, _, _, size, rgb in geoms:
+        geom = spec.worldbody.add_geom()
+        geom.type = mujoco.mjtGeom(t)
+        geom.size = np.asarray(size, np.float64)
+        geom.rgba = np.concatenate([np.clip(rgb, 0, 1), [1.0]])
+        geom.contype = geom.conaffinity = 0
+    spec.worldbody.add_camera().name = "unused"
+    host = spec.compile()
+    render_cfg = rnd.RenderConfig(shadows=cfg.shadows, specular=cfg.specular, textures=False,
+                                  supersample=cfg.supersample)  # fmt: skip
+    scene = rnd.prepare_scene(host, list(range(host.ngeom)), render_cfg)
+    cam_ids = []
+    for key, cam in LIBERO_CAMERAS.items():
+        c = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam)
+        if c < 0:
+            raise ValueError(f"{task.suite} task {task.task_id} has no camera {cam!r} (for {key})")
+        if model.cam_mode[c] != mujoco.mjtCamLight.mjCAMLIGHT_FIXED:
+            raise ValueError(f"camera {cam!r} is not fixed to its body; only fixed cameras are supported")
+        cam_ids.append(c)
+    scene = scene.replace(
+        camera_names=tuple(LIBERO_CAMERAS), camera_fovy=tuple(float(model.cam_fovy[c]) for c in cam_ids)
+    )
+    f32 = np.float32
+    return LiberoCameras(
+        scene=scene,
+        geom_local_pos=jnp.asarray(np.stack([g[2] for g in geoms]), f32),
+        geom_local_mat=jnp.asarray(np.stack([_quat_mat(g[3]) for g in geoms]), f32),
+        cam_local_pos=jnp.asarray(model.cam_pos[cam_ids], f32),
+        cam_local_mat=jnp.asarray(np.stack([_quat_mat(model.cam_quat[c]) for c in cam_ids]), f32),
+        geom_body=tuple(int(g[1]) for g in geoms),
+        cam_body=tuple(int(model.cam_bodyid[c]) for c in cam_ids),
+        camera_keys=tuple(LIBERO_CAMERAS),
+    )
+
+
+@struct.dataclass
+class Posed:
+    """The fields pirl.envs.render reads from a data object, for the drawn geoms and the cameras."""
+
+    geom_xpos: jax.Array
+    geom_xmat: jax.Array
+    cam_xpos: jax.Array
+    cam_xmat: jax.Array
+    xpos: jax.Array
+    xmat: jax.Array
+
+
+def posed(cams: LiberoCameras, data) -> Posed:
+    """World poses of the drawn geoms and the cameras from the body poses in `data` (current kinematics)."""
+    xpos = jnp.asarray(data.xpos, jnp.float32)
+    xmat = jnp.asarray(data.xmat, jnp.float32).reshape(-1, 3, 3)
+    gb, cb = np.asarray(cams.geom_body), np.asarray(cams.cam_body)
+    geom_xpos = xpos[gb] + jnp.einsum("gij,gj->gi", xmat[gb], cams.geom_local_pos)
+    geom_xmat = jnp.einsum("gij,gjk->gik", xmat[gb], cams.geom_local_mat)
+    cam_xpos = xpos[cb] + jnp.einsum("cij,cj->ci", xmat[cb], cams.cam_local_pos)
+    cam_xmat = jnp.einsum("cij,cjk->cik", xmat[cb], cams.cam_local_mat)
+    # lights are on the world body: render.py reads xpos/xmat only for lights on other bodies
+    return Posed(geom_xpos, geom_xmat, cam_xpos, cam_xmat, xpos, xmat)
+
+
+def render_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax.Array]:
+    """LIBERO's camera images u8[size, size, 3] per observation key, raw (upside down, as LIBERO's).
+
+    `data`: one env's mjx.Data (or anything with body `xpos`, `xmat`) with current kinematics;
+    jit at the caller, vmap over data for batches."""
+    rgb = rnd.render(cams.scene, posed(cams, data), tuple(range(len(cams.camera_keys))), size, size)
+    return {k: rgb[i, ::-1] for i, k in enumerate(cams.camera_keys)}
+
+
+def segment_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax.Array]:
+    """Body id i32[size, size] seen at each pixel (-1: background), per key, raw orientation as the images."""
+    seg = rnd.render_segmentation(
+        cams.scene, posed(cams, data), tuple(range(len(cams.camera_keys))), size, size
+    )
+    body = jnp.asarray(np.asarray(cams.geom_body, np.int32))
+    seg = jnp.where(seg >= 0, body[jnp.maximum(seg, 0)], -1)
+    return {k: seg[i, ::-1] for i, k in enumerate(cams.camera_keys)}
