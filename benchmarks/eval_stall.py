@@ -6,6 +6,8 @@
 Why it exists: on a 2-core machine this program stopped for good every 5-40 calls when XLA's CPU
 thread pool had two threads (all XLA threads idle, the caller waiting forever), with or without
 async dispatch, YNNPACK's dot fusions or parallel loop partitions; with a pool of one it did not.
+The stacks of such a stall (gdb, in docs/libero_mjx.md) end in jaxlib 0.10's batched LAPACK
+Cholesky (MJX's Newton solver, vmapped), which waits on the pool from a pool thread.
 `pirl.create_backends()` (called here as by the CLIs) therefore sizes the pool from
 `PIRL_XLA_CPU_THREADS` (default 1): `PIRL_XLA_CPU_THREADS=0` gives XLA's own size and reproduces
 the stall. A stall is a call that has produced no result for `--stall-s` while the process used

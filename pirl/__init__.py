@@ -48,7 +48,11 @@ def create_backends() -> None:
 
     Why: on a 2-core machine a compiled MJX rollout stalled for good every 5-40 calls with two
     pool threads (every XLA thread idle, the result never ready; with or without async dispatch,
-    YNNPACK or parallel loop partitions), and never with one (`benchmarks/eval_stall.py`). XLA
+    YNNPACK or parallel loop partitions), and never with one (`benchmarks/eval_stall.py`). The
+    stacks (gdb, docs/libero_mjx.md) show why: MJX's Newton solver factorises with `cho_factor`,
+    vmapped a batched LAPACK `potrf`, and jaxlib 0.10's batched LAPACK kernels split the batch onto
+    the same pool and block a pool thread until the chunks finish; with as many kernels in flight
+    as pool threads, no thread is left to run the chunks (reported fixed in jaxlib >= 0.11.1). XLA
     sizes its pool from the CPUs it may run on, so the pool is created while this thread runs on
     `PIRL_XLA_CPU_THREADS` of them; the thread's own CPUs are restored right after."""
     import jax
