@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from pirl.distributed import hlo
@@ -14,7 +15,7 @@ from pirl.distributed import mesh as mesh_lib
 from pirl.models import pi0
 from pirl.models.config import Pi0Config
 from pirl.policies import flow_policy
-from pirl.rl import synthetic, trainer
+from pirl.rl import optim, synthetic, trainer
 from pirl.rl.config import EnvSpec
 from pirl.sft import train as sft_train
 from pirl.sft.config import SFTConfig
@@ -202,3 +203,52 @@ def test_sft_step_traces_on_its_mesh():
     ops = hlo.collectives(step.lower(_abstract(state, shardings), batch).compile().as_text())
     assert {"all-gather", "all-reduce"} <= {op.op for op in ops}
     assert not _activation_ops(ops, b, m)
+
+
+def test_shard_local_accumulation_equals_the_plain_one():
+    """`accumulate_gradients` with `local_axes`: a 2-layer MLP (first layer frozen) with a masked-mean
+    loss on a data=8 mesh, 4 micro-batches of 16. Same loss, aux and gradients as the plain
+    accumulation, and the second layer's gradient is reduced across the data axis once per call
+    instead of once per micro-batch."""
+    mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(8, 1)))
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = {"w1": jax.random.normal(keys[0], (8, 32)), "w2": jax.random.normal(keys[1], (32, 4))}
+    params = jax.device_put(params, mesh_lib.replicated(mesh))
+    batch = {"x": jax.random.normal(keys[2], (64, 8)), "mask": jax.random.uniform(keys[3], (64,)) > 0.3}
+    batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
+    mask = {"w1": False, "w2": True}
+
+    def forward(p, mb):
+        return jnp.tanh(jnp.tanh(mb["x"] @ p["w1"]) @ p["w2"])
+
+    def objective(out, mb):
+        per_sample = (out**2).sum(-1)
+        loss = (per_sample * mb["mask"]).sum() / jnp.maximum(mb["mask"].sum(), 1)
+        return loss, {"max": per_sample.max()}
+
+    def run(params, batch, local_axes):
+        return optim.accumulate_gradients(
+            objective,
+            params,
+            batch,
+            4,
+            trainable_mask=mask,
+            forward=forward,
+            mesh=mesh,
+            local_axes=local_axes,
+        )
+
+    plain = jax.jit(functools.partial(run, local_axes=()))
+    local = jax.jit(functools.partial(run, local_axes=("data",)))
+    (loss_a, aux_a), grads_a = plain(params, batch)
+    (loss_b, aux_b), grads_b = local(params, batch)
+    assert grads_b["w1"] is None and grads_a["w1"] is None
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    np.testing.assert_allclose(aux_b["max"], aux_a["max"], rtol=1e-6)
+    np.testing.assert_allclose(grads_b["w2"], grads_a["w2"], rtol=1e-5, atol=1e-6)
+
+    def w2_reductions(jitted):
+        ops = hlo.collectives(jitted.lower(params, batch).compile().as_text())
+        return sum(op.count for op in ops if {("f32", (32, 4)), ("f32", (4, 32))} & set(op.shapes))
+
+    assert (w2_reductions(plain), w2_reductions(local)) == (4, 1)
