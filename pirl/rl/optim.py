@@ -12,7 +12,9 @@ structure of the params, or callables `params -> mask`, e.g. from `pirl.policies
 
 The global grad-norm clip (1.0 for PPO, 2.0 for GRPO) runs over all trainable gradients together,
 before the per-group AdamW. Gradient accumulation: `accumulate_gradients` scans over micro-batches
-inside one jitted step (preferred: one optimizer step per minibatch, as in πRL); or set
+inside one jitted step (preferred: one optimizer step per minibatch, as in πRL; given the model part
+of the loss as `forward` and the data-parallel mesh axes, it keeps per-device partial gradients and
+reduces them across devices once per call instead of once per micro-batch); or set
 `OptimizerConfig.accumulate_steps` > 1 to wrap the optimizer in `optax.MultiSteps`, which
 accumulates across successive `update` calls and steps every k-th call.
 """

@@ -10,7 +10,9 @@ flattened env-major (`flatten_transitions`, `merge_rollout_epochs`): each device
 flat batch is its own environments' steps. The shuffle (`shard_local_minibatches`) permutes within
 each device's block and gives every minibatch an equal share of every block; micro-batches are
 strided slices of a minibatch (`optim.accumulate_gradients`). Only gradients, parameters (FSDP)
-and small statistics are exchanged.
+and small statistics are exchanged, and along the data-parallel mesh axes the gradients only once
+per optimizer step: the model part of the loss (`ppo_forward`) runs per shard with its own copy of
+the trainable leaves, so each micro-batch's gradient stays a per-device partial sum.
 """
 
 from __future__ import annotations
