@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from pirl.distributed import hlo
@@ -16,6 +17,7 @@ from pirl.models import pi0
 from pirl.models.config import Pi0Config
 from pirl.policies import flow_policy
 from pirl.rl import optim, synthetic, trainer
+from pirl.rl import update as update_lib
 from pirl.rl.config import EnvSpec
 from pirl.sft import train as sft_train
 from pirl.sft.config import SFTConfig
@@ -252,3 +254,40 @@ def test_shard_local_accumulation_equals_the_plain_one():
         return sum(op.count for op in ops if {("f32", (32, 4)), ("f32", (4, 32))} & set(op.shapes))
 
     assert (w2_reductions(plain), w2_reductions(local)) == (4, 1)
+
+
+@pytest.mark.nightly
+def test_ppo_update_on_the_data_mesh_matches_1_device():
+    """The tiny PPO update (2 epochs x 2 minibatches of 2 micro-batches of 8) on data=8, where the
+    gradients are accumulated per device (`update.data_parallel_axes` = ("data",)), gives the
+    parameters and metrics of the same update on 1 device."""
+    cfg = synthetic.tiny_ppo_config(
+        update_epochs=2,
+        global_batch_size=16,
+        micro_batch_size=8,
+        env=EnvSpec(name="toy_spatial", num_envs=16, image_size=28, max_episode_steps=10),
+    )
+    params = flow_policy.init_policy_params(cfg.policy, cfg.model, jax.random.key(0))
+
+    def run(axis_sizes, devices):
+        mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=axis_sizes), devices)
+        ppo = synthetic.make_ppo_update_setup(cfg, mesh, params=params, shuffle_shards=8)
+        batch = synthetic.place_transitions(synthetic.synthetic_transitions(cfg, 32), mesh)
+        out, _, step, metrics = ppo.update(
+            ppo.params, ppo.opt_state, jnp.zeros((), jnp.int32), batch, jax.random.key(1)
+        )
+        return jax.device_get(out), int(step), jax.device_get(metrics)
+
+    assert update_lib.data_parallel_axes(
+        cfg, mesh_lib.batch_sharding(mesh_lib.make_mesh(mesh_lib.MeshConfig(axis_sizes=(8, 1))))
+    ) == ("data",)
+    one, steps_one, metrics_one = run((1, 1), jax.devices()[:1])
+    eight, steps_eight, metrics_eight = run((8, 1), jax.devices()[:8])
+    assert steps_one == steps_eight == 4
+    for (path, a), b in zip(jax.tree.leaves_with_path(one), jax.tree.leaves(eight), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    for key in metrics_one:
+        np.testing.assert_allclose(metrics_one[key], metrics_eight[key], rtol=1e-3, atol=1e-5, err_msg=key)
+    assert not np.allclose(
+        params["model"]["action_out_proj"]["kernel"], one["model"]["action_out_proj"]["kernel"]
+    )

@@ -184,6 +184,7 @@ def accumulate_gradients(
         accumulated over the micro-batches and summed across `local_axes` once, after the last one.
         Without this the partitioner all-reduces every micro-batch's gradient (docs/scaling.md).
         The loss itself (means over the whole micro-batch) is taken over all devices as before.
+        Needs micro-batches that split evenly over `local_axes` (else: the plain accumulation).
 
     Returns:
       ((mean loss, mean aux), grads of the trainable part: None at frozen leaves).
@@ -212,7 +213,7 @@ def accumulate_gradients(
     micro_batches = jax.tree.map(
         lambda x: jnp.swapaxes(x.reshape(batch_size // num_micro, num_micro, *x.shape[1:]), 0, 1), batch
     )
-    if forward is not None and shards > 1 and num_micro > 1:
+    if forward is not None and shards > 1 and num_micro > 1 and (batch_size // num_micro) % shards == 0:
         return _accumulate_shard_local(
             forward, objective, params, micro_batches, num_micro, trainable_mask, mesh, local_axes
         )

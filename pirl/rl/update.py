@@ -10,9 +10,9 @@ flattened env-major (`flatten_transitions`, `merge_rollout_epochs`): each device
 flat batch is its own environments' steps. The shuffle (`shard_local_minibatches`) permutes within
 each device's block and gives every minibatch an equal share of every block; micro-batches are
 strided slices of a minibatch (`optim.accumulate_gradients`). Only gradients, parameters (FSDP)
-and small statistics are exchanged, and along the data-parallel mesh axes the gradients only once
-per optimizer step: the model part of the loss (`ppo_forward`) runs per shard with its own copy of
-the trainable leaves, so each micro-batch's gradient stays a per-device partial sum.
+and small statistics are exchanged, and on a data-parallel mesh the gradients only once per
+optimizer step: the model part of the loss (`ppo_forward`) runs per shard with its own copy of the
+trainable leaves, so each micro-batch's gradient stays a per-device partial sum.
 """
 
 from __future__ import annotations
@@ -288,12 +288,19 @@ def ppo_loss_fn(
 
 
 def data_parallel_axes(cfg: RLConfig, sharding: NamedSharding | None) -> tuple[str, ...]:
-    """The batch axes of `sharding` that the parameters are replicated over (all but the FSDP axis,
-    size > 1): `accumulate_gradients` keeps per-device partial gradients along them."""
+    """The batch axes of `sharding` (size > 1) along which `accumulate_gradients` keeps per-device
+    partial gradients: all of them on a purely data-parallel mesh (FSDP axis of size 1), none
+    otherwise. With an FSDP axis left automatic inside the per-shard forward, XLA split the frozen
+    LLM MLP over its weights' sharded dim and all-gathered / all-reduced the [micro-batch, 816,
+    2048] activations every layer instead of gathering the weights (pi0 on data=2 x fsdp=4,
+    docs/scaling.md), so such meshes keep the plain accumulation for now."""
     if sharding is None or not len(sharding.spec) or sharding.spec[0] is None:
         return ()
     axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
-    return tuple(a for a in axes if a != cfg.mesh.fsdp_axis and sharding.mesh.shape[a] > 1)
+    mesh = sharding.mesh
+    if any(a == cfg.mesh.fsdp_axis and mesh.shape[a] > 1 for a in axes):
+        return ()
+    return tuple(a for a in axes if mesh.shape[a] > 1)
 
 
 def normalize_step_advantages(cfg: RLConfig, batch: Transitions) -> Transitions:
