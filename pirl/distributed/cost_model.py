@@ -284,9 +284,7 @@ def estimate_step(
         "params": (sharded_params / fsdp + (frozen_params if replicate_frozen else 0)) * PARAM_BYTES,
         "ema": total_params * PARAM_BYTES / fsdp if ema else 0.0,
         "adam_moments": 2 * trainable_params * PARAM_BYTES / fsdp,
-        # accumulator + micro-batch grads (+ the data shard's copy of the trainable leaves whose
-        # gradient is its partial sum: `optim.accumulate_gradients` with `local_axes`)
-        "grads": (1 if num_micro == 1 else 3 if data > 1 else 2) * trainable_params * PARAM_BYTES / fsdp,
+        "grads": (2 if num_micro > 1 else 1) * trainable_params * PARAM_BYTES / fsdp,  # accumulator + micro
         # One layer's weights gathered at a time, double-buffered so the next gather overlaps.
         "gathered_layer_weights": 2
         * (_gemma_layer_matmul_params(cfg.expert) if replicate_frozen else _largest_layer_params(cfg))
@@ -297,10 +295,10 @@ def estimate_step(
 
     # Traffic per chip and optimizer step. Per micro-batch: all-gather every weight for the forward
     # (f32, as stored), re-gather the recomputed ones for the backward, reduce-scatter the trainable
-    # grads over fsdp. Once per optimizer step: all-reduce the accumulated grad shards over data.
+    # grads over fsdp, all-reduce the grad shards over data.
     shard = (fsdp - 1) / fsdp
     fsdp_bytes = num_micro * shard * PARAM_BYTES * (sharded_params + regathered + trainable_params)
-    data_bytes = 2 * (data - 1) / data * trainable_params * PARAM_BYTES / fsdp
+    data_bytes = num_micro * 2 * (data - 1) / data * trainable_params * PARAM_BYTES / fsdp
     comm_s = fsdp_bytes / chip.fsdp_link_bytes_per_s + data_bytes / chip.data_link_bytes_per_s
 
     step_flops = flops["total"] * global_batch
