@@ -33,6 +33,7 @@ full π0 takes minutes on a CPU; a program that fails prints an "error" row and 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -179,12 +180,11 @@ def _dump_path(opts: dict, preset: str, program: str) -> str | None:
     return None if not opts.get("dump_hlo") else os.path.join(opts["dump_hlo"], f"{preset}.{program}.hlo.txt")
 
 
-def _compile(fn: Any, mesh: Any, *args: Any) -> tuple[Any, float, float]:
-    import jax
-
+def _compile(lower: Any, *args: Any) -> tuple[Any, float, float]:
+    """`lower(*args).compile()` with both times; the programs trace on their mesh themselves
+    (`pirl.distributed.mesh.jit_on_mesh` / `tracing_on`), as in training."""
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh):  # activates the model's batch constraints (mesh.constrain_batch)
-        lowered = fn.lower(*args)
+    lowered = lower(*args)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     return compiled, t1 - t0, time.perf_counter() - t1
@@ -199,7 +199,7 @@ def rl_rows(name: str, programs: list[str], sizes: tuple[int, ...] | None, opts:
     from pirl.distributed import cost_model
     from pirl.distributed import mesh as mesh_lib
     from pirl.policies import flow_policy
-    from pirl.rl import host_rollout, synthetic
+    from pirl.rl import host_rollout, synthetic, trainer
 
     cfg = configs.get_preset(name)
     mesh = _mesh(cfg, sizes)
@@ -239,11 +239,15 @@ def rl_rows(name: str, programs: list[str], sizes: tuple[int, ...] | None, opts:
                 )
                 opt_abstract = jax.eval_shape(program.optimizer.init, abstract)
                 opt_sh = mesh_lib.param_shardings(opt_abstract, mesh)
-                fn = jax.jit(
-                    program.update,
-                    out_shardings=(params_sh, opt_sh, replicated, replicated),
-                    donate_argnums=(0, 1),
+                # The trainer's own update program (pirl.rl.trainer.build_programs uses it too).
+                update = trainer.jit_update(
+                    cfg,
+                    mesh,
+                    program.optimizer,
+                    program.trainable_mask,
+                    {"params": params_sh, "opt_state": opt_sh},
                 )
+                lower = functools.partial(update.lower, adapter=adapter)
                 args = (
                     _abstract(abstract, params_sh),
                     _abstract(opt_abstract, opt_sh),
@@ -270,21 +274,14 @@ def rl_rows(name: str, programs: list[str], sizes: tuple[int, ...] | None, opts:
                     small.env_obs,
                 )
                 ints = jax.ShapeDtypeStruct((envs,), jnp.int32, sharding=batch_sharding)
-                fn = jax.jit(
-                    lambda p, a, o, t, e, r, s: host_rollout.sample_stage(
-                        p,
-                        a,
-                        o,
-                        t,
-                        e,
-                        r,
-                        s,
-                        model_cfg=cfg.model,
-                        policy_cfg=cfg.policy,
-                        micro_batch=cfg.env.sample_micro_batch,
-                        mode="train",
-                        sharding=batch_sharding,
-                    )
+                # As pirl.rl.host_rollout.HostCollector calls it (it traces on the mesh itself).
+                lower = functools.partial(
+                    host_rollout.sample_stage.lower,
+                    model_cfg=cfg.model,
+                    policy_cfg=cfg.policy,
+                    micro_batch=cfg.env.sample_micro_batch,
+                    mode="train",
+                    sharding=batch_sharding,
                 )
                 args = (
                     _abstract(abstract, params_sh),
@@ -299,7 +296,7 @@ def rl_rows(name: str, programs: list[str], sizes: tuple[int, ...] | None, opts:
                     cost_model.rollout_flops_per_sample(cfg.model, cfg.policy.num_steps)["total"] * envs
                 )
                 row.update(environments=envs, denoise_steps=cfg.policy.num_steps)
-            compiled, lower_s, compile_s = _compile(fn, mesh, *args)
+            compiled, lower_s, compile_s = _compile(lower, *args)
             row.update(lower_s=round(lower_s, 1), compile_s=round(compile_s, 1))
             row.update(
                 analyse(
@@ -335,7 +332,6 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
     mesh = _mesh(cfg, sizes)
     row: dict[str, Any] = {"program": "sft", "preset": name, "mesh": dict(mesh.shape), "tree": opts["tree"]}
     try:
-        replicated = mesh_lib.replicated(mesh)
         batch_sharding = mesh_lib.batch_sharding(mesh)
         # As pirl.sft.train: frozen leaves stored as model.frozen_dtype, EMA of the trainable ones.
         abstract = sft_train.frozen_params_cast(cfg, pi0.abstract_params(cfg.model))
@@ -354,11 +350,7 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
             return state
 
         state = jax.eval_shape(make_state, abstract)
-        # As pirl.sft.train does: params, Adam state and EMA FSDP-sharded, rng and step replicated.
-        shardings = {
-            k: replicated if k in ("rng", "step") else mesh_lib.param_shardings(v, mesh)
-            for k, v in state.items()
-        }
+        shardings = sft_train.train_state_shardings(state, mesh)
         m, b = cfg.model, cfg.batch_size
 
         def spec(shape, dtype):
@@ -372,12 +364,8 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
             "tokenized_prompt_mask": spec((m.max_token_len,), jnp.bool_),
             "actions": spec((m.action_horizon, m.action_dim), jnp.float32),
         }
-        fn = jax.jit(
-            sft_train.make_train_step(cfg, tx, mask),
-            out_shardings=(shardings, replicated),
-            donate_argnums=0,
-        )
-        compiled, lower_s, compile_s = _compile(fn, mesh, _abstract(state, shardings), batch)
+        step = sft_train.jit_train_step(cfg, tx, mask, mesh, shardings)  # pirl.sft.train's own program
+        compiled, lower_s, compile_s = _compile(step.lower, _abstract(state, shardings), batch)
         row.update(
             batch=b,
             params_gb=round(_nbytes(abstract) / GB, 2),

@@ -260,5 +260,7 @@ def test_presets_cover_every_data_config():
     pi05 = sft_config_for("pi05_libero")
     assert pi05.model.pi05 and pi05.model.action_horizon == 10 and pi05.data.norm_type == "quantile"
     assert sft_config_for("pi0_libero").model.action_horizon == 50
+    # Full fine-tuning of the full-size model does not fit 80 GB per device data-parallel: FSDP.
+    assert {cfg.mesh.axis_sizes for _, cfg in presets.values()} == {(1, -1)}
     with pytest.raises(ValueError, match="action_horizon"):
         SFTConfig(model=Pi0Config(action_horizon=10), data=configs.get_data_config("pi0_libero"))

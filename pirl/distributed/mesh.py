@@ -21,10 +21,12 @@ batch = jax.device_put(batch, batch_sharding(mesh))
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -126,10 +128,33 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
 
 
+@contextlib.contextmanager
+def tracing_on(mesh: Mesh) -> Iterator[None]:
+    """Make `mesh` the context mesh of the code traced inside (works inside `jit`, where
+    `jax.set_mesh` is refused), so that `constrain_batch` acts. `jit_on_mesh` puts every program
+    the trainers compile under it; a function jitted on its own can use it in its body."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        yield
+
+
+def jit_on_mesh(fun: Callable[..., Any], mesh: Mesh, **jit_kwargs: Any) -> Any:
+    """`jax.jit(fun, **jit_kwargs)` whose every trace (call, `.lower`, `.trace`) runs under
+    `tracing_on(mesh)`: the one way pirl's training programs (RL collect / update / evaluate, the
+    SFT step) get the model's batch constraints, whoever calls or lowers them."""
+
+    @functools.wraps(fun)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        with tracing_on(mesh):
+            return fun(*args, **kwargs)
+
+    return jax.jit(traced, **jit_kwargs)
+
+
 def constrain_batch(x: PyTree) -> PyTree:
-    """Pin the leading (batch) dim of every leaf of `x` to the batch axes of the mesh set around the
-    trace (`with jax.set_mesh(mesh):`), the rest replicated; a no-op without one, or for a leaf whose
-    batch dim does not split evenly.
+    """Pin the leading (batch) dim of every leaf of `x` to the batch axes of the mesh the trace runs
+    under (`tracing_on` / `jit_on_mesh`, or `with jax.set_mesh(mesh):` around it), the rest
+    replicated; a no-op without one, or for a leaf whose batch dim does not split evenly. Axes that
+    are manual at this point (inside a `shard_map` over them) are already split and left out.
 
     Model code calls this on its activations so that, under FSDP, the partitioner gathers the
     weights instead of gathering a micro-batch's activations and splitting the matmuls over the
@@ -138,7 +163,9 @@ def constrain_batch(x: PyTree) -> PyTree:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    axes = tuple(mesh.axis_names)
+    axes = tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t != AxisType.Manual)
+    if not axes:
+        return x
     shards = math.prod(mesh.shape[a] for a in axes)
 
     def pin(leaf):

@@ -213,7 +213,8 @@ def sample_stage(
         )
         return jax.lax.with_sharding_constraint(out, sharding)
 
-    out = jax.lax.map(one, jax.tree.map(to_steps, (env_obs, task_id, keys)))
+    with mesh_lib.tracing_on(sharding.mesh):  # the model's batch constraints act (as in the trainer)
+        out = jax.lax.map(one, jax.tree.map(to_steps, (env_obs, task_id, keys)))
     return jax.tree.map(from_steps, out)
 
 

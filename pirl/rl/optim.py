@@ -12,7 +12,9 @@ structure of the params, or callables `params -> mask`, e.g. from `pirl.policies
 
 The global grad-norm clip (1.0 for PPO, 2.0 for GRPO) runs over all trainable gradients together,
 before the per-group AdamW. Gradient accumulation: `accumulate_gradients` scans over micro-batches
-inside one jitted step (preferred: one optimizer step per minibatch, as in πRL); or set
+inside one jitted step (preferred: one optimizer step per minibatch, as in πRL; given the model part
+of the loss as `forward` and the data-parallel mesh axes, it keeps per-device partial gradients and
+reduces them across devices once per call instead of once per micro-batch); or set
 `OptimizerConfig.accumulate_steps` > 1 to wrap the optimizer in `optax.MultiSteps`, which
 accumulates across successive `update` calls and steps every k-th call.
 """
@@ -20,13 +22,15 @@ accumulates across successive `update` calls and steps every k-th call.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pirl.policies import masks
 
@@ -149,6 +153,9 @@ def accumulate_gradients(
     *,
     trainable_mask: Mask = None,
     rng: jax.Array | None = None,
+    forward: Callable[[PyTree, PyTree], PyTree] | None = None,
+    mesh: Mesh | None = None,
+    local_axes: Sequence[str] = (),
 ) -> tuple[tuple[jax.Array, PyTree], PyTree]:
     """Mean loss, aux and gradients over `num_micro` micro-batches, scanned (one compiled body).
 
@@ -158,14 +165,26 @@ def accumulate_gradients(
 
     Args:
       loss_fn: `(params, micro_batch) -> (scalar loss, aux pytree of arrays)`, or
-        `(params, micro_batch, rng)` when `rng` is given (then micro-batch i gets `fold_in(rng, i)`).
+        `(params, micro_batch, rng)` when `rng` is given (then micro-batch i gets `fold_in(rng, i)`);
+        with `forward`: `(forward's outputs, micro_batch) -> (loss, aux)`.
       params: full parameter tree.
       batch: pytree of arrays with a common leading batch axis `[N, ...]`, N divisible by num_micro;
         micro-batch i holds rows i, i + num_micro, i + 2·num_micro, ...
       num_micro: number of micro-batches (1: a plain value_and_grad).
       trainable_mask: optional bools; gradients are taken w.r.t. trainable leaves only
         (`masks.trainable_value_and_grad`): frozen ones are neither computed nor stored.
-      rng: optional PRNG key for stochastic losses.
+      rng: optional PRNG key for stochastic losses (not with `forward`).
+      forward: optional `(params, micro_batch) -> outputs`, every output leaf with the micro-batch's
+        rows on its leading axis (the model, no cross-sample reduction); the loss is then
+        `loss_fn(forward(params, mb), mb)`, and with `local_axes` the gradients stay per device.
+      mesh, local_axes: with `forward`, the batch axes of `mesh` over which the trainable leaves are
+        replicated but the batch is split (the data-parallel axes). Each group of devices along them
+        runs `forward` on its own rows with its own copy of the trainable leaves (a `shard_map`),
+        so a micro-batch's weight gradient stays a per-device partial sum: the partials are
+        accumulated over the micro-batches and summed across `local_axes` once, after the last one.
+        Without this the partitioner all-reduces every micro-batch's gradient (docs/scaling.md).
+        The loss itself (means over the whole micro-batch) is taken over all devices as before.
+        Needs micro-batches that split evenly over `local_axes` (else: the plain accumulation).
 
     Returns:
       ((mean loss, mean aux), grads of the trainable part: None at frozen leaves).
@@ -179,6 +198,25 @@ def accumulate_gradients(
             f"the batch size {batch_size} must be divisible by num_micro={num_micro}; pick a num_micro "
             f"that divides it"
         )
+    if forward is not None and rng is not None:
+        raise ValueError("accumulate_gradients takes `rng` or `forward`, not both")
+    local_axes = tuple(local_axes)
+    shards = math.prod(mesh.shape[a] for a in local_axes) if mesh is not None else 1
+    objective = loss_fn
+    if forward is not None:
+
+        def loss_fn(full_params, micro_batch):
+            return objective(forward(full_params, micro_batch), micro_batch)
+
+    # Strided micro-batches (rows i, i + num_micro, ...): a device's contiguous block of the
+    # batch then feeds every micro-batch equally, so the split needs no data movement.
+    micro_batches = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(batch_size // num_micro, num_micro, *x.shape[1:]), 0, 1), batch
+    )
+    if forward is not None and shards > 1 and num_micro > 1 and (batch_size // num_micro) % shards == 0:
+        return _accumulate_shard_local(
+            forward, objective, params, micro_batches, num_micro, trainable_mask, mesh, local_axes
+        )
 
     def micro_loss(full_params, micro_batch, index):
         if rng is None:
@@ -188,23 +226,72 @@ def accumulate_gradients(
     value_and_grad = masks.trainable_value_and_grad(micro_loss, trainable_mask, has_aux=True)
     if num_micro == 1:
         return value_and_grad(params, batch, 0)
-    # Strided micro-batches (rows i, i + num_micro, ...): a device's contiguous block of the
-    # batch then feeds every micro-batch equally, so the split needs no data movement.
-    micro_batches = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape(batch_size // num_micro, num_micro, *x.shape[1:]), 0, 1), batch
-    )
     first = jax.tree.map(lambda x: x[0], micro_batches)
     (loss_shape, aux_shape), grad_shape = jax.eval_shape(value_and_grad, params, first, 0)
-
-    def zeros(tree):
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
 
     def body(carry, xs):
         micro_batch, index = xs
         (loss_i, aux_i), grads_i = value_and_grad(params, micro_batch, index)
         return jax.tree.map(jnp.add, carry, (loss_i, aux_i, grads_i)), None
 
-    init = (zeros(loss_shape), zeros(aux_shape), zeros(grad_shape))
+    init = (_zeros(loss_shape), _zeros(aux_shape), _zeros(grad_shape))
     total, _ = lax.scan(body, init, (micro_batches, jnp.arange(num_micro)))
     loss, aux, grads = jax.tree.map(lambda x: x / num_micro, total)
     return (loss, aux), grads
+
+
+def _zeros(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+
+
+def _accumulate_shard_local(
+    forward: Callable[[PyTree, PyTree], PyTree],
+    objective: Callable[..., tuple[jax.Array, PyTree]],
+    params: PyTree,
+    micro_batches: PyTree,
+    num_micro: int,
+    trainable_mask: Mask,
+    mesh: Mesh,
+    local_axes: tuple[str, ...],
+) -> tuple[tuple[jax.Array, PyTree], PyTree]:
+    """`accumulate_gradients` with per-device partial gradients along `local_axes` (see there)."""
+    shards = math.prod(mesh.shape[a] for a in local_axes)
+    trainable, frozen = masks.split_frozen(params, trainable_mask)
+    split = PartitionSpec(local_axes)
+
+    def per_shard(x: jax.Array) -> jax.Array:
+        # [shards, ...]: dim 0 over local_axes, the rest as the partitioner likes (FSDP dims stay).
+        spec = PartitionSpec(local_axes, *(PartitionSpec.UNCONSTRAINED,) * (x.ndim - 1))
+        return lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    # One copy of the trainable leaves per shard: its gradient is that shard's partial sum.
+    copies = jax.tree.map(lambda x: per_shard(jnp.broadcast_to(x, (shards, *x.shape))), trainable)
+
+    def local_forward(local_copies: PyTree, frozen: PyTree, micro_batch: PyTree) -> PyTree:
+        return forward(masks.merge_frozen(jax.tree.map(lambda x: x[0], local_copies), frozen), micro_batch)
+
+    sharded_forward = jax.shard_map(
+        local_forward,
+        mesh=mesh,
+        in_specs=(split, PartitionSpec(), split),
+        out_specs=split,
+        axis_names=frozenset(local_axes),
+    )
+
+    def micro_loss(copies: PyTree, micro_batch: PyTree) -> tuple[jax.Array, PyTree]:
+        return objective(sharded_forward(copies, frozen, micro_batch), micro_batch)
+
+    value_and_grad = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def body(carry, micro_batch):
+        (loss_i, aux_i), grads_i = value_and_grad(copies, micro_batch)
+        loss, aux, grads = jax.tree.map(jnp.add, carry, (loss_i, aux_i, grads_i))
+        return (loss, aux, jax.tree.map(per_shard, grads)), None
+
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    (loss_shape, aux_shape), grad_shape = jax.eval_shape(value_and_grad, copies, first)
+    init = (_zeros(loss_shape), _zeros(aux_shape), jax.tree.map(per_shard, _zeros(grad_shape)))
+    (loss, aux, partials), _ = lax.scan(body, init, micro_batches)
+    # The one cross-device reduction of the gradients per call: the sum of the shards' partials.
+    grads = jax.tree.map(lambda g: g.sum(axis=0) / num_micro, partials)
+    return (loss / num_micro, jax.tree.map(lambda x: x / num_micro, aux)), grads

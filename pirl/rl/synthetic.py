@@ -192,7 +192,7 @@ def make_ppo_update_setup(
         trainable_mask=program.trainable_mask,
         optimizer=program.optimizer,
         adapter=adapter,
-        update=jax.jit(program.update),
+        update=mesh_lib.jit_on_mesh(program.update, mesh),
     )
 
 

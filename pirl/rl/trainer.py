@@ -333,6 +333,33 @@ class AutoResetCollect:
         return transitions, metrics
 
 
+def jit_update(
+    cfg: RLConfig,
+    mesh: jax.sharding.Mesh,
+    optimizer: optax.GradientTransformation,
+    trainable: Any,
+    state_shardings: Any,
+) -> Any:
+    """The trainer's update program: jit(ppo_update) traced on the mesh (`mesh.jit_on_mesh`),
+    (params, opt_state, opt_step, transitions, rng, *, adapter) -> (params, opt_state, opt_step,
+    metrics), params and optimizer state donated. `state_shardings` ({"params", "opt_state"}
+    shardings) pin its outputs, so the step compiles once and keeps the FSDP layout from step to
+    step. `benchmarks/full_scale.py` lowers this very function on abstract inputs."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return mesh_lib.jit_on_mesh(
+        functools.partial(
+            update_lib.ppo_update,
+            cfg=cfg,
+            optimizer=optimizer,
+            trainable_mask=trainable,
+            batch_sharding=mesh_lib.batch_sharding(mesh),
+        ),
+        mesh,
+        donate_argnums=(0, 1),
+        out_shardings=(state_shardings["params"], state_shardings["opt_state"], replicated, replicated),
+    )
+
+
 def build_programs(
     cfg: RLConfig,
     env: Any,
@@ -341,25 +368,15 @@ def build_programs(
     trainable: Any,
     state_shardings: Any,
 ) -> Programs:
-    """Jit the reset / collect / update / evaluate functions with the mesh's shardings.
+    """Jit the reset / collect / update / evaluate functions with the mesh's shardings, each traced
+    on the mesh (`mesh.jit_on_mesh`: the model's batch constraints act).
 
-    `state_shardings` ({"params", "opt_state"} shardings) pin the update's inputs and outputs, so
-    the step compiles once and keeps the FSDP layout from step to step."""
+    `state_shardings` ({"params", "opt_state"} shardings) pin the update's inputs and outputs."""
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    # (params, opt_state, opt_step, transitions, rng, *, adapter) -> (params, opt_state, opt_step, metrics)
-    update = jax.jit(
-        functools.partial(
-            update_lib.ppo_update,
-            cfg=cfg,
-            optimizer=optimizer,
-            trainable_mask=trainable,
-            batch_sharding=batch_sharding,
-        ),
-        donate_argnums=(0, 1),
-        out_shardings=(state_shardings["params"], state_shardings["opt_state"], replicated, replicated),
+    update = multihost.compile_then_barrier(
+        "update", jit_update(cfg, mesh, optimizer, trainable, state_shardings)
     )
-    update = multihost.compile_then_barrier("update", update)
     if cfg.env.backend == "libero":  # host simulators: rollouts driven from Python, same update
         from pirl.rl.host_rollout import HostCollector
 
@@ -413,13 +430,13 @@ def build_programs(
 
     if auto_reset:
         collect = AutoResetCollect(
-            jax.jit(collect),
+            mesh_lib.jit_on_mesh(collect, mesh),
             jax.jit(
                 lambda rng, tasks, inits: (reset(rng, tasks, inits), jnp.zeros((num_envs,), jnp.float32))
             ),
         )
     else:
-        jitted = multihost.compile_then_barrier("collect", jax.jit(collect))
+        jitted = multihost.compile_then_barrier("collect", mesh_lib.jit_on_mesh(collect, mesh))
         collect = lambda params, adapter, rng, tasks, inits, global_step=0: jitted(  # noqa: E731
             params, adapter, rng, tasks, inits, np.int32(global_step)
         )
@@ -447,7 +464,7 @@ def build_programs(
     return Programs(
         collect=collect,
         update=update,
-        evaluate=multihost.compile_then_barrier("evaluate", jax.jit(evaluate)),
+        evaluate=multihost.compile_then_barrier("evaluate", mesh_lib.jit_on_mesh(evaluate, mesh)),
         reset=jax.jit(reset),
     )
 

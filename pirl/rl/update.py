@@ -10,11 +10,14 @@ flattened env-major (`flatten_transitions`, `merge_rollout_epochs`): each device
 flat batch is its own environments' steps. The shuffle (`shard_local_minibatches`) permutes within
 each device's block and gives every minibatch an equal share of every block; micro-batches are
 strided slices of a minibatch (`optim.accumulate_gradients`). Only gradients, parameters (FSDP)
-and small statistics are exchanged.
+and small statistics are exchanged, and on a data-parallel mesh the gradients only once per
+optimizer step: the model part of the loss (`ppo_forward`) runs per shard with its own copy of the
+trainable leaves, so each micro-batch's gradient stays a per-device partial sum.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -234,21 +237,26 @@ def rollout_targets(
     return flatten_transitions(traj, adv, ret, valid, weight), metrics
 
 
-def ppo_loss_fn(
-    params: dict,
+def ppo_forward(params: dict, batch: Transitions, *, cfg: RLConfig, adapter: EnvAdapter) -> tuple[Array, ...]:
+    """The model part of the loss, per transition: (log-probs, entropy, values) of the stored chains
+    rescored under `params` (no cross-sample reduction: `accumulate_gradients` runs it per shard)."""
+    obs = env_obs_to_model(adapter, cfg.model, batch.env_obs, batch.task_id)
+    return flow_policy.log_prob_and_value(
+        params, cfg.policy, cfg.model, obs, batch.chain, batch.denoise_index, noise_level=batch.noise_level
+    )
+
+
+def ppo_objective(
+    outputs: tuple[Array, ...],
     batch: Transitions,
     *,
     cfg: RLConfig,
-    adapter: EnvAdapter,
     critic_warmup: Array | bool = False,
 ) -> tuple[Array, dict[str, Array]]:
-    """PPO (GAE) or critic-free (GRPO) loss of one micro-batch, rescoring the stored chains.
+    """PPO (GAE) or critic-free (GRPO) loss of one micro-batch from `ppo_forward`'s outputs.
 
     `critic_warmup` (traced bool) drops the policy and entropy terms (`optim.critic_warmup_steps`)."""
-    obs = env_obs_to_model(adapter, cfg.model, batch.env_obs, batch.task_id)
-    log_probs, entropy, values = flow_policy.log_prob_and_value(
-        params, cfg.policy, cfg.model, obs, batch.chain, batch.denoise_index, noise_level=batch.noise_level
-    )
+    log_probs, entropy, values = outputs
     critic = cfg.adv.adv_type == "gae"
     return ppo_loss(
         cfg.loss,
@@ -263,6 +271,36 @@ def ppo_loss_fn(
         weights=batch.loss_weight if cfg.episode_weights_active else None,
         critic_warmup=critic_warmup,
     )
+
+
+def ppo_loss_fn(
+    params: dict,
+    batch: Transitions,
+    *,
+    cfg: RLConfig,
+    adapter: EnvAdapter,
+    critic_warmup: Array | bool = False,
+) -> tuple[Array, dict[str, Array]]:
+    """PPO (GAE) or critic-free (GRPO) loss of one micro-batch, rescoring the stored chains
+    (`ppo_objective` of `ppo_forward`)."""
+    outputs = ppo_forward(params, batch, cfg=cfg, adapter=adapter)
+    return ppo_objective(outputs, batch, cfg=cfg, critic_warmup=critic_warmup)
+
+
+def data_parallel_axes(cfg: RLConfig, sharding: NamedSharding | None) -> tuple[str, ...]:
+    """The batch axes of `sharding` (size > 1) along which `accumulate_gradients` keeps per-device
+    partial gradients: all of them on a purely data-parallel mesh (FSDP axis of size 1), none
+    otherwise. With an FSDP axis left automatic inside the per-shard forward, XLA split the frozen
+    LLM MLP over its weights' sharded dim and all-gathered / all-reduced the [micro-batch, 816,
+    2048] activations every layer instead of gathering the weights (pi0 on data=2 x fsdp=4,
+    docs/scaling.md), so such meshes keep the plain accumulation for now."""
+    if sharding is None or not len(sharding.spec) or sharding.spec[0] is None:
+        return ()
+    axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+    mesh = sharding.mesh
+    if any(a == cfg.mesh.fsdp_axis and mesh.shape[a] > 1 for a in axes):
+        return ()
+    return tuple(a for a in axes if mesh.shape[a] > 1)
 
 
 def normalize_step_advantages(cfg: RLConfig, batch: Transitions) -> Transitions:
@@ -335,11 +373,15 @@ def ppo_update(
             mb = jax.lax.with_sharding_constraint(mb, batch_sharding)
         warmup = opt_step < cfg.optim.critic_warmup_steps
 
-        def loss_fn(p, mb):
-            return ppo_loss_fn(p, mb, cfg=cfg, adapter=adapter, critic_warmup=warmup)
-
         (_, metrics), grads = accumulate_gradients(
-            loss_fn, params, mb, num_micro, trainable_mask=trainable_mask
+            functools.partial(ppo_objective, cfg=cfg, critic_warmup=warmup),
+            params,
+            mb,
+            num_micro,
+            trainable_mask=trainable_mask,
+            forward=functools.partial(ppo_forward, cfg=cfg, adapter=adapter),
+            mesh=None if batch_sharding is None else batch_sharding.mesh,
+            local_axes=data_parallel_axes(cfg, batch_sharding),
         )
         metrics = metrics | optimizer_metrics(cfg.optim, grads, opt_step, trainable_mask)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -121,11 +121,21 @@ def sft_config_for(data_name: str, **overrides: Any) -> SFTConfig:
     return SFTConfig(**{"model": model, "data": data, **defaults, **overrides})
 
 
+FSDP_MESH = MeshConfig(axis_sizes=(1, -1))
+"""The SFT presets' mesh: params, EMA and Adam state sharded over all devices (data axis of size 1)."""
+
+
 def sft_presets() -> dict[str, tuple[str, SFTConfig]]:
     """`<data config>_sft` -> (description, config) for every named data config."""
     presets = {}
     for name in data_config_names():
-        cfg = sft_config_for(name, log_dir=f"runs/{name}_sft", checkpoint_dir=f"checkpoints/{name}_sft")
+        cfg = sft_config_for(
+            name,
+            log_dir=f"runs/{name}_sft",
+            checkpoint_dir=f"checkpoints/{name}_sft",
+            # FSDP over every device: data-parallel full fine-tuning needs 77.7 / 80.5 GB per device (docs/scaling.md).
+            mesh=FSDP_MESH,
+        )
         kind = "π0.5" if cfg.model.pi05 else "π0"
         presets[f"{name}_sft"] = (f"SFT of {kind} on {cfg.data.repo_id} ({name} data config)", cfg)
     return presets

@@ -145,6 +145,25 @@ def make_train_step(
     return train_step
 
 
+def jit_train_step(
+    config: SFTConfig,
+    tx: optax.GradientTransformation,
+    mask: Any,
+    mesh: jax.sharding.Mesh,
+    state_shardings: Any,
+) -> Any:
+    """The SFT program: jit(make_train_step) traced on the mesh (`mesh.jit_on_mesh`: the model's
+    batch constraints act), state donated and kept in `state_shardings`, batch split over the mesh.
+    `benchmarks/full_scale.py` lowers this very function on abstract inputs."""
+    return mesh_lib.jit_on_mesh(
+        make_train_step(config, tx, mask),
+        mesh,
+        in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
+        out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
 def make_eval_step(config: SFTConfig) -> Callable[[Params, jax.Array, dict[str, Any]], jax.Array]:
     def eval_step(params: Params, rng: jax.Array, batch: dict[str, Any]) -> jax.Array:
         obs = batch_to_observation(config.model, batch)
@@ -244,7 +263,8 @@ def export_params(state: TrainState, mask: Any) -> Params:
     return masks.merge_frozen(state["ema_params"], masks.split_frozen(state["params"], mask)[1])
 
 
-def _state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh) -> Any:
+def train_state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh) -> Any:
+    """Shardings of an SFT train state: params, Adam state and EMA FSDP-style, rng and step replicated."""
     replicated = mesh_lib.replicated(mesh)
     out = {
         "params": mesh_lib.param_shardings(abstract_state["params"], mesh),
@@ -363,7 +383,7 @@ def _train_sft(config: SFTConfig) -> dict[str, Any]:
         return state
 
     abstract_state = jax.eval_shape(make_state, abstract_params)
-    state_shardings = _state_shardings(abstract_state, mesh)
+    state_shardings = train_state_shardings(abstract_state, mesh)
 
     rows = multihost.process_batch_rows(batch_sharding, config.batch_size)
     # First: a bad dataset / tokenizer / norm stats fails before any state is built.
@@ -384,13 +404,8 @@ def _train_sft(config: SFTConfig) -> dict[str, Any]:
         state = jax.jit(make_state, out_shardings=state_shardings)(params)
         start_step = 0
 
-    train_step = jax.jit(
-        make_train_step(config, tx, mask),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
-    eval_step = jax.jit(make_eval_step(config), out_shardings=replicated)
+    train_step = jit_train_step(config, tx, mask, mesh, state_shardings)
+    eval_step = mesh_lib.jit_on_mesh(make_eval_step(config), mesh, out_shardings=replicated)
 
     writer = MetricWriter(config.log_dir)
     batches = data.train.device_batches(batch_sharding)
