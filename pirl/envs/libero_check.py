@@ -452,9 +452,12 @@ def pick_place_geometry(m, obj: str, target: str):
     upper = centres[centres[:, 2] > hi[2] - 0.03]
     mid = 0.5 * (lo[:2] + hi[:2])
     wall = float(np.mean(np.linalg.norm(upper[:, :2] - mid, axis=1)))
-    if np.min(hi[:2] - lo[:2]) < CENTRE_GRASP_WIDTH:
-        wall = 0.0  # fits between the fingers: grasp across its middle
-    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall)
+    width = hi[:2] - lo[:2]
+    axis = None
+    if width.min() < CENTRE_GRASP_WIDTH:
+        wall = 0.0  # fits between the fingers: grasp across its middle, along its narrow side
+        axis = np.eye(3)[int(np.argmin(width))]
+    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall, grasp_axis=axis)
 
 
 def _view(m, d, obj_body: int, target: tuple[str, int]):
@@ -473,6 +476,7 @@ def _view(m, d, obj_body: int, target: tuple[str, int]):
         grip_mat=np.array(d.site_xmat[site], np.float64).reshape(3, 3),
         finger_axis=axis / max(np.linalg.norm(axis), 1e-9),
         obj_pos=np.array(d.xpos[obj_body], np.float64),
+        obj_mat=np.array(d.xmat[obj_body], np.float64).reshape(3, 3),
         target_pos=np.array((d.xpos if target[0] == "body" else d.site_xpos)[target[1]], np.float64),
     )
 
