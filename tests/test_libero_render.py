@@ -133,6 +133,39 @@ def test_pick_place_plan_on_a_kinematic_gripper():
     assert abs(obj[2] - (target[2] + geo.target_hi[2] + cfg.release_gap)) < 0.01
 
 
+def test_open_fingers_leave_libero_s_gap(setup):
+    """The MJX scene's finger boxes span what robosuite's finger meshes span along the closing axis
+    (open fingers: 79.8 mm between them, as in LIBERO; a box on the meshes' principal axes left 47 mm)."""
+    from pirl.envs.libero_scene import geom_points
+
+    task, _, compiled, _, _ = setup
+
+    def extents(m, colliding):
+        d = mujoco.MjData(m)
+        d.qpos[:] = task.init_states[0][1 : 1 + m.nq]
+        d.qpos[7], d.qpos[8] = 0.04, -0.04
+        mujoco.mj_forward(m, d)
+        left, right = m.body("gripper0_leftfinger").id, m.body("gripper0_rightfinger").id
+        axis = d.xpos[left] - d.xpos[right]
+        axis /= np.linalg.norm(axis)
+        mid = 0.5 * (d.xpos[left] + d.xpos[right])
+        out = {}
+        for side, b in (("left", left), ("right", right)):
+            gs = [g for g in range(m.ngeom) if m.geom_bodyid[g] == b and colliding(m, g)]
+            w = np.concatenate([d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T for g in gs])
+            s = (w - mid) @ axis
+            out[side] = (s.min(), s.max())
+        return out
+
+    # the MJX scene has collision geoms only (contacts by explicit pairs); LIBERO's also visual ones
+    ours = extents(task.model, lambda m, g: True)
+    theirs = extents(compiled, lambda m, g: m.geom_contype[g] or m.geom_conaffinity[g])
+    gap = ours["left"][0] - ours["right"][1]
+    assert abs(gap - (theirs["left"][0] - theirs["right"][1])) < 1e-3 and gap > 0.075, (ours, theirs)
+    for side in ("left", "right"):
+        np.testing.assert_allclose(ours[side], theirs[side], atol=1e-3)
+
+
 def test_pick_place_targets_and_grasps(setup):
     """The plan's facts from the MJX scenes: a bowl (13 cm wide) is grasped by its wall onto a plate
     (an object body); libero_object's cream cheese (4 cm wide) across its middle into the basket's

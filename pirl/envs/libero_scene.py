@@ -12,7 +12,7 @@ geometry:
   member (a group of one keeps LIBERO's box);
 - robot: a capsule fitted to the collision mesh of each link in `SceneConfig.arm_contact_links`
   (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: one box each
-  fitted to their meshes; the fingertip pads: robosuite's own boxes; other links and the mount do
+  fitted to their meshes in the body frame; the fingertip pads: robosuite's own boxes; other links and the mount do
   not collide (they never reach the objects);
 - the table: a plane at its top (the floor plane where a scene has no table collision);
 - no visual meshes, textures or materials;
@@ -275,7 +275,9 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
                         "grip", _GEOM.mjGEOM_BOX, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"_pad{i}"
                     )
                 else:
-                    pos, quat, half = fit_box(geom_points(m, g))
+                    # in the body's frame: the principal axes of a tapered finger mesh are tilted, and
+                    # that box narrowed the open fingers' gap from 80 to 47 mm (no 62 mm can fit between)
+                    pos, quat, half = fit_box_in_frame(geom_points(m, g), np.array([1.0, 0.0, 0.0, 0.0]))
                     add("grip", _GEOM.mjGEOM_BOX, pos, quat, half, g, f"_box{i}")
             continue
         kind = "object" if _root_body(m, b) in free_roots else "fixture"
