@@ -1,6 +1,6 @@
 """The faithful LIBERO MJX env (`make_env("libero_spatial", task_ids=(0,))`): batched reset and step.
 
-    python benchmarks/libero_mjx_env.py --suite libero_spatial --task 0 --num-envs 1 2 4 16 --steps 5
+    python benchmarks/libero_mjx_env.py --suite libero_spatial --task 0 --num-envs 1 2 4 16 --steps 5 [--solver 30 40]
 
 Prints one JSON object per line per batch size: the first (compiling) calls of the vmapped
 `reset_to` (10 settle steps inside) and `step`, then env-steps/s over `--steps` timed calls
@@ -10,6 +10,7 @@ Prints one JSON object per line per batch size: the first (compiling) calls of t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -19,10 +20,20 @@ import jax.numpy as jnp
 
 import pirl  # XLA CPU flags before JAX starts
 from pirl.envs import make_env
+from pirl.envs.libero_scene import SceneConfig
 
 
-def bench(suite: str, task: int, num_envs: int, steps: int, render: bool, size: int, batching: str) -> dict:
-    env = make_env(suite, task_ids=(task,), image_size=size, render=render, batching=batching)
+def bench(
+    suite: str,
+    task: int,
+    num_envs: int,
+    steps: int,
+    render: bool,
+    size: int,
+    batching: str,
+    scene: SceneConfig,
+) -> dict:
+    env = make_env(suite, task_ids=(task,), image_size=size, render=render, batching=batching, scene=scene)
     reset = jax.jit(env.batched(env.reset_to))
     step = jax.jit(env.batched(env.step))
     t0 = time.perf_counter()
@@ -53,6 +64,10 @@ def bench(suite: str, task: int, num_envs: int, steps: int, render: bool, size: 
         "batching": batching,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "xla_cpu_threads": os.environ.get("PIRL_XLA_CPU_THREADS", "1"),
+        "solver_iterations": scene.solver_iterations,
+        "ls_iterations": scene.ls_iterations,
+        "max_geom_pairs": scene.max_geom_pairs,
+        "max_contact_points": scene.max_contact_points,
         "steps": steps,
         "reset_first_call_s": round(reset_s, 1),
         "step_first_two_calls_s": round(first_s, 1),
@@ -72,11 +87,22 @@ def main() -> None:
     p.add_argument("--render", action="store_true", help="render both cameras every step")
     p.add_argument("--size", type=int, default=128, help="image side with --render")
     p.add_argument("--batching", default="vmap", choices=("vmap", "map"), help="how envs are batched")
+    p.add_argument("--solver", nargs=2, type=int, default=None, metavar=("ITERATIONS", "LS_ITERATIONS"),
+                   help="the scene's solver and line-search iterations (default: SceneConfig's)")  # fmt: skip
+    p.add_argument("--caps", nargs=2, type=int, default=None, metavar=("PAIRS", "POINTS"),
+                   help="the scene's max_geom_pairs and max_contact_points (default: SceneConfig's)")  # fmt: skip
     args = p.parse_args()
+    scene = SceneConfig()
+    if args.solver is not None:
+        scene = dataclasses.replace(scene, solver_iterations=args.solver[0], ls_iterations=args.solver[1])
+    if args.caps is not None:
+        scene = dataclasses.replace(scene, max_geom_pairs=args.caps[0], max_contact_points=args.caps[1])
     pirl.create_backends()  # XLA's CPU pool as pirl.train sizes it (PIRL_XLA_CPU_THREADS)
     for n in args.num_envs:
         print(
-            json.dumps(bench(args.suite, args.task, n, args.steps, args.render, args.size, args.batching)),
+            json.dumps(
+                bench(args.suite, args.task, n, args.steps, args.render, args.size, args.batching, scene)
+            ),
             flush=True,
         )
 

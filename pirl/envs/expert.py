@@ -412,6 +412,8 @@ class PickPlaceView:
     """f64[3] object body position."""
     target_pos: np.ndarray
     """f64[3] target body position."""
+    obj_mat: np.ndarray | None = None
+    """f64[3, 3] object body orientation (read when the geometry names a `grasp_axis`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,7 +428,10 @@ class PickPlaceGeometry:
     """f64[3] highest corner of the target's geoms in its body frame."""
     wall_radius: float
     """Horizontal distance from the object's centre to the middle of its upper wall (the geoms within
-    3 cm of its top): where the fingers straddle it."""
+    3 cm of its top): where the fingers straddle it (0: grasp across the middle)."""
+    grasp_axis: np.ndarray | None = None
+    """f64[3] the object's narrow horizontal axis in its body frame: the fingers turn (about the
+    vertical) to close along it; None keeps the starting orientation."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,7 +459,16 @@ def pick_place_action(
     cfg: LiberoPlanConfig, geo: PickPlaceGeometry, view: PickPlaceView, state: PlanState
 ) -> tuple[np.ndarray, PlanState]:
     """One control step of the plan: (OSC_POSE action f32[7], next plan state)."""
-    ref = view.grip_mat if state.ref_mat is None else state.ref_mat
+    ref = state.ref_mat
+    if ref is None:
+        ref = view.grip_mat
+        if geo.grasp_axis is not None and view.obj_mat is not None:
+            # yaw the grip (at most 90 degrees either way) so the closing axis lies along the object's narrow axis
+            want, have = view.obj_mat @ geo.grasp_axis, view.finger_axis
+            yaw = np.arctan2(want[1], want[0]) - np.arctan2(have[1], have[0])
+            yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+            c, s_ = np.cos(yaw), np.sin(yaw)
+            ref = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]) @ view.grip_mat
     if state.grasp_offset is None:
         # the fingers straddle the object's wall on the side the closing axis points to
         axis = np.array([view.finger_axis[0], view.finger_axis[1], 0.0])

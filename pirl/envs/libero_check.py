@@ -10,9 +10,11 @@ JSON line each:
 - (b) `eef`: the eef trajectory under open-loop action sequences of 20 steps (each axis +/-0.5,
   each rotation +/-0.5, gripper close) started after settling; target: within 1 cm.
 - (c) `pick_place` (`--checks pick_place`): the scripted plan (`pirl.envs.expert.pick_place_action`)
-  run in both, each reading its own simulator: LIBERO's success and the MJX scene's (LIBERO's On
-  rule in MuJoCo C on the MJX state), and every free object's position error at the end; target:
-  within 2 cm. `--real-only` runs the real side alone (the expert's success rate there).
+  run in both, each reading its own simulator, for tasks whose goal is one On / In (object, object
+  or region): LIBERO's success and the MJX side's (the task's goal predicates,
+  `pirl.envs.libero_predicates`, on the MJX data as the env rewards them), and every free object's
+  position error at the end; target: within 2 cm. `--real-only` runs the real side alone (the
+  expert's success rate there).
 - (d) `images` (`--checks images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
   (robosuite's offscreen render) and by pirl (`pirl.envs.libero_render`) at the same state (the
   real settled qpos), per image size: PSNR and SSIM of the raw images, and the per-object IoU of
@@ -370,13 +372,21 @@ OBJECT_TOL = 0.02
 """Target of (c): object positions after the plan within 2 cm of the real LIBERO's."""
 
 
+CENTRE_GRASP_WIDTH = 0.07
+"""Objects narrower than this (m, the smaller horizontal extent) are grasped across their middle;
+wider ones (bowls) by their wall. The Panda's fingers open to 0.08 m."""
+
+
 def pick_place_goal(meta: dict) -> tuple[str, str]:
-    """(object, target) of a task whose goal is one `On` predicate; UserError otherwise."""
+    """(object, target) of a task whose goal is one On or In predicate (the target an object or a
+    region); UserError otherwise."""
     from pirl.errors import UserError
 
     goal = meta["goal"]
-    if len(goal) != 1 or goal[0][0].lower() != "on":
-        raise UserError(f"the pick-and-place check handles one On(object, target) goal; this task has {goal}")
+    if len(goal) != 1 or goal[0][0].lower() not in ("on", "in"):
+        raise UserError(
+            f"the pick-and-place check handles one On / In (object, target) goal; this task has {goal}"
+        )
     return goal[0][1], goal[0][2]
 
 
@@ -391,9 +401,23 @@ def _body(m, name: str) -> int:
     raise ValueError(f"no body for object {name!r}")
 
 
+def _target(m, name: str) -> tuple[str, int]:
+    """A goal target: ("body", id) of an object, or ("site", id) of a region (LIBERO's sites)."""
+    import mujoco
+
+    try:
+        return "body", _body(m, name)
+    except ValueError:
+        site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, name)
+        if site < 0:
+            raise ValueError(f"no body or site for goal target {name!r}") from None
+        return "site", site
+
+
 def pick_place_geometry(m, obj: str, target: str):
     """Extents of the object's and target's geoms (with their sub-bodies) in their body frames, from
-    the MJX scene at qpos0."""
+    the MJX scene at qpos0. A region target's top is that of its site's body (with sub-bodies),
+    relative to the site."""
     import mujoco
 
     from pirl.envs.expert import PickPlaceGeometry
@@ -418,15 +442,27 @@ def pick_place_geometry(m, obj: str, target: str):
         return pts.min(0), pts.max(0), centres
 
     lo, hi, centres = extents(_body(m, obj))
-    _, thi, _ = extents(_body(m, target))
+    kind, tid = _target(m, target)
+    if kind == "body":
+        _, thi, _ = extents(tid)
+    else:  # region: top of the site's body over the site (assumes the body's z axis is up, as LIBERO's)
+        b = m.site_bodyid[tid]
+        _, bhi, _ = extents(b)
+        thi = np.array([0.0, 0.0, d.xpos[b][2] + bhi[2] - d.site_xpos[tid][2]])
     upper = centres[centres[:, 2] > hi[2] - 0.03]
     mid = 0.5 * (lo[:2] + hi[:2])
     wall = float(np.mean(np.linalg.norm(upper[:, :2] - mid, axis=1)))
-    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall)
+    width = hi[:2] - lo[:2]
+    axis = None
+    if width.min() < CENTRE_GRASP_WIDTH:
+        wall = 0.0  # fits between the fingers: grasp across its middle, along its narrow side
+        axis = np.eye(3)[int(np.argmin(width))]
+    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall, grasp_axis=axis)
 
 
-def _view(m, d, obj_body: int, target_body: int):
-    """PickPlaceView from a MuJoCo model and data (host arrays with MuJoCo's field names)."""
+def _view(m, d, obj_body: int, target: tuple[str, int]):
+    """PickPlaceView from a MuJoCo model and data (host arrays with MuJoCo's field names); `target`
+    from `_target`."""
     import mujoco
 
     from pirl.envs.expert import PickPlaceView
@@ -440,7 +476,8 @@ def _view(m, d, obj_body: int, target_body: int):
         grip_mat=np.array(d.site_xmat[site], np.float64).reshape(3, 3),
         finger_axis=axis / max(np.linalg.norm(axis), 1e-9),
         obj_pos=np.array(d.xpos[obj_body], np.float64),
-        target_pos=np.array(d.xpos[target_body], np.float64),
+        obj_mat=np.array(d.xmat[obj_body], np.float64).reshape(3, 3),
+        target_pos=np.array((d.xpos if target[0] == "body" else d.site_xpos)[target[1]], np.float64),
     )
 
 
@@ -454,7 +491,7 @@ def real_pick_place(
     env, task_suite = make_libero_env(suite, task_id)
     obj, target = pick_place_goal({"goal": env.env.parsed_problem["goal_state"]})
     m = env.sim.model._model
-    ob, tb = _body(m, obj), _body(m, target)
+    ob, tb = _body(m, obj), _target(m, target)
     inits = task_suite.get_task_init_states(task_id)
     out = []
     try:
@@ -481,29 +518,6 @@ def real_pick_place(
     return out
 
 
-def on_top(m, qpos: np.ndarray, obj_body: int, target_body: int) -> bool:
-    """LIBERO's On(object, target) (check_ontop) on the MJX scene's geometry, in MuJoCo C: object xy
-    within 3 cm of the target's, not below it, and touching it."""
-    import mujoco
-
-    d = mujoco.MjData(m)
-    d.qpos[:] = qpos
-    mujoco.mj_forward(m, d)
-
-    def root_of(g: int) -> int:
-        b = m.geom_bodyid[g]
-        while m.body_parentid[b] != 0 and b not in (obj_body, target_body):
-            b = m.body_parentid[b]
-        return b
-
-    touching = any(
-        {root_of(d.contact.geom1[i]), root_of(d.contact.geom2[i])} == {obj_body, target_body}
-        for i in range(d.ncon)
-    )
-    a, b = d.xpos[obj_body], d.xpos[target_body]
-    return bool(a[2] >= b[2] and np.linalg.norm(a[:2] - b[:2]) < 0.03 and touching)
-
-
 def compare_pick_place(
     suite: str,
     task_id: int,
@@ -521,6 +535,7 @@ def compare_pick_place(
     import jax.numpy as jnp
     from mujoco import mjx
 
+    from pirl.envs import libero_predicates as lp
     from pirl.envs import libero_scene as ls
     from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_action
     from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
@@ -528,7 +543,9 @@ def compare_pick_place(
     task = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig())
     m = task.model
     obj, target = pick_place_goal(task.meta)
-    ob, tb = _body(m, obj), _body(m, target)
+    ob, tb = _body(m, obj), _target(m, target)
+    # LIBERO's goal as the env evaluates it (the spec is read from LIBERO once, in its own process)
+    goal = lp.compile_goal(_isolated(lp.ensure_goal_spec, suite, task_id), m)
     geo = pick_place_geometry(m, obj, target)
     plan_cfg = LiberoPlanConfig()
     mx = mjx.put_model(m)
@@ -538,8 +555,10 @@ def compare_pick_place(
 
     @jax.jit
     def step(d, a):
-        d = mjx.kinematics(mx, osc_control_step(cfg, idx, mx, d, a))
-        return d, {k: getattr(d, k) for k in fields}
+        d = osc_control_step(cfg, idx, mx, d, a)
+        success = lp.success(goal, lp.view_mjx(d), jnp)  # on the step's data, as the env rewards it
+        d = mjx.kinematics(mx, d)
+        return d, {"success": success, **{k: getattr(d, k) for k in fields}}
 
     reset = jax.jit(lambda d: osc_reset(cfg, idx, mx, d))
     t0 = time.perf_counter()
@@ -563,9 +582,7 @@ def compare_pick_place(
             view = _view(m, types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()}), ob, tb)
             action, state = pick_place_action(plan_cfg, geo, view, state)
             d, host = step(d, jnp.asarray(action))
-            if first < 0 and on_top(
-                m, np.asarray(host["qpos"], np.float64), ob, tb
-            ):  # LIBERO checks every step
+            if first < 0 and bool(host["success"]):  # LIBERO checks every step
                 first = t + 1
         qpos = np.asarray(host["qpos"], np.float64)
         errs = object_errors(task, qpos, r["qpos"])

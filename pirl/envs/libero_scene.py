@@ -12,7 +12,7 @@ geometry:
   member (a group of one keeps LIBERO's box);
 - robot: a capsule fitted to the collision mesh of each link in `SceneConfig.arm_contact_links`
   (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: one box each
-  fitted to their meshes; the fingertip pads: robosuite's own boxes; other links and the mount do
+  fitted to their meshes in the body frame; the fingertip pads: robosuite's own boxes; other links and the mount do
   not collide (they never reach the objects);
 - the table: a plane at its top (the floor plane where a scene has no table collision);
 - no visual meshes, textures or materials;
@@ -56,10 +56,12 @@ class SceneConfig:
     """Most boxes fitted to one object/fixture body's collision geoms."""
     arm_contact_links: tuple[str, ...] = ("robot0_link6", "robot0_link7")
     """Robot links (besides the hand and fingers) that collide with objects."""
-    solver_iterations: int = 10
-    """Constraint solver iterations (Newton; it converges in <= 7 on these scenes)."""
-    ls_iterations: int = 20
-    """Line-search iterations per solver iteration (the elliptic cone goes unstable at 10)."""
+    solver_iterations: int = 30
+    """Constraint solver iterations (Newton). At rest it converges in <= 7, but a grasp (fingers
+    squeezing a bowl) at 10 launched the objects in MJX; 30 holds it (docs/libero_mjx.md, check (c))."""
+    ls_iterations: int = 40
+    """Line-search iterations per solver iteration (MJX's grasps need 40 with 30 solver iterations; the
+    elliptic cone goes unstable at 10 even at rest)."""
     cone: str = "pyramidal"
     """Friction cone. robosuite uses elliptic; in MJX's float32 solver the elliptic cone sent LIBERO's
     5-10 g objects flying (NaN within 20 control steps) where pyramidal settles them as MuJoCo C does."""
@@ -273,7 +275,9 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
                         "grip", _GEOM.mjGEOM_BOX, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"_pad{i}"
                     )
                 else:
-                    pos, quat, half = fit_box(geom_points(m, g))
+                    # in the body's frame: the principal axes of a tapered finger mesh are tilted, and
+                    # that box narrowed the open fingers' gap from 80 to 47 mm (no 62 mm can fit between)
+                    pos, quat, half = fit_box_in_frame(geom_points(m, g), np.array([1.0, 0.0, 0.0, 0.0]))
                     add("grip", _GEOM.mjGEOM_BOX, pos, quat, half, g, f"_box{i}")
             continue
         kind = "object" if _root_body(m, b) in free_roots else "fixture"
