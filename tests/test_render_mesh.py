@@ -9,12 +9,12 @@ pirl per pixel, which agree for diffuse light from directional lights but not fo
 
 import math
 import os
+from typing import NamedTuple
 
 import jax
 import mujoco
 import numpy as np
 import pytest
-from mujoco import mjx
 
 from pirl.envs import render as rd
 from pirl.envs import render_mesh as rm
@@ -120,14 +120,25 @@ def mujoco_images(model):
     return tuple(np.stack(x) for x in zip(*out, strict=True))
 
 
+class Kinematics(NamedTuple):
+    """The fields of mjx.Data the renderer reads."""
+
+    geom_xpos: np.ndarray
+    geom_xmat: np.ndarray
+    cam_xpos: np.ndarray
+    cam_xmat: np.ndarray
+    xpos: np.ndarray
+    xmat: np.ndarray
+
+
 @pytest.fixture(scope="module")
 def pirl_images(model):
     scene = rd.prepare_scene(model, config=rd.RenderConfig(shadows=False, specular=False))
-    mx = mjx.put_model(model)
-    data = mjx.forward(mx, mjx.make_data(mx))
-
+    data = mujoco.MjData(model)  # the renderer reads only kinematics: MuJoCo's (not mjx's, which
+    mujoco.mj_forward(model, data)  # would compile for ~20 s here) will do
+    kin = Kinematics(*(np.asarray(getattr(data, f), np.float32) for f in Kinematics._fields))
     render = jax.jit(lambda d: rd.render_rgbd_segmentation(scene, d, CAMERAS, SIZE, SIZE))
-    return tuple(np.asarray(x) for x in render(data))
+    return tuple(np.asarray(x) for x in render(kin))
 
 
 def _gid(model, name):
@@ -199,7 +210,7 @@ def test_decimation_keeps_the_shape():
     normals = np.cross(*(new_vert[face[kept]][:, k] - new_vert[face[kept]][:, 0] for k in (1, 2)))
     centroid = new_vert[face[kept]].mean(1)
     assert (np.sum(normals * centroid, -1) > 0).mean() > 0.95  # still outward-facing
-    same_vert, all_faces = rm.decimate(vert, face, 5000)
+    _, all_faces = rm.decimate(vert, face, 5000)
     np.testing.assert_array_equal(all_faces, np.arange(len(face)))
 
 
@@ -207,23 +218,23 @@ def test_bad_input_names_geom_and_feature():
     cube = """<mujoco><asset><texture name="c" type="cube" builtin="flat" width="4" height="4"/>
       <material name="m" texture="c"/></asset>
       <worldbody><geom name="cubebox" type="box" size="1 1 1" material="m"/></worldbody></mujoco>"""
-    with pytest.raises(UserError, match="cubebox.*cube"):
+    with pytest.raises(UserError, match=r"cubebox.*cube"):
         rd.prepare_scene(mujoco.MjModel.from_xml_string(cube))
     sphere = cube.replace('type="cube"', 'type="2d"').replace(
         'type="box" size="1 1 1"', 'type="sphere" size="1"'
     )
-    with pytest.raises(UserError, match="cubebox.*2D texture on a sphere"):
+    with pytest.raises(UserError, match=r"cubebox.*2D texture on a sphere"):
         rd.prepare_scene(mujoco.MjModel.from_xml_string(sphere))
     no_uv = f"""<mujoco><asset><texture name="t" type="2d" builtin="flat" width="4" height="4"/>
       <material name="m" texture="t"/><mesh name="ico" vertex="{_flat(ICO_V)}" face="{_flat(ICO_F)}"/></asset>
       <worldbody><geom name="bare" type="mesh" mesh="ico" material="m"/></worldbody></mujoco>"""
-    with pytest.raises(UserError, match="bare.*texture coordinates"):
+    with pytest.raises(UserError, match=r"bare.*texture coordinates"):
         rd.prepare_scene(mujoco.MjModel.from_xml_string(no_uv))
     # without textures the same scenes build
     rd.prepare_scene(mujoco.MjModel.from_xml_string(no_uv), config=rd.RenderConfig(textures=False))
     hfield = """<mujoco><asset><hfield name="h" nrow="2" ncol="2" size="1 1 0.1 0.1"/></asset>
       <worldbody><geom name="ground" type="hfield" hfield="h"/></worldbody></mujoco>"""
-    with pytest.raises(UserError, match="ground.*hfield"):
+    with pytest.raises(UserError, match=r"ground.*hfield"):
         rd.prepare_scene(mujoco.MjModel.from_xml_string(hfield))
 
 
