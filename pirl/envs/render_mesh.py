@@ -125,7 +125,7 @@ def _dot(a: Vec3, b: Vec3):
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-def _ray_triangle(o: Vec3, d: Vec3, v0: Vec3, e1: Vec3, e2: Vec3, t_min):
+def ray_triangle(o: Vec3, d: Vec3, v0: Vec3, e1: Vec3, e2: Vec3, t_min):
     """Moller-Trumbore, two-sided: (t (inf on miss), u, v barycentrics of corners 1 and 2)."""
     p = _cross(d, e2)
     det = _dot(e1, p)
@@ -206,7 +206,7 @@ def raster_hits(
         t_run, i_run, u_run, v_run = carry
         idx, ok = cand_k  # [tiles]
         a, b, c = v0[idx], e1[idx], e2[idx]
-        t, u, v = _ray_triangle(
+        t, u, v = ray_triangle(
             o,
             d,
             tuple(a[:, k, None] for k in range(3)),
