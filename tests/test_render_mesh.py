@@ -220,6 +220,11 @@ def test_bad_input_names_geom_and_feature():
       <worldbody><geom name="cubebox" type="box" size="1 1 1" material="m"/></worldbody></mujoco>"""
     with pytest.raises(UserError, match=r"cubebox.*cube"):
         rd.prepare_scene(mujoco.MjModel.from_xml_string(cube))
+    # opted in, the geom is painted its texture's mean colour
+    cube_model = mujoco.MjModel.from_xml_string(cube)
+    mean_scene = rd.prepare_scene(cube_model, config=rd.RenderConfig(unmappable_textures="mean"))
+    texels = cube_model.tex_data.reshape(-1, int(cube_model.tex_nchannel[0]))[:, :3]
+    np.testing.assert_allclose(np.asarray(mean_scene.geom_rgb)[0], texels.mean(0) / 255.0, atol=1e-5)
     sphere = cube.replace('type="cube"', 'type="2d"').replace(
         'type="box" size="1 1 1"', 'type="sphere" size="1"'
     )

@@ -95,6 +95,9 @@ class RenderConfig:
     """Fraction of a light's diffuse+specular removed in shadow (1 = hard black-out)."""
     supersample: int = 1
     """Rays per pixel side (2 -> 4 rays per pixel, box-filtered): anti-aliasing at s^2 the cost."""
+    unmappable_textures: Literal["error", "mean"] = "error"
+    """A texture the renderer cannot map (cube/skybox, or 2D on a round primitive or a mesh without
+    texture coordinates): "error" fails at prepare_scene; "mean" paints its mean texel colour."""
     mesh_max_triangles: int = 2000
     """Triangle budget per mesh geom; larger meshes are decimated (vertex clustering) at build time."""
     mesh_tile: int = 8
@@ -210,6 +213,10 @@ def prepare_scene(
         raise UserError(f"RenderConfig.mode must be 'scan' or 'dense', got {config.mode!r}.")
     if config.supersample < 1:
         raise UserError(f"RenderConfig.supersample must be >= 1, got {config.supersample}.")
+    if config.unmappable_textures not in ("error", "mean"):
+        raise UserError(
+            f"RenderConfig.unmappable_textures must be 'error' or 'mean', got {config.unmappable_textures!r}."
+        )
     if config.mesh_max_triangles < 1 or config.mesh_tile < 1 or config.mesh_tile_capacity < 1:
         raise UserError("RenderConfig.mesh_max_triangles, mesh_tile and mesh_tile_capacity must be >= 1.")
     ids = _default_geom_ids(model) if geom_ids is None else [int(g) for g in geom_ids]
@@ -262,22 +269,24 @@ def prepare_scene(
         if texid < 0 or not config.textures:
             continue
         kind = int(model.tex_type[texid])
+        problem = None
         if kind != _TEX_2D:
+            problem = f"its material uses a cube/skybox texture (mjtTexture {kind})"
+        elif gtype not in (*_TEXGEN_TYPES, _MESH):
+            problem = f"a 2D texture on a {_TYPE_NAMES[gtype]} geom (planes, boxes and meshes are drawn)"
+        elif gtype == _MESH and uv is None:
+            problem = "a 2D texture on a mesh without texture coordinates"
+        if problem is not None and config.unmappable_textures == "mean":
+            adr, nchan = int(model.tex_adr[texid]), int(model.tex_nchannel[texid])
+            count = int(model.tex_width[texid]) * int(model.tex_height[texid]) * nchan
+            texel_rows = np.asarray(model.tex_data[adr : adr + count], np.float32).reshape(-1, nchan)
+            mean = texel_rows.mean(0)[np.minimum(np.arange(3), nchan - 1)] / 255.0
+            rgb[i] = np.asarray(model.mat_rgba[mat, :3], np.float32) * mean
+            continue
+        if problem is not None:
             raise UserError(
-                f"{geom_name(g)}: its material uses a cube/skybox texture (mjtTexture {kind}), "
-                "which the JAX renderer cannot map; use a 2D texture or "
-                "RenderConfig(textures=False)."
-            )
-        if gtype not in (*_TEXGEN_TYPES, _MESH):
-            raise UserError(
-                f"{geom_name(g)}: a 2D texture on a {_TYPE_NAMES[gtype]} geom is not drawn by the JAX "
-                "renderer (planes, boxes and meshes with texture coordinates are); drop the texture or "
-                "use RenderConfig(textures=False)."
-            )
-        if gtype == _MESH and uv is None:
-            raise UserError(
-                f"{geom_name(g)}: a 2D texture on a mesh without texture coordinates is not drawn by the "
-                "JAX renderer; give the mesh texcoords or use RenderConfig(textures=False)."
+                f"{geom_name(g)}: {problem}, which the JAX renderer cannot map; change the material, or "
+                "use RenderConfig(textures=False) or RenderConfig(unmappable_textures='mean')."
             )
         width, height, nchan = (
             int(model.tex_width[texid]),
