@@ -281,3 +281,41 @@ def test_tile_capacity_is_enough_for_the_test_scene(model):
             128,
         )
         assert 0 < int(most) <= 128, (cam, int(most))
+
+
+def test_triangles_crossing_the_camera_plane_do_not_crowd_out_the_view():
+    """Triangles reaching behind the camera bin only where their visible part projects (a gripper
+    mesh around the wrist camera once filled every tile's candidates and hid the scene)."""
+    size, capacity = 32, 8
+    target = np.array([[[-0.5, -0.5, -2.0], [0.5, -0.5, -2.0], [0.0, 0.5, -2.0]]], np.float32)
+    # 20 front-facing slivers at the image's left border, each reaching from z = +1 to z = -1
+    y = np.linspace(-0.3, 0.3, 20)
+    crossing = np.stack(
+        [
+            np.stack([np.full(20, -1.5), y, np.full(20, 1.0)], -1),
+            np.stack([np.full(20, -1.5), y + 0.02, np.full(20, 1.0)], -1),
+            np.stack([np.full(20, -1.2), y, np.full(20, -1.0)], -1),
+        ],
+        1,
+    ).astype(np.float32)
+    crossing = np.where(  # wind them to face the camera (back faces are culled)
+        (
+            np.sum(
+                np.cross(crossing[:, 1] - crossing[:, 0], crossing[:, 2] - crossing[:, 0]) * crossing[:, 0],
+                -1,
+            )
+            < 0
+        )[:, None, None],
+        crossing,
+        crossing[:, ::-1],
+    )
+    tri = np.concatenate([crossing, target])
+    tan_half = math.tan(math.radians(45) / 2)
+    grid = (np.arange(size) + 0.5) / size * 2 - 1
+    dirs = np.stack(np.meshgrid(grid * tan_half, -grid * tan_half), -1)
+    dirs = np.concatenate([dirs, -np.ones((size, size, 1))], -1).reshape(-1, 3)
+    dirs = (dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)).astype(np.float32)
+    t, idx, *_ = rm.raster_hits(tri, np.zeros(3), np.eye(3), dirs, size, size, 45.0, 0.01, 8, capacity)
+    centre = (size // 2) * size + size // 2
+    assert int(np.asarray(idx)[centre]) == len(tri) - 1  # the target, not a miss
+    np.testing.assert_allclose(float(np.asarray(t)[centre]), 2.0, rtol=1e-3)

@@ -165,20 +165,32 @@ def raster_hits(
     rel = jnp.einsum("tvi,ij->tvj", tri - cam_pos, cam_mat)  # corners in the camera frame
     z = -rel[..., 2]  # depth along the viewing axis
     tan_half = math.tan(math.radians(fovy_deg) / 2.0)
-    zs = jnp.where(z > 1e-9, z, 1.0)
-    px = (rel[..., 0] / (zs * tan_half * (width / height)) + 1.0) * 0.5 * width
-    py = (1.0 - rel[..., 1] / (zs * tan_half)) * 0.5 * height
-    # A triangle crossing the camera plane has no bounded projection: let it cover every tile.
-    straddle = jnp.any(z <= 1e-9, axis=-1)
-    behind = jnp.all(z <= 1e-9, axis=-1)
+    # Clip at the nearest depth a ray beyond t_min can reach (the image corners' rays are the most
+    # oblique): the part of a triangle in front of it projects to a bounded box, spanned by its
+    # corners beyond the plane and its edges' crossings of it.
+    aspect = width / height
+    z_near = 0.999 * t_min / math.sqrt(1.0 + tan_half**2 * (1.0 + aspect**2))
+    z_near = max(z_near, 1e-6)
+    a, b = rel, jnp.roll(rel, -1, axis=1)  # the three edges (corner k -> k + 1)
+    za, zb = -a[..., 2], -b[..., 2]
+    crosses = (za - z_near) * (zb - z_near) < 0
+    frac = jnp.where(crosses, (z_near - za) / jnp.where(crosses, zb - za, 1.0), 0.0)
+    cut = a + frac[..., None] * (b - a)
+    pts = jnp.concatenate([rel, cut], axis=1)  # [T, 6, 3]
+    ok = jnp.concatenate([z >= z_near, crosses], axis=1)
+    depth = jnp.where(ok, -pts[..., 2], 1.0)
+    px = (pts[..., 0] / (depth * tan_half * aspect) + 1.0) * 0.5 * width
+    py = (1.0 - pts[..., 1] / (depth * tan_half)) * 0.5 * height
+    behind = ~jnp.any(z >= z_near, axis=-1)
     # Back faces (corners clockwise as seen from the camera) are culled, as MuJoCo's renderer does.
     face_n = jnp.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     back = jnp.sum(face_n * (tri[:, 0] - cam_pos), axis=-1) >= 0.0
     eps = 1e-3
-    x0 = jnp.where(straddle, 0, jnp.floor((px.min(-1) - eps) / tile))
-    x1 = jnp.where(straddle, tiles_x - 1, jnp.floor((px.max(-1) + eps) / tile))
-    y0 = jnp.where(straddle, 0, jnp.floor((py.min(-1) - eps) / tile))
-    y1 = jnp.where(straddle, tiles_y - 1, jnp.floor((py.max(-1) + eps) / tile))
+    x0 = jnp.floor((jnp.min(jnp.where(ok, px, jnp.inf), -1) - eps) / tile)
+    x1 = jnp.floor((jnp.max(jnp.where(ok, px, -jnp.inf), -1) + eps) / tile)
+    y0 = jnp.floor((jnp.min(jnp.where(ok, py, jnp.inf), -1) - eps) / tile)
+    y1 = jnp.floor((jnp.max(jnp.where(ok, py, -jnp.inf), -1) + eps) / tile)
+    nearest = jnp.min(jnp.where(ok, depth, jnp.inf), axis=-1)
     ty, tx = np.divmod(np.arange(tiles_y * tiles_x), tiles_x)
     overlap = (
         (tx[:, None] >= x0)
@@ -187,7 +199,7 @@ def raster_hits(
         & (ty[:, None] <= y1)
         & ~(behind | back)
     )  # [tiles, T]
-    key = jnp.where(overlap, -jnp.min(jnp.where(z > 0, z, 0.0), axis=-1), -jnp.inf)
+    key = jnp.where(overlap, -nearest, -jnp.inf)
     key_top, cand = jax.lax.top_k(key, capacity)  # nearest candidates first
     valid = key_top > -jnp.inf
     most = jnp.max(jnp.sum(overlap, axis=-1))
