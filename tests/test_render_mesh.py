@@ -62,7 +62,9 @@ XML = f"""
   <visual><quality shadowsize="0"/></visual>
   <asset>
     <texture name="tex" type="2d" builtin="checker" width="4" height="4" rgb1="1 1 1" rgb2="0 0 0"/>
+    <texture name="cubetex" type="cube" builtin="checker" width="4" height="4" rgb1="1 1 1" rgb2="0 0 0"/>
     <material name="planemat" texture="tex" texrepeat="2 2" specular="0"/>
+    <material name="cubemat" texture="cubetex" specular="0"/>
     <material name="boxmat" texture="tex" texrepeat="1 1" specular="0"/>
     <material name="tetmat" texture="tex" specular="0"/>
     <material name="icomat" rgba="0.2 0.6 0.9 1" specular="0"/>
@@ -79,6 +81,8 @@ XML = f"""
       <geom name="ico" type="mesh" mesh="ico" material="icomat"/>
     </body>
     <geom name="tet" type="mesh" mesh="tet" pos="0 -0.25 0.02" euler="0 0 30" material="tetmat"/>
+    <geom name="cubebox" type="box" pos="-0.3 -0.25 0.08" size="0.1 0.08 0.08" euler="0 0 -15"
+          material="cubemat"/>
     <camera name="top" pos="0 0 1.6"/>
     <camera name="oblique" pos="0 -1.1 0.9" xyaxes="1 0 0 0 0.63 0.77"/>
   </worldbody>
@@ -89,11 +93,9 @@ XML = f"""
 @pytest.fixture(scope="module")
 def model():
     m = mujoco.MjModel.from_xml_string(XML)
-    # An asymmetric 4x4 texture (both renderers read tex_data when they upload it).
-    rng = np.random.default_rng(0)
-    tex = m.tex(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_TEXTURE, "tex"))
-    n = int(tex.width[0] * tex.height[0] * tex.nchannel[0])
-    m.tex_data[int(tex.adr[0]) : int(tex.adr[0]) + n] = rng.integers(40, 255, n, dtype=np.uint8)
+    # Asymmetric random textures, a different image per cube face (both renderers read tex_data
+    # when they upload it).
+    m.tex_data[:] = np.random.default_rng(0).integers(40, 255, m.tex_data.size, dtype=np.uint8)
     return m
 
 
@@ -145,7 +147,7 @@ def _gid(model, name):
     return mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, name)
 
 
-@pytest.mark.parametrize("name", ["floor", "box", "ico", "tet"])
+@pytest.mark.parametrize("name", ["floor", "box", "ico", "tet", "cubebox"])
 def test_silhouettes_match_mujoco(model, mujoco_images, pirl_images, name):
     g = _gid(model, name)
     for c in range(len(CAMERAS)):
@@ -175,7 +177,13 @@ def _interior(geom: np.ndarray) -> np.ndarray:
 # Per-channel |pirl - MuJoCo| of 255 away from silhouette edges, (mean, 95th percentile) limits.
 # Measured: floor 0.25 / 1, ico 0.94 / 3, tet 0.26 / 1; the small textured box 3.1 / 28 (a few
 # texels differ on its 10-20 pixel faces: MuJoCo filters with mip-maps, pirl does not).
-COLOUR_LIMITS = {"floor": (1.0, 3.0), "box": (5.0, 40.0), "ico": (2.0, 6.0), "tet": (1.0, 3.0)}
+COLOUR_LIMITS = {
+    "floor": (1.0, 3.0),
+    "box": (5.0, 40.0),
+    "ico": (2.0, 6.0),
+    "tet": (1.0, 3.0),
+    "cubebox": (5.0, 40.0),
+}
 
 
 @pytest.mark.parametrize("name", sorted(COLOUR_LIMITS))
@@ -217,19 +225,22 @@ def test_decimation_keeps_the_shape():
 def test_bad_input_names_geom_and_feature():
     cube = """<mujoco><asset><texture name="c" type="cube" builtin="flat" width="4" height="4"/>
       <material name="m" texture="c"/></asset>
-      <worldbody><geom name="cubebox" type="box" size="1 1 1" material="m"/></worldbody></mujoco>"""
-    with pytest.raises(UserError, match=r"cubebox.*cube"):
+      <worldbody><geom name="ball" type="sphere" size="1" material="m"/></worldbody></mujoco>"""
+    with pytest.raises(UserError, match=r"ball.*cube texture on a sphere"):
         rd.prepare_scene(mujoco.MjModel.from_xml_string(cube))
     # opted in, the geom is painted its texture's mean colour
     cube_model = mujoco.MjModel.from_xml_string(cube)
     mean_scene = rd.prepare_scene(cube_model, config=rd.RenderConfig(unmappable_textures="mean"))
     texels = cube_model.tex_data.reshape(-1, int(cube_model.tex_nchannel[0]))[:, :3]
     np.testing.assert_allclose(np.asarray(mean_scene.geom_rgb)[0], texels.mean(0) / 255.0, atol=1e-5)
-    sphere = cube.replace('type="cube"', 'type="2d"').replace(
-        'type="box" size="1 1 1"', 'type="sphere" size="1"'
-    )
-    with pytest.raises(UserError, match=r"cubebox.*2D texture on a sphere"):
+    sphere = cube.replace('type="cube"', 'type="2d"')
+    with pytest.raises(UserError, match=r"ball.*2D texture on a sphere"):
         rd.prepare_scene(mujoco.MjModel.from_xml_string(sphere))
+    skybox = cube.replace('type="cube"', 'type="skybox"').replace(
+        'type="sphere" size="1"', 'type="box" size="1 1 1"'
+    )
+    with pytest.raises(UserError, match=r"ball.*skybox"):
+        rd.prepare_scene(mujoco.MjModel.from_xml_string(skybox))
     no_uv = f"""<mujoco><asset><texture name="t" type="2d" builtin="flat" width="4" height="4"/>
       <material name="m" texture="t"/><mesh name="ico" vertex="{_flat(ICO_V)}" face="{_flat(ICO_F)}"/></asset>
       <worldbody><geom name="bare" type="mesh" mesh="ico" material="m"/></worldbody></mujoco>"""

@@ -61,6 +61,7 @@ _LIGHT_SPOT = int(mujoco.mjtLightType.mjLIGHT_SPOT)
 _LIGHT_DIRECTIONAL = int(mujoco.mjtLightType.mjLIGHT_DIRECTIONAL)
 _TEXROLE_RGB = int(mujoco.mjtTextureRole.mjTEXROLE_RGB)
 _TEX_2D = int(mujoco.mjtTexture.mjTEXTURE_2D)
+_TEX_CUBE = int(mujoco.mjtTexture.mjTEXTURE_CUBE)
 _DEFAULT_GEOM_RGBA = np.array([0.5, 0.5, 0.5, 1.0], np.float32)
 _MAX_VISIBLE_GROUP = 2  # MuJoCo's viewer shows geom groups 0-2 by default; higher ones are helpers.
 _INF = float("inf")
@@ -119,8 +120,9 @@ class RenderScene:
     geom_specular: Float[Array, " G"]
     geom_shininess: Float[Array, " G"]
     """Blinn-Phong exponent."""
-    geom_tex: Int[Array, "G 4"]
-    """Per geom 2D texture (address in tex_data or -1, width, height, channels)."""
+    geom_tex: Int[Array, "G 5"]
+    """Per geom texture (address in tex_data or -1, width, height, channels, cube face stride in
+    tex_data or -1 for a 2D texture; a cube texture of one square image repeats it: stride 0)."""
     geom_texrepeat: Float[Array, "G 2"]
     """Material texrepeat (planes and boxes): texture repetitions across a face."""
     geom_texsize: Float[Array, "G 3"]
@@ -241,7 +243,7 @@ def prepare_scene(
     rgb = np.zeros((num, 3), np.float32)
     specular = np.zeros((num,), np.float32)
     shininess = np.zeros((num,), np.float32)
-    tex = np.full((num, 4), -1, np.int32)
+    tex = np.full((num, 5), -1, np.int32)
     texrepeat = np.ones((num, 2), np.float32)
     texsize = np.ones((num, 3), np.float32)
     texels: list[np.ndarray] = []
@@ -270,8 +272,10 @@ def prepare_scene(
             continue
         kind = int(model.tex_type[texid])
         problem = None
-        if kind != _TEX_2D:
-            problem = f"its material uses a cube/skybox texture (mjtTexture {kind})"
+        if kind == _TEX_CUBE and gtype != _BOX:
+            problem = f"a cube texture on a {_TYPE_NAMES[gtype]} geom (boxes are drawn)"
+        elif kind not in (_TEX_2D, _TEX_CUBE):
+            problem = f"its material uses a skybox texture (mjtTexture {kind})"
         elif gtype not in (*_TEXGEN_TYPES, _MESH):
             problem = f"a 2D texture on a {_TYPE_NAMES[gtype]} geom (planes, boxes and meshes are drawn)"
         elif gtype == _MESH and uv is None:
@@ -298,7 +302,8 @@ def prepare_scene(
             texels.append(np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8))
             tex_offsets[texid] = num_texels
             num_texels += width * height * nchan
-        tex[i] = (tex_offsets[texid], width, height, nchan)
+        stride = -1 if kind == _TEX_2D else (0 if height == width else width * width * nchan)
+        tex[i] = (tex_offsets[texid], width, height, nchan, stride)
         # texrepeat repetitions across a face (2 size), or per 2 m with texuniform (and on infinite
         # planes), as MuJoCo's OpenGL renderer draws them
         texrepeat[i] = np.asarray(model.mat_texrepeat[mat], np.float32)
@@ -655,6 +660,16 @@ def _surface(scene: RenderScene, geom_xpos, geom_xmat, hit_idx, point: Vec3, ray
             s = jnp.where(on_mesh, uv[..., 0], s)
             t = jnp.where(on_mesh, uv[..., 1], t)
         sampled = render_mesh.sample_texture(scene.tex_data, adr, width, height, nchan, s, t)
+        if any(t_ == _BOX for t_, _ in scene.type_groups):
+            # Cube textures on boxes: OpenGL's cube-map lookup along the box-frame direction of the
+            # point (in half-sizes, or in metres with texuniform), as MuJoCo's renderer generates it.
+            face, s_c, t_c = render_mesh.cube_face_coords(unit)
+            stride = tex[..., 4]
+            clamp = 0.5 / jnp.maximum(width, 1)
+            s_c, t_c = (jnp.clip(c, clamp, 1.0 - clamp) for c in (s_c, t_c))
+            adr_c = adr + face * jnp.maximum(stride, 0)
+            cube = render_mesh.sample_texture(scene.tex_data, adr_c, width, width, nchan, s_c, t_c)
+            sampled = jnp.where((stride >= 0)[..., None], cube, sampled)
         texel = jnp.where((adr >= 0)[..., None], sampled, texel)
     return n, rgb, texel
 

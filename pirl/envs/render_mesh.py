@@ -275,3 +275,18 @@ def sample_texture(tex_data: UInt8[Array, " N"], adr, width, height, nchan, s, t
     top = texel(x0, y0) * (1 - fx)[..., None] + texel(x1, y0) * fx[..., None]
     bottom = texel(x0, y1) * (1 - fx)[..., None] + texel(x1, y1) * fx[..., None]
     return (top * (1 - fy)[..., None] + bottom * fy[..., None]) / 255.0
+
+
+def cube_face_coords(r: Vec3) -> tuple[Int[Array, "..."], Float[Array, "..."], Float[Array, "..."]]:
+    """OpenGL cube-map addressing of direction r: (face 0-5 = +x, -x, +y, -y, +z, -z, s, t in [0, 1])."""
+    ax, ay, az = (jnp.abs(c) for c in r)
+    use_x = (ax >= ay) & (ax >= az)
+    use_y = ~use_x & (ay >= az)
+    rx, ry, rz = r
+    major = jnp.maximum(jnp.where(use_x, ax, jnp.where(use_y, ay, az)), 1e-12)
+    face = jnp.where(
+        use_x, jnp.where(rx > 0, 0, 1), jnp.where(use_y, jnp.where(ry > 0, 2, 3), jnp.where(rz > 0, 4, 5))
+    )
+    sc = jnp.where(use_x, jnp.where(rx > 0, -rz, rz), jnp.where(use_y, rx, jnp.where(rz > 0, rx, -rx)))
+    tc = jnp.where(use_x, -ry, jnp.where(use_y, jnp.where(ry > 0, rz, -rz), -ry))
+    return face, 0.5 * (sc / major + 1.0), 0.5 * (tc / major + 1.0)
