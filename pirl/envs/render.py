@@ -96,6 +96,9 @@ class RenderConfig:
     """Fraction of a light's diffuse+specular removed in shadow (1 = hard black-out)."""
     supersample: int = 1
     """Rays per pixel side (2 -> 4 rays per pixel, box-filtered): anti-aliasing at s^2 the cost."""
+    mipmaps: bool = True
+    """Filter 2D textures trilinearly over a mip-map pyramid, as MuJoCo's OpenGL renderer does
+    (else bilinear from the full-size texture: aliasing where a texture is seen small)."""
     unmappable_textures: Literal["error", "mean"] = "error"
     """A texture the renderer cannot map (cube/skybox, or 2D on a round primitive or a mesh without
     texture coordinates): "error" fails at prepare_scene; "mean" paints its mean texel colour."""
@@ -123,6 +126,12 @@ class RenderScene:
     geom_tex: Int[Array, "G 5"]
     """Per geom texture (address in tex_data or -1, width, height, channels, cube face stride in
     tex_data or -1 for a 2D texture; a cube texture of one square image repeats it: stride 0)."""
+    geom_mip: Int[Array, "G M 3"]
+    """Per geom 2D texture mip level (address in tex_data, width, height); levels past the last repeat it."""
+    geom_mip_levels: Int[Array, " G"]
+    """Mip levels per geom (1 without mip-maps, for cube textures and untextured geoms)."""
+    tri_uv_density: Float[Array, " F"]
+    """Per mesh triangle: sqrt(texture-coordinate area / world area) (1/m), for the mip level."""
     geom_texrepeat: Float[Array, "G 2"]
     """Material texrepeat (planes and boxes): texture repetitions across a face."""
     geom_texsize: Float[Array, "G 3"]
@@ -248,6 +257,8 @@ def prepare_scene(
     texsize = np.ones((num, 3), np.float32)
     texels: list[np.ndarray] = []
     tex_offsets: dict[int, int] = {}
+    tex_mips: dict[int, list[tuple[int, int, int]]] = {}
+    geom_mips: list[list[tuple[int, int, int]]] = [[(0, 1, 1)] for _ in ids]
     num_texels = 0
     tri_vert, tri_normal, tri_uv, tri_geom = [], [], [], []
     for i, g in enumerate(ids):
@@ -299,9 +310,17 @@ def prepare_scene(
         )
         if texid not in tex_offsets:
             adr = int(model.tex_adr[texid])
-            texels.append(np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8))
+            level0 = np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8)
             tex_offsets[texid] = num_texels
-            num_texels += width * height * nchan
+            tex_mips[texid] = []
+            levels = [level0.reshape(height, width, nchan)]
+            if kind == _TEX_2D and config.mipmaps:
+                levels = render_mesh.mip_chain(levels[0])
+            for level in levels:
+                texels.append(level.reshape(-1))
+                tex_mips[texid].append((num_texels, level.shape[1], level.shape[0]))
+                num_texels += level.size
+        geom_mips[i] = tex_mips[texid]
         stride = -1 if kind == _TEX_2D else (0 if height == width else width * width * nchan)
         tex[i] = (tex_offsets[texid], width, height, nchan, stride)
         # texrepeat repetitions across a face (2 size), or per 2 m with texuniform (and on infinite
@@ -312,6 +331,9 @@ def prepare_scene(
         # A texture is multiplied by the material colour; the default geom grey would darken it.
         rgb[i] = np.asarray(model.mat_rgba[mat, :3], np.float32)
     tex_data = np.concatenate(texels) if texels else np.zeros((1,), np.uint8)
+    max_levels = max(len(m) for m in geom_mips)
+    mip = np.asarray([m + [m[-1]] * (max_levels - len(m)) for m in geom_mips], np.int32)  # [G, M, 3]
+    mip_levels = np.asarray([len(m) for m in geom_mips], np.int32)
     num_triangles = int(sum(len(t) for t in tri_vert))
     if num_triangles:
         tri_vert_a, tri_normal_a = np.concatenate(tri_vert), np.concatenate(tri_normal)
@@ -319,6 +341,12 @@ def prepare_scene(
     else:
         tri_vert_a, tri_normal_a = np.zeros((1, 3, 3), np.float32), np.zeros((1, 3, 3), np.float32)
         tri_uv_a, tri_geom_a = np.zeros((1, 3, 2), np.float32), np.zeros((1,), np.int32)
+    world_area = np.linalg.norm(
+        np.cross(tri_vert_a[:, 1] - tri_vert_a[:, 0], tri_vert_a[:, 2] - tri_vert_a[:, 0]), axis=-1
+    )
+    duv1, duv2 = tri_uv_a[:, 1] - tri_uv_a[:, 0], tri_uv_a[:, 2] - tri_uv_a[:, 0]
+    uv_area = np.abs(duv1[:, 0] * duv2[:, 1] - duv1[:, 1] * duv2[:, 0])
+    uv_density = np.sqrt(uv_area / np.maximum(world_area, 1e-12)).astype(np.float32)
 
     groups = []
     types = np.asarray([int(model.geom_type[g]) for g in ids])
@@ -368,6 +396,9 @@ def prepare_scene(
         geom_specular=jnp.asarray(specular, f32),
         geom_shininess=jnp.asarray(shininess, f32),
         geom_tex=jnp.asarray(tex),
+        geom_mip=jnp.asarray(mip),
+        geom_mip_levels=jnp.asarray(mip_levels),
+        tri_uv_density=jnp.asarray(uv_density, f32),
         geom_texrepeat=jnp.asarray(texrepeat, f32),
         geom_texsize=jnp.asarray(texsize, f32),
         tex_data=jnp.asarray(tex_data),
@@ -600,8 +631,20 @@ def _dot(a: Vec3, b: Vec3):
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-def _surface(scene: RenderScene, geom_xpos, geom_xmat, hit_idx, point: Vec3, ray_d: Vec3, mesh_hit):
+def _surface(
+    scene: RenderScene,
+    geom_xpos,
+    geom_xmat,
+    hit_idx,
+    point: Vec3,
+    ray_d: Vec3,
+    mesh_hit,
+    t_hit,
+    pixel_angle: float,
+):
     """World normal (facing the ray), base colour and texel colour (ones if untextured) per hit.
+
+    t_hit: distance along the ray; pixel_angle: a pixel's angular size (rad), for the mip level.
 
     mesh_hit: None without meshes, else (triangle i32[R] (-1 where a primitive or nothing was hit),
     barycentrics u, v f32[R]).
@@ -635,7 +678,8 @@ def _surface(scene: RenderScene, geom_xpos, geom_xmat, hit_idx, point: Vec3, ray
             for i in range(3)
         )
     )
-    facing = jnp.where(_dot(n, ray_d) > 0, -1.0, 1.0)
+    cos_view = _dot(n, ray_d)
+    facing = jnp.where(cos_view > 0, -1.0, 1.0)
     n = (n[0] * facing, n[1] * facing, n[2] * facing)
 
     rgb = scene.geom_rgb[safe_idx]  # [R, 3]
@@ -655,11 +699,31 @@ def _surface(scene: RenderScene, geom_xpos, geom_xmat, hit_idx, point: Vec3, ray
         b = jnp.where(x_face | y_face, unit[2], unit[1])
         s = 0.5 * repeat[..., 0] * (a + 1.0)
         t = 0.5 * repeat[..., 1] * (1.0 - b)
+        # texture coordinates per metre on the surface, for the mip level (GL's LOD: log2 of the
+        # texels a pixel spans, along the foreshortened direction)
+        size_a = jnp.where(x_face, tsize[..., 1], tsize[..., 0])
+        size_b = jnp.where(x_face | y_face, tsize[..., 2], tsize[..., 1])
+        per_m = jnp.maximum(0.5 * repeat[..., 0] / size_a, 0.5 * repeat[..., 1] / size_b)
         if mesh_hit is not None:
             uv = jnp.sum(scene.tri_uv[safe_tri] * w, axis=-2)
             s = jnp.where(on_mesh, uv[..., 0], s)
             t = jnp.where(on_mesh, uv[..., 1], t)
-        sampled = render_mesh.sample_texture(scene.tex_data, adr, width, height, nchan, s, t)
+            per_m = jnp.where(on_mesh, scene.tri_uv_density[safe_tri], per_m)
+        levels = scene.geom_mip_levels[safe_idx]
+        footprint = t_hit * pixel_angle / jnp.maximum(jnp.abs(cos_view), 0.05)
+        texels_per_m = per_m * jnp.sqrt((width * height).astype(jnp.float32))
+        lod = jnp.log2(jnp.maximum(texels_per_m * footprint, 1e-6))
+        lod = jnp.clip(lod, 0.0, (levels - 1).astype(jnp.float32))
+        lod0 = jnp.floor(lod).astype(jnp.int32)
+        lod1 = jnp.minimum(lod0 + 1, levels - 1)
+        mips = scene.geom_mip[safe_idx]  # [R, M, 3]
+
+        def level(k):
+            m = jnp.take_along_axis(mips, k[..., None, None], axis=-2)[..., 0, :]
+            return render_mesh.sample_texture(scene.tex_data, m[..., 0], m[..., 1], m[..., 2], nchan, s, t)
+
+        frac = (lod - lod0)[..., None]
+        sampled = level(lod0) * (1.0 - frac) + level(lod1) * frac
         if any(t_ == _BOX for t_, _ in scene.type_groups):
             # Cube textures on boxes: OpenGL's cube-map lookup along the box-frame direction of the
             # point (in half-sizes, or in metres with texuniform), as MuJoCo's renderer generates it.
@@ -697,17 +761,21 @@ def _shade(
     hit_idx,
     mesh_hit,
     cam_z: Vec3,
+    pixel_angle: float,
 ):
     """Colour f32[R, 3] of each ray's nearest hit (or the sky); mesh_hit as in `_surface`.
 
     cam_z: the camera's +z axis in world coordinates (towards the viewer), where MuJoCo's headlight
     shines from (a directional light along the viewing axis, the same for every pixel).
+    pixel_angle: a pixel's angular size (rad), for texture mip levels.
     """
     cfg = scene.config
     hit = hit_idx >= 0
     t_safe = jnp.where(hit, t, 0.0)
     point = tuple(origin[k] + t_safe * ray_d[k] for k in range(3))
-    n, base, texel = _surface(scene, geom_xpos, geom_xmat, hit_idx, point, ray_d, mesh_hit)
+    n, base, texel = _surface(
+        scene, geom_xpos, geom_xmat, hit_idx, point, ray_d, mesh_hit, t_safe, pixel_angle
+    )
     view = (-ray_d[0], -ray_d[1], -ray_d[2])
     light_pos, light_dir = _light_world(scene, data)
 
@@ -837,7 +905,10 @@ def _trace(scene: RenderScene, data, cameras, height: int, width: int):
             idx = jnp.where(closer, scene.tri_geom[jnp.maximum(tri, 0)], idx)
             mesh_hit = (jnp.where(closer, tri, -1), bu, bv)
         cam_z = (mat[0, 2][None], mat[1, 2][None], mat[2, 2][None])
-        colour = _shade(scene, data, geom_xpos, geom_xmat, origin, ray_d, t, idx, mesh_hit, cam_z)
+        pixel_angle = 2.0 * math.tan(math.radians(fovy_deg) / 2.0) / height
+        colour = _shade(
+            scene, data, geom_xpos, geom_xmat, origin, ray_d, t, idx, mesh_hit, cam_z, pixel_angle
+        )
         depth = jnp.where(idx >= 0, t * -dirs_cam[:, 2], scene.zfar)
         return colour, depth, idx
 

@@ -250,6 +250,22 @@ def raster_hits(
 # Textures
 
 
+def mip_chain(texels: np.ndarray) -> list[np.ndarray]:
+    """Mip-map pyramid of a texture u8[H, W, C] down to 1x1: each level the 2x2 mean of the
+    previous (an odd last row or column is dropped), as glGenerateMipmap's box filter."""
+    levels = [texels]
+    while max(levels[-1].shape[:2]) > 1:
+        level = levels[-1].astype(np.float32)
+        if level.shape[0] > 1:
+            rows = level.shape[0] // 2 * 2
+            level = 0.5 * (level[0:rows:2] + level[1:rows:2])
+        if level.shape[1] > 1:
+            cols = level.shape[1] // 2 * 2
+            level = 0.5 * (level[:, 0:cols:2] + level[:, 1:cols:2])
+        levels.append(np.round(level).astype(np.uint8))
+    return levels
+
+
 def sample_texture(tex_data: UInt8[Array, " N"], adr, width, height, nchan, s, t) -> Float[Array, "... 3"]:
     """Bilinear, wrapping (GL_REPEAT) lookup of RGB in [0, 1] at texture coordinates (s, t).
 
