@@ -65,6 +65,8 @@ XML = f"""
     <texture name="cubetex" type="cube" builtin="checker" width="4" height="4" rgb1="1 1 1" rgb2="0 0 0"/>
     <material name="planemat" texture="tex" texrepeat="2 2" specular="0"/>
     <material name="cubemat" texture="cubetex" specular="0"/>
+    <texture name="finetex" type="2d" builtin="checker" width="64" height="64" rgb1="1 1 1" rgb2="0 0 0"/>
+    <material name="finemat" texture="finetex" texrepeat="3 3" specular="0"/>
     <material name="boxmat" texture="tex" texrepeat="1 1" specular="0"/>
     <material name="tetmat" texture="tex" specular="0"/>
     <material name="icomat" rgba="0.2 0.6 0.9 1" specular="0"/>
@@ -83,6 +85,7 @@ XML = f"""
     <geom name="tet" type="mesh" mesh="tet" pos="0 -0.25 0.02" euler="0 0 30" material="tetmat"/>
     <geom name="cubebox" type="box" pos="-0.3 -0.25 0.08" size="0.1 0.08 0.08" euler="0 0 -15"
           material="cubemat"/>
+    <geom name="finebox" type="box" pos="0.3 -0.3 0.03" size="0.14 0.12 0.03" material="finemat"/>
     <camera name="top" pos="0 0 1.6"/>
     <camera name="oblique" pos="0 -1.1 0.9" xyaxes="1 0 0 0 0.63 0.77"/>
   </worldbody>
@@ -147,7 +150,7 @@ def _gid(model, name):
     return mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, name)
 
 
-@pytest.mark.parametrize("name", ["floor", "box", "ico", "tet", "cubebox"])
+@pytest.mark.parametrize("name", ["floor", "box", "ico", "tet", "cubebox", "finebox"])
 def test_silhouettes_match_mujoco(model, mujoco_images, pirl_images, name):
     g = _gid(model, name)
     for c in range(len(CAMERAS)):
@@ -175,14 +178,16 @@ def _interior(geom: np.ndarray) -> np.ndarray:
 
 
 # Per-channel |pirl - MuJoCo| of 255 away from silhouette edges, (mean, 95th percentile) limits.
-# Measured: floor 0.25 / 1, ico 0.94 / 3, tet 0.26 / 1; the small textured box 3.1 / 28 (a few
-# texels differ on its 10-20 pixel faces: MuJoCo filters with mip-maps, pirl does not).
+# Measured: floor 0.24 / 1, ico 0.94 / 3, tet 0.26 / 1; the small textured boxes 3.1-3.3 / 20-28
+# (a few texels differ on their 10-20 pixel faces); finebox, a 64x64 texture repeated 3 times on
+# 15-25 pixels, 1.6-1.9 with mip-maps (31-33 without: the texture aliases).
 COLOUR_LIMITS = {
     "floor": (1.0, 3.0),
     "box": (5.0, 40.0),
     "ico": (2.0, 6.0),
     "tet": (1.0, 3.0),
     "cubebox": (5.0, 40.0),
+    "finebox": (4.0, 12.0),
 }
 
 
