@@ -7,7 +7,9 @@ Specular is off in the scene's materials: MuJoCo lights per vertex (fixed-functi
 pirl per pixel, which agree for diffuse light from directional lights but not for highlights.
 """
 
+import concurrent.futures
 import math
+import multiprocessing
 import os
 from typing import NamedTuple
 
@@ -102,16 +104,16 @@ def model():
     return m
 
 
-@pytest.fixture(scope="module")
-def mujoco_images(model):
-    """MuJoCo's (rgb, depth, geom id) per camera, rendered with OpenGL (osmesa)."""
-    if os.environ.get("MUJOCO_GL") not in ("osmesa", "egl", "glfw"):
-        pytest.skip("MuJoCo's renderer needs MUJOCO_GL (osmesa here)")
-    data = mujoco.MjData(model)
-    mujoco.mj_forward(model, data)
+def mujoco_reference(xml: str, tex_data: np.ndarray, cameras: tuple[str, ...], size: int):
+    """MuJoCo's (rgb, depth, geom id) per camera, rendered with OpenGL. Runs in a spawned process:
+    MuJoCo picks its GL backend (MUJOCO_GL) when it is imported."""
+    m = mujoco.MjModel.from_xml_string(xml)
+    m.tex_data[:] = tex_data
+    data = mujoco.MjData(m)
+    mujoco.mj_forward(m, data)
     out = []
-    with mujoco.Renderer(model, SIZE, SIZE) as r:
-        for cam in CAMERAS:
+    with mujoco.Renderer(m, size, size) as r:
+        for cam in cameras:
             r.update_scene(data, cam)
             rgb = r.render().copy()
             r.enable_depth_rendering()
@@ -123,6 +125,20 @@ def mujoco_images(model):
             geom = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
             out.append((rgb, depth, geom))
     return tuple(np.stack(x) for x in zip(*out, strict=True))
+
+
+@pytest.fixture(scope="module")
+def mujoco_images(model):
+    """MuJoCo's own render of the scene (osmesa unless MUJOCO_GL says otherwise)."""
+    ctx = multiprocessing.get_context("spawn")
+    saved = os.environ.get("MUJOCO_GL")
+    os.environ["MUJOCO_GL"] = saved or "osmesa"  # inherited by the child at spawn
+    try:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            return pool.submit(mujoco_reference, XML, np.asarray(model.tex_data), CAMERAS, SIZE).result()
+    finally:
+        if saved is None:
+            del os.environ["MUJOCO_GL"]
 
 
 class Kinematics(NamedTuple):

@@ -1,9 +1,10 @@
 """Triangle meshes and 2D textures for the JAX renderer (`pirl.envs.render`).
 
 Host side (once, at scene build): `mesh_triangles` reads a MuJoCo mesh geom's triangles, per-corner
-normals and texture coordinates from the compiled model, and `decimate` shrinks a mesh to a
-triangle budget by vertex clustering. Device side (under jit/vmap): `raster_hits` finds the nearest
-triangle behind every pixel of a camera, and `sample_texture` filters 2D textures bilinearly.
+normals and texture coordinates from the compiled model, `decimate` shrinks a mesh to a triangle
+budget by vertex clustering, `mip_chain` builds a texture's mip-map pyramid. Device side (under
+jit/vmap): `raster_hits` finds the nearest triangle behind every pixel of a camera,
+`sample_texture` filters a texture level bilinearly, `cube_face_coords` addresses cube maps.
 
 How triangles are found: tile-binned ray casting. Each camera's triangles are projected to the
 image, back faces culled (as MuJoCo's renderer does), their bounding boxes binned into 8x8-pixel tiles, every tile keeps its `capacity` nearest
