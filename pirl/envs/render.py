@@ -6,8 +6,11 @@ OpenGL, no Warp. One primary ray per pixel is intersected analytically with ever
 (`pirl.envs.render_mesh`, which says why tiles rather than a BVH); the nearest hit is shaded with
 ambient + Lambertian diffuse (+ Blinn-Phong specular) from the model's lights and headlight, with
 optional hard shadows (one shadow ray per pixel towards the first shadow-casting light; primitives
-cast them, meshes do not yet) and bilinearly filtered 2D textures: MuJoCo's object-linear mapping
-on planes and boxes, per-vertex texture coordinates on meshes.
+cast them, meshes do not yet) and textures as MuJoCo's OpenGL renderer maps them: 2D ones on planes
+and boxes (per face) and on meshes (per-vertex texture coordinates), trilinearly filtered over
+mip-maps, cube maps on boxes. As in fixed-function OpenGL (MuJoCo), the lit colour saturates
+before the texture modulates it, and the headlight shines along the camera's axis. docs/render.md
+has the measurements against mujoco.Renderer.
 
 Usage:
     scene = prepare_scene(mj_model)                       # host side, once
@@ -81,7 +84,7 @@ class RenderConfig:
     specular: bool = True
     """Add Blinn-Phong highlights from the lights' and materials' specular terms."""
     textures: bool = True
-    """Sample 2D material textures (e.g. builtin checker) on plane geoms."""
+    """Sample material textures (2D on planes, boxes and meshes with texture coordinates; cube on boxes)."""
     headlight: bool = True
     """Use the model's headlight (visual/headlight: ambient + diffuse along the viewing direction)."""
     sky_zenith_rgb: tuple[float, float, float] = (0.42, 0.55, 0.72)
