@@ -238,7 +238,7 @@ def test_bad_input_fails_early(model, scene, data):
         rd.render(scene, data, ("nope",), 8, 8)
     with pytest.raises(ValueError, match="mode"):
         rd.prepare_scene(model, config=rd.RenderConfig(mode="raster"))  # type: ignore[arg-type]
-    mesh_xml = """<mujoco><asset><mesh name="tet" vertex="0 0 0 1 0 0 0 1 0 0 0 1"/></asset>
-      <worldbody><geom type="mesh" mesh="tet"/></worldbody></mujoco>"""
-    with pytest.raises(ValueError, match="mesh"):
-        rd.prepare_scene(mujoco.MjModel.from_xml_string(mesh_xml))
+    hfield_xml = """<mujoco><asset><hfield name="h" nrow="2" ncol="2" size="1 1 0.1 0.1"/></asset>
+      <worldbody><geom type="hfield" hfield="h"/></worldbody></mujoco>"""
+    with pytest.raises(ValueError, match="hfield"):
+        rd.prepare_scene(mujoco.MjModel.from_xml_string(hfield_xml))

@@ -1,11 +1,16 @@
-"""Batched ray-cast renderer for MJX scenes built from primitive geoms, in pure JAX.
+"""Batched ray-cast renderer for MJX scenes of primitive and triangle-mesh geoms, in pure JAX.
 
 Works under `jit`, `vmap` (over environments) and sharded batch axes, on CPU, GPU and TPU: no
 OpenGL, no Warp. One primary ray per pixel is intersected analytically with every rendered geom
-(plane, sphere, capsule, ellipsoid, cylinder, box); the nearest hit is shaded with ambient +
-Lambertian diffuse (+ Blinn-Phong specular) from the model's lights and headlight, with optional
-hard shadows (one shadow ray per pixel towards the first shadow-casting light) and 2D textures on
-planes (e.g. MuJoCo's builtin checker).
+(plane, sphere, capsule, ellipsoid, cylinder, box), and with mesh triangles binned per image tile
+(`pirl.envs.render_mesh`, which says why tiles rather than a BVH); the nearest hit is shaded with
+ambient + Lambertian diffuse (+ Blinn-Phong specular) from the model's lights and headlight, with
+optional hard shadows (one shadow ray per pixel towards the first shadow-casting light; primitives
+cast them, meshes do not yet) and textures as MuJoCo's OpenGL renderer maps them: 2D ones on planes
+and boxes (per face) and on meshes (per-vertex texture coordinates), trilinearly filtered over
+mip-maps, cube maps on boxes. As in fixed-function OpenGL (MuJoCo), the lit colour saturates
+before the texture modulates it, and the headlight shines along the camera's axis. docs/render.md
+has the measurements against mujoco.Renderer.
 
 Usage:
     scene = prepare_scene(mj_model)                       # host side, once
@@ -40,19 +45,26 @@ import numpy as np
 from flax import struct
 from jaxtyping import Array, Float, Int, UInt8
 
+from pirl.envs import render_mesh
+from pirl.errors import UserError
+
 _PLANE = int(mujoco.mjtGeom.mjGEOM_PLANE)
 _SPHERE = int(mujoco.mjtGeom.mjGEOM_SPHERE)
 _CAPSULE = int(mujoco.mjtGeom.mjGEOM_CAPSULE)
 _ELLIPSOID = int(mujoco.mjtGeom.mjGEOM_ELLIPSOID)
 _CYLINDER = int(mujoco.mjtGeom.mjGEOM_CYLINDER)
 _BOX = int(mujoco.mjtGeom.mjGEOM_BOX)
-_SUPPORTED_TYPES = (_PLANE, _SPHERE, _CAPSULE, _ELLIPSOID, _CYLINDER, _BOX)
+_MESH = int(mujoco.mjtGeom.mjGEOM_MESH)
+_PRIMITIVE_TYPES = (_PLANE, _SPHERE, _CAPSULE, _ELLIPSOID, _CYLINDER, _BOX)
+_SUPPORTED_TYPES = (*_PRIMITIVE_TYPES, _MESH)
+_TEXGEN_TYPES = (_PLANE, _BOX)  # primitives whose 2D texture mapping (MuJoCo's object-linear) is drawn
 _TYPE_NAMES = {int(v): k.removeprefix("mjGEOM_").lower() for k, v in mujoco.mjtGeom.__members__.items()}
 
 _LIGHT_SPOT = int(mujoco.mjtLightType.mjLIGHT_SPOT)
 _LIGHT_DIRECTIONAL = int(mujoco.mjtLightType.mjLIGHT_DIRECTIONAL)
 _TEXROLE_RGB = int(mujoco.mjtTextureRole.mjTEXROLE_RGB)
 _TEX_2D = int(mujoco.mjtTexture.mjTEXTURE_2D)
+_TEX_CUBE = int(mujoco.mjtTexture.mjTEXTURE_CUBE)
 _DEFAULT_GEOM_RGBA = np.array([0.5, 0.5, 0.5, 1.0], np.float32)
 _MAX_VISIBLE_GROUP = 2  # MuJoCo's viewer shows geom groups 0-2 by default; higher ones are helpers.
 _INF = float("inf")
@@ -72,7 +84,7 @@ class RenderConfig:
     specular: bool = True
     """Add Blinn-Phong highlights from the lights' and materials' specular terms."""
     textures: bool = True
-    """Sample 2D material textures (e.g. builtin checker) on plane geoms."""
+    """Sample material textures (2D on planes, boxes and meshes with texture coordinates; cube on boxes)."""
     headlight: bool = True
     """Use the model's headlight (visual/headlight: ambient + diffuse along the viewing direction)."""
     sky_zenith_rgb: tuple[float, float, float] = (0.42, 0.55, 0.72)
@@ -87,6 +99,18 @@ class RenderConfig:
     """Fraction of a light's diffuse+specular removed in shadow (1 = hard black-out)."""
     supersample: int = 1
     """Rays per pixel side (2 -> 4 rays per pixel, box-filtered): anti-aliasing at s^2 the cost."""
+    mipmaps: bool = True
+    """Filter 2D textures trilinearly over a mip-map pyramid, as MuJoCo's OpenGL renderer does
+    (else bilinear from the full-size texture: aliasing where a texture is seen small)."""
+    unmappable_textures: Literal["error", "mean"] = "error"
+    """A texture the renderer cannot map (cube/skybox, or 2D on a round primitive or a mesh without
+    texture coordinates): "error" fails at prepare_scene; "mean" paints its mean texel colour."""
+    mesh_max_triangles: int = 2000
+    """Triangle budget per mesh geom; larger meshes are decimated (vertex clustering) at build time."""
+    mesh_tile: int = 8
+    """Side (pixels) of the image tiles mesh triangles are binned into."""
+    mesh_tile_capacity: int = 128
+    """Mesh triangles tested per tile (nearest first); exact while no tile overlaps more."""
 
 
 @struct.dataclass
@@ -102,12 +126,29 @@ class RenderScene:
     geom_specular: Float[Array, " G"]
     geom_shininess: Float[Array, " G"]
     """Blinn-Phong exponent."""
-    geom_tex: Int[Array, "G 4"]
-    """Per geom 2D texture (address in tex_data or -1, width, height, channels)."""
-    geom_texscale: Float[Array, "G 2"]
-    """Texture coordinates per metre of local x / y (planes only)."""
+    geom_tex: Int[Array, "G 5"]
+    """Per geom texture (address in tex_data or -1, width, height, channels, cube face stride in
+    tex_data or -1 for a 2D texture; a cube texture of one square image repeats it: stride 0)."""
+    geom_mip: Int[Array, "G M 3"]
+    """Per geom 2D texture mip level (address in tex_data, width, height); levels past the last repeat it."""
+    geom_mip_levels: Int[Array, " G"]
+    """Mip levels per geom (1 without mip-maps, for cube textures and untextured geoms)."""
+    tri_uv_density: Float[Array, " F"]
+    """Per mesh triangle: sqrt(texture-coordinate area / world area) (1/m), for the mip level."""
+    geom_texrepeat: Float[Array, "G 2"]
+    """Material texrepeat (planes and boxes): texture repetitions across a face."""
+    geom_texsize: Float[Array, "G 3"]
+    """Local lengths that map to one face half-width: the geom size, or 1 m with texuniform."""
     tex_data: UInt8[Array, " T"]
     """Concatenated 2D texture texels of the textured geoms (at least one entry)."""
+    tri_vert: Float[Array, "F 3 3"]
+    """Mesh triangle corners in their geom's frame (all mesh geoms; one dummy row if none)."""
+    tri_normal: Float[Array, "F 3 3"]
+    """Per-corner normals in the geom frame."""
+    tri_uv: Float[Array, "F 3 2"]
+    """Per-corner texture coordinates (zeros where the mesh has none)."""
+    tri_geom: Int[Array, " F"]
+    """Scene geom index of each triangle."""
     light_pos: Float[Array, "L 3"]
     """Light position in its body's frame."""
     light_dir: Float[Array, "L 3"]
@@ -131,6 +172,8 @@ class RenderScene:
     light_directional: tuple[bool, ...] = struct.field(pytree_node=False)
     textured: bool = struct.field(pytree_node=False)
     """Whether any rendered geom samples a texture (else the texture lookup is left out)."""
+    num_triangles: int = struct.field(pytree_node=False)
+    """Mesh triangles after decimation (0: no mesh geom, the mesh pass is left out)."""
     shadow_light: int = struct.field(pytree_node=False)
     """Index of the light that casts shadows, or -1."""
     camera_names: tuple[str, ...] = struct.field(pytree_node=False)
@@ -171,29 +214,40 @@ def prepare_scene(
     config: RenderConfig = RenderConfig(),
 ) -> RenderScene:
     """Collect what `render` needs from a host-side MjModel (geoms, materials, lights, cameras).
-
     geom_ids: MuJoCo geom ids to draw; default: every geom in groups 0-2 with non-zero alpha.
-    Raises ValueError for a rendered geom type other than plane/sphere/capsule/ellipsoid/
-    cylinder/box (pass `geom_ids` without it, or put it in group 3+).
+    Raises UserError (a ValueError), naming the geom, for what the renderer cannot draw: a geom
+    type other than plane/sphere/capsule/ellipsoid/cylinder/box/mesh (pass `geom_ids` without it,
+    or put it in group 3+), or with `config.textures` a material texture it cannot map (a cube or
+    skybox texture, a 2D texture on a sphere/capsule/ellipsoid/cylinder or on a mesh without
+    texture coordinates).
     """
     if not isinstance(model, mujoco.MjModel):
         raise TypeError(f"prepare_scene needs a host mujoco.MjModel (not {type(model).__name__}).")
     if config.mode not in ("scan", "dense"):
-        raise ValueError(f"RenderConfig.mode must be 'scan' or 'dense', got {config.mode!r}.")
+        raise UserError(f"RenderConfig.mode must be 'scan' or 'dense', got {config.mode!r}.")
     if config.supersample < 1:
-        raise ValueError(f"RenderConfig.supersample must be >= 1, got {config.supersample}.")
+        raise UserError(f"RenderConfig.supersample must be >= 1, got {config.supersample}.")
+    if config.unmappable_textures not in ("error", "mean"):
+        raise UserError(
+            f"RenderConfig.unmappable_textures must be 'error' or 'mean', got {config.unmappable_textures!r}."
+        )
+    if config.mesh_max_triangles < 1 or config.mesh_tile < 1 or config.mesh_tile_capacity < 1:
+        raise UserError("RenderConfig.mesh_max_triangles, mesh_tile and mesh_tile_capacity must be >= 1.")
     ids = _default_geom_ids(model) if geom_ids is None else [int(g) for g in geom_ids]
     if not ids:
-        raise ValueError("No geom to render: the model has no visible geom (groups 0-2, alpha > 0).")
+        raise UserError("No geom to render: the model has no visible geom (groups 0-2, alpha > 0).")
+
+    def geom_name(g: int) -> str:
+        return f"geom {g} ({mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, g)!r})"
+
     for g in ids:
         if not 0 <= g < model.ngeom:
-            raise ValueError(f"geom id {g} out of range [0, {model.ngeom}).")
+            raise UserError(f"geom id {g} out of range [0, {model.ngeom}).")
         gtype = int(model.geom_type[g])
         if gtype not in _SUPPORTED_TYPES:
-            name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, g)
-            raise ValueError(
-                f"geom {g} ({name!r}) has type {_TYPE_NAMES.get(gtype, gtype)}, which the JAX renderer "
-                "cannot draw; use primitives, move it to group 3+, or pass geom_ids without it."
+            raise UserError(
+                f"{geom_name(g)} has type {_TYPE_NAMES.get(gtype, gtype)}, which the JAX renderer cannot "
+                "draw; use primitives or meshes, move it to group 3+, or pass geom_ids without it."
             )
 
     num = len(ids)
@@ -201,11 +255,15 @@ def prepare_scene(
     rgb = np.zeros((num, 3), np.float32)
     specular = np.zeros((num,), np.float32)
     shininess = np.zeros((num,), np.float32)
-    tex = np.full((num, 4), -1, np.int32)
-    texscale = np.ones((num, 2), np.float32)
+    tex = np.full((num, 5), -1, np.int32)
+    texrepeat = np.ones((num, 2), np.float32)
+    texsize = np.ones((num, 3), np.float32)
     texels: list[np.ndarray] = []
     tex_offsets: dict[int, int] = {}
+    tex_mips: dict[int, list[tuple[int, int, int]]] = {}
+    geom_mips: list[list[tuple[int, int, int]]] = [[(0, 1, 1)] for _ in ids]
     num_texels = 0
+    tri_vert, tri_normal, tri_uv, tri_geom = [], [], [], []
     for i, g in enumerate(ids):
         size[i] = model.geom_size[g]
         gtype = int(model.geom_type[g])
@@ -216,11 +274,38 @@ def prepare_scene(
         specular[i] = float(model.mat_specular[mat]) if mat >= 0 else 0.5
         shin = float(model.mat_shininess[mat]) if mat >= 0 else 0.5
         shininess[i] = max(shin, 1e-3) * 128.0  # MuJoCo maps shininess in [0, 1] to an exponent of 0-128
-        if mat < 0 or gtype != _PLANE or not config.textures:
+        uv = None
+        if gtype == _MESH:
+            corners, normals, uv = render_mesh.mesh_triangles(model, g, config.mesh_max_triangles)
+            tri_vert.append(corners)
+            tri_normal.append(normals)
+            tri_uv.append(uv if uv is not None else np.zeros((len(corners), 3, 2), np.float32))
+            tri_geom.append(np.full((len(corners),), i, np.int32))
+        texid = int(model.mat_texid[mat, _TEXROLE_RGB]) if mat >= 0 else -1
+        if texid < 0 or not config.textures:
             continue
-        texid = int(model.mat_texid[mat, _TEXROLE_RGB])
-        if texid < 0 or int(model.tex_type[texid]) != _TEX_2D:
+        kind = int(model.tex_type[texid])
+        problem = None
+        if kind == _TEX_CUBE and gtype != _BOX:
+            problem = f"a cube texture on a {_TYPE_NAMES[gtype]} geom (boxes are drawn)"
+        elif kind not in (_TEX_2D, _TEX_CUBE):
+            problem = f"its material uses a skybox texture (mjtTexture {kind})"
+        elif gtype not in (*_TEXGEN_TYPES, _MESH):
+            problem = f"a 2D texture on a {_TYPE_NAMES[gtype]} geom (planes, boxes and meshes are drawn)"
+        elif gtype == _MESH and uv is None:
+            problem = "a 2D texture on a mesh without texture coordinates"
+        if problem is not None and config.unmappable_textures == "mean":
+            adr, nchan = int(model.tex_adr[texid]), int(model.tex_nchannel[texid])
+            count = int(model.tex_width[texid]) * int(model.tex_height[texid]) * nchan
+            texel_rows = np.asarray(model.tex_data[adr : adr + count], np.float32).reshape(-1, nchan)
+            mean = texel_rows.mean(0)[np.minimum(np.arange(3), nchan - 1)] / 255.0
+            rgb[i] = np.asarray(model.mat_rgba[mat, :3], np.float32) * mean
             continue
+        if problem is not None:
+            raise UserError(
+                f"{geom_name(g)}: {problem}, which the JAX renderer cannot map; change the material, or "
+                "use RenderConfig(textures=False) or RenderConfig(unmappable_textures='mean')."
+            )
         width, height, nchan = (
             int(model.tex_width[texid]),
             int(model.tex_height[texid]),
@@ -228,22 +313,47 @@ def prepare_scene(
         )
         if texid not in tex_offsets:
             adr = int(model.tex_adr[texid])
-            texels.append(np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8))
+            level0 = np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8)
             tex_offsets[texid] = num_texels
-            num_texels += width * height * nchan
-        tex[i] = (tex_offsets[texid], width, height, nchan)
-        repeat = np.asarray(model.mat_texrepeat[mat], np.float32)
-        if bool(model.mat_texuniform[mat]) or not np.all(np.isfinite(size[i, :2])):
-            texscale[i] = repeat
-        else:
-            texscale[i] = repeat / (2.0 * size[i, :2])
+            tex_mips[texid] = []
+            levels = [level0.reshape(height, width, nchan)]
+            if kind == _TEX_2D and config.mipmaps:
+                levels = render_mesh.mip_chain(levels[0])
+            for level in levels:
+                texels.append(level.reshape(-1))
+                tex_mips[texid].append((num_texels, level.shape[1], level.shape[0]))
+                num_texels += level.size
+        geom_mips[i] = tex_mips[texid]
+        stride = -1 if kind == _TEX_2D else (0 if height == width else width * width * nchan)
+        tex[i] = (tex_offsets[texid], width, height, nchan, stride)
+        # texrepeat repetitions across a face (2 size), or per 2 m with texuniform (and on infinite
+        # planes), as MuJoCo's OpenGL renderer draws them
+        texrepeat[i] = np.asarray(model.mat_texrepeat[mat], np.float32)
+        if not bool(model.mat_texuniform[mat]):
+            texsize[i] = np.where(np.isfinite(size[i]) & (size[i] > 0), size[i], 1.0)
         # A texture is multiplied by the material colour; the default geom grey would darken it.
         rgb[i] = np.asarray(model.mat_rgba[mat, :3], np.float32)
     tex_data = np.concatenate(texels) if texels else np.zeros((1,), np.uint8)
+    max_levels = max(len(m) for m in geom_mips)
+    mip = np.asarray([m + [m[-1]] * (max_levels - len(m)) for m in geom_mips], np.int32)  # [G, M, 3]
+    mip_levels = np.asarray([len(m) for m in geom_mips], np.int32)
+    num_triangles = int(sum(len(t) for t in tri_vert))
+    if num_triangles:
+        tri_vert_a, tri_normal_a = np.concatenate(tri_vert), np.concatenate(tri_normal)
+        tri_uv_a, tri_geom_a = np.concatenate(tri_uv), np.concatenate(tri_geom)
+    else:
+        tri_vert_a, tri_normal_a = np.zeros((1, 3, 3), np.float32), np.zeros((1, 3, 3), np.float32)
+        tri_uv_a, tri_geom_a = np.zeros((1, 3, 2), np.float32), np.zeros((1,), np.int32)
+    world_area = np.linalg.norm(
+        np.cross(tri_vert_a[:, 1] - tri_vert_a[:, 0], tri_vert_a[:, 2] - tri_vert_a[:, 0]), axis=-1
+    )
+    duv1, duv2 = tri_uv_a[:, 1] - tri_uv_a[:, 0], tri_uv_a[:, 2] - tri_uv_a[:, 0]
+    uv_area = np.abs(duv1[:, 0] * duv2[:, 1] - duv1[:, 1] * duv2[:, 0])
+    uv_density = np.sqrt(uv_area / np.maximum(world_area, 1e-12)).astype(np.float32)
 
     groups = []
     types = np.asarray([int(model.geom_type[g]) for g in ids])
-    for gtype in _SUPPORTED_TYPES:
+    for gtype in _PRIMITIVE_TYPES:  # meshes are drawn by render_mesh, not by type group
         members = tuple(int(i) for i in np.nonzero(types == gtype)[0])
         if members:
             groups.append((gtype, members))
@@ -289,8 +399,16 @@ def prepare_scene(
         geom_specular=jnp.asarray(specular, f32),
         geom_shininess=jnp.asarray(shininess, f32),
         geom_tex=jnp.asarray(tex),
-        geom_texscale=jnp.asarray(texscale, f32),
+        geom_mip=jnp.asarray(mip),
+        geom_mip_levels=jnp.asarray(mip_levels),
+        tri_uv_density=jnp.asarray(uv_density, f32),
+        geom_texrepeat=jnp.asarray(texrepeat, f32),
+        geom_texsize=jnp.asarray(texsize, f32),
         tex_data=jnp.asarray(tex_data),
+        tri_vert=jnp.asarray(tri_vert_a, f32),
+        tri_normal=jnp.asarray(tri_normal_a, f32),
+        tri_uv=jnp.asarray(tri_uv_a, f32),
+        tri_geom=jnp.asarray(tri_geom_a, jnp.int32),
         light_pos=jnp.asarray(light_pos, f32),
         light_dir=jnp.asarray(light_dir, f32),
         light_diffuse=jnp.asarray(light_diffuse, f32),
@@ -305,6 +423,7 @@ def prepare_scene(
         light_body=light_body,
         light_directional=tuple(t == _LIGHT_DIRECTIONAL for t in light_type),
         textured=bool(texels),
+        num_triangles=num_triangles,
         shadow_light=shadow_light,
         camera_names=camera_names,
         camera_fovy=tuple(float(f) for f in model.cam_fovy),
@@ -515,8 +634,24 @@ def _dot(a: Vec3, b: Vec3):
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-def _surface(scene: RenderScene, geom_xpos, geom_xmat, hit_idx, point: Vec3, ray_d: Vec3):
-    """World normal (facing the ray) and base colour at each hit point."""
+def _surface(
+    scene: RenderScene,
+    geom_xpos,
+    geom_xmat,
+    hit_idx,
+    point: Vec3,
+    ray_d: Vec3,
+    mesh_hit,
+    t_hit,
+    pixel_angle: float,
+):
+    """World normal (facing the ray), base colour and texel colour (ones if untextured) per hit.
+
+    t_hit: distance along the ray; pixel_angle: a pixel's angular size (rad), for the mip level.
+
+    mesh_hit: None without meshes, else (triangle i32[R] (-1 where a primitive or nothing was hit),
+    barycentrics u, v f32[R]).
+    """
     safe_idx = jnp.maximum(hit_idx, 0)
     pos = geom_xpos[safe_idx]  # [R, 3]
     mat = geom_xmat[safe_idx]  # [R, 3, 3]
@@ -524,7 +659,7 @@ def _surface(scene: RenderScene, geom_xpos, geom_xmat, hit_idx, point: Vec3, ray
     size = (size[..., 0], size[..., 1], size[..., 2])
     rel = (point[0] - pos[..., 0], point[1] - pos[..., 1], point[2] - pos[..., 2])
     q = tuple(mat[..., 0, i] * rel[0] + mat[..., 1, i] * rel[1] + mat[..., 2, i] * rel[2] for i in range(3))
-    gtype_of = np.zeros((scene.num_geoms,), np.int32)
+    gtype_of = np.full((scene.num_geoms,), _MESH, np.int32)
     for gtype, members in scene.type_groups:
         gtype_of[list(members)] = gtype
     gtype = jnp.asarray(gtype_of)[safe_idx]
@@ -533,33 +668,77 @@ def _surface(scene: RenderScene, geom_xpos, geom_xmat, hit_idx, point: Vec3, ray
         n_t = _local_normal(t, q, size)
         is_t = gtype == t
         n_local = tuple(jnp.where(is_t, a, b) for a, b in zip(n_t, n_local, strict=True))
+    if mesh_hit is not None:
+        tri, bu, bv = mesh_hit
+        on_mesh = tri >= 0
+        safe_tri = jnp.maximum(tri, 0)
+        w = jnp.stack([1.0 - bu - bv, bu, bv], axis=-1)[..., None]  # [R, 3, 1]
+        n_tri = jnp.sum(scene.tri_normal[safe_tri] * w, axis=-2)  # interpolated corner normals
+        n_local = tuple(jnp.where(on_mesh, n_tri[..., k], n_local[k]) for k in range(3))
     n = _normalize(
         tuple(
             mat[..., i, 0] * n_local[0] + mat[..., i, 1] * n_local[1] + mat[..., i, 2] * n_local[2]
             for i in range(3)
         )
     )
-    facing = jnp.where(_dot(n, ray_d) > 0, -1.0, 1.0)
+    cos_view = _dot(n, ray_d)
+    facing = jnp.where(cos_view > 0, -1.0, 1.0)
     n = (n[0] * facing, n[1] * facing, n[2] * facing)
 
     rgb = scene.geom_rgb[safe_idx]  # [R, 3]
+    texel = jnp.ones_like(rgb)
     if scene.textured:
         tex = scene.geom_tex[safe_idx]
-        scale = scene.geom_texscale[safe_idx]
+        repeat = scene.geom_texrepeat[safe_idx]
+        tsize = scene.geom_texsize[safe_idx]
         adr, width, height, nchan = tex[..., 0], tex[..., 1], tex[..., 2], tex[..., 3]
-        u = q[0] * scale[..., 0]
-        v = q[1] * scale[..., 1]
-        ix = jnp.clip(jnp.floor((u - jnp.floor(u)) * width).astype(jnp.int32), 0, width - 1)
-        iy = jnp.clip(jnp.floor((v - jnp.floor(v)) * height).astype(jnp.int32), 0, height - 1)
-        base = jnp.maximum(adr, 0) + (iy * width + ix) * nchan
-        texel = (
-            jnp.stack([scene.tex_data[base + jnp.minimum(c, nchan - 1)] for c in range(3)], axis=-1).astype(
-                jnp.float32
-            )
-            / 255.0
-        )
-        rgb = jnp.where((adr >= 0)[..., None], rgb * texel, rgb)
-    return n, rgb
+        # Planes and boxes as MuJoCo's OpenGL renderer maps them (fitted to mujoco.Renderer's images,
+        # see tests/test_render_mesh.py): per face, its first in-plane axis (x, else y) runs along s
+        # and its second (y, else z) against t, texrepeat times across the face.
+        unit = tuple(q[k] / tsize[..., k] for k in range(3))
+        x_face = jnp.abs(n_local[0]) > 0.5
+        y_face = jnp.abs(n_local[1]) > 0.5
+        a = jnp.where(x_face, unit[1], unit[0])
+        b = jnp.where(x_face | y_face, unit[2], unit[1])
+        s = 0.5 * repeat[..., 0] * (a + 1.0)
+        t = 0.5 * repeat[..., 1] * (1.0 - b)
+        # texture coordinates per metre on the surface, for the mip level (GL's LOD: log2 of the
+        # texels a pixel spans, along the foreshortened direction)
+        size_a = jnp.where(x_face, tsize[..., 1], tsize[..., 0])
+        size_b = jnp.where(x_face | y_face, tsize[..., 2], tsize[..., 1])
+        per_m = jnp.maximum(0.5 * repeat[..., 0] / size_a, 0.5 * repeat[..., 1] / size_b)
+        if mesh_hit is not None:
+            uv = jnp.sum(scene.tri_uv[safe_tri] * w, axis=-2)
+            s = jnp.where(on_mesh, uv[..., 0], s)
+            t = jnp.where(on_mesh, uv[..., 1], t)
+            per_m = jnp.where(on_mesh, scene.tri_uv_density[safe_tri], per_m)
+        levels = scene.geom_mip_levels[safe_idx]
+        footprint = t_hit * pixel_angle / jnp.maximum(jnp.abs(cos_view), 0.05)
+        texels_per_m = per_m * jnp.sqrt((width * height).astype(jnp.float32))
+        lod = jnp.log2(jnp.maximum(texels_per_m * footprint, 1e-6))
+        lod = jnp.clip(lod, 0.0, (levels - 1).astype(jnp.float32))
+        lod0 = jnp.floor(lod).astype(jnp.int32)
+        lod1 = jnp.minimum(lod0 + 1, levels - 1)
+        mips = scene.geom_mip[safe_idx]  # [R, M, 3]
+
+        def level(k):
+            m = jnp.take_along_axis(mips, k[..., None, None], axis=-2)[..., 0, :]
+            return render_mesh.sample_texture(scene.tex_data, m[..., 0], m[..., 1], m[..., 2], nchan, s, t)
+
+        frac = (lod - lod0)[..., None]
+        sampled = level(lod0) * (1.0 - frac) + level(lod1) * frac
+        if any(t_ == _BOX for t_, _ in scene.type_groups):
+            # Cube textures on boxes: OpenGL's cube-map lookup along the box-frame direction of the
+            # point (in half-sizes, or in metres with texuniform), as MuJoCo's renderer generates it.
+            face, s_c, t_c = render_mesh.cube_face_coords(unit)
+            stride = tex[..., 4]
+            clamp = 0.5 / jnp.maximum(width, 1)
+            s_c, t_c = (jnp.clip(c, clamp, 1.0 - clamp) for c in (s_c, t_c))
+            adr_c = adr + face * jnp.maximum(stride, 0)
+            cube = render_mesh.sample_texture(scene.tex_data, adr_c, width, width, nchan, s_c, t_c)
+            sampled = jnp.where((stride >= 0)[..., None], cube, sampled)
+        texel = jnp.where((adr >= 0)[..., None], sampled, texel)
+    return n, rgb, texel
 
 
 def _light_world(scene: RenderScene, data) -> tuple[Array, Array]:
@@ -574,13 +753,32 @@ def _light_world(scene: RenderScene, data) -> tuple[Array, Array]:
     return pos, direction
 
 
-def _shade(scene: RenderScene, data, geom_xpos, geom_xmat, origin: Vec3, ray_d: Vec3, t, hit_idx):
-    """Colour f32[R, 3] of each ray's nearest hit (or the sky)."""
+def _shade(
+    scene: RenderScene,
+    data,
+    geom_xpos,
+    geom_xmat,
+    origin: Vec3,
+    ray_d: Vec3,
+    t,
+    hit_idx,
+    mesh_hit,
+    cam_z: Vec3,
+    pixel_angle: float,
+):
+    """Colour f32[R, 3] of each ray's nearest hit (or the sky); mesh_hit as in `_surface`.
+
+    cam_z: the camera's +z axis in world coordinates (towards the viewer), where MuJoCo's headlight
+    shines from (a directional light along the viewing axis, the same for every pixel).
+    pixel_angle: a pixel's angular size (rad), for texture mip levels.
+    """
     cfg = scene.config
     hit = hit_idx >= 0
     t_safe = jnp.where(hit, t, 0.0)
     point = tuple(origin[k] + t_safe * ray_d[k] for k in range(3))
-    n, base = _surface(scene, geom_xpos, geom_xmat, hit_idx, point, ray_d)
+    n, base, texel = _surface(
+        scene, geom_xpos, geom_xmat, hit_idx, point, ray_d, mesh_hit, t_safe, pixel_angle
+    )
     view = (-ray_d[0], -ray_d[1], -ray_d[2])
     light_pos, light_dir = _light_world(scene, data)
 
@@ -624,9 +822,11 @@ def _shade(scene: RenderScene, data, geom_xpos, geom_xmat, origin: Vec3, ray_d: 
         diffuse, spec = add_light(
             diffuse, spec, to_light, scene.light_diffuse[li], scene.light_specular[li], scale
         )
-    diffuse, spec = add_light(diffuse, spec, view, scene.headlight_diffuse, scene.headlight_specular, 1.0)
+    diffuse, spec = add_light(diffuse, spec, cam_z, scene.headlight_diffuse, scene.headlight_specular, 1.0)
 
-    colour = base * diffuse + spec
+    # As fixed-function OpenGL (MuJoCo): the lit colour saturates before the texture modulates it,
+    # and the specular term is added after.
+    colour = jnp.minimum(base * diffuse, 1.0) * texel + spec
     sky_w = jnp.clip(ray_d[2], 0.0, 1.0)[..., None]
     sky = (1.0 - sky_w) * jnp.asarray(cfg.sky_horizon_rgb) + sky_w * jnp.asarray(cfg.sky_zenith_rgb)
     return jnp.where(hit[..., None], colour, sky)
@@ -677,17 +877,52 @@ def _trace(scene: RenderScene, data, cameras, height: int, width: int):
     cam_pos = jnp.asarray(data.cam_xpos, jnp.float32)[np.asarray(cam_ids)]
     cam_mat = jnp.asarray(data.cam_xmat, jnp.float32)[np.asarray(cam_ids)].reshape(-1, 3, 3)
     rays_cam = np.stack([_camera_rays(scene.camera_fovy[c], height, width) for c in cam_ids])
+    fovy = {scene.camera_fovy[c] for c in cam_ids}
+    tri_world = None
+    if scene.num_triangles:
+        tri_pos, tri_mat = geom_xpos[scene.tri_geom], geom_xmat[scene.tri_geom]
+        tri_world = jnp.einsum("tij,tvj->tvi", tri_mat, scene.tri_vert) + tri_pos[:, None, :]
 
-    def one_camera(pos, mat, dirs_cam):
+    def one_camera(pos, mat, dirs_cam, fovy_deg):
         d = jnp.einsum("ij,rj->ri", mat, dirs_cam)
         ray_d = (d[:, 0], d[:, 1], d[:, 2])
         origin = (pos[0][None], pos[1][None], pos[2][None])
         t, idx = _nearest_hit(scene, geom_xpos, geom_xmat, origin, ray_d, scene.znear, with_index=True)
-        colour = _shade(scene, data, geom_xpos, geom_xmat, origin, ray_d, t, idx)
+        mesh_hit = None
+        if tri_world is not None:
+            cfg = scene.config
+            t_m, tri, bu, bv, _ = render_mesh.raster_hits(
+                tri_world,
+                pos,
+                mat,
+                dirs_cam,
+                height,
+                width,
+                fovy_deg,
+                scene.znear,
+                cfg.mesh_tile,
+                cfg.mesh_tile_capacity,
+            )
+            closer = t_m < t
+            t = jnp.where(closer, t_m, t)
+            idx = jnp.where(closer, scene.tri_geom[jnp.maximum(tri, 0)], idx)
+            mesh_hit = (jnp.where(closer, tri, -1), bu, bv)
+        cam_z = (mat[0, 2][None], mat[1, 2][None], mat[2, 2][None])
+        pixel_angle = 2.0 * math.tan(math.radians(fovy_deg) / 2.0) / height
+        colour = _shade(
+            scene, data, geom_xpos, geom_xmat, origin, ray_d, t, idx, mesh_hit, cam_z, pixel_angle
+        )
         depth = jnp.where(idx >= 0, t * -dirs_cam[:, 2], scene.zfar)
         return colour, depth, idx
 
-    return jax.vmap(one_camera)(cam_pos, cam_mat, jnp.asarray(rays_cam))
+    if len(fovy) == 1:  # the tile binning projects with a static field of view
+        one = lambda p, m, r: one_camera(p, m, r, next(iter(fovy)))  # noqa: E731
+        return jax.vmap(one)(cam_pos, cam_mat, jnp.asarray(rays_cam))
+    outs = [
+        one_camera(cam_pos[k], cam_mat[k], jnp.asarray(rays_cam[k]), scene.camera_fovy[c])
+        for k, c in enumerate(cam_ids)
+    ]
+    return tuple(jnp.stack(x) for x in zip(*outs, strict=True))
 
 
 def _to_u8(colour):
@@ -708,6 +943,22 @@ def render_rgbd(
     colour = colour.reshape(ncam, height, ss, width, ss, 3).mean(axis=(2, 4))
     depth = depth.reshape(ncam, height, ss, width, ss).min(axis=(2, 4))
     return _to_u8(colour), depth
+
+
+def render_rgbd_segmentation(
+    scene: RenderScene, data, cameras: Sequence[int | str] | int | str, height: int, width: int
+) -> tuple[UInt8[Array, "C H W 3"], Float[Array, "C H W"], Int[Array, "C H W"]]:
+    """`render_rgbd` and `render_segmentation` from one trace (the segmentation of a supersampled
+    render is its centre sample per pixel)."""
+    ss = scene.config.supersample
+    colour, depth, idx = _trace(scene, data, cameras, height * ss, width * ss)
+    ncam = colour.shape[0]
+    colour = colour.reshape(ncam, height, ss, width, ss, 3).mean(axis=(2, 4))
+    depth = depth.reshape(ncam, height, ss, width, ss).min(axis=(2, 4))
+    idx = idx.reshape(ncam, height, ss, width, ss)[:, :, ss // 2, :, ss // 2]
+    geom_ids = jnp.asarray(np.asarray(scene.geom_ids, np.int32))
+    seg = jnp.where(idx >= 0, geom_ids[jnp.maximum(idx, 0)], -1)
+    return _to_u8(colour), depth, seg
 
 
 def render(

@@ -214,9 +214,7 @@ def _goal() -> SuiteSpec:
             "put the cream cheese on the stove", (Goal("on", obj="cream_cheese", region="stove"),), layout
         ),
     )
-    return SuiteSpec(
-        "toy_goal", "toy_goal", tasks, {"plate": _BOWL_PLATE, "stove": _STOVE}, max_steps=320
-    )
+    return SuiteSpec("toy_goal", "toy_goal", tasks, {"plate": _BOWL_PLATE, "stove": _STOVE}, max_steps=320)
 
 
 def _libero10() -> SuiteSpec:

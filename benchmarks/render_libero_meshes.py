@@ -1,0 +1,132 @@
+"""LIBERO drawn with its real meshes and textures by pirl's JAX renderer, against the real LIBERO.
+
+The real LIBERO (a spawned process, osmesa) resets a task to an init state and settles it as
+`pirl.envs.libero_check --checks images` does; pirl renders LIBERO's own compiled model (the
+cached scene.xml: meshes, 2D textures; cube textures in their mean colour) at that qpos with
+`pirl.envs.render`, visual geoms only, per mesh triangle budget. Prints one JSON line per
+(budget, camera): PSNR / SSIM against LIBERO's raw image and against MuJoCo's own render of the
+same model, render cost; `--png-dir` saves real | pirl | MuJoCo side by side (upright).
+
+    MUJOCO_GL=osmesa .venv/bin/python benchmarks/render_libero_meshes.py [--suite libero_spatial]
+        [--task 0] [--init 0] [--size 128] [--budgets 300,2000] [--png-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import pathlib
+import time
+from typing import NamedTuple
+
+import jax
+import mujoco
+import numpy as np
+
+from pirl.envs import libero_check as lc
+from pirl.envs import libero_render as lr
+from pirl.envs import render as rd
+from pirl.envs.build_libero import task_dir
+
+SETTLE_STEPS = 10
+"""Settling steps after set_init_state, as libero_check's image check."""
+
+
+class Kinematics(NamedTuple):
+    """The fields of a data object that pirl.envs.render reads."""
+
+    geom_xpos: np.ndarray
+    geom_xmat: np.ndarray
+    cam_xpos: np.ndarray
+    cam_xmat: np.ndarray
+    xpos: np.ndarray
+    xmat: np.ndarray
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--suite", default="libero_spatial")
+    parser.add_argument("--task", type=int, default=0)
+    parser.add_argument("--init", type=int, default=0)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--budgets", default="300,2000", help="RenderConfig.mesh_max_triangles values")
+    parser.add_argument("--png-dir", default="")
+    args = parser.parse_args()
+
+    ctx = multiprocessing.get_context("spawn")  # MuJoCo's GL backend is chosen at import, per process
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        real = pool.submit(
+            lc.real_images, args.suite, args.task, args.init, SETTLE_STEPS, [args.size], lr.LIBERO_CAMERAS
+        ).result()
+    model = mujoco.MjModel.from_xml_path(str(task_dir(args.suite, args.task) / "scene.xml"))
+    data = mujoco.MjData(model)
+    data.qpos[:] = real["qpos"]
+    mujoco.mj_forward(model, data)
+    kin = Kinematics(*(np.asarray(getattr(data, f), np.float32) for f in Kinematics._fields))
+    # visual geoms (robosuite's collision geoms overlap them) and the floor plane
+    ids = [
+        g
+        for g in range(model.ngeom)
+        if (
+            not (model.geom_contype[g] or model.geom_conaffinity[g])
+            and int(model.geom_group[g]) <= 2
+            and model.geom_rgba[g, 3] > 0
+        )
+        or (model.geom_bodyid[g] == 0 and model.geom_type[g] == mujoco.mjtGeom.mjGEOM_PLANE)
+    ]
+    cameras = tuple(lr.LIBERO_CAMERAS.values())
+    for budget in (int(b) for b in args.budgets.split(",")):
+        config = rd.RenderConfig(
+            mesh_max_triangles=budget, unmappable_textures="mean", mesh_tile_capacity=256
+        )
+        t0 = time.perf_counter()
+        scene = rd.prepare_scene(model, ids, config)
+        build_s = time.perf_counter() - t0
+        fn = jax.jit(lambda k, scene=scene: rd.render(scene, k, cameras, args.size, args.size))
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(kin))
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        images = np.asarray(fn(kin))
+        render_s = time.perf_counter() - t0
+        for i, key in enumerate(lr.LIBERO_CAMERAS):
+            ours = images[i][::-1]  # LIBERO's raw orientation (rows reversed)
+            real_rgb = real["images"][args.size][key]
+            mj_rgb = real["mujoco"][args.size][key][0]
+            record = {
+                "bench": "render_libero_meshes",
+                "suite": args.suite,
+                "task": args.task,
+                "init": args.init,
+                "size": args.size,
+                "camera": key,
+                "mesh_budget": budget,
+                "triangles": scene.num_triangles,
+                "geoms": scene.num_geoms,
+                "psnr_db": round(lc.psnr(real_rgb, ours), 2),
+                "ssim": round(lc.ssim(real_rgb, ours), 3),
+                "vs_mujoco_psnr_db": round(lc.psnr(mj_rgb, ours), 2),
+                "vs_mujoco_ssim": round(lc.ssim(mj_rgb, ours), 3),
+                "build_s": round(build_s, 1),
+                "compile_s": round(compile_s, 1),
+                "render_s_both_cameras": round(render_s, 3),
+            }
+            print(json.dumps(record), flush=True)
+            if args.png_dir:
+                from PIL import Image
+
+                path = pathlib.Path(args.png_dir)
+                path.mkdir(parents=True, exist_ok=True)
+                row = np.concatenate([real_rgb, ours, mj_rgb], axis=1)[::-1]
+                name = (
+                    f"{args.suite}_task{args.task}_init{args.init}_{key.removesuffix('_image')}_{budget}.png"
+                )
+                Image.fromarray(np.ascontiguousarray(row)).save(path / name)
+
+
+if __name__ == "__main__":
+    main()
