@@ -11,7 +11,7 @@ one LIBERO task (`pirl.envs.libero_scene`):
   evaluation) no-op steps with the gripper open; the episode's step counter starts after them;
 - obs: `state` = LIBERO's 8-D state (`libero_scene.libero_state`), and with `render` the JAX
   renderer's images of LIBERO's `agentview` and `robot0_eye_in_hand` cameras (`wrist_image`),
-  upright as in `ManipEnv` (see `libero_render_fn`; primitives only: the rebuilt collision boxes);
+  upright as in `ManipEnv` (see `libero_render_fn`; `look`: fitted primitives or LIBERO's meshes);
 - reward: success (LIBERO's BDDL goal, `pirl.envs.libero_predicates`) as `ManipEnv` pays it: 1 on
   the step success is first reached (`terminate_on_success`, episode ends) or 1 on every step with
   success (RLinf's ignore_terminations);
@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import mujoco
 from mujoco import mjx
 
 from pirl.envs import libero_predicates as lp
@@ -69,8 +69,12 @@ class LiberoEnvConfig:
     at max_steps and every step with success pays 1."""
     scene: ls.SceneConfig = ls.SceneConfig()
     """How the LIBERO scene is rebuilt for MJX."""
+    look: Literal["primitives", "meshes"] = "primitives"
+    """Camera images: LIBERO's meshes and textures, or fitted primitives (default: see docs/libero_mjx.md)."""
 
     def __post_init__(self):
+        if self.look not in ("primitives", "meshes"):
+            raise UserError(f"look must be 'primitives' or 'meshes', got {self.look!r}")
         if self.batching not in ("vmap", "map"):
             raise UserError(f"batching must be 'vmap' or 'map', got {self.batching!r}")
         if self.image_size < 8:
@@ -84,12 +88,19 @@ class LiberoEnvConfig:
 RenderFn = Callable[[mjx.Data], jax.Array]
 
 
-def libero_render_fn(model: mujoco.MjModel, size: int) -> RenderFn:
-    """data -> u8[2, S, S, 3]: LIBERO's agentview and eye-in-hand cameras, drawn by pirl's JAX renderer
-    on the scene's primitives. The one place the faithful env makes images (replaceable wholesale)."""
-    from pirl.envs.env import default_render_fn
+def libero_render_fn(task: ls.LiberoTask, size: int, look: str = "primitives") -> RenderFn:
+    """data -> u8[2, S, S, 3] upright: LIBERO's agentview and eye-in-hand cameras, drawn by pirl's JAX
+    renderer in `look` (`pirl.envs.libero_render`). The one place the faithful env makes images."""
+    from pirl.envs import libero_render as lr
 
-    return default_render_fn(model, CAMERAS, size)
+    cams = lr.libero_cameras(task, lr.LiberoRenderConfig(look=look))
+    if tuple(lr.LIBERO_CAMERAS.values()) != CAMERAS:
+        raise ValueError("libero_render's cameras are not the env's CAMERAS")
+
+    def fn(data: mjx.Data) -> jax.Array:
+        return lr.render_upright(cams, data, size)
+
+    return fn
 
 
 def suite_prompts(suite: str) -> list[str]:
@@ -132,7 +143,7 @@ class LiberoMJXEnv:
         self.state_dim = 8
         self.image_keys = IMAGE_KEYS if config.render else ()
         if config.render and render_fn is None:
-            render_fn = libero_render_fn(m, config.image_size)
+            render_fn = libero_render_fn(self.task, config.image_size, config.look)
         self._render = render_fn if config.render else None
         self._data0 = mjx.make_data(m, device=jax.local_devices()[0])
 
@@ -243,7 +254,7 @@ class LiberoMJXEnv:
         """u8[2, S, S, 3] images of LIBERO's cameras (for videos)."""
         if size is None and self._render is not None:
             return self._render(data)
-        return libero_render_fn(self.task.model, size or self.config.image_size)(data)
+        return libero_render_fn(self.task, size or self.config.image_size, self.config.look)(data)
 
 
 def make_libero_env(

@@ -26,6 +26,7 @@ The extra geoms are not in the MJX model: their world poses come from the body p
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ from flax import struct
 from pirl.envs import render as rnd
 from pirl.envs.build_libero import task_dir
 from pirl.envs.libero_scene import LiberoTask, cluster, fit_box, fit_box_in_frame, fit_capsule, geom_points
+from pirl.errors import UserError
 
 LIBERO_CAMERAS = {"agentview_image": "agentview", "wrist_image": "robot0_eye_in_hand"}
 """pirl / LIBERO-pool observation key -> LIBERO camera name."""
@@ -61,6 +63,13 @@ class LiberoRenderConfig:
     tapered hand filled the bottom quarter of the wrist camera's view, where LIBERO shows the table)."""
     hand_body: str = "gripper0_right_gripper"
     """Body drawn with `hand_boxes` instead of the MJX scene's single hand box."""
+    look: Literal["primitives", "meshes"] = "primitives"
+    """primitives: the fitted boxes / capsules above in flat colours; meshes: LIBERO's own visual meshes
+    (decimated to `mesh_max_triangles`) and 2D textures (cube textures in their mean colour)."""
+    mesh_max_triangles: int = 2000
+    """meshes: triangle budget per mesh geom (vertex-clustering decimation at build time)."""
+    mesh_tile_capacity: int = 256
+    """meshes: triangles tested per 8x8-pixel tile (exact while no tile overlaps more)."""
 
 
 @struct.dataclass
@@ -131,13 +140,18 @@ def _body_rgb(compiled: mujoco.MjModel, b: int) -> np.ndarray | None:
 def libero_cameras(
     task: LiberoTask, cfg: LiberoRenderConfig = LiberoRenderConfig(), cache: str | None = None
 ) -> LiberoCameras:
-    """Host-side preparation for one task (reads LIBERO's compiled model from pirl's cache)."""
+    """Host-side preparation for one task (reads LIBERO's compiled model from pirl's cache), in the
+    look of `cfg.look`. Raises UserError naming the geom for a feature the renderer cannot draw."""
     model = task.model
     compiled = mujoco.MjModel.from_xml_path(str(task_dir(task.suite, task.task_id, cache) / "scene.xml"))
     if compiled.nbody != model.nbody:
         raise ValueError(
             f"{task.suite} task {task.task_id}: cached LIBERO model and MJX model differ in bodies"
         )
+    if cfg.look not in ("primitives", "meshes"):
+        raise UserError(f"LIBERO render look must be 'primitives' or 'meshes', got {cfg.look!r}")
+    if cfg.look == "meshes":
+        return _mesh_cameras(task, compiled, cfg)
     # (type, body, pos, quat, size, rgb)
     geoms: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     body_rgb = {b: _body_rgb(compiled, b) for b in range(model.nbody)}
@@ -223,6 +237,12 @@ def libero_cameras(
     render_cfg = rnd.RenderConfig(shadows=cfg.shadows, specular=cfg.specular, textures=False,
                                   supersample=cfg.supersample)  # fmt: skip
     scene = rnd.prepare_scene(host, list(range(host.ngeom)), render_cfg)
+    return _with_cameras(task, scene, [g[2] for g in geoms], [g[3] for g in geoms], [g[1] for g in geoms])
+
+
+def _with_cameras(task: LiberoTask, scene: rnd.RenderScene, pos, quat, body) -> LiberoCameras:
+    """LiberoCameras over a prepared scene of G geoms (local poses on their bodies) and LIBERO's cameras."""
+    model = task.model
     cam_ids = []
     for key, cam in LIBERO_CAMERAS.items():
         c = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam)
@@ -237,14 +257,42 @@ def libero_cameras(
     f32 = np.float32
     return LiberoCameras(
         scene=scene,
-        geom_local_pos=jnp.asarray(np.stack([g[2] for g in geoms]), f32),
-        geom_local_mat=jnp.asarray(np.stack([_quat_mat(g[3]) for g in geoms]), f32),
+        geom_local_pos=jnp.asarray(np.stack(pos), f32),
+        geom_local_mat=jnp.asarray(np.stack([_quat_mat(q) for q in quat]), f32),
         cam_local_pos=jnp.asarray(model.cam_pos[cam_ids], f32),
         cam_local_mat=jnp.asarray(np.stack([_quat_mat(model.cam_quat[c]) for c in cam_ids]), f32),
-        geom_body=tuple(int(g[1]) for g in geoms),
+        geom_body=tuple(int(b) for b in body),
         cam_body=tuple(int(model.cam_bodyid[c]) for c in cam_ids),
         camera_keys=tuple(LIBERO_CAMERAS),
     )
+
+
+def _mesh_cameras(task: LiberoTask, compiled: mujoco.MjModel, cfg: LiberoRenderConfig) -> LiberoCameras:
+    """The meshes look: LIBERO's compiled model's visual geoms (robosuite's collision geoms overlap
+    them) and its floor, with their materials, textures and the model's own lights."""
+    ids = [
+        g
+        for g in range(compiled.ngeom)
+        if _is_visual(compiled, g)
+        or (compiled.geom_bodyid[g] == 0 and compiled.geom_type[g] == _GEOM.mjGEOM_PLANE)
+    ]
+    render_cfg = rnd.RenderConfig(
+        shadows=cfg.shadows,
+        specular=cfg.specular,
+        supersample=cfg.supersample,
+        mesh_max_triangles=cfg.mesh_max_triangles,
+        mesh_tile_capacity=cfg.mesh_tile_capacity,
+        unmappable_textures="mean",
+    )
+    if any(compiled.light_bodyid[i] != 0 for i in range(compiled.nlight)):
+        raise UserError(f"{task.suite} task {task.task_id}: LIBERO's lights are expected on the world body")
+    scene = rnd.prepare_scene(compiled, ids, render_cfg)  # UserError names an undrawable geom
+    # posed() supplies the drawn geoms' poses in scene order: index them 0..G-1
+    scene = scene.replace(geom_ids=tuple(range(len(ids))))
+    return _with_cameras(
+        task, scene, [compiled.geom_pos[g] for g in ids], [compiled.geom_quat[g] for g in ids],
+        [compiled.geom_bodyid[g] for g in ids],
+    )  # fmt: skip
 
 
 @struct.dataclass
@@ -272,12 +320,18 @@ def posed(cams: LiberoCameras, data) -> Posed:
     return Posed(geom_xpos, geom_xmat, cam_xpos, cam_xmat, xpos, xmat)
 
 
-def render_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax.Array]:
-    """LIBERO's camera images u8[size, size, 3] per observation key, raw (upside down, as LIBERO's).
+def render_upright(cams: LiberoCameras, data, size: int) -> jax.Array:
+    """u8[C, size, size, 3]: the cameras of `camera_keys` in order, upright (row 0 at the top).
 
     `data`: one env's mjx.Data (or anything with body `xpos`, `xmat`) with current kinematics;
     jit at the caller, vmap over data for batches."""
-    rgb = rnd.render(cams.scene, posed(cams, data), tuple(range(len(cams.camera_keys))), size, size)
+    return rnd.render(cams.scene, posed(cams, data), tuple(range(len(cams.camera_keys))), size, size)
+
+
+def render_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax.Array]:
+    """LIBERO's camera images u8[size, size, 3] per observation key, raw (upside down, as LIBERO's);
+    `data` as `render_upright`."""
+    rgb = render_upright(cams, data, size)
     return {k: rgb[i, ::-1] for i, k in enumerate(cams.camera_keys)}
 
 
