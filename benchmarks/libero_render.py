@@ -1,11 +1,14 @@
-"""Benchmark of LIBERO's cameras on the faithful MJX scenes (pirl.envs.libero_render).
+"""Benchmark of LIBERO's cameras on the faithful MJX env (pirl.envs.libero_render), per look.
 
-One JSON line per (size, batch): both cameras (agentview, robot0_eye_in_hand) of a LIBERO task
-rendered from official initial states, jitted and vmapped over the batch; needs the `libero` extra
-(the task is built into pirl's cache on first use).
+One JSON line per (look, size, batch): the env's `render` (both cameras, agentview and
+robot0_eye_in_hand) from official initial states, jitted and vmapped over the batch, and with
+`--chunk H` one line per batch for the physics of an H-step control chunk (`chunk_step` of a
+render-free env) and, per (look, size, batch), the share of a chunk's time spent rendering (the
+rollout renders once per chunk). Needs the `libero` extra (the task is built into pirl's cache on
+first use).
 
     .venv/bin/python benchmarks/libero_render.py [--suite libero_spatial] [--task 0]
-        [--sizes 128 224] [--batches 1 8] [--repeats 3]
+        [--looks primitives meshes] [--sizes 56 128] [--batches 1 16] [--repeats 3] [--chunk 5]
 """
 
 from __future__ import annotations
@@ -19,54 +22,65 @@ import jax.numpy as jnp
 from mujoco import mjx
 
 import pirl  # noqa: F401  (XLA CPU flag before the first JAX computation)
-from pirl.envs import libero_render as lr
 from pirl.envs import libero_scene as ls
+from pirl.envs.libero_mjx_env import make_libero_env
+
+
+def _timed(fn, *args, repeats: int) -> tuple[float, float]:
+    """(compile + first call s, mean s per later call)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(fn(*args))
+    return first, (time.perf_counter() - t0) / repeats
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="libero_spatial")
     p.add_argument("--task", type=int, default=0)
-    p.add_argument("--sizes", nargs="+", type=int, default=[128, 224])
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--looks", nargs="+", default=["primitives", "meshes"], choices=["primitives", "meshes"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[56, 128])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=5, help="control steps per chunk (0: no chunk timing)")
     args = p.parse_args()
     task = ls.load_task(args.suite, args.task)
-    t0 = time.perf_counter()
-    cams = lr.libero_cameras(task)
-    prep_s = time.perf_counter() - t0
     mx = mjx.put_model(task.model)
-    for batch in args.batches:
-        data = [ls.init_data(task, mx, i % len(task.init_states)) for i in range(batch)]
-        stacked = jax.tree.map(lambda *x: jnp.stack(x), *data)
+    base = {
+        "bench": "libero_render",
+        "suite": args.suite,
+        "task": args.task,
+        "backend": jax.default_backend(),
+    }
+    chunk_s = {}
+    if args.chunk:
+        env = make_libero_env(args.suite, (args.task,), render=False, settle_steps=0)
+        for batch in args.batches:
+            states = jax.jit(jax.vmap(lambda i: env.reset_to(args.task, i)))(jnp.arange(batch) % 50)
+            actions = jnp.zeros((batch, args.chunk, 7))
+            first, dt = _timed(jax.jit(jax.vmap(env.chunk_step)), states, actions, repeats=args.repeats)
+            chunk_s[batch] = dt
+            rec = {**base, "what": "chunk_physics", "chunk_steps": args.chunk, "batch": batch,
+                   "s_per_chunk": round(dt, 4), "compile_s": round(first - dt, 1)}  # fmt: skip
+            print(json.dumps(rec), flush=True)
+    for look in args.looks:
         for size in args.sizes:
-            fn = jax.jit(jax.vmap(lambda d, size=size: lr.render_libero_cameras(cams, d, size)))
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(stacked))
-            compile_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            for _ in range(args.repeats):
-                jax.block_until_ready(fn(stacked))
-            dt = (time.perf_counter() - t0) / args.repeats
-            print(
-                json.dumps(
-                    {
-                        "bench": "libero_render",
-                        "suite": args.suite,
-                        "task": args.task,
-                        "size": size,
-                        "batch": batch,
-                        "geoms": cams.scene.num_geoms,
-                        "cameras": len(cams.camera_keys),
-                        "s_per_call": round(dt, 4),
-                        "env_frames_per_s": round(batch / dt, 1),
-                        "compile_s": round(compile_s, 1),
-                        "prepare_s": round(prep_s, 2),
-                        "backend": jax.default_backend(),
-                    }
-                ),
-                flush=True,
-            )
+            env = make_libero_env(args.suite, (args.task,), image_size=size, look=look)
+            build_s = time.perf_counter() - t0
+            for batch in args.batches:
+                data = [ls.init_data(task, mx, i % len(task.init_states)) for i in range(batch)]
+                stacked = jax.tree.map(lambda *x: jnp.stack(x), *data)
+                first, dt = _timed(jax.jit(jax.vmap(env.render)), stacked, repeats=args.repeats)
+                rec = {**base, "what": "render", "look": look, "size": size, "batch": batch,
+                       "s_per_call": round(dt, 4), "env_frames_per_s": round(batch / dt, 1),
+                       "compile_s": round(first - dt, 1), "build_s": round(build_s, 1)}  # fmt: skip
+                if batch in chunk_s:
+                    rec["render_share_of_chunk"] = round(dt / (dt + chunk_s[batch]), 3)
+                print(json.dumps(rec), flush=True)
 
 
 if __name__ == "__main__":

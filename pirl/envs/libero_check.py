@@ -287,9 +287,10 @@ def _mask_picture(label: np.ndarray, n: int) -> np.ndarray:
 
 def compare_images(
     suite: str, task_id: int, init_ids: list[int], settle: int, sizes: list[int], images_dir: str | None,
-    out=sys.stdout,
+    out=sys.stdout, looks: tuple[str, ...] = ("primitives",),
 ) -> list[dict]:  # fmt: skip
-    """Check (d): one JSON line per (init, size, camera); returns the records."""
+    """Check (d): one JSON line per (init, look, size, camera); returns the records. `looks`:
+    `LiberoRenderConfig.look` values, each rendered at the same real states."""
     import pathlib
 
     import jax
@@ -300,18 +301,18 @@ def compare_images(
     from pirl.envs import libero_scene as ls
 
     task = ls.load_task(suite, task_id)
-    cams = lr.libero_cameras(task)
     label, names = body_labels(task.model)
     mx = mjx.put_model(task.model)
-    fns = {
-        size: jax.jit(
-            lambda d, size=size: (
-                lr.render_libero_cameras(cams, d, size),
-                lr.segment_libero_cameras(cams, d, size),
+    fns = {}
+    for look in looks:
+        cams = lr.libero_cameras(task, lr.LiberoRenderConfig(look=look))
+        for size in sizes:
+            fns[look, size] = jax.jit(
+                lambda d, size=size, cams=cams: (
+                    lr.render_libero_cameras(cams, d, size),
+                    lr.segment_libero_cameras(cams, d, size),
+                )
             )
-        )
-        for size in sizes
-    }
     records = []
     for init_id in init_ids:
         t0 = time.perf_counter()
@@ -319,8 +320,10 @@ def compare_images(
         t1 = time.perf_counter()
         d = mjx.make_data(mx)
         d = mjx.kinematics(mx, d.replace(qpos=jax.numpy.asarray(real["qpos"], d.qpos.dtype)))
-        for size in sizes:
-            rgb, seg = jax.device_get(fns[size](d))
+        for look, size in fns:
+            t2 = time.perf_counter()
+            rgb, seg = jax.device_get(fns[look, size](d))
+            t3 = time.perf_counter()
             ref = real["mujoco"][size]
             for key in lr.LIBERO_CAMERAS:
                 real_rgb, ours_rgb = real["images"][size][key], np.asarray(rgb[key])
@@ -335,8 +338,8 @@ def compare_images(
                         iou[name] = round(float((a & b).sum() / (a | b).sum()), 3)
                 objects = [v for k, v in iou.items() if k != "robot"]
                 rec = {
-                    "suite": suite, "task": task_id, "init": init_id, "check": "images", "size": size,
-                    "camera": key,
+                    "suite": suite, "task": task_id, "init": init_id, "check": "images", "look": look,
+                    "size": size, "camera": key,
                     "psnr_db": round(psnr(real_rgb, ours_rgb), 2),
                     "ssim": round(ssim(real_rgb, ours_rgb), 3),
                     # the raw orientation: LIBERO's image against MuJoCo's render of the same model,
@@ -346,6 +349,7 @@ def compare_images(
                     "iou": iou,
                     "object_iou_mean": round(float(np.mean(objects)), 3) if objects else None,
                     "real_s": round(t1 - t0, 1),
+                    "render_s": round(t3 - t2, 2),  # both cameras, with compilation on first use
                 }  # fmt: skip
                 records.append(rec)
                 out.write(json.dumps(rec) + "\n")
@@ -358,7 +362,9 @@ def compare_images(
                         [real_rgb, ours_rgb, _mask_picture(real_lab, n), _mask_picture(ours_lab, n)], 1
                     )
                     # saved upright (rows reversed back) for people; the metrics use the raw images
-                    name = f"{suite}_task{task_id}_init{init_id}_{key.removesuffix('_image')}_{size}.png"
+                    name = (
+                        f"{suite}_task{task_id}_init{init_id}_{key.removesuffix('_image')}_{size}_{look}.png"
+                    )
                     Image.fromarray(np.ascontiguousarray(row[::-1])).save(path / name)
     return records
 
@@ -698,6 +704,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
     p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
     p.add_argument("--images-dir", default=None, help="(d): save side-by-side PNGs here")
+    p.add_argument("--looks", nargs="+", choices=["primitives", "meshes"], default=["primitives"],
+                   help="(d): pirl's looks to compare (LiberoRenderConfig.look)")  # fmt: skip
     args = p.parse_args(argv)
     import pirl  # noqa: F401  (XLA CPU flag before the first JAX computation)
 
@@ -725,7 +733,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             ok &= all(r["pass"] for r in recs)
         if "images" in args.checks:
-            compare_images(args.suite, t, args.init_states, args.settle, args.image_sizes, args.images_dir)
+            compare_images(args.suite, t, args.init_states, args.settle, args.image_sizes, args.images_dir,
+                           looks=tuple(args.looks))  # fmt: skip
     print(
         json.dumps(
             {
