@@ -123,6 +123,12 @@ def _is_visual(m: mujoco.MjModel, g: int) -> bool:
     )
 
 
+def _is_floor(m: mujoco.MjModel, g: int) -> bool:
+    """A visible plane: LIBERO's floor (on the world body, or on its own static body in the floor-only
+    scenes of libero_object), drawn although it collides."""
+    return int(m.geom_type[g]) == _GEOM.mjGEOM_PLANE and int(m.geom_group[g]) <= 2 and m.geom_rgba[g, 3] > 0
+
+
 def _body_rgb(compiled: mujoco.MjModel, b: int) -> np.ndarray | None:
     """Colour of a body: the material colour of its largest visual geom (mesh vertices or volume)."""
     vis = [g for g in np.where(compiled.geom_bodyid == b)[0] if _is_visual(compiled, g)]
@@ -167,8 +173,7 @@ def libero_cameras(
     meshes: dict[int, list[int]] = {}
     for g in range(compiled.ngeom):
         b, t = int(compiled.geom_bodyid[g]), int(compiled.geom_type[g])
-        floor = b == 0 and t == _GEOM.mjGEOM_PLANE
-        if not (floor or _is_visual(compiled, g)):
+        if not (_is_floor(compiled, g) or _is_visual(compiled, g)):
             continue
         if t in _PRIMITIVES:  # walls, floor, table, legs, torso: LIBERO's own primitives
             geoms.append(
@@ -270,12 +275,7 @@ def _with_cameras(task: LiberoTask, scene: rnd.RenderScene, pos, quat, body) -> 
 def _mesh_cameras(task: LiberoTask, compiled: mujoco.MjModel, cfg: LiberoRenderConfig) -> LiberoCameras:
     """The meshes look: LIBERO's compiled model's visual geoms (robosuite's collision geoms overlap
     them) and its floor, with their materials, textures and the model's own lights."""
-    ids = [
-        g
-        for g in range(compiled.ngeom)
-        if _is_visual(compiled, g)
-        or (compiled.geom_bodyid[g] == 0 and compiled.geom_type[g] == _GEOM.mjGEOM_PLANE)
-    ]
+    ids = [g for g in range(compiled.ngeom) if _is_visual(compiled, g) or _is_floor(compiled, g)]
     render_cfg = rnd.RenderConfig(
         shadows=cfg.shadows,
         specular=cfg.specular,
