@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from mujoco import mjx
 
-import pirl  # noqa: F401  (XLA CPU flag before the first JAX computation)
+import pirl  # (XLA CPU flag before the first JAX computation)
 from pirl.envs import libero_scene as ls
 from pirl.envs.libero_mjx_env import make_libero_env
 
@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk", type=int, default=5, help="control steps per chunk (0: no chunk timing)")
     args = p.parse_args()
+    pirl.create_backends()  # XLA's CPU pool as pirl.train sizes it (vmapped physics hangs otherwise)
     task = ls.load_task(args.suite, args.task)
     mx = mjx.put_model(task.model)
     base = {

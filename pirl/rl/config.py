@@ -62,7 +62,7 @@ class EnvSpec:
     pipeline_stage_num: int = 1
     """libero: split each host's environments into this many stages; the device samples actions for
     one stage while the CPUs step the others (RLinf's rollout.pipeline_stage_num)."""
-    libero_look: Literal["primitives", "meshes"] = "primitives"
+    libero_look: Literal["primitives", "meshes"] = "meshes"
     """LIBERO's tasks in MJX: camera images of fitted primitives or of LIBERO's meshes and textures
     (`LiberoEnvConfig.look`)."""
     settle_steps: int = 15
