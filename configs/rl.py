@@ -232,7 +232,8 @@ def pi0_demo_cpu() -> RLConfig:
         optim=OptimizerConfig(lr=5e-5, value_lr=1e-3, clip_grad_norm=1.0),
         # 4 noisy (DART) expert episodes per initial state; labels stay the expert's clean actions.
         # 500 SFT steps leave room for PPO (measured: 800 started at 0.91 eval success, 400 at 0.34
-        # with a flat rollout curve, 500 at 0.41 rising to about 0.7-0.8).
+        # with a flat rollout curve, 500 at 0.41 rising to 0.6-0.8 within 10-30 PPO steps). Tried on
+        # 2026-12-03 without a better curve: critic warm-up 5 steps, lr 3e-5, GAE λ 1, value lr 3e-3.
         warm_start=WarmStartConfig(
             episodes_per_task=16, sft_steps=500, batch_size=32, lr=1e-3, action_noise=0.05
         ),

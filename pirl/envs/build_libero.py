@@ -119,7 +119,10 @@ def build_task(
         env.reset()
         model = env.sim.model._model
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "scene.xml.tmp"
+        # per-process temporary names: two processes (pytest workers, a check beside a training run)
+        # may build the same task at once, and each must publish whole files only
+        suffix = f".tmp{os.getpid()}"
+        tmp = out / f"scene.xml{suffix}"
         # robosuite compiles from an XML string; the last one parsed is this env's model (hard reset)
         mujoco.mj_saveLastXML(str(tmp), model)
         saved = mujoco.MjModel.from_xml_path(str(tmp))
@@ -127,7 +130,8 @@ def build_task(
             raise RuntimeError(f"saved XML of {suite} task {task_id} does not match LIBERO's compiled model")
         task = task_suite.get_task(task_id)
         init_states = np.asarray(task_suite.get_task_init_states(task_id), np.float64)
-        np.save(out / "init_states.npy", init_states)
+        with open(out / f"init_states.npy{suffix}", "wb") as f:
+            np.save(f, init_states)
         bddl_path = pathlib.Path(env.env.bddl_file_name) if hasattr(env.env, "bddl_file_name") else None
         names = lambda kind, n: [mujoco.mj_id2name(model, kind, i) for i in range(n)]  # noqa: E731
         meta = {
@@ -145,9 +149,10 @@ def build_task(
             "obj_of_interest": list(env.obj_of_interest),
             "goal": env.env.parsed_problem["goal_state"],
         }
-        (out / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
+        (out / f"meta.json{suffix}").write_text(json.dumps(meta, indent=1))
+        (out / f"init_states.npy{suffix}").replace(out / "init_states.npy")
         tmp.replace(out / "scene.xml")
-        (out / "meta.json.tmp").replace(out / "meta.json")
+        (out / f"meta.json{suffix}").replace(out / "meta.json")  # last: it marks the task built
     finally:
         env.close()
     return out
