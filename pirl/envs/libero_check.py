@@ -17,10 +17,10 @@ JSON line each:
   expert's success rate there).
 - (d) `images` (`--checks images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
   (robosuite's offscreen render) and by pirl (`pirl.envs.libero_render`) at the same state (the
-  real settled qpos), per image size: PSNR and SSIM of the raw images, and the per-object IoU of
+  real settled qpos), per pirl look (`--looks primitives meshes`) and image size: PSNR and SSIM of the raw images, and the per-object IoU of
   the silhouettes (MuJoCo's segmentation render of LIBERO's compiled model vs pirl's geom ids),
-  which is the figure that shows the cameras' pose, fovy and orientation are LIBERO's (the
-  colours cannot match: primitives in mean texture colours vs textured meshes). `--images-dir`
+  which is the figure that shows the cameras' pose, fovy and orientation are LIBERO's (with the
+  primitives look the colours cannot match: mean texture colours vs textured meshes). `--images-dir`
   saves side-by-side PNGs (real | pirl | silhouettes).
 
     python -m pirl.envs.libero_check --suite libero_spatial --tasks 0 1 --init-states 0 1 2
