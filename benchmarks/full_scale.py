@@ -351,19 +351,8 @@ def sft_row(name: str, sizes: tuple[int, ...] | None, opts: dict) -> dict:
 
         state = jax.eval_shape(make_state, abstract)
         shardings = sft_train.train_state_shardings(state, mesh)
-        m, b = cfg.model, cfg.batch_size
-
-        def spec(shape, dtype):
-            return jax.ShapeDtypeStruct((b, *shape), dtype, sharding=batch_sharding)
-
-        batch = {
-            "image": {k: spec((*m.image_resolution, 3), jnp.uint8) for k in m.image_keys},
-            "image_mask": {k: spec((), jnp.bool_) for k in m.image_keys},
-            "state": spec((m.action_dim,), jnp.float32),
-            "tokenized_prompt": spec((m.max_token_len,), jnp.int32),
-            "tokenized_prompt_mask": spec((m.max_token_len,), jnp.bool_),
-            "actions": spec((m.action_horizon, m.action_dim), jnp.float32),
-        }
+        b = cfg.batch_size
+        batch = sft_train.abstract_batch(cfg, batch_sharding)
         step = sft_train.jit_train_step(cfg, tx, mask, mesh, shardings)  # pirl.sft.train's own program
         compiled, lower_s, compile_s = _compile(step.lower, _abstract(state, shardings), batch)
         row.update(

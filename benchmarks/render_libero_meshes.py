@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import pathlib
 import time
-from typing import NamedTuple
 
 import jax
 import mujoco
@@ -32,17 +31,6 @@ from pirl.envs.build_libero import task_dir
 
 SETTLE_STEPS = 10
 """Settling steps after set_init_state, as libero_check's image check."""
-
-
-class Kinematics(NamedTuple):
-    """The fields of a data object that pirl.envs.render reads."""
-
-    geom_xpos: np.ndarray
-    geom_xmat: np.ndarray
-    cam_xpos: np.ndarray
-    cam_xmat: np.ndarray
-    xpos: np.ndarray
-    xmat: np.ndarray
 
 
 def main() -> None:
@@ -66,7 +54,7 @@ def main() -> None:
     data = mujoco.MjData(model)
     data.qpos[:] = real["qpos"]
     mujoco.mj_forward(model, data)
-    kin = Kinematics(*(np.asarray(getattr(data, f), np.float32) for f in Kinematics._fields))
+    kin = rd.host_kinematics(data)
     # visual geoms (robosuite's collision geoms overlap them) and the floor plane
     ids = [
         g

@@ -188,19 +188,8 @@ def test_sft_step_traces_on_its_mesh():
         abstract,
     )
     shardings = sft_train.train_state_shardings(state, mesh)
-    m, b, sharding = config.model, config.batch_size, mesh_lib.batch_sharding(mesh)
-
-    def spec(shape, dtype):
-        return jax.ShapeDtypeStruct((b, *shape), dtype, sharding=sharding)
-
-    batch = {
-        "image": {k: spec((*m.image_resolution, 3), jnp.uint8) for k in m.image_keys},
-        "image_mask": {k: spec((), jnp.bool_) for k in m.image_keys},
-        "state": spec((m.action_dim,), jnp.float32),
-        "tokenized_prompt": spec((m.max_token_len,), jnp.int32),
-        "tokenized_prompt_mask": spec((m.max_token_len,), jnp.bool_),
-        "actions": spec((m.action_horizon, m.action_dim), jnp.float32),
-    }
+    m, b = config.model, config.batch_size
+    batch = sft_train.abstract_batch(config, mesh_lib.batch_sharding(mesh))
     step = sft_train.jit_train_step(config, tx, mask, mesh, shardings)
     ops = hlo.collectives(step.lower(_abstract(state, shardings), batch).compile().as_text())
     assert {"all-gather", "all-reduce"} <= {op.op for op in ops}

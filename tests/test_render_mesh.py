@@ -11,7 +11,6 @@ import concurrent.futures
 import math
 import multiprocessing
 import os
-from typing import NamedTuple
 
 import jax
 import mujoco
@@ -141,23 +140,12 @@ def mujoco_images(model):
             del os.environ["MUJOCO_GL"]
 
 
-class Kinematics(NamedTuple):
-    """The fields of mjx.Data the renderer reads."""
-
-    geom_xpos: np.ndarray
-    geom_xmat: np.ndarray
-    cam_xpos: np.ndarray
-    cam_xmat: np.ndarray
-    xpos: np.ndarray
-    xmat: np.ndarray
-
-
 @pytest.fixture(scope="module")
 def pirl_images(model):
     scene = rd.prepare_scene(model, config=rd.RenderConfig(shadows=False, specular=False))
     data = mujoco.MjData(model)  # the renderer reads only kinematics: MuJoCo's (not mjx's, which
     mujoco.mj_forward(model, data)  # would compile for ~20 s here) will do
-    kin = Kinematics(*(np.asarray(getattr(data, f), np.float32) for f in Kinematics._fields))
+    kin = rd.host_kinematics(data)
     render = jax.jit(lambda d: rd.render_rgbd_segmentation(scene, d, CAMERAS, SIZE, SIZE))
     return tuple(np.asarray(x) for x in render(kin))
 

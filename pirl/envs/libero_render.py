@@ -295,19 +295,7 @@ def _mesh_cameras(task: LiberoTask, compiled: mujoco.MjModel, cfg: LiberoRenderC
     )  # fmt: skip
 
 
-@struct.dataclass
-class Posed:
-    """The fields pirl.envs.render reads from a data object, for the drawn geoms and the cameras."""
-
-    geom_xpos: jax.Array
-    geom_xmat: jax.Array
-    cam_xpos: jax.Array
-    cam_xmat: jax.Array
-    xpos: jax.Array
-    xmat: jax.Array
-
-
-def posed(cams: LiberoCameras, data) -> Posed:
+def posed(cams: LiberoCameras, data) -> rnd.Kinematics:
     """World poses of the drawn geoms and the cameras from the body poses in `data` (current kinematics)."""
     xpos = jnp.asarray(data.xpos, jnp.float32)
     xmat = jnp.asarray(data.xmat, jnp.float32).reshape(-1, 3, 3)
@@ -317,7 +305,7 @@ def posed(cams: LiberoCameras, data) -> Posed:
     cam_xpos = xpos[cb] + jnp.einsum("cij,cj->ci", xmat[cb], cams.cam_local_pos)
     cam_xmat = jnp.einsum("cij,cjk->cik", xmat[cb], cams.cam_local_mat)
     # lights are on the world body: render.py reads xpos/xmat only for lights on other bodies
-    return Posed(geom_xpos, geom_xmat, cam_xpos, cam_xmat, xpos, xmat)
+    return rnd.Kinematics(geom_xpos, geom_xmat, cam_xpos, cam_xmat, xpos, xmat)
 
 
 def render_upright(cams: LiberoCameras, data, size: int) -> jax.Array:

@@ -114,6 +114,26 @@ class RenderConfig:
 
 
 @struct.dataclass
+class Kinematics:
+    """The fields of a data object the renderer reads (mjx.Data has them, as does mujoco.MjData after
+    `mj_forward`); a smaller pytree to pass where a whole data object is not at hand."""
+
+    geom_xpos: Array
+    geom_xmat: Array
+    cam_xpos: Array
+    cam_xmat: Array
+    xpos: Array
+    xmat: Array
+
+
+def host_kinematics(data) -> Kinematics:
+    """float32 copies of `data`'s render fields: draw a mujoco.MjData's state without compiling MJX."""
+    return Kinematics(
+        **{f.name: np.asarray(getattr(data, f.name), np.float32) for f in dataclasses.fields(Kinematics)}
+    )
+
+
+@struct.dataclass
 class RenderScene:
     """Static description of what to draw, built once on the host by `prepare_scene`.
 

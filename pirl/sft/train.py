@@ -277,6 +277,25 @@ def train_state_shardings(abstract_state: TrainState, mesh: jax.sharding.Mesh) -
     return out
 
 
+def abstract_batch(config: SFTConfig, sharding: jax.sharding.Sharding) -> dict[str, Any]:
+    """ShapeDtypeStructs of one SFT batch as the loader feeds `train_step` (the model's images, masks,
+    state, tokenized prompt and action chunk; `config.batch_size` rows placed by `sharding`), for
+    lowering the step without data."""
+    m, b = config.model, config.batch_size
+
+    def spec(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((b, *shape), dtype, sharding=sharding)
+
+    return {
+        "image": {k: spec((*m.image_resolution, 3), jnp.uint8) for k in m.image_keys},
+        "image_mask": {k: spec((), jnp.bool_) for k in m.image_keys},
+        "state": spec((m.action_dim,), jnp.float32),
+        "tokenized_prompt": spec((m.max_token_len,), jnp.int32),
+        "tokenized_prompt_mask": spec((m.max_token_len,), jnp.bool_),
+        "actions": spec((m.action_horizon, m.action_dim), jnp.float32),
+    }
+
+
 def save_checkpoint(
     ckpt: TrainStateCheckpointer,
     step: int,
