@@ -4,20 +4,22 @@
     obs = render_libero_cameras(cams, mjx_data, 224)              # {"agentview_image": u8[224, 224, 3], ...}
 
 The cameras are LIBERO's own (`agentview`, `robot0_eye_in_hand`: the rebuilt model keeps their
-bodies, poses and fovy). What is drawn are primitives only (`pirl.envs.render` ray-casts planes,
-boxes, capsules, cylinders; LIBERO's textured meshes are out of its reach):
+bodies, poses and fovy). What is drawn depends on `LiberoRenderConfig.look`:
 
-- the MJX scene's own geoms (each object's and fixture's fitted boxes, the gripper's boxes, the
-  forearm capsule), except its contact plane;
-- LIBERO's visual primitives (walls, floor, table top and legs, the mount's torso);
-- one capsule fitted to each robot link's visual meshes and one box to the mount's pedestal (the
-  MJX scene has no geometry for them: they never touch anything);
-- each body in the mean colour of its visual material's texture (times the material colour).
+- `meshes`: LIBERO's compiled model's visual geoms (its meshes, decimated to
+  `mesh_max_triangles`, with their 2D textures; cube textures in their mean colour) and its floor,
+  lit by the model's own lights (`pirl.envs.render_mesh`);
+- `primitives` (about 7x cheaper to draw on the CPU): the MJX scene's own geoms (each object's and
+  fixture's fitted boxes, the gripper's boxes, the forearm capsule) except its contact plane,
+  LIBERO's visual primitives (walls, floor, table top and legs, the mount's torso), one capsule
+  fitted to each robot link's visual meshes and one box to the mount's pedestal (the MJX scene has
+  no geometry for them: they never touch anything), each body in the mean colour of its visual
+  material's texture (times the material colour).
 
-Images come out as LIBERO's raw renders: upside down (rows reversed; robosuite returns OpenGL's
-bottom-up rows). The policy-side transform is the one of the real-LIBERO path, applied where
-observations become model inputs (`pirl.policies.env_io.EnvAdapter.rotate_images`, openpi's 180
-degree rotation), so an env using this sets `images_upside_down = True` like `LiberoTrainEnv`.
+`render_libero_cameras` returns LIBERO's raw renders: upside down (rows reversed; robosuite returns
+OpenGL's bottom-up rows), for comparing with the real LIBERO; the policy-side transform of that
+path is openpi's 180 degree rotation (`pirl.policies.env_io.EnvAdapter.rotate_images`).
+`render_upright` returns the rows top-down, as the MJX env's observations are.
 
 The extra geoms are not in the MJX model: their world poses come from the body poses in the data
 (`xpos`, `xmat`), so `data` needs current kinematics (`mjx.kinematics` after a control step).
