@@ -33,7 +33,10 @@ def test_pick_place_batch_on_kinematic_grippers():
     calls = []
 
     def views():
-        return [PickPlaceView(grip[i].copy(), DOWN, np.array([0.0, 1.0, 0.0]), obj[i].copy(), target) for i in range(3)]
+        return [
+            PickPlaceView(grip[i].copy(), DOWN, np.array([0.0, 1.0, 0.0]), obj[i].copy(), target)
+            for i in range(3)
+        ]
 
     def sim_step(actions):
         calls.append(actions.copy())
@@ -51,7 +54,10 @@ def test_pick_place_batch_on_kinematic_grippers():
     assert len(calls) == max(first)  # stopped when the last env succeeded
     np.testing.assert_allclose(grip[2], start2 + 0.4 * 0.05 * calls[0][2, :3])  # still after its success
     assert all(np.allclose(a[2, :6], 0.0) for a in calls[1:])
-    assert PHASES[states[0].phase] in ("release", "retreat") and PHASES[states[1].phase] in ("release", "retreat")
+    assert PHASES[states[0].phase] in ("release", "retreat") and PHASES[states[1].phase] in (
+        "release",
+        "retreat",
+    )
     for i in (0, 1):
         assert np.linalg.norm(obj[i, :2] - target[:2]) < 0.01
 

@@ -550,7 +550,9 @@ def pick_place_batch(
         actions = np.zeros((n, 7), np.float32)
         for i in range(n):
             if done[i]:  # outcome recorded: hold the gripper as the plan last had it
-                actions[i, 6] = 1.0 if PHASES[states[i].phase] in ("close", "lift", "transport", "lower") else -1.0
+                actions[i, 6] = (
+                    1.0 if PHASES[states[i].phase] in ("close", "lift", "transport", "lower") else -1.0
+                )
             else:
                 actions[i], states[i] = pick_place_action(cfg, geo, views[i], states[i])
         success, views = sim_step(actions)

@@ -728,7 +728,12 @@ def mjx_expert(
 
     def views(host):
         return [
-            _view(m, types.SimpleNamespace(**{k: v[i] for k, v in zip(EXPERT_FIELDS, host, strict=True)}), ob, tb)
+            _view(
+                m,
+                types.SimpleNamespace(**{k: v[i] for k, v in zip(EXPERT_FIELDS, host, strict=True)}),
+                ob,
+                tb,
+            )
             for i in range(n)
         ]
 
@@ -764,7 +769,13 @@ def expert_report(
     from pirl.envs import libero_scene as ls
     from pirl.envs.expert import LiberoPlanConfig
 
-    rec: dict = {"suite": suite, "task": task_id, "check": "expert", "episodes": len(init_ids), "steps": steps}
+    rec: dict = {
+        "suite": suite,
+        "task": task_id,
+        "check": "expert",
+        "episodes": len(init_ids),
+        "steps": steps,
+    }
     task = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig())
     obj, target = pick_place_goal(task.meta)
     rec["goal"] = task.meta["goal"][0]
@@ -781,7 +792,9 @@ def expert_report(
         r = mjx_expert(suite, task_id, init_ids, settle, steps, scene_cfg)
         stats(r["success_step"], "mjx")
         rec["mjx_failed_phases"] = [p for p, s in zip(r["phase"], r["success_step"], strict=True) if s <= 0]
-        rec.update({f"mjx_{k}": r[k] for k in ("control_steps", "reset_s", "first_call_s", "step_s", "wall_s")})
+        rec.update(
+            {f"mjx_{k}": r[k] for k in ("control_steps", "reset_s", "first_call_s", "step_s", "wall_s")}
+        )
     if real_side:
         geo = pick_place_geometry(task.model, obj, target)
         t0 = time.perf_counter()
