@@ -63,20 +63,20 @@ def test_pick_place_batch_on_kinematic_grippers():
 
 
 @pytest.mark.nightly
-@pytest.mark.parametrize(
-    ("suite", "task_id", "min_successes"),
-    [("libero_spatial", 1, 8), ("libero_goal", 8, 8)],
-)
-def test_expert_success_in_mjx(suite, task_id, min_successes):
-    """The expert in MJX on initial states 0-9 stepped as one batch (measured: see docs/libero_mjx.md,
-    check (c) table)."""
+@pytest.mark.parametrize(("suite", "task_id"), [("libero_spatial", 1), ("libero_goal", 4)])
+def test_expert_success_in_mjx(suite, task_id):
+    """The expert in MJX on initial states 0-9 stepped as one batch, through the CLI (its own process:
+    `pirl.create_backends()`'s one XLA pool thread must come before JAX starts, or a vmapped MJX step
+    can deadlock jaxlib 0.10's LAPACK). Measured 10/10 in both (first success at steps 133-189 and
+    139-149; docs/libero_mjx.md, check (c)); runs are not bit-reproducible, hence 9."""
     pytest.importorskip("libero")
-    import pirl
+    import json
+    import subprocess
+    import sys
 
-    pirl.create_backends()  # one XLA pool thread: a vmapped MJX step can deadlock jaxlib 0.10's LAPACK
-    from pirl.envs.libero_check import mjx_expert
-
-    r = mjx_expert(suite, task_id, list(range(10)))
-    ok = [s for s in r["success_step"] if s > 0]
-    assert len(ok) >= min_successes, r["success_step"]
-    assert all(40 <= s <= 240 for s in ok), r["success_step"]
+    cmd = [sys.executable, "-m", "pirl.envs.libero_check", "--suite", suite, "--tasks", str(task_id),
+           "--init-states", *map(str, range(10)), "--checks", "expert", "--mjx-only"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3000).stdout
+    rec = next(json.loads(line) for line in out.splitlines() if '"check": "expert"' in line)
+    assert rec["mjx_successes"] >= 9, rec
+    assert 100 <= rec["mjx_first_success_step"]["min"] <= rec["mjx_first_success_step"]["max"] <= 220, rec

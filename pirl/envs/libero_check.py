@@ -15,6 +15,11 @@ JSON line each:
   `pirl.envs.libero_predicates`, on the MJX data as the env rewards them), and every free object's
   position error at the end; target: within 2 cm. `--real-only` runs the real side alone (the
   expert's success rate there).
+- (c) `expert` (`--checks expert`): the same plan's success over many initial states, one JSON line
+  per task: in MJX with every initial state of `--init-states` stepped as one vmapped batch
+  (`mjx_expert`; tasks whose MJX models share their static structure, e.g. all of libero_spatial,
+  share one compiled step) and replayed in the real LIBERO (`--mjx-only` / `--real-only` for one
+  side): successes, first-success step statistics, the failing inits and the phase they ended in.
 - (d) `images` (`--checks images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
   (robosuite's offscreen render) and by pirl (`pirl.envs.libero_render`) at the same state (the
   real settled qpos), per pirl look (`--looks primitives meshes`) and image size: PSNR and SSIM of the raw images, and the per-object IoU of
@@ -26,6 +31,7 @@ JSON line each:
     python -m pirl.envs.libero_check --suite libero_spatial --tasks 0 1 --init-states 0 1 2
     python -m pirl.envs.libero_check --tasks 0 1 --init-states 0 1 --checks pick_place
     python -m pirl.envs.libero_check --tasks 0 --init-states 0 --checks images --images-dir /tmp/libero_images
+    python -m pirl.envs.libero_check --tasks 0 1 --init-states $(seq 0 49) --checks expert --mjx-only
 """
 
 from __future__ import annotations
