@@ -9,9 +9,10 @@ one LIBERO task (`pirl.envs.libero_scene`):
   (`pirl.envs.osc`), LIBERO's 50 official initial states;
 - reset: the initial state, the controller reset, then `settle_steps` (10, as openpi's LIBERO
   evaluation) no-op steps with the gripper open; the episode's step counter starts after them;
-- obs: `state` = LIBERO's 8-D state (`libero_scene.libero_state`), and with `render` the JAX
-  renderer's images of LIBERO's `agentview` and `robot0_eye_in_hand` cameras (`wrist_image`),
-  upright as in `ManipEnv` (see `libero_render_fn`; `look`: fitted primitives or LIBERO's meshes);
+- obs: `state` = LIBERO's 8-D state (`libero_scene.libero_state`), and with `render` the images of
+  LIBERO's `agentview` and `robot0_eye_in_hand` cameras (`wrist_image`), upright as in `ManipEnv`
+  (see `libero_render_fn`; `look`: fitted primitives or LIBERO's meshes; `render_backend`: pirl's JAX
+  renderer or MJX's MuJoCo Warp one on NVIDIA GPUs);
 - reward: success (LIBERO's BDDL goal, `pirl.envs.libero_predicates`) as `ManipEnv` pays it: 1 on
   the step success is first reached (`terminate_on_success`, episode ends) or 1 on every step with
   success (RLinf's ignore_terminations);

@@ -16,6 +16,10 @@ bodies, poses and fovy). What is drawn depends on `LiberoRenderConfig.look`:
   no geometry for them: they never touch anything), each body in the mean colour of its visual
   material's texture (times the material colour).
 
+`upright_renderer(cams, size, backend)` draws the same arrays with pirl's JAX renderer or MJX's
+MuJoCo Warp one (`pirl.envs.render_warp`: NVIDIA GPU, `warp` extra; `LiberoCameras.model` is what it
+uploads).
+
 `render_libero_cameras` returns LIBERO's raw renders: upside down (rows reversed; robosuite returns
 OpenGL's bottom-up rows), for comparing with the real LIBERO; the policy-side transform of that
 path is openpi's 180 degree rotation (`pirl.policies.env_io.EnvAdapter.rotate_images`).
@@ -73,9 +77,6 @@ class LiberoRenderConfig:
     """meshes: triangle budget per mesh geom (vertex-clustering decimation at build time)."""
     mesh_tile_capacity: int = 256
     """meshes: triangles tested per 8x8-pixel tile (exact while no tile overlaps more)."""
-    render_backend: Literal["jax", "warp"] = "jax"
-    """jax: pirl's renderer (any device); warp: MJX's MuJoCo Warp batch renderer (NVIDIA GPUs, `warp`
-    extra; full meshes and textures; `pirl.envs.render_warp`). Same images within tolerance, same arrays."""
 
 
 @struct.dataclass
@@ -337,7 +338,7 @@ def render_upright(cams: LiberoCameras, data, size: int) -> jax.Array:
 
 
 def upright_renderer(cams: LiberoCameras, size: int, backend: str = "jax") -> Callable[..., jax.Array]:
-    """`render_upright(cams, ., size)` drawn by `backend` (LiberoRenderConfig.render_backend): the same
+    """`render_upright(cams, ., size)` drawn by `backend` (LiberoEnvConfig.render_backend): the same
     u8[C, size, size, 3] for one env's data; jit and vmap at the caller. "warp" builds MJX's Warp model
     here (once) and a render context per batch size on first use (`pirl.envs.render_warp`)."""
     if backend == "jax":

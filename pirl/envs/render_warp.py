@@ -145,12 +145,23 @@ class WarpRenderer:
         self._render.def_vmap(self._render_rule)
 
     def context(self, nworld: int):
-        """The render context for `nworld` worlds (made on first use: allocates buffers, builds BVHs)."""
+        """The render context for `nworld` worlds (made on first use: allocates buffers, builds BVHs), on
+        every local CUDA device (a batch sharded over GPUs finds its device's buffers), else Warp's CPU."""
         if nworld not in self._contexts:
             from mujoco import mjx
 
-            self._contexts[nworld] = mjx.create_render_context(self._model, nworld=nworld, **self._ctx_kwargs)
+            devices = (
+                [f"cuda:{d.local_hardware_id}" for d in jax.local_devices()] if cuda_available() else None
+            )
+            self._contexts[nworld] = mjx.create_render_context(
+                self._model, nworld=nworld, devices=devices, **self._ctx_kwargs
+            )
         return self._contexts[nworld]
+
+    @property
+    def context_sizes(self) -> tuple[int, ...]:
+        """World counts of the render contexts made so far."""
+        return tuple(sorted(self._contexts))
 
     def __call__(self, kin: rnd.Kinematics) -> jax.Array:
         """u8[C, size, size, 3] upright (row 0 at the top), cameras in `cam_ids` order, for one env."""
