@@ -1,9 +1,10 @@
 """MJX's MuJoCo Warp renderer behind pirl's camera contract (pirl.envs.render_warp) and the env's
 `render_backend` switch.
 
-Always (CI): the switch's plumbing (RL flag -> env config -> renderer choice), its early errors, and
-the unpacking of Warp's packed pixels into the JAX path's arrays. With warp-lang installed (the `warp`
-extra; CI installs only `libero`), Warp's CPU device draws a small scene next to pirl's JAX renderer.
+Always: the switch's plumbing (RL flag -> env config -> renderer choice), its early errors, and the
+unpacking of Warp's packed pixels into the JAX path's arrays. With warp-lang installed (the `warp`
+extra, which CI installs), Warp's CPU device draws a small scene next to pirl's JAX renderer (about
+11 s, 28 s with a cold Warp kernel cache).
 On an NVIDIA GPU (`gpu` marker; skipped without CUDA) Warp and JAX draw LIBERO's cameras in both looks
 through the env; the same comparison on Warp's CPU device is nightly.
 """
@@ -145,6 +146,7 @@ def toy():
     return m, full, kin
 
 
+@pytest.mark.slow
 @needs_warp
 def test_warp_cpu_draws_what_the_jax_renderer_draws(toy):
     """Same scene, cameras and size: Warp (CPU device) within 40 dB of pirl's JAX renderer (measured
