@@ -82,13 +82,15 @@ def main() -> None:
         except UserError as e:
             print(json.dumps({**base, "what": "render", "render_backend": "warp", "unavailable": str(e)}))
             backends.remove("warp")
+    n = min(max(args.batches), len(task.init_states))  # each official initial state once, then repeated
+    inits = jax.tree.map(lambda *x: jnp.stack(x), *[ls.init_data(task, mx, i) for i in range(n)])
     for look, size, backend in itertools.product(args.looks, args.sizes, backends):  # Warp next to JAX
         t0 = time.perf_counter()
         env = make_libero_env(args.suite, (args.task,), image_size=size, look=look, render_backend=backend)
         build_s = time.perf_counter() - t0
         for batch in args.batches:
-            data = [ls.init_data(task, mx, i % len(task.init_states)) for i in range(batch)]
-            stacked = jax.tree.map(lambda *x: jnp.stack(x), *data)
+            idx = jnp.arange(batch) % n
+            stacked = jax.tree.map(lambda x, idx=idx: x[idx], inits)
             first, dt = _timed(jax.jit(jax.vmap(env.render)), stacked, repeats=args.repeats)
             rec = {**base, "what": "render", "render_backend": backend, "look": look, "size": size,
                    "batch": batch, "s_per_call": round(dt, 4), "env_frames_per_s": round(batch / dt, 1),

@@ -102,7 +102,7 @@ class WarpRenderer:
         specular: bool = True,
         textures: bool = True,
         supersample: int = 1,
-        background_rgb: Sequence[float] = (0.80, 0.83, 0.86),
+        background_rgb: Sequence[float] = rnd.RenderConfig.sky_horizon_rgb,  # JAX draws a sky gradient
     ):
         if not warp_installed():
             raise UserError(f"the Warp renderer needs warp-lang: {INSTALL_HINT}")
