@@ -105,8 +105,8 @@ def test_env_builds_the_selected_backend_once(monkeypatch):
         return lambda data: jnp.zeros((2, size, size, 3), jnp.uint8)
 
     monkeypatch.setattr(lr, "upright_renderer", fake)
-    if not HAS_CUDA:  # the real check refuses first, naming the fix
-        with pytest.raises(UserError, match="NVIDIA GPU"):
+    if not (HAS_CUDA and HAS_WARP):  # the real check refuses first, naming the fix
+        with pytest.raises(UserError, match="NVIDIA GPU" if HAS_WARP else "uv sync --extra warp"):
             make_libero_env("libero_spatial", (0,), image_size=16, look="primitives", render_backend="warp")
         assert calls == []
     monkeypatch.setattr(rw, "check_warp_backend", lambda require_cuda=True: None)
