@@ -110,9 +110,8 @@ def _material_rgb(m: mujoco.MjModel, g: int) -> np.ndarray:
     rgb = np.asarray(m.mat_rgba[mat, :3], np.float64)
     tex = int(m.mat_texid[mat, _TEXROLE_RGB])
     if tex >= 0:
-        adr, n = int(m.tex_adr[tex]), int(m.tex_nchannel[tex])
-        size = int(m.tex_width[tex]) * int(m.tex_height[tex]) * n
-        texels = np.asarray(m.tex_data[adr : adr + size]).reshape(-1, n)[::7, : min(n, 3)]
+        n = int(m.tex_nchannel[tex])
+        texels = rnd.texture_texels(m, tex).reshape(-1, n)[::7, : min(n, 3)].astype(np.float64)
         rgb = rgb * texels.mean(0)[: 3 if n >= 3 else 1] / 255.0
     return rgb
 

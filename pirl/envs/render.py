@@ -65,6 +65,7 @@ _LIGHT_DIRECTIONAL = int(mujoco.mjtLightType.mjLIGHT_DIRECTIONAL)
 _TEXROLE_RGB = int(mujoco.mjtTextureRole.mjTEXROLE_RGB)
 _TEX_2D = int(mujoco.mjtTexture.mjTEXTURE_2D)
 _TEX_CUBE = int(mujoco.mjtTexture.mjTEXTURE_CUBE)
+_COLORSPACE_SRGB = int(mujoco.mjtColorSpace.mjCOLORSPACE_SRGB)
 _DEFAULT_GEOM_RGBA = np.array([0.5, 0.5, 0.5, 1.0], np.float32)
 _MAX_VISIBLE_GROUP = 2  # MuJoCo's viewer shows geom groups 0-2 by default; higher ones are helpers.
 _INF = float("inf")
@@ -219,6 +220,23 @@ def _geom_rgba(model: mujoco.MjModel, geom_id: int) -> np.ndarray:
     return rgba
 
 
+def texture_texels(model: mujoco.MjModel, texid: int) -> np.ndarray:
+    """A texture's texels u8[H, W, C] as MuJoCo's renderer samples them: a texture declared sRGB
+    (`colorspace="sRGB"`) is uploaded as an sRGB texture, which OpenGL decodes to linear values when it
+    samples (the framebuffer stays linear, so the picture gets darker and more contrasted than the
+    file); colour channels are decoded here, once, alpha is kept."""
+    adr, nchan = int(model.tex_adr[texid]), int(model.tex_nchannel[texid])
+    width, height = int(model.tex_width[texid]), int(model.tex_height[texid])
+    texels = np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8).reshape(height, width, nchan)
+    if int(model.tex_colorspace[texid]) != _COLORSPACE_SRGB:
+        return texels
+    c = texels[..., : min(nchan, 3)].astype(np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    out = texels.copy()
+    out[..., : min(nchan, 3)] = np.round(linear * 255.0).astype(np.uint8)
+    return out
+
+
 def _default_geom_ids(model: mujoco.MjModel) -> list[int]:
     ids = []
     for g in range(model.ngeom):
@@ -315,9 +333,8 @@ def prepare_scene(
         elif gtype == _MESH and uv is None:
             problem = "a 2D texture on a mesh without texture coordinates"
         if problem is not None and config.unmappable_textures == "mean":
-            adr, nchan = int(model.tex_adr[texid]), int(model.tex_nchannel[texid])
-            count = int(model.tex_width[texid]) * int(model.tex_height[texid]) * nchan
-            texel_rows = np.asarray(model.tex_data[adr : adr + count], np.float32).reshape(-1, nchan)
+            nchan = int(model.tex_nchannel[texid])
+            texel_rows = texture_texels(model, texid).reshape(-1, nchan).astype(np.float32)
             mean = texel_rows.mean(0)[np.minimum(np.arange(3), nchan - 1)] / 255.0
             rgb[i] = np.asarray(model.mat_rgba[mat, :3], np.float32) * mean
             continue
@@ -332,11 +349,9 @@ def prepare_scene(
             int(model.tex_nchannel[texid]),
         )
         if texid not in tex_offsets:
-            adr = int(model.tex_adr[texid])
-            level0 = np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8)
             tex_offsets[texid] = num_texels
             tex_mips[texid] = []
-            levels = [level0.reshape(height, width, nchan)]
+            levels = [texture_texels(model, texid)]
             if kind == _TEX_2D and config.mipmaps:
                 levels = render_mesh.mip_chain(levels[0])
             for level in levels:
