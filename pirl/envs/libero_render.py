@@ -130,6 +130,12 @@ def _is_floor(m: mujoco.MjModel, g: int) -> bool:
     return int(m.geom_type[g]) == _GEOM.mjGEOM_PLANE and int(m.geom_group[g]) <= 2 and m.geom_rgba[g, 3] > 0
 
 
+def _libero_draws(m: mujoco.MjModel, g: int) -> bool:
+    """What LIBERO's cameras show: robosuite renders with geom group 0 (its collision geoms) hidden and
+    MuJoCo's default groups 1-2 shown, whether or not a geom collides (the stove's base box does)."""
+    return int(m.geom_group[g]) in (1, 2) and m.geom_rgba[g, 3] > 0
+
+
 def _body_rgb(compiled: mujoco.MjModel, b: int) -> np.ndarray | None:
     """Colour of a body: the material colour of its largest visual geom (mesh vertices or volume)."""
     vis = [g for g in np.where(compiled.geom_bodyid == b)[0] if _is_visual(compiled, g)]
@@ -274,9 +280,9 @@ def _with_cameras(task: LiberoTask, scene: rnd.RenderScene, pos, quat, body) -> 
 
 
 def _mesh_cameras(task: LiberoTask, compiled: mujoco.MjModel, cfg: LiberoRenderConfig) -> LiberoCameras:
-    """The meshes look: LIBERO's compiled model's visual geoms (robosuite's collision geoms overlap
-    them) and its floor, with their materials, textures and the model's own lights."""
-    ids = [g for g in range(compiled.ngeom) if _is_visual(compiled, g) or _is_floor(compiled, g)]
+    """The meshes look: the geoms of LIBERO's compiled model that robosuite draws (groups 1-2; its
+    collision geoms in group 0 overlap them), with their materials, textures and the model's own lights."""
+    ids = [g for g in range(compiled.ngeom) if _libero_draws(compiled, g)]
     render_cfg = rnd.RenderConfig(
         shadows=cfg.shadows,
         specular=cfg.specular,
