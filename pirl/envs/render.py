@@ -236,7 +236,9 @@ def texture_texels(model: mujoco.MjModel, texid: int) -> np.ndarray:
     file); colour channels are decoded here, once, alpha is kept."""
     adr, nchan = int(model.tex_adr[texid]), int(model.tex_nchannel[texid])
     width, height = int(model.tex_width[texid]), int(model.tex_height[texid])
-    texels = np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8).reshape(height, width, nchan)
+    texels = np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8).reshape(
+        height, width, nchan
+    )
     if int(model.tex_colorspace[texid]) != _COLORSPACE_SRGB:
         return texels
     c = texels[..., : min(nchan, 3)].astype(np.float64) / 255.0
@@ -852,9 +854,7 @@ def _lighting_corners(scene: RenderScene, pos, mat, safe_idx, q: Vec3, n_local: 
             jnp.where(first[k], hi[k] if i else lo[k], jnp.where(second[k], hi[k] if j else lo[k], q[k]))
             for k in range(3)
         )
-        world = tuple(
-            pos[..., a] + sum(mat[..., a, b] * local[b] for b in range(3)) for a in range(3)
-        )
+        world = tuple(pos[..., a] + sum(mat[..., a, b] * local[b] for b in range(3)) for a in range(3))
         weight = (f1 if i else 1.0 - f1) * (f2 if j else 1.0 - f2)
         corners.append((world, n, weight))
     if mesh_hit is not None:
@@ -966,7 +966,9 @@ def _shade(
         for li in range(len(scene.light_directional)):
             direction, _, scale = to_light(li, p)
             scale = scale * shadowed.get(li, 1.0)
-            diffuse, spec = add(diffuse, spec, direction, scene.light_diffuse[li], scene.light_specular[li], scale)
+            diffuse, spec = add(
+                diffuse, spec, direction, scene.light_diffuse[li], scene.light_specular[li], scale
+            )
         diffuse, spec = add(diffuse, spec, cam_z, scene.headlight_diffuse, scene.headlight_specular, 1.0)
         return jnp.minimum(base * diffuse + spec, 1.0)
 
