@@ -65,9 +65,10 @@ class LiberoRenderConfig:
     tapered hand filled the bottom quarter of the wrist camera's view, where LIBERO shows the table)."""
     hand_body: str = "gripper0_right_gripper"
     """Body drawn with `hand_boxes` instead of the MJX scene's single hand box."""
-    look: Literal["primitives", "meshes"] = "primitives"
-    """primitives: the fitted boxes / capsules above in flat colours; meshes: LIBERO's own visual meshes
-    (decimated to `mesh_max_triangles`) and 2D textures (cube textures in their mean colour)."""
+    look: Literal["primitives", "meshes"] = "meshes"
+    """meshes: LIBERO's own visual meshes (decimated to `mesh_max_triangles`) and textures (the
+    default, also the env's: what a LIBERO-trained policy saw); primitives: the fitted boxes /
+    capsules above in flat colours (several times cheaper)."""
     mesh_max_triangles: int = 2000
     """meshes: triangle budget per mesh geom (vertex-clustering decimation at build time)."""
     mesh_tile_capacity: int = 256
