@@ -229,20 +229,23 @@ def body_labels(m) -> tuple[np.ndarray, list[str]]:
 def mujoco_views(
     m, qpos: np.ndarray, size: int, cameras: dict[str, str]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """MuJoCo's own render of a model at qpos: per key (RGB u8[S, S, 3], body id i32[S, S] with -1
-    for no geom), both in LIBERO's raw orientation (mujoco.Renderer returns upright rows)."""
+    """MuJoCo's own render of a model at qpos as robosuite draws it (geom group 0, its collision
+    geoms, hidden): per key (RGB u8[S, S, 3], body id i32[S, S] with -1 for no geom), both in
+    LIBERO's raw orientation (mujoco.Renderer returns upright rows)."""
     import mujoco
 
     d = mujoco.MjData(m)
     d.qpos[:] = qpos
     mujoco.mj_forward(m, d)
+    option = mujoco.MjvOption()
+    option.geomgroup[0] = 0
     out = {}
     with mujoco.Renderer(m, size, size) as r:
         for key, cam in cameras.items():
-            r.update_scene(d, camera=cam)
+            r.update_scene(d, camera=cam, scene_option=option)
             rgb = r.render().copy()
             r.enable_segmentation_rendering()
-            r.update_scene(d, camera=cam)
+            r.update_scene(d, camera=cam, scene_option=option)
             seg = r.render()
             r.disable_segmentation_rendering()
             geom = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
