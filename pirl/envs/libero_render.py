@@ -6,9 +6,9 @@
 The cameras are LIBERO's own (`agentview`, `robot0_eye_in_hand`: the rebuilt model keeps their
 bodies, poses and fovy). What is drawn depends on `LiberoRenderConfig.look`:
 
-- `meshes`: LIBERO's compiled model's visual geoms (its meshes, decimated to
-  `mesh_max_triangles`, with their 2D textures; cube textures in their mean colour) and its floor,
-  lit by the model's own lights (`pirl.envs.render_mesh`);
+- `meshes` (the default): the geoms of LIBERO's compiled model that robosuite draws (groups 1-2;
+  its meshes decimated to `mesh_max_triangles`, with their textures) lit by the model's own lights
+  (`pirl.envs.render_mesh`);
 - `primitives` (about 7x cheaper to draw on the CPU): the MJX scene's own geoms (each object's and
   fixture's fitted boxes, the gripper's boxes, the forearm capsule) except its contact plane,
   LIBERO's visual primitives (walls, floor, table top and legs, the mount's torso), one capsule
