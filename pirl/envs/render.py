@@ -8,9 +8,11 @@ ambient + Lambertian diffuse (+ Blinn-Phong specular) from the model's lights an
 optional hard shadows (one shadow ray per pixel towards the first shadow-casting light; primitives
 cast them, meshes do not yet) and textures as MuJoCo's OpenGL renderer maps them: 2D ones on planes
 and boxes (per face) and on meshes (per-vertex texture coordinates), trilinearly filtered over
-mip-maps, cube maps on boxes. As in fixed-function OpenGL (MuJoCo), the lit colour saturates
-before the texture modulates it, and the headlight shines along the camera's axis. docs/render.md
-has the measurements against mujoco.Renderer.
+mip-maps, cube maps on boxes, sRGB textures decoded. As in fixed-function OpenGL (MuJoCo's
+renderer): the light is computed per vertex (mesh triangle corners, the corners of the quads MuJoCo
+draws planes and boxes with) and interpolated, ambient + diffuse + specular saturate together before
+the texture modulates them, and the headlight shines along the camera's axis. docs/render.md has
+the measurements against mujoco.Renderer.
 
 Usage:
     scene = prepare_scene(mj_model)                       # host side, once
