@@ -423,7 +423,8 @@ def test_triangles_crossing_the_camera_plane_do_not_crowd_out_the_view():
 def test_libero_with_real_meshes_against_real_libero():
     """benchmarks/render_libero_meshes.py end to end (the real LIBERO in a spawned process, ~1 min):
     LIBERO's own meshes and textures drawn by pirl at libero_spatial task 0, init 0, 128 px, against
-    the real LIBERO's frames. Measured 23.9 dB / 0.875 SSIM agentview, 19.1 dB / 0.795 wrist."""
+    the real LIBERO's frames. Measured 23.99 dB / 0.869 SSIM agentview, 25.48 dB / 0.882 wrist
+    (before the sRGB, per-vertex lighting and group fixes: 23.9 / 0.875 and 19.1 / 0.795)."""
     pytest.importorskip("libero")
     import json
     import pathlib
@@ -439,4 +440,4 @@ def test_libero_with_real_meshes_against_real_libero():
     out = run.stdout
     records = {r["camera"]: r for r in map(json.loads, (x for x in out.splitlines() if x.startswith("{")))}
     assert records["agentview_image"]["psnr_db"] > 23.0 and records["agentview_image"]["ssim"] > 0.85
-    assert records["wrist_image"]["psnr_db"] > 18.0 and records["wrist_image"]["ssim"] > 0.77
+    assert records["wrist_image"]["psnr_db"] > 24.5 and records["wrist_image"]["ssim"] > 0.86
