@@ -78,6 +78,8 @@ class ArticPlanState:
     start_mat: np.ndarray | None = None
     """Grip orientation at the first step, restored at the end ("upright") so that a next plan starts
     pointing down."""
+    start_pos: np.ndarray | None = None
+    """Grip position at the first step, returned to at the end ("upright")."""
     twist_from: tuple[float, np.ndarray] | None = None
     """Knob: (joint value, grip orientation) when the twist began."""
 
@@ -197,6 +199,14 @@ def _facing(view: ArticView, into: np.ndarray) -> np.ndarray:
     return best[1]
 
 
+def _upright_want(view: ArticView, state: ArticPlanState, ref: np.ndarray) -> np.ndarray:
+    """The plan's orientation until the grip is back within 5 cm of where it started, then the
+    starting one: turned upright far out (a top drawer pulled open), the stretched arm reached
+    its elbow limit and stalled (a singular pose the OSC cannot leave)."""
+    near = np.linalg.norm(view.grip_pos - state.start_pos) < 0.05
+    return state.start_mat if near else ref
+
+
 def articulated_action(
     cfg: LiberoPlanConfig, geo: ArticGeometry, view: ArticView, state: ArticPlanState
 ) -> tuple[np.ndarray, ArticPlanState]:
@@ -206,7 +216,7 @@ def articulated_action(
     past = view.q >= geo.q_goal if geo.increase else view.q <= geo.q_goal
     name = ARTIC_PHASES[state.phase]
     if state.start_mat is None:
-        state = dataclasses.replace(state, start_mat=view.grip_mat)
+        state = dataclasses.replace(state, start_mat=view.grip_mat, start_pos=view.grip_pos)
     ref = state.ref_mat
     if geo.kind == "slide":
         if ref is None:
@@ -237,10 +247,11 @@ def articulated_action(
             goal = view.grip_pos
         elif name == "retreat":
             goal = handle + out_w * stand
-        else:  # upright, done: rise and turn back (the arm stalls short of upright far out: the next
-            # plan starts from here and takes the orientation of the first step)
-            goal = handle + out_w * stand + np.array([0.0, 0.0, 0.1])
-        want = state.start_mat if name in ("upright", "done") else ref
+        else:  # upright, done: back to where the plan started, then turn back
+            goal = state.start_pos
+        want = ref
+        if name in ("upright", "done"):
+            want = _upright_want(view, state, ref)
     else:  # a knob: down over its axis, grasp, twist about the axis
         if ref is None:
             want_axis, have = view.body_mat @ geo.narrow, view.finger_axis
@@ -262,8 +273,9 @@ def articulated_action(
             state = dataclasses.replace(state, twist_from=(q0, mat0))
             want = _axis_rot(axis_w, geo.q_goal - q0 + 0.1 * np.sign(geo.q_goal - q0)) @ mat0
         else:  # retreat, upright, done
-            goal = handle + axis_w * 0.12
-            want = state.start_mat if name in ("upright", "done") else ref
+            goal = handle + axis_w * 0.12 if name == "retreat" else state.start_pos
+            if name in ("upright", "done"):
+                want = _upright_want(view, state, ref)
     err = goal - view.grip_pos
     speed = cfg.carry_speed if name == "move" else 1.0
     a_pos = np.clip(err / 0.05 * cfg.pos_gain, -speed, speed)
