@@ -396,6 +396,9 @@ class LiberoPlanConfig:
     """Control steps to close or open the gripper."""
     phase_timeout: int = 60
     """Steps after which a moving phase gives up waiting for its waypoint and moves on."""
+    artic_clearance: float = 0.06
+    """Articulated plan: height over a drawer's handle at which the grip turns to face it (the turned
+    hand reaches 0.1 m below the grip)."""
     half_close_steps: int = 4
     """Articulated plan (pirl.envs.libero_artic_expert): closing steps that take the open fingers to
     about half open before they straddle a drawer handle."""

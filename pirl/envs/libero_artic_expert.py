@@ -232,7 +232,7 @@ def articulated_action(
             grip = -1.0
         stand = 0.12
         if name == "orient":
-            goal = handle + out_w * stand + np.array([0.0, 0.0, 0.06])
+            goal = handle + out_w * stand + np.array([0.0, 0.0, cfg.artic_clearance])
         elif name == "align":
             goal = handle + out_w * stand
         elif name == "insert":
