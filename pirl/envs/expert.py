@@ -399,6 +399,9 @@ class LiberoPlanConfig:
     artic_clearance: float = 0.06
     """Articulated plan: height over a drawer's handle at which the grip turns to face it (the turned
     hand reaches 0.1 m below the grip)."""
+    artic_roll: float = 0.5
+    """Articulated plan: the facing grip's turn (rad) about its approach axis, so that the hand (0.2 m
+    along the closing axis) does not reach straight down onto what stands below a drawer's handle."""
     half_close_steps: int = 4
     """Articulated plan (pirl.envs.libero_artic_expert): closing steps that take the open fingers to
     about half open before they straddle a drawer handle."""

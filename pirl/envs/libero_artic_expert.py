@@ -174,9 +174,9 @@ def _axis_rot(axis: np.ndarray, angle: float) -> np.ndarray:
     return r.reshape(3, 3)
 
 
-def _facing(view: ArticView, into: np.ndarray) -> np.ndarray:
-    """Grip orientation with its approach axis (site z) along `into` and the fingers closing vertically,
-    the one of the two nearest the current orientation."""
+def _facing(view: ArticView, into: np.ndarray, roll: float = 0.0) -> np.ndarray:
+    """Grip orientation with its approach axis (site z) along `into` and the fingers closing vertically
+    (turned by `roll` about the approach axis), the one of the two nearest the current orientation."""
     closing_local = view.grip_mat.T @ view.finger_axis
     best = None
     for up in (1.0, -1.0):
@@ -185,6 +185,7 @@ def _facing(view: ArticView, into: np.ndarray) -> np.ndarray:
         c_world = np.array([0.0, 0.0, up])
         c_world = c_world - z * (c_world @ z)
         c_world /= np.linalg.norm(c_world)
+        c_world = np.cos(roll) * c_world + np.sin(roll) * np.cross(z, c_world)
         # closing_local lies in the site's xy plane (the fingers move across the approach axis)
         cl = closing_local - np.array([0.0, 0.0, closing_local[2]])
         cl /= np.linalg.norm(cl)
@@ -220,7 +221,7 @@ def articulated_action(
     ref = state.ref_mat
     if geo.kind == "slide":
         if ref is None:
-            ref = _facing(view, -out_w)
+            ref = _facing(view, -out_w, cfg.artic_roll)
         # pulling: half closed on the way in (fully open, the fingers' outer faces reach 66 mm from the
         # grip axis: into the handles 70 mm above and below), closed on the handle, open to let go;
         # pushing: closed throughout. robosuite's gripper moves by the action's sign (0 holds).
