@@ -9,7 +9,8 @@ LIBERO, the host copy of an mjx.Data in pirl's scene), and returns robosuite OSC
   into the cabinet, closing vertically: a top-down grasp of a drawer's handle is blocked by the
   handle of the drawer above), comes in front of the handle, then either grasps it and pulls along
   the drawer's outward axis (open) or pushes it in with closed fingers (close), each until the joint
-  is past the goal's threshold (closed loop on the joint value), then backs off.
+  is past the goal's threshold (closed loop on the joint value), then backs off, returns to where it
+  started and turns back to its starting orientation (so that a next plan starts pointing down).
 - A hinge about the vertical (a stove's knob): the grip comes down over the joint's axis, closes
   across the knob's narrow horizontal side, twists about the axis until the joint is past the
   threshold, releases and rises.
@@ -28,7 +29,7 @@ import numpy as np
 from pirl.envs.expert import LiberoPlanConfig, rotation_error
 
 ARTIC_PHASES = ("orient", "align", "insert", "close", "move", "release", "retreat", "upright", "done")
-"""Phases of the articulated plan, in order (a knob skips "orient": it approaches from above)."""
+"""Phases of the articulated plan, in order (for a knob "orient" and "align" are one waypoint above it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,8 @@ class ArticView:
 
 @dataclasses.dataclass(frozen=True)
 class ArticPlanState:
+    """Where the articulated plan is: phase index (ARTIC_PHASES), steps spent in it, held orientations."""
+
     phase: int = 0
     steps: int = 0
     ref_mat: np.ndarray | None = None
