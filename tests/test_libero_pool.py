@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pirl.envs.libero_pool import EpisodeSpec, LiberoPool
+from pirl.envs.libero_pool import EpisodeSpec, LiberoPool, set_gl_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,20 @@ def test_workers_die_with_their_parent(sig):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_gl_environment_overrides_an_inherited_pyopengl_platform():
+    """A child inherits PYOPENGL_PLATFORM=egl from a parent that imported robosuite without MUJOCO_GL; with
+    MUJOCO_GL=osmesa robosuite's import then fails (nightly test_render_mesh did, under xdist)."""
+    env = {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "egl"}
+    set_gl_environment(env)
+    assert env == {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"}
+    env = {"MUJOCO_GL": "glfw", "PYOPENGL_PLATFORM": "osmesa"}
+    set_gl_environment(env)
+    assert env == {"MUJOCO_GL": "glfw"}
+    env = {}
+    set_gl_environment(env)
+    assert env["MUJOCO_GL"] in ("egl", "osmesa") and env["PYOPENGL_PLATFORM"] == env["MUJOCO_GL"]
 
 
 def test_bad_requests_fail_early():

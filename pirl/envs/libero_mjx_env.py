@@ -9,9 +9,10 @@ one LIBERO task (`pirl.envs.libero_scene`):
   (`pirl.envs.osc`), LIBERO's 50 official initial states;
 - reset: the initial state, the controller reset, then `settle_steps` (10, as openpi's LIBERO
   evaluation) no-op steps with the gripper open; the episode's step counter starts after them;
-- obs: `state` = LIBERO's 8-D state (`libero_scene.libero_state`), and with `render` the JAX
-  renderer's images of LIBERO's `agentview` and `robot0_eye_in_hand` cameras (`wrist_image`),
-  upright as in `ManipEnv` (see `libero_render_fn`; `look`: fitted primitives or LIBERO's meshes);
+- obs: `state` = LIBERO's 8-D state (`libero_scene.libero_state`), and with `render` the images of
+  LIBERO's `agentview` and `robot0_eye_in_hand` cameras (`wrist_image`), upright as in `ManipEnv`
+  (see `libero_render_fn`; `look`: fitted primitives or LIBERO's meshes; `render_backend`: pirl's JAX
+  renderer or MJX's MuJoCo Warp one on NVIDIA GPUs);
 - reward: success (LIBERO's BDDL goal, `pirl.envs.libero_predicates`) as `ManipEnv` pays it: 1 on
   the step success is first reached (`terminate_on_success`, episode ends) or 1 on every step with
   success (RLinf's ignore_terminations);
@@ -74,10 +75,15 @@ class LiberoEnvConfig:
     """Camera images: LIBERO's meshes and textures (default: 7-8 dB closer to LIBERO's own frames, which a
     LIBERO-trained policy saw; 7x primitives' render cost on CPU, 37% of a 5-step chunk's time at 56 px,
     75% at 128 px; docs/libero_mjx.md, "Looks") or fitted primitives."""
+    render_backend: Literal["jax", "warp"] = "jax"
+    """Who draws `look`: pirl's JAX renderer (any device) or MJX's MuJoCo Warp renderer (NVIDIA GPU and the
+    `warp` extra; docs/libero_mjx.md, "Render backends"). Same image arrays either way."""
 
     def __post_init__(self):
         if self.look not in ("primitives", "meshes"):
             raise UserError(f"look must be 'primitives' or 'meshes', got {self.look!r}")
+        if self.render_backend not in ("jax", "warp"):
+            raise UserError(f"render_backend must be 'jax' or 'warp', got {self.render_backend!r}")
         if self.batching not in ("vmap", "map"):
             raise UserError(f"batching must be 'vmap' or 'map', got {self.batching!r}")
         if self.image_size < 8:
@@ -91,17 +97,13 @@ class LiberoEnvConfig:
 RenderFn = Callable[[mjx.Data], jax.Array]
 
 
-def libero_render_fn(cams: lr.LiberoCameras, size: int) -> RenderFn:
-    """data -> u8[2, S, S, 3] upright: LIBERO's agentview and eye-in-hand cameras, drawn by pirl's JAX
-    renderer from cameras prepared once by `lr.libero_cameras` (in their look). The one place the
-    faithful env makes images."""
+def libero_render_fn(cams: lr.LiberoCameras, size: int, backend: str = "jax") -> RenderFn:
+    """data -> u8[2, S, S, 3] upright: LIBERO's agentview and eye-in-hand cameras, from cameras prepared
+    once by `lr.libero_cameras` (in their look), drawn by `backend` (pirl's JAX renderer or MJX's Warp
+    one; `lr.upright_renderer`). The one place the faithful env makes images."""
     if tuple(lr.LIBERO_CAMERAS.values()) != CAMERAS:
         raise ValueError("libero_render's cameras are not the env's CAMERAS")
-
-    def fn(data: mjx.Data) -> jax.Array:
-        return lr.render_upright(cams, data, size)
-
-    return fn
+    return lr.upright_renderer(cams, size, backend)
 
 
 def suite_prompts(suite: str) -> list[str]:
@@ -121,6 +123,10 @@ class LiberoMJXEnv:
 
     def __init__(self, suite: str, task_id: int, config: LiberoEnvConfig, render_fn: RenderFn | None = None):
         check_suite(suite, task_id)
+        if config.render and render_fn is None and config.render_backend == "warp":
+            from pirl.envs.render_warp import check_warp_backend
+
+            check_warp_backend(require_cuda=True)  # before any build: say what to install or change
         self.suite_name = suite
         self.config = config
         self.task = ls.load_task(suite, task_id, config.scene)
@@ -144,8 +150,9 @@ class LiberoMJXEnv:
         self.state_dim = 8
         self.image_keys = IMAGE_KEYS if config.render else ()
         self._cams: lr.LiberoCameras | None = None  # prepared on first use (~3 s with meshes), then kept
+        self._render_fns: dict[int, RenderFn] = {}  # per image size (Warp builds a renderer per size)
         if config.render and render_fn is None:
-            render_fn = libero_render_fn(self.cameras(), config.image_size)
+            render_fn = self._render_fn(config.image_size)
         self._render = render_fn if config.render else None
         self._data0 = mjx.make_data(m, device=jax.local_devices()[0])
 
@@ -258,11 +265,16 @@ class LiberoMJXEnv:
             self._cams = lr.libero_cameras(self.task, lr.LiberoRenderConfig(look=self.config.look))
         return self._cams
 
+    def _render_fn(self, size: int) -> RenderFn:
+        if size not in self._render_fns:
+            self._render_fns[size] = libero_render_fn(self.cameras(), size, self.config.render_backend)
+        return self._render_fns[size]
+
     def render(self, data: mjx.Data, size: int | None = None) -> jax.Array:
         """u8[2, S, S, 3] images of LIBERO's cameras (for videos); any size from the one prepared scene."""
         if size is None and self._render is not None:
             return self._render(data)
-        return libero_render_fn(self.cameras(), size or self.config.image_size)(data)
+        return self._render_fn(size or self.config.image_size)(data)
 
 
 def make_libero_env(

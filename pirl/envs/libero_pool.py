@@ -52,7 +52,7 @@ import time
 import traceback
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, ClassVar
 
@@ -96,10 +96,21 @@ def render_backend() -> str:
     return "egl" if pathlib.Path("/dev/nvidiactl").exists() else "osmesa"
 
 
+def set_gl_environment(environ: MutableMapping[str, str]) -> None:
+    """Make `environ` (os.environ, or a child process's) choose one GL backend for MuJoCo and PyOpenGL:
+    MUJOCO_GL as set, else `render_backend()`; PYOPENGL_PLATFORM always made to agree with it. An
+    inherited PYOPENGL_PLATFORM is not trusted: robosuite and mujoco.egl set it to "egl" when imported
+    without MUJOCO_GL, and a child started with MUJOCO_GL=osmesa beside it fails to import robosuite."""
+    gl = environ.setdefault("MUJOCO_GL", render_backend())
+    if gl in ("egl", "osmesa"):
+        environ["PYOPENGL_PLATFORM"] = gl
+    elif environ.get("PYOPENGL_PLATFORM") in ("egl", "osmesa"):
+        del environ["PYOPENGL_PLATFORM"]  # glfw / glx: PyOpenGL's own default
+
+
 def require_libero() -> Any:
     """Import LIBERO's benchmark module (setting rendering defaults first); a clear error if missing."""
-    os.environ.setdefault("MUJOCO_GL", render_backend())
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    set_gl_environment(os.environ)
     try:
         from libero.libero import benchmark
     except ImportError as e:
@@ -463,8 +474,7 @@ class _Process:
         self.index = index
         parent_sock, child_sock = socket.socketpair()
         env = dict(os.environ)
-        env.setdefault("MUJOCO_GL", render_backend())
-        env.setdefault("PYOPENGL_PLATFORM", env["MUJOCO_GL"])
+        set_gl_environment(env)
         code = f"from pirl.envs.libero_pool import _worker_main; _worker_main({child_sock.fileno()}, {os.getpid()})"
         with warnings.catch_warnings():
             # JAX warns on every fork of its (multithreaded) process; Popen's fork is followed directly

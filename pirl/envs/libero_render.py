@@ -16,6 +16,10 @@ bodies, poses and fovy). What is drawn depends on `LiberoRenderConfig.look`:
   no geometry for them: they never touch anything), each body in the mean colour of its visual
   material's texture (times the material colour).
 
+`upright_renderer(cams, size, backend)` draws the same arrays with pirl's JAX renderer or MJX's
+MuJoCo Warp one (`pirl.envs.render_warp`: NVIDIA GPU, `warp` extra; `LiberoCameras.model` is what it
+uploads).
+
 `render_libero_cameras` returns LIBERO's raw renders: upside down (rows reversed; robosuite returns
 OpenGL's bottom-up rows), for comparing with the real LIBERO; the policy-side transform of that
 path is openpi's 180 degree rotation (`pirl.policies.env_io.EnvAdapter.rotate_images`).
@@ -28,6 +32,7 @@ The extra geoms are not in the MJX model: their world poses come from the body p
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -95,6 +100,12 @@ class LiberoCameras:
     """Body id of each camera."""
     camera_keys: tuple[str, ...] = struct.field(pytree_node=False)
     """Observation keys, in output order (LIBERO_CAMERAS)."""
+    model: mujoco.MjModel | None = struct.field(pytree_node=False, default=None)
+    """Host model the scene was prepared from (what the Warp backend uploads)."""
+    model_geom_ids: tuple[int, ...] = struct.field(pytree_node=False, default=())
+    """Ids in `model` of the drawn geoms, in scene order."""
+    model_cam_ids: tuple[int, ...] = struct.field(pytree_node=False, default=())
+    """Ids in `model` of the cameras of `camera_keys`, in order."""
 
 
 def _quat_mat(q: np.ndarray) -> np.ndarray:
@@ -245,16 +256,21 @@ def libero_cameras(
         geom.size = np.asarray(size, np.float64)
         geom.rgba = np.concatenate([np.clip(rgb, 0, 1), [1.0]])
         geom.contype = geom.conaffinity = 0
-    spec.worldbody.add_camera().name = "unused"
+    for cam in LIBERO_CAMERAS.values():  # for the Warp backend (poses come from the data at render time)
+        spec.worldbody.add_camera(name=cam, fovy=float(model.cam_fovy[model.camera(cam).id]))
     host = spec.compile()
     render_cfg = rnd.RenderConfig(shadows=cfg.shadows, specular=cfg.specular, textures=False,
                                   supersample=cfg.supersample)  # fmt: skip
     scene = rnd.prepare_scene(host, list(range(host.ngeom)), render_cfg)
-    return _with_cameras(task, scene, [g[2] for g in geoms], [g[3] for g in geoms], [g[1] for g in geoms])
+    return _with_cameras(task, scene, [g[2] for g in geoms], [g[3] for g in geoms], [g[1] for g in geoms],
+                         host, range(host.ngeom))  # fmt: skip
 
 
-def _with_cameras(task: LiberoTask, scene: rnd.RenderScene, pos, quat, body) -> LiberoCameras:
-    """LiberoCameras over a prepared scene of G geoms (local poses on their bodies) and LIBERO's cameras."""
+def _with_cameras(
+    task: LiberoTask, scene: rnd.RenderScene, pos, quat, body, host: mujoco.MjModel, host_geoms
+) -> LiberoCameras:
+    """LiberoCameras over a prepared scene of G geoms (local poses on their bodies) and LIBERO's cameras;
+    `host` holds the G geoms at ids `host_geoms` and cameras named as LIBERO's."""
     model = task.model
     cam_ids = []
     for key, cam in LIBERO_CAMERAS.items():
@@ -277,6 +293,9 @@ def _with_cameras(task: LiberoTask, scene: rnd.RenderScene, pos, quat, body) -> 
         geom_body=tuple(int(b) for b in body),
         cam_body=tuple(int(model.cam_bodyid[c]) for c in cam_ids),
         camera_keys=tuple(LIBERO_CAMERAS),
+        model=host,
+        model_geom_ids=tuple(int(g) for g in host_geoms),
+        model_cam_ids=tuple(int(host.camera(cam).id) for cam in LIBERO_CAMERAS.values()),
     )
 
 
@@ -299,7 +318,7 @@ def _mesh_cameras(task: LiberoTask, compiled: mujoco.MjModel, cfg: LiberoRenderC
     scene = scene.replace(geom_ids=tuple(range(len(ids))))
     return _with_cameras(
         task, scene, [compiled.geom_pos[g] for g in ids], [compiled.geom_quat[g] for g in ids],
-        [compiled.geom_bodyid[g] for g in ids],
+        [compiled.geom_bodyid[g] for g in ids], compiled, ids,
     )  # fmt: skip
 
 
@@ -324,11 +343,32 @@ def render_upright(cams: LiberoCameras, data, size: int) -> jax.Array:
     return rnd.render(cams.scene, posed(cams, data), tuple(range(len(cams.camera_keys))), size, size)
 
 
+def upright_renderer(cams: LiberoCameras, size: int, backend: str = "jax") -> Callable[..., jax.Array]:
+    """`render_upright(cams, ., size)` drawn by `backend` (LiberoEnvConfig.render_backend): the same
+    u8[C, size, size, 3] for one env's data; jit and vmap at the caller. "warp" builds MJX's Warp model
+    here (once) and a render context per batch size on first use (`pirl.envs.render_warp`)."""
+    if backend == "jax":
+        return lambda data: render_upright(cams, data, size)
+    if backend != "warp":
+        raise UserError(f"render_backend must be 'jax' or 'warp', got {backend!r}")
+    from pirl.envs.render_warp import WarpRenderer
+
+    cfg = cams.scene.config
+    wr = WarpRenderer(cams.model, cams.model_geom_ids, cams.model_cam_ids, size, shadows=cfg.shadows,
+                      specular=cfg.specular, textures=cfg.textures, supersample=cfg.supersample)  # fmt: skip
+    return lambda data: wr(posed(cams, data))
+
+
+def raw_images(keys: tuple[str, ...], upright: jax.Array) -> dict[str, jax.Array]:
+    """u8[C, S, S, 3] upright (either backend) -> LIBERO's raw image per observation key of `keys`
+    (`LiberoCameras.camera_keys`), rows reversed."""
+    return {k: upright[i, ::-1] for i, k in enumerate(keys)}
+
+
 def render_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax.Array]:
     """LIBERO's camera images u8[size, size, 3] per observation key, raw (upside down, as LIBERO's);
     `data` as `render_upright`."""
-    rgb = render_upright(cams, data, size)
-    return {k: rgb[i, ::-1] for i, k in enumerate(cams.camera_keys)}
+    return raw_images(cams.camera_keys, render_upright(cams, data, size))
 
 
 def segment_libero_cameras(cams: LiberoCameras, data, size: int) -> dict[str, jax.Array]:

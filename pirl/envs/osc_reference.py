@@ -261,8 +261,9 @@ def compare_with_libero(
     """The real LIBERO env, robosuite on the robot-only model (MuJoCo C) and pirl's MJX OSC, each
     from LIBERO's reset + set_init_state + `settle` idle steps, under the same actions. The first
     must reproduce LIBERO's robot exactly; the rows also give LIBERO's gain figures."""
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
-    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    from pirl.envs.libero_pool import set_gl_environment
+
+    set_gl_environment(os.environ)
     _import_robosuite()
     from libero.libero import benchmark, get_libero_path
     from libero.libero.envs import OffScreenRenderEnv

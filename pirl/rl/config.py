@@ -65,6 +65,9 @@ class EnvSpec:
     libero_look: Literal["primitives", "meshes"] = "meshes"
     """LIBERO's tasks in MJX: camera images of fitted primitives or of LIBERO's meshes and textures
     (`LiberoEnvConfig.look`)."""
+    libero_render_backend: Literal["jax", "warp"] = "jax"
+    """LIBERO's tasks in MJX: who draws the camera images, pirl's JAX renderer or MJX's MuJoCo Warp one
+    (NVIDIA GPU and the `warp` extra; `LiberoEnvConfig.render_backend`)."""
     settle_steps: int = 15
     """libero, and LIBERO's tasks in MJX: no-op steps with the gripper open after each reset while objects
     settle (RLinf: 15)."""

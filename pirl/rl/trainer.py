@@ -80,7 +80,12 @@ def make_rl_env(cfg: RLConfig) -> Any:
 
     # LIBERO's own tasks in MJX: one compiled model per task, settled like the libero backend
     faithful = (
-        {"task_ids": cfg.env.task_ids, "settle_steps": cfg.env.settle_steps, "look": cfg.env.libero_look}
+        {
+            "task_ids": cfg.env.task_ids,
+            "settle_steps": cfg.env.settle_steps,
+            "look": cfg.env.libero_look,
+            "render_backend": cfg.env.libero_render_backend,
+        }
         if cfg.env.name in FAITHFUL_SUITES
         else {}
     )
