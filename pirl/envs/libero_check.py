@@ -234,20 +234,23 @@ def body_labels(m) -> tuple[np.ndarray, list[str]]:
 def mujoco_views(
     m, qpos: np.ndarray, size: int, cameras: dict[str, str]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """MuJoCo's own render of a model at qpos: per key (RGB u8[S, S, 3], body id i32[S, S] with -1
-    for no geom), both in LIBERO's raw orientation (mujoco.Renderer returns upright rows)."""
+    """MuJoCo's own render of a model at qpos as robosuite draws it (geom group 0, its collision
+    geoms, hidden): per key (RGB u8[S, S, 3], body id i32[S, S] with -1 for no geom), both in
+    LIBERO's raw orientation (mujoco.Renderer returns upright rows)."""
     import mujoco
 
     d = mujoco.MjData(m)
     d.qpos[:] = qpos
     mujoco.mj_forward(m, d)
+    option = mujoco.MjvOption()
+    option.geomgroup[0] = 0
     out = {}
     with mujoco.Renderer(m, size, size) as r:
         for key, cam in cameras.items():
-            r.update_scene(d, camera=cam)
+            r.update_scene(d, camera=cam, scene_option=option)
             rgb = r.render().copy()
             r.enable_segmentation_rendering()
-            r.update_scene(d, camera=cam)
+            r.update_scene(d, camera=cam, scene_option=option)
             seg = r.render()
             r.disable_segmentation_rendering()
             geom = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
@@ -493,13 +496,17 @@ def _view(m, d, obj_body: int, target: tuple[str, int]):
 
 
 def real_pick_place(
-    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg
-) -> list[dict]:
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg,
+    record_every: int = 0, size: int = 128,
+) -> list[dict]:  # fmt: skip
     """The plan in the real LIBERO (reading the real simulator), per initial state: LIBERO's own
-    success (first step), the final qpos, the phase reached (run it in a spawned process)."""
+    success (first step), the final qpos, the phase reached (run it in a spawned process). With
+    `record_every` > 0 also "trajectory": the qpos, phase and raw camera frames (`size` px, pirl's
+    keys) every that many steps from the settled state."""
     from pirl.envs.expert import PHASES, PlanState, pick_place_action
+    from pirl.envs.libero_pool import CAMERA_KEYS
 
-    env, task_suite = make_libero_env(suite, task_id)
+    env, task_suite = make_libero_env(suite, task_id, cameras=record_every > 0, size=size)
     obj, target = pick_place_goal({"goal": env.env.parsed_problem["goal_state"]})
     m = env.sim.model._model
     ob, tb = _body(m, obj), _target(m, target)
@@ -510,20 +517,27 @@ def real_pick_place(
         for init_id in init_ids:
             np.random.seed(BUILD_SEED)
             env.reset()
-            env.set_init_state(inits[init_id])
+            obs = env.set_init_state(inits[init_id])
             for _ in range(settle):
-                env.step(list(SETTLE_ACTION))
+                obs, _, _, _ = env.step(list(SETTLE_ACTION))
             state, first = PlanState(), -1
+            trajectory: dict = {"qpos": [], "phase": [], "frames": {k: [] for k in CAMERA_KEYS.values()}}
             for t in range(steps):
+                if record_every and t % record_every == 0:
+                    trajectory["qpos"].append(np.array(env.sim.data.qpos))
+                    trajectory["phase"].append(PHASES[state.phase])
+                    for raw, ours in CAMERA_KEYS.items():
+                        trajectory["frames"][ours].append(np.array(obs[raw]))
                 action, state = pick_place_action(plan_cfg, geo, _view(m, env.sim.data._data, ob, tb), state)
-                _, _, done, _ = env.step(action.tolist())
+                obs, _, done, _ = env.step(action.tolist())
                 if done and first < 0:
                     first = t + 1
                 if PHASES[state.phase] == "done":
                     break
-            out.append(
-                {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase]}
-            )
+            rec = {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase]}
+            if record_every:
+                rec["trajectory"] = trajectory
+            out.append(rec)
     finally:
         env.close()
     return out
