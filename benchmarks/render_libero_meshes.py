@@ -1,9 +1,10 @@
 """LIBERO drawn with its real meshes and textures by pirl's JAX renderer, against the real LIBERO.
 
 The real LIBERO (a spawned process, osmesa) resets a task to an init state and settles it as
-`pirl.envs.libero_check --checks images` does; pirl renders LIBERO's own compiled model (the
-cached scene.xml: meshes, 2D textures; cube textures in their mean colour) at that qpos with
-`pirl.envs.render`, visual geoms only, per mesh triangle budget. Prints one JSON line per
+`pirl.envs.libero_check --checks images` does; pirl renders LIBERO's own compiled model at that
+qpos in the env's meshes look (`libero_render.libero_cameras(task, LiberoRenderConfig(look="meshes",
+mesh_max_triangles=budget))`, the one code path the env and libero_check use), per mesh triangle
+budget. Prints one JSON line per
 (budget, camera): PSNR / SSIM against LIBERO's raw image and against MuJoCo's own render of the
 same model, render cost; `--png-dir` saves real | pirl | MuJoCo side by side (upright).
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from pirl.envs import libero_check as lc
 from pirl.envs import libero_render as lr
+from pirl.envs import libero_scene as ls
 from pirl.envs import render as rd
 from pirl.envs.build_libero import task_dir
 
@@ -54,27 +56,14 @@ def main() -> None:
     data = mujoco.MjData(model)
     data.qpos[:] = real["qpos"]
     mujoco.mj_forward(model, data)
-    kin = rd.host_kinematics(data)
-    # visual geoms (robosuite's collision geoms overlap them) and the floor plane
-    ids = [
-        g
-        for g in range(model.ngeom)
-        if (
-            not (model.geom_contype[g] or model.geom_conaffinity[g])
-            and int(model.geom_group[g]) <= 2
-            and model.geom_rgba[g, 3] > 0
-        )
-        or (model.geom_bodyid[g] == 0 and model.geom_type[g] == mujoco.mjtGeom.mjGEOM_PLANE)
-    ]
-    cameras = tuple(lr.LIBERO_CAMERAS.values())
+    kin = rd.host_kinematics(data)  # body poses: the MJX scene has LIBERO's bodies
+    task = ls.load_task(args.suite, args.task)
     for budget in (int(b) for b in args.budgets.split(",")):
-        config = rd.RenderConfig(
-            mesh_max_triangles=budget, unmappable_textures="mean", mesh_tile_capacity=256
-        )
         t0 = time.perf_counter()
-        scene = rd.prepare_scene(model, ids, config)
+        cams = lr.libero_cameras(task, lr.LiberoRenderConfig(look="meshes", mesh_max_triangles=budget))
+        scene = cams.scene
         build_s = time.perf_counter() - t0
-        fn = jax.jit(lambda k, scene=scene: rd.render(scene, k, cameras, args.size, args.size))
+        fn = jax.jit(lambda k, cams=cams: lr.render_upright(cams, k, args.size))
         t0 = time.perf_counter()
         jax.block_until_ready(fn(kin))
         compile_s = time.perf_counter() - t0

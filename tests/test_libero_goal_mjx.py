@@ -161,6 +161,64 @@ def test_make_env_refuses_multi_task_and_other_tasks():
         env.reset_to(3, 0)
 
 
+def test_goal_plans_order_and_articulation_facts(reports):
+    """The goal-sequencing expert's plans from the goal specs and the MJX scenes (host only): libero_10
+    task 2 turns the stove's knob (a hinge about z, grasped on its axis, fingers across its narrow
+    side) before placing the moka pot; task 3 puts the bowl in the bottom drawer (open at init 0, so
+    no opener) and pushes it shut last; with that drawer closed an opener comes first. One step of
+    the plan mid-move pulls / pushes along the drawer's axis and twists the knob about +z."""
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.libero_artic_expert import ARTIC_PHASES, ArticPlanState, ArticView, articulated_action
+    from pirl.envs.libero_check import goal_subplans
+
+    stove = ls.load_task("libero_10", 2)
+    plans = goal_subplans(
+        stove.model, reports[("libero_10", 2)]["spec"], stove.init_states[0][1 : 1 + stove.model.nq]
+    )
+    assert [p.kind for p in plans] == ["artic", "pick_place"] and plans[1].obj == "moka_pot_1"
+    knob = plans[0].geo
+    assert (knob.kind, knob.body, knob.increase) == ("hinge", "flat_stove_1_button", True)
+    assert 0.5 < knob.q_goal < 2.1  # past LIBERO's turn_on threshold, inside the joint's range
+    np.testing.assert_allclose(knob.outward, [0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(knob.handle[:2], 0.0, atol=1e-6)  # on the axis
+    assert abs(knob.narrow[1]) < 0.1  # the knob's ridge is narrow along its body x
+
+    cab = ls.load_task("libero_10", 3)
+    spec = reports[("libero_10", 3)]["spec"]
+    qpos = cab.init_states[0][1 : 1 + cab.model.nq].copy()
+    plans = goal_subplans(cab.model, spec, qpos)
+    assert [p.kind for p in plans] == ["pick_place", "artic"] and plans[0].obj == "akita_black_bowl_1"
+    push = plans[1].geo
+    assert (push.kind, push.body, push.pull, push.increase) == (
+        "slide",
+        "white_cabinet_1_cabinet_bottom",
+        False,
+        True,
+    )
+    assert 0.0 < push.q_goal <= 0.01  # WhiteCabinet.is_close: q > 0, range up to 0.01
+    np.testing.assert_allclose(push.outward, [0, -1, 0], atol=1e-6)  # pulled out against its joint axis
+    qpos[push.qpos_adr] = 0.0
+    plans = goal_subplans(cab.model, spec, qpos)
+    assert [p.kind for p in plans] == ["artic", "pick_place", "artic"] and plans[0].geo.pull
+    assert plans[0].geo.q_goal < -0.14  # WhiteCabinet's open: q < -0.14
+
+    cfg = LiberoPlanConfig()
+    down = np.diag([1.0, -1.0, -1.0])
+    for geo, pull in ((plans[0].geo, True), (push, False)):
+        view = ArticView(np.zeros(3), down, np.array([0.0, 1.0, 0.0]), -0.05, np.zeros(3), np.eye(3))
+        state = ArticPlanState(phase=ARTIC_PHASES.index("move"), ref_mat=down, start_mat=down)
+        action, nxt = articulated_action(cfg, geo, view, state)
+        along = action[:3] @ geo.outward
+        assert (along > 0.2) == pull and (along < -0.2) == (not pull) and action[6] == 1.0, action
+        assert nxt.phase == state.phase  # the joint is not past its goal yet
+    view = ArticView(knob.handle, down, np.array([0.0, 1.0, 0.0]), 0.0, np.zeros(3), np.eye(3))
+    state = ArticPlanState(phase=ARTIC_PHASES.index("move"), ref_mat=down, start_mat=down)
+    action, nxt = articulated_action(cfg, knob, view, state)
+    assert action[5] > 0.5 and abs(action[3]) < 0.05 and abs(action[4]) < 0.05 and action[6] == 1.0, action
+    assert nxt.twist_from is not None and nxt.twist_from[0] == 0.0
+
+
 # ----------------------------------------------------------------------------- nightly
 
 
@@ -239,3 +297,18 @@ def test_env_reset_step_and_success_reward(spatial):
     np.testing.assert_array_equal(paid, [1.0, 0.0])
     assert bool(state.done[0]) and not bool(state.done[1])
     assert np.isfinite(np.asarray(state.obs["state"])).all()
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("task_id", [0, 7])
+def test_articulated_plan_succeeds_in_mjx_and_libero(task_id):
+    """The articulated expert (one plan code path, each simulator read by it) opens libero_goal's
+    middle drawer (task 0) and turns on the stove (task 7) from initial states 0-2, in the MJX scene
+    (the goal predicates, as the env rewards) and in the real LIBERO (its own success)."""
+    import io
+
+    from pirl.envs.libero_check import compare_plan
+
+    records = compare_plan("libero_goal", task_id, [0, 1, 2], settle=10, steps=300, out=io.StringIO())
+    for rec in records:
+        assert rec["mjx_success_step"] > 0 and rec["real_success_step"] > 0, rec

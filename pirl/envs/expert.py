@@ -396,6 +396,15 @@ class LiberoPlanConfig:
     """Control steps to close or open the gripper."""
     phase_timeout: int = 60
     """Steps after which a moving phase gives up waiting for its waypoint and moves on."""
+    artic_clearance: float = 0.06
+    """Articulated plan: height over a drawer's handle at which the grip turns to face it (the turned
+    hand reaches 0.1 m below the grip)."""
+    artic_roll: float = 0.5
+    """Articulated plan: the facing grip's turn (rad) about its approach axis, so that the hand (0.2 m
+    along the closing axis) does not reach straight down onto what stands below a drawer's handle."""
+    half_close_steps: int = 4
+    """Articulated plan (pirl.envs.libero_artic_expert): closing steps that take the open fingers to
+    about half open before they straddle a drawer handle."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,8 +455,8 @@ class PlanState:
     """Grasp point minus object position, fixed at the first step."""
 
 
-def _rot_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Axis-angle f64[3] of desired @ current^T."""
+def rotation_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle f64[3] of desired @ current^T (world frame: the OSC's rotation action direction)."""
     q = np.zeros(4)
     mujoco.mju_mat2Quat(q, (desired @ current.T).reshape(9))
     v = np.zeros(3)
@@ -509,7 +518,7 @@ def pick_place_action(
         goal = np.array([*view.grip_pos[:2], max(view.grip_pos[2], target_top + 0.2)])
     err = goal - view.grip_pos
     a_pos = np.clip(err / 0.05 * cfg.pos_gain, -speed, speed)
-    a_rot = np.clip(_rot_error(ref, view.grip_mat) / 0.5 * cfg.rot_gain, -1.0, 1.0)
+    a_rot = np.clip(rotation_error(ref, view.grip_mat) / 0.5 * cfg.rot_gain, -1.0, 1.0)
     action = np.concatenate([a_pos, a_rot, [grip]]).astype(np.float32)
     if name in ("close", "release"):
         done = steps + 1 >= cfg.grip_steps

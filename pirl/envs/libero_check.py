@@ -20,6 +20,10 @@ JSON line each:
   (`mjx_expert`; tasks whose MJX models share their static structure, e.g. all of libero_spatial,
   share one compiled step) and replayed in the real LIBERO (`--mjx-only` / `--real-only` for one
   side): successes, first-success step statistics, the failing inits and the phase they ended in.
+- (c) `plan` (`--checks plan`): the goal-sequencing expert in both simulators for any task whose
+  terms it plans (`goal_subplans`): drawers pulled open / pushed shut by their handle and knobs
+  twisted (`pirl.envs.libero_artic_expert`), pick-and-places, in order (a drawer that holds the
+  goal region is opened first, closing comes last); success in both, the goal joints' final values.
 - (d) `images` (`--checks images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
   (robosuite's offscreen render) and by pirl (`pirl.envs.libero_render`) at the same state (the
   real settled qpos), per pirl look (`--looks primitives meshes`) and image size: PSNR and SSIM of the raw images, and the per-object IoU of
@@ -37,6 +41,7 @@ JSON line each:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -52,8 +57,8 @@ SEQUENCE_STEPS = 20
 POS_TOL, ROT_TOL, EEF_TOL = 0.005, 0.05, 0.01
 """Targets: settled eef position (m), settled axis-angle (rad), eef after each sequence (m)."""
 
-CHECKS = ("state", "pick_place", "expert", "images")
-"""What `--checks` can run: (a)+(b) state, (c) pick_place and expert, (d) images."""
+CHECKS = ("state", "pick_place", "expert", "images", "plan")
+"""What `--checks` can run: (a)+(b) state, (c) pick_place, expert and plan (goal sequences, articulated goals), (d) images."""
 
 
 def action_sequences(steps: int = SEQUENCE_STEPS) -> dict[str, np.ndarray]:
@@ -235,20 +240,23 @@ def body_labels(m) -> tuple[np.ndarray, list[str]]:
 def mujoco_views(
     m, qpos: np.ndarray, size: int, cameras: dict[str, str]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """MuJoCo's own render of a model at qpos: per key (RGB u8[S, S, 3], body id i32[S, S] with -1
-    for no geom), both in LIBERO's raw orientation (mujoco.Renderer returns upright rows)."""
+    """MuJoCo's own render of a model at qpos as robosuite draws it (geom group 0, its collision
+    geoms, hidden): per key (RGB u8[S, S, 3], body id i32[S, S] with -1 for no geom), both in
+    LIBERO's raw orientation (mujoco.Renderer returns upright rows)."""
     import mujoco
 
     d = mujoco.MjData(m)
     d.qpos[:] = qpos
     mujoco.mj_forward(m, d)
+    option = mujoco.MjvOption()
+    option.geomgroup[0] = 0
     out = {}
     with mujoco.Renderer(m, size, size) as r:
         for key, cam in cameras.items():
-            r.update_scene(d, camera=cam)
+            r.update_scene(d, camera=cam, scene_option=option)
             rgb = r.render().copy()
             r.enable_segmentation_rendering()
-            r.update_scene(d, camera=cam)
+            r.update_scene(d, camera=cam, scene_option=option)
             seg = r.render()
             r.disable_segmentation_rendering()
             geom = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
@@ -494,13 +502,17 @@ def _view(m, d, obj_body: int, target: tuple[str, int]):
 
 
 def real_pick_place(
-    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg
-) -> list[dict]:
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg,
+    record_every: int = 0, size: int = 128,
+) -> list[dict]:  # fmt: skip
     """The plan in the real LIBERO (reading the real simulator), per initial state: LIBERO's own
-    success (first step), the final qpos, the phase reached (run it in a spawned process)."""
+    success (first step), the final qpos, the phase reached (run it in a spawned process). With
+    `record_every` > 0 also "trajectory": the qpos, phase and raw camera frames (`size` px, pirl's
+    keys) every that many steps from the settled state."""
     from pirl.envs.expert import PHASES, PlanState, pick_place_action
+    from pirl.envs.libero_pool import CAMERA_KEYS
 
-    env, task_suite = make_libero_env(suite, task_id)
+    env, task_suite = make_libero_env(suite, task_id, cameras=record_every > 0, size=size)
     obj, target = pick_place_goal({"goal": env.env.parsed_problem["goal_state"]})
     m = env.sim.model._model
     ob, tb = _body(m, obj), _target(m, target)
@@ -511,20 +523,27 @@ def real_pick_place(
         for init_id in init_ids:
             np.random.seed(BUILD_SEED)
             env.reset()
-            env.set_init_state(inits[init_id])
+            obs = env.set_init_state(inits[init_id])
             for _ in range(settle):
-                env.step(list(SETTLE_ACTION))
+                obs, _, _, _ = env.step(list(SETTLE_ACTION))
             state, first = PlanState(), -1
+            trajectory: dict = {"qpos": [], "phase": [], "frames": {k: [] for k in CAMERA_KEYS.values()}}
             for t in range(steps):
+                if record_every and t % record_every == 0:
+                    trajectory["qpos"].append(np.array(env.sim.data.qpos))
+                    trajectory["phase"].append(PHASES[state.phase])
+                    for raw, ours in CAMERA_KEYS.items():
+                        trajectory["frames"][ours].append(np.array(obs[raw]))
                 action, state = pick_place_action(plan_cfg, geo, _view(m, env.sim.data._data, ob, tb), state)
-                _, _, done, _ = env.step(action.tolist())
+                obs, _, done, _ = env.step(action.tolist())
                 if done and first < 0:
                     first = t + 1
                 if PHASES[state.phase] == "done":
                     break
-            out.append(
-                {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase]}
-            )
+            rec = {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase]}
+            if record_every:
+                rec["trajectory"] = trajectory
+            out.append(rec)
     finally:
         env.close()
     return out
@@ -813,6 +832,220 @@ def expert_report(
     return rec
 
 
+@dataclasses.dataclass(frozen=True)
+class SubPlan:
+    """One goal term's plan: "artic" (`geo`: an ArticGeometry) or "pick_place" (`obj`, `target`
+    names, `geo`: a PickPlaceGeometry); ids are resolved per simulator's model by name."""
+
+    kind: str
+    geo: object
+    obj: str = ""
+    target: str = ""
+
+
+def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan]:
+    """The task's goal terms as plans in the order they are run: drawers to open (an `open` term, or
+    the drawer holding an `in` / `on` region when it is not open in `qpos`) and knobs to turn first,
+    then the pick-and-places, then what is to be closed. Geometry from model `m` (the MJX scene)."""
+    from pirl.envs.libero_artic_expert import articulation_geometry
+    from pirl.errors import UserError
+
+    first, middle, last = [], [], []
+    for t in spec["terms"]:
+        if t["kind"] == "joints":
+            (last if t["term"][0].lower() == "close" else first).append(
+                SubPlan("artic", articulation_geometry(m, t))
+            )
+            continue
+        if t["kind"] not in ("site_in", "site_on", "object_on"):
+            raise UserError(f"no plan for goal term {t['term']}")
+        if "open_joints" in t:
+            lo, hi = t["open_intervals"][0]
+            adr = m.jnt_qposadr[m.joint(t["open_joints"][0]).id]
+            q = 0.0 if qpos is None else float(qpos[adr])
+            if not lo < q < hi:
+                opener = {"kind": "joints", "term": ["open", t["term"][2]], "joints": t["open_joints"][:1],
+                          "intervals": t["open_intervals"][:1]}  # fmt: skip
+                first.append(SubPlan("artic", articulation_geometry(m, opener)))
+        obj, target = t["term"][1], t["term"][2]
+        middle.append(SubPlan("pick_place", pick_place_geometry(m, obj, target), obj, target))
+    return first + middle + last
+
+
+def _grip_site(m) -> int:
+    import mujoco
+
+    return mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceState:
+    """Which sub-plan runs and its own plan state (None: not started)."""
+
+    index: int = 0
+    sub: object = None
+    start_mat: np.ndarray | None = None
+    """Grip orientation at the episode's first step."""
+
+
+def sequence_action(
+    plan_cfg, plans: list[SubPlan], m, d, state: SequenceState
+) -> tuple[np.ndarray, SequenceState, bool]:
+    """One control step of a goal sequence in either simulator (model `m`, data `d` with MuJoCo's
+    field names): (action, next state, whether every sub-plan is done). A sub-plan runs until its
+    own plan is done, then the next starts from wherever the arm is."""
+    from pirl.envs.expert import PHASES, PlanState, pick_place_action, rotation_error
+    from pirl.envs.libero_artic_expert import (
+        ARTIC_PHASES,
+        ArticPlanState,
+        articulated_action,
+        articulation_view,
+    )
+
+    plan = plans[state.index]
+    start = (
+        state.start_mat if state.start_mat is not None else np.array(d.site_xmat[_grip_site(m)]).reshape(3, 3)
+    )
+    state = dataclasses.replace(state, start_mat=start)
+    if plan.kind == "artic":
+        sub = state.sub or ArticPlanState()
+        action, sub = articulated_action(plan_cfg, plan.geo, articulation_view(m, d, plan.geo), sub)
+        finished = ARTIC_PHASES[sub.phase] == "done"
+    else:
+        view = _view(m, d, _body(m, plan.obj), _target(m, plan.target))
+        sub = state.sub
+        if sub is None:
+            # after an articulated plan the grip may be left tilted: hold the episode's first orientation
+            tilted = np.linalg.norm(rotation_error(start, view.grip_mat)) > 0.1
+            sub = PlanState(ref_mat=start if tilted else None)
+        action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
+        finished = PHASES[sub.phase] == "done"
+    if finished and state.index + 1 < len(plans):
+        return action, SequenceState(state.index + 1, None, start), False
+    return action, SequenceState(state.index, sub, start), finished
+
+
+def real_plan(
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, plans, plan_cfg
+) -> list[dict]:
+    """The goal sequence in the real LIBERO (reading the real simulator), per initial state: LIBERO's
+    own success (first step), the final qpos, the sub-plan reached (run it in a spawned process)."""
+    env, task_suite = make_libero_env(suite, task_id)
+    m = env.sim.model._model
+    inits = task_suite.get_task_init_states(task_id)
+    out = []
+    try:
+        env.seed(BUILD_SEED)
+        for init_id in init_ids:
+            np.random.seed(BUILD_SEED)
+            env.reset()
+            env.set_init_state(inits[init_id])
+            for _ in range(settle):
+                env.step(list(SETTLE_ACTION))
+            state, first, t = SequenceState(), -1, 0
+            for t in range(steps):
+                action, state, finished = sequence_action(plan_cfg, plans, m, env.sim.data._data, state)
+                _, _, done, _ = env.step(action.tolist())
+                if done and first < 0:
+                    first = t + 1
+                if finished:
+                    break
+            out.append({"success_step": first, "qpos": np.array(env.sim.data.qpos), "subplan": state.index,
+                        "steps": t + 1})  # fmt: skip
+    finally:
+        env.close()
+    return out
+
+
+PLAN_STEPS = 520
+"""Control steps per episode of the goal-sequence check (openpi's libero_10 limit)."""
+
+
+def compare_plan(
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int = PLAN_STEPS,
+    mjx_side: bool = True, out=sys.stdout,
+) -> list[dict]:  # fmt: skip
+    """Check (c) with the goal-sequencing expert (`goal_subplans`: open / close / turn-on plans of
+    `pirl.envs.libero_artic_expert` and pick-and-places, in order), in both simulators, each reading
+    its own; one JSON line per initial state (success steps, goal joints' final values, object
+    errors), then a summary. The MJX side's success is the goal predicates on each step's data."""
+    import jax
+    import jax.numpy as jnp
+    from mujoco import mjx
+
+    from pirl.envs import libero_predicates as lp
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
+
+    task = ls.load_task(suite, task_id)
+    m = task.model
+    spec = _isolated(lp.ensure_goal_spec, suite, task_id)
+    goal = lp.compile_goal(spec, m)
+    plans = goal_subplans(m, spec, task.init_states[init_ids[0]][1 : 1 + m.nq])
+    plan_cfg = LiberoPlanConfig()
+    mx = mjx.put_model(m)
+    cfg = OSCConfig(timestep=float(m.opt.timestep))
+    idx = OSCIndices.from_model(m)
+    fields = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
+    joints = [p.geo.qpos_adr for p in plans if p.kind == "artic"]
+
+    @jax.jit
+    def step(d, a):
+        d = osc_control_step(cfg, idx, mx, d, a)
+        success = lp.success(goal, lp.view_mjx(d), jnp)
+        d = mjx.kinematics(mx, d)
+        return d, {"success": success, **{k: getattr(d, k) for k in fields}}
+
+    reset = jax.jit(lambda d: osc_reset(cfg, idx, mx, d))
+    t0 = time.perf_counter()
+    real = _isolated(real_plan, suite, task_id, init_ids, settle, steps, plans, plan_cfg)
+    real_s = time.perf_counter() - t0
+    records = []
+    for k, init_id in enumerate(init_ids):
+        r = real[k]
+        rec = {"suite": suite, "task": task_id, "init": init_id, "check": "plan",
+               "plans": [p.kind if p.kind == "pick_place" else f"{'pull' if p.geo.pull else 'push'}:{p.geo.body}"
+                         for p in plans],
+               "real_success_step": r["success_step"], "real_subplan": r["subplan"], "real_steps": r["steps"],
+               "real_q": [round(float(r["qpos"][a]), 4) for a in joints]}  # fmt: skip
+        if mjx_side:
+            t1 = time.perf_counter()
+            d = reset(jax.device_put(ls.init_data(task, mx, init_id)))
+            for _ in range(settle):
+                d, host = step(d, jnp.asarray(SETTLE_ACTION, jnp.float32))
+            state, first, t = SequenceState(), -1, 0
+            for t in range(steps):
+                view = types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()})
+                action, state, finished = sequence_action(plan_cfg, plans, m, view, state)
+                d, host = step(d, jnp.asarray(action))
+                if first < 0 and bool(host["success"]):
+                    first = t + 1
+                if finished:
+                    break
+            qpos = np.asarray(host["qpos"], np.float64)
+            errs = object_errors(task, qpos, r["qpos"])
+            rec.update(
+                mjx_success_step=first, mjx_subplan=state.index, mjx_steps=t + 1,
+                mjx_q=[round(float(qpos[a]), 4) for a in joints],
+                object_err_mm=errs, max_object_err_mm=max(errs.values()) if errs else 0.0,
+                mjx_s=round(time.perf_counter() - t1, 1),
+            )  # fmt: skip
+        rec["pass"] = r["success_step"] > 0 and (not mjx_side or rec["mjx_success_step"] > 0)
+        records.append(rec)
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+    summary = {
+        "suite": suite, "task": task_id, "check": "plan_summary", "episodes": len(records),
+        "real_successes": sum(r["real_success_step"] > 0 for r in records),
+        "mjx_successes": sum(r["mjx_success_step"] > 0 for r in records) if mjx_side else None,
+        "real_s": round(real_s, 1),
+    }  # fmt: skip
+    out.write(json.dumps(summary) + "\n")
+    out.flush()
+    return records
+
+
 def compare(suite: str, task_id: int, init_ids: list[int], settle: int, out=sys.stdout) -> list[dict]:
     """Run both simulators and write the JSON lines; returns the records."""
     from pirl.envs import libero_scene as ls
@@ -880,7 +1113,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--settle", type=int, default=SETTLE_STEPS, help="no-op steps after the reset")
     p.add_argument("--checks", nargs="+", choices=CHECKS, default=["state"],
                    help="state: (a) settled state and (b) eef trajectories; pick_place: (c) side by side; "
-                        "expert: (c) success over the init states, MJX batched and real; images: (d)")  # fmt: skip
+                        "expert: (c) success over the init states, MJX batched and real; plan: (c) goal sequences; "
+                        "images: (d)")  # fmt: skip
     p.add_argument("--steps", type=int, default=PICK_PLACE_STEPS, help="(c): control steps per episode")
     p.add_argument(
         "--caps",
@@ -900,6 +1134,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
     p.add_argument("--mjx-only", action="store_true", help="(c) expert: run the plan in MJX only")
+    p.add_argument("--plan-steps", type=int, default=PLAN_STEPS, help="(c) plan: control steps per episode")
     p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
     p.add_argument("--images-dir", default=None, help="(d): save side-by-side PNGs here")
     p.add_argument("--looks", nargs="+", choices=["primitives", "meshes"], default=["primitives"],
@@ -934,6 +1169,11 @@ def main(argv: list[str] | None = None) -> None:
                 args.steps,
                 SceneConfig(**scene),
                 not args.real_only,
+            )
+            ok &= all(r["pass"] for r in recs)
+        if "plan" in args.checks:
+            recs = compare_plan(
+                args.suite, t, args.init_states, args.settle, args.plan_steps, not args.real_only
             )
             ok &= all(r["pass"] for r in recs)
         if "images" in args.checks:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from mujoco import mjx
 
 from pirl.envs import libero_predicates as lp
+from pirl.envs import libero_render as lr
 from pirl.envs import libero_scene as ls
 from pirl.envs.build_libero import FAITHFUL_SUITES, SETTLE_ACTION, check_suite, is_built, task_dir
 from pirl.envs.env import State
@@ -70,7 +71,7 @@ class LiberoEnvConfig:
     at max_steps and every step with success pays 1."""
     scene: ls.SceneConfig = ls.SceneConfig()
     """How the LIBERO scene is rebuilt for MJX."""
-    look: Literal["primitives", "meshes"] = "meshes"
+    look: Literal["primitives", "meshes"] = lr.LiberoRenderConfig.look
     """Camera images: LIBERO's meshes and textures (default: 7-8 dB closer to LIBERO's own frames, which a
     LIBERO-trained policy saw; 7x primitives' render cost on CPU, 37% of a 5-step chunk's time at 56 px,
     75% at 128 px; docs/libero_mjx.md, "Looks") or fitted primitives."""
@@ -96,15 +97,10 @@ class LiberoEnvConfig:
 RenderFn = Callable[[mjx.Data], jax.Array]
 
 
-def libero_render_fn(
-    task: ls.LiberoTask, size: int, look: str = "primitives", backend: str = "jax"
-) -> RenderFn:
-    """data -> u8[2, S, S, 3] upright: LIBERO's agentview and eye-in-hand cameras in `look`, drawn by
-    `backend` (pirl's JAX renderer or MJX's Warp one; `pirl.envs.libero_render`). The one place the
-    faithful env makes images."""
-    from pirl.envs import libero_render as lr
-
-    cams = lr.libero_cameras(task, lr.LiberoRenderConfig(look=look))
+def libero_render_fn(cams: lr.LiberoCameras, size: int, backend: str = "jax") -> RenderFn:
+    """data -> u8[2, S, S, 3] upright: LIBERO's agentview and eye-in-hand cameras, from cameras prepared
+    once by `lr.libero_cameras` (in their look), drawn by `backend` (pirl's JAX renderer or MJX's Warp
+    one; `lr.upright_renderer`). The one place the faithful env makes images."""
     if tuple(lr.LIBERO_CAMERAS.values()) != CAMERAS:
         raise ValueError("libero_render's cameras are not the env's CAMERAS")
     return lr.upright_renderer(cams, size, backend)
@@ -153,8 +149,10 @@ class LiberoMJXEnv:
         self.action_size = 7
         self.state_dim = 8
         self.image_keys = IMAGE_KEYS if config.render else ()
+        self._cams: lr.LiberoCameras | None = None  # prepared on first use (~3 s with meshes), then kept
+        self._render_fns: dict[int, RenderFn] = {}  # per image size (Warp builds a renderer per size)
         if config.render and render_fn is None:
-            render_fn = libero_render_fn(self.task, config.image_size, config.look, config.render_backend)
+            render_fn = self._render_fn(config.image_size)
         self._render = render_fn if config.render else None
         self._data0 = mjx.make_data(m, device=jax.local_devices()[0])
 
@@ -261,12 +259,22 @@ class LiberoMJXEnv:
                 obs[key] = images[k]
         return obs
 
+    def cameras(self) -> lr.LiberoCameras:
+        """LIBERO's cameras over the task's scene in `config.look`, prepared once per env."""
+        if self._cams is None:
+            self._cams = lr.libero_cameras(self.task, lr.LiberoRenderConfig(look=self.config.look))
+        return self._cams
+
+    def _render_fn(self, size: int) -> RenderFn:
+        if size not in self._render_fns:
+            self._render_fns[size] = libero_render_fn(self.cameras(), size, self.config.render_backend)
+        return self._render_fns[size]
+
     def render(self, data: mjx.Data, size: int | None = None) -> jax.Array:
-        """u8[2, S, S, 3] images of LIBERO's cameras (for videos)."""
+        """u8[2, S, S, 3] images of LIBERO's cameras (for videos); any size from the one prepared scene."""
         if size is None and self._render is not None:
             return self._render(data)
-        size = size or self.config.image_size
-        return libero_render_fn(self.task, size, self.config.look, self.config.render_backend)(data)
+        return self._render_fn(size or self.config.image_size)(data)
 
 
 def make_libero_env(

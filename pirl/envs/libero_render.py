@@ -6,9 +6,9 @@
 The cameras are LIBERO's own (`agentview`, `robot0_eye_in_hand`: the rebuilt model keeps their
 bodies, poses and fovy). What is drawn depends on `LiberoRenderConfig.look`:
 
-- `meshes`: LIBERO's compiled model's visual geoms (its meshes, decimated to
-  `mesh_max_triangles`, with their 2D textures; cube textures in their mean colour) and its floor,
-  lit by the model's own lights (`pirl.envs.render_mesh`);
+- `meshes` (the default): the geoms of LIBERO's compiled model that robosuite draws (groups 1-2;
+  its meshes decimated to `mesh_max_triangles`, with their textures) lit by the model's own lights
+  (`pirl.envs.render_mesh`);
 - `primitives` (about 7x cheaper to draw on the CPU): the MJX scene's own geoms (each object's and
   fixture's fitted boxes, the gripper's boxes, the forearm capsule) except its contact plane,
   LIBERO's visual primitives (walls, floor, table top and legs, the mount's torso), one capsule
@@ -70,9 +70,10 @@ class LiberoRenderConfig:
     tapered hand filled the bottom quarter of the wrist camera's view, where LIBERO shows the table)."""
     hand_body: str = "gripper0_right_gripper"
     """Body drawn with `hand_boxes` instead of the MJX scene's single hand box."""
-    look: Literal["primitives", "meshes"] = "primitives"
-    """primitives: the fitted boxes / capsules above in flat colours; meshes: LIBERO's own visual meshes
-    (decimated to `mesh_max_triangles`) and 2D textures (cube textures in their mean colour)."""
+    look: Literal["primitives", "meshes"] = "meshes"
+    """meshes: LIBERO's own visual meshes (decimated to `mesh_max_triangles`) and textures (the
+    default, also the env's: what a LIBERO-trained policy saw); primitives: the fitted boxes /
+    capsules above in flat colours (several times cheaper)."""
     mesh_max_triangles: int = 2000
     """meshes: triangle budget per mesh geom (vertex-clustering decimation at build time)."""
     mesh_tile_capacity: int = 256
@@ -121,9 +122,8 @@ def _material_rgb(m: mujoco.MjModel, g: int) -> np.ndarray:
     rgb = np.asarray(m.mat_rgba[mat, :3], np.float64)
     tex = int(m.mat_texid[mat, _TEXROLE_RGB])
     if tex >= 0:
-        adr, n = int(m.tex_adr[tex]), int(m.tex_nchannel[tex])
-        size = int(m.tex_width[tex]) * int(m.tex_height[tex]) * n
-        texels = np.asarray(m.tex_data[adr : adr + size]).reshape(-1, n)[::7, : min(n, 3)]
+        n = int(m.tex_nchannel[tex])
+        texels = rnd.texture_texels(m, tex).reshape(-1, n)[::7, : min(n, 3)].astype(np.float64)
         rgb = rgb * texels.mean(0)[: 3 if n >= 3 else 1] / 255.0
     return rgb
 
@@ -140,6 +140,12 @@ def _is_floor(m: mujoco.MjModel, g: int) -> bool:
     """A visible plane: LIBERO's floor (on the world body, or on its own static body in the floor-only
     scenes of libero_object), drawn although it collides."""
     return int(m.geom_type[g]) == _GEOM.mjGEOM_PLANE and int(m.geom_group[g]) <= 2 and m.geom_rgba[g, 3] > 0
+
+
+def _libero_draws(m: mujoco.MjModel, g: int) -> bool:
+    """What LIBERO's cameras show: robosuite renders with geom group 0 (its collision geoms) hidden and
+    MuJoCo's default groups 1-2 shown, whether or not a geom collides (the stove's base box does)."""
+    return int(m.geom_group[g]) in (1, 2) and m.geom_rgba[g, 3] > 0
 
 
 def _body_rgb(compiled: mujoco.MjModel, b: int) -> np.ndarray | None:
@@ -294,9 +300,9 @@ def _with_cameras(
 
 
 def _mesh_cameras(task: LiberoTask, compiled: mujoco.MjModel, cfg: LiberoRenderConfig) -> LiberoCameras:
-    """The meshes look: LIBERO's compiled model's visual geoms (robosuite's collision geoms overlap
-    them) and its floor, with their materials, textures and the model's own lights."""
-    ids = [g for g in range(compiled.ngeom) if _is_visual(compiled, g) or _is_floor(compiled, g)]
+    """The meshes look: the geoms of LIBERO's compiled model that robosuite draws (groups 1-2; its
+    collision geoms in group 0 overlap them), with their materials, textures and the model's own lights."""
+    ids = [g for g in range(compiled.ngeom) if _libero_draws(compiled, g)]
     render_cfg = rnd.RenderConfig(
         shadows=cfg.shadows,
         specular=cfg.specular,

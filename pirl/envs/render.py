@@ -8,9 +8,11 @@ ambient + Lambertian diffuse (+ Blinn-Phong specular) from the model's lights an
 optional hard shadows (one shadow ray per pixel towards the first shadow-casting light; primitives
 cast them, meshes do not yet) and textures as MuJoCo's OpenGL renderer maps them: 2D ones on planes
 and boxes (per face) and on meshes (per-vertex texture coordinates), trilinearly filtered over
-mip-maps, cube maps on boxes. As in fixed-function OpenGL (MuJoCo), the lit colour saturates
-before the texture modulates it, and the headlight shines along the camera's axis. docs/render.md
-has the measurements against mujoco.Renderer.
+mip-maps, cube maps on boxes, sRGB textures decoded. As in fixed-function OpenGL (MuJoCo's
+renderer): the light is computed per vertex (mesh triangle corners, the corners of the quads MuJoCo
+draws planes and boxes with) and interpolated, ambient + diffuse + specular saturate together before
+the texture modulates them, and the headlight shines along the camera's axis. docs/render.md has
+the measurements against mujoco.Renderer.
 
 Usage:
     scene = prepare_scene(mj_model)                       # host side, once
@@ -65,6 +67,7 @@ _LIGHT_DIRECTIONAL = int(mujoco.mjtLightType.mjLIGHT_DIRECTIONAL)
 _TEXROLE_RGB = int(mujoco.mjtTextureRole.mjTEXROLE_RGB)
 _TEX_2D = int(mujoco.mjtTexture.mjTEXTURE_2D)
 _TEX_CUBE = int(mujoco.mjtTexture.mjTEXTURE_CUBE)
+_COLORSPACE_SRGB = int(mujoco.mjtColorSpace.mjCOLORSPACE_SRGB)
 _DEFAULT_GEOM_RGBA = np.array([0.5, 0.5, 0.5, 1.0], np.float32)
 _MAX_VISIBLE_GROUP = 2  # MuJoCo's viewer shows geom groups 0-2 by default; higher ones are helpers.
 _INF = float("inf")
@@ -111,6 +114,10 @@ class RenderConfig:
     """Side (pixels) of the image tiles mesh triangles are binned into."""
     mesh_tile_capacity: int = 128
     """Mesh triangles tested per tile (nearest first); exact while no tile overlaps more."""
+    vertex_lighting: bool = True
+    """Light meshes at their triangles' corners, and planes and boxes at the corners of the quads
+    MuJoCo draws them with, and interpolate (Gouraud, as MuJoCo's fixed-function OpenGL); else
+    per pixel (sharper highlights and spot-light edges than MuJoCo draws on large faces)."""
 
 
 @struct.dataclass
@@ -159,6 +166,11 @@ class RenderScene:
     """Material texrepeat (planes and boxes): texture repetitions across a face."""
     geom_texsize: Float[Array, "G 3"]
     """Local lengths that map to one face half-width: the geom size, or 1 m with texuniform."""
+    geom_cell: Float[Array, "G 3"]
+    """Per local axis, the side of the quads MuJoCo tessellates a plane or box face into (its
+    per-vertex lighting points); 0: lit per pixel (other primitives, meshes, vertex_lighting off)."""
+    geom_cell_origin: Float[Array, "G 3"]
+    """Per local axis, a quad edge's coordinate (cells lie at origin + k * cell)."""
     tex_data: UInt8[Array, " T"]
     """Concatenated 2D texture texels of the textured geoms (at least one entry)."""
     tri_vert: Float[Array, "F 3 3"]
@@ -217,6 +229,51 @@ def _geom_rgba(model: mujoco.MjModel, geom_id: int) -> np.ndarray:
     if mat >= 0 and np.allclose(rgba, _DEFAULT_GEOM_RGBA):
         rgba = np.asarray(model.mat_rgba[mat], np.float32)
     return rgba
+
+
+def texture_texels(model: mujoco.MjModel, texid: int) -> np.ndarray:
+    """A texture's texels u8[H, W, C] as MuJoCo's renderer samples them: a texture declared sRGB
+    (`colorspace="sRGB"`) is uploaded as an sRGB texture, which OpenGL decodes to linear values when it
+    samples (the framebuffer stays linear, so the picture gets darker and more contrasted than the
+    file); colour channels are decoded here, once, alpha is kept."""
+    adr, nchan = int(model.tex_adr[texid]), int(model.tex_nchannel[texid])
+    width, height = int(model.tex_width[texid]), int(model.tex_height[texid])
+    texels = np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8).reshape(
+        height, width, nchan
+    )
+    if int(model.tex_colorspace[texid]) != _COLORSPACE_SRGB:
+        return texels
+    c = texels[..., : min(nchan, 3)].astype(np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    out = texels.copy()
+    out[..., : min(nchan, 3)] = np.round(linear * 255.0).astype(np.uint8)
+    return out
+
+
+def _lighting_grid(model: mujoco.MjModel, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """(quad side, a quad edge) per local axis of the grid MuJoCo's renderer draws a plane or box geom
+    with, so lit per vertex at: box faces in vis.quality.numquads squares per side; planes in
+    squares of 2 * size[2] (padded at the borders), infinite ones in 200 cells past the far plane."""
+    size = np.asarray(model.geom_size[g], np.float64)
+    cell, origin = np.zeros(3), np.zeros(3)
+    if int(model.geom_type[g]) == _BOX:
+        nq = max(int(model.vis.quality.numquads), 1)
+        return (2.0 * size / nq).astype(np.float32), (-size).astype(np.float32)
+    max_grid = 200  # mjMAXPLANEGRID
+    zfar = float(model.vis.map.zfar * model.stat.extent)
+    mat = int(model.geom_matid[g])
+    for k in range(2):
+        if size[k] > 0:
+            side = max(size[2], size[k] / (max_grid - 2))
+            n = int(np.floor(size[k] / max(side, 1e-15)))
+            n -= n % 2
+            cell[k], origin[k] = 2.0 * side, -size[k] + (size[k] - n * side)
+        else:
+            repeat = float(model.mat_texrepeat[mat, k]) if mat >= 0 else 0.0
+            step = 2.0 / repeat if repeat > 0 else 2.1 * zfar / (max_grid - 2)
+            cell[k] = (2.1 * zfar + 2.0 * step) / max_grid
+            origin[k] = -cell[k] * (max_grid // 2)
+    return cell.astype(np.float32), origin.astype(np.float32)
 
 
 def _default_geom_ids(model: mujoco.MjModel) -> list[int]:
@@ -278,6 +335,8 @@ def prepare_scene(
     tex = np.full((num, 5), -1, np.int32)
     texrepeat = np.ones((num, 2), np.float32)
     texsize = np.ones((num, 3), np.float32)
+    cell = np.zeros((num, 3), np.float32)
+    cell_origin = np.zeros((num, 3), np.float32)
     texels: list[np.ndarray] = []
     tex_offsets: dict[int, int] = {}
     tex_mips: dict[int, list[tuple[int, int, int]]] = {}
@@ -289,6 +348,8 @@ def prepare_scene(
         gtype = int(model.geom_type[g])
         if gtype == _PLANE:
             size[i, :2] = np.where(size[i, :2] > 0, size[i, :2], _INF)
+        if config.vertex_lighting and gtype in (_PLANE, _BOX):
+            cell[i], cell_origin[i] = _lighting_grid(model, g)
         rgb[i] = _geom_rgba(model, g)[:3]
         mat = int(model.geom_matid[g])
         specular[i] = float(model.mat_specular[mat]) if mat >= 0 else 0.5
@@ -315,9 +376,8 @@ def prepare_scene(
         elif gtype == _MESH and uv is None:
             problem = "a 2D texture on a mesh without texture coordinates"
         if problem is not None and config.unmappable_textures == "mean":
-            adr, nchan = int(model.tex_adr[texid]), int(model.tex_nchannel[texid])
-            count = int(model.tex_width[texid]) * int(model.tex_height[texid]) * nchan
-            texel_rows = np.asarray(model.tex_data[adr : adr + count], np.float32).reshape(-1, nchan)
+            nchan = int(model.tex_nchannel[texid])
+            texel_rows = texture_texels(model, texid).reshape(-1, nchan).astype(np.float32)
             mean = texel_rows.mean(0)[np.minimum(np.arange(3), nchan - 1)] / 255.0
             rgb[i] = np.asarray(model.mat_rgba[mat, :3], np.float32) * mean
             continue
@@ -332,11 +392,9 @@ def prepare_scene(
             int(model.tex_nchannel[texid]),
         )
         if texid not in tex_offsets:
-            adr = int(model.tex_adr[texid])
-            level0 = np.asarray(model.tex_data[adr : adr + width * height * nchan], np.uint8)
             tex_offsets[texid] = num_texels
             tex_mips[texid] = []
-            levels = [level0.reshape(height, width, nchan)]
+            levels = [texture_texels(model, texid)]
             if kind == _TEX_2D and config.mipmaps:
                 levels = render_mesh.mip_chain(levels[0])
             for level in levels:
@@ -424,6 +482,8 @@ def prepare_scene(
         tri_uv_density=jnp.asarray(uv_density, f32),
         geom_texrepeat=jnp.asarray(texrepeat, f32),
         geom_texsize=jnp.asarray(texsize, f32),
+        geom_cell=jnp.asarray(cell, f32),
+        geom_cell_origin=jnp.asarray(cell_origin, f32),
         tex_data=jnp.asarray(tex_data),
         tri_vert=jnp.asarray(tri_vert_a, f32),
         tri_normal=jnp.asarray(tri_normal_a, f32),
@@ -665,7 +725,9 @@ def _surface(
     t_hit,
     pixel_angle: float,
 ):
-    """World normal (facing the ray), base colour and texel colour (ones if untextured) per hit.
+    """World normal (facing the ray), base colour, texel colour (ones if untextured) per hit, and the
+    points MuJoCo's renderer would light it at: 4 (world point, world normal, weight) whose weights sum
+    to 1 (a mesh triangle's corners, a plane or box quad's corners; else the hit itself).
 
     t_hit: distance along the ray; pixel_angle: a pixel's angular size (rad), for the mip level.
 
@@ -704,6 +766,7 @@ def _surface(
     cos_view = _dot(n, ray_d)
     facing = jnp.where(cos_view > 0, -1.0, 1.0)
     n = (n[0] * facing, n[1] * facing, n[2] * facing)
+    corners = _lighting_corners(scene, pos, mat, safe_idx, q, n_local, mesh_hit, point, n, facing)
 
     rgb = scene.geom_rgb[safe_idx]  # [R, 3]
     texel = jnp.ones_like(rgb)
@@ -758,7 +821,65 @@ def _surface(
             cube = render_mesh.sample_texture(scene.tex_data, adr_c, width, width, nchan, s_c, t_c)
             sampled = jnp.where((stride >= 0)[..., None], cube, sampled)
         texel = jnp.where((adr >= 0)[..., None], sampled, texel)
-    return n, rgb, texel
+    return n, rgb, texel, corners
+
+
+def _lighting_corners(scene: RenderScene, pos, mat, safe_idx, q: Vec3, n_local: Vec3, mesh_hit, point: Vec3,
+                      n: Vec3, facing):  # fmt: skip
+    """The 4 (world point, world normal, weight) per hit of `_surface`: where fixed-function OpenGL
+    evaluates the lighting that it interpolates over a triangle or quad."""
+    if not scene.config.vertex_lighting:
+        return [(point, n, jnp.ones_like(q[0]))]
+    cell = scene.geom_cell[safe_idx]
+    origin = scene.geom_cell_origin[safe_idx]
+    size = scene.geom_size[safe_idx]
+    lo, hi, frac, snap = [], [], [], []
+    for k in range(3):
+        c = cell[..., k]
+        snap_k = (c > 0) & (jnp.abs(n_local[k]) < 0.5)  # quad edges along the face's in-plane axes
+        c = jnp.where(snap_k, c, 1.0)
+        lo_k = origin[..., k] + jnp.floor((q[k] - origin[..., k]) / c) * c
+        lo_k = jnp.clip(lo_k, -size[..., k], size[..., k])
+        hi_k = jnp.clip(lo_k + c, -size[..., k], size[..., k])
+        f_k = jnp.clip((q[k] - lo_k) / jnp.maximum(hi_k - lo_k, 1e-9), 0.0, 1.0)
+        lo.append(jnp.where(snap_k, lo_k, q[k]))
+        hi.append(jnp.where(snap_k, hi_k, q[k]))
+        frac.append(jnp.where(snap_k, f_k, 0.0))
+        snap.append(snap_k)
+    first = [snap[0], snap[1] & ~snap[0], snap[2] & ~snap[0] & ~snap[1]]  # per axis: the first snapped one
+    second = [jnp.zeros_like(snap[0]), snap[1] & snap[0], snap[2] & (snap[0] | snap[1])]
+    f1 = sum(jnp.where(first[k], frac[k], 0.0) for k in range(3))
+    f2 = sum(jnp.where(second[k], frac[k], 0.0) for k in range(3))
+    corners = []
+    for i, j in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        local = tuple(
+            jnp.where(first[k], hi[k] if i else lo[k], jnp.where(second[k], hi[k] if j else lo[k], q[k]))
+            for k in range(3)
+        )
+        world = tuple(pos[..., a] + sum(mat[..., a, b] * local[b] for b in range(3)) for a in range(3))
+        weight = (f1 if i else 1.0 - f1) * (f2 if j else 1.0 - f2)
+        corners.append((world, n, weight))
+    if mesh_hit is not None:
+        tri, bu, bv = mesh_hit
+        on_mesh = tri >= 0
+        safe_tri = jnp.maximum(tri, 0)
+        vert, normal = scene.tri_vert[safe_tri], scene.tri_normal[safe_tri]  # [R, 3, 3]
+        weights = (1.0 - bu - bv, bu, bv, jnp.zeros_like(bu))
+        mesh_corners = []
+        for k in range(3):
+            world = tuple(pos[..., a] + jnp.sum(mat[..., a, :] * vert[:, k], -1) for a in range(3))
+            nk = _normalize(tuple(jnp.sum(mat[..., a, :] * normal[:, k], -1) * facing for a in range(3)))
+            mesh_corners.append((world, nk))
+        mesh_corners.append(mesh_corners[0])
+        corners = [
+            (
+                tuple(jnp.where(on_mesh, a, b) for a, b in zip(mp, p, strict=True)),
+                tuple(jnp.where(on_mesh, a, b) for a, b in zip(mn, pn, strict=True)),
+                jnp.where(on_mesh, mw, w),
+            )
+            for (mp, mn), (p, pn, w), mw in zip(mesh_corners, corners, weights, strict=True)
+        ]
+    return corners
 
 
 def _light_world(scene: RenderScene, data) -> tuple[Array, Array]:
@@ -796,57 +917,67 @@ def _shade(
     hit = hit_idx >= 0
     t_safe = jnp.where(hit, t, 0.0)
     point = tuple(origin[k] + t_safe * ray_d[k] for k in range(3))
-    n, base, texel = _surface(
+    n, base, texel, corners = _surface(
         scene, geom_xpos, geom_xmat, hit_idx, point, ray_d, mesh_hit, t_safe, pixel_angle
     )
-    view = (-ray_d[0], -ray_d[1], -ray_d[2])
     light_pos, light_dir = _light_world(scene, data)
-
-    diffuse = jnp.broadcast_to(scene.ambient, base.shape)
-    spec = jnp.zeros_like(base)
     spec_k = scene.geom_specular[jnp.maximum(hit_idx, 0)][..., None]
     shin = scene.geom_shininess[jnp.maximum(hit_idx, 0)]
 
-    def add_light(diffuse, spec, to_light: Vec3, colour_d, colour_s, scale):
-        n_dot_l = jnp.maximum(_dot(n, to_light), 0.0) * scale
-        diffuse = diffuse + n_dot_l[..., None] * colour_d
-        if cfg.specular:
-            half = _normalize(tuple(a + b for a, b in zip(to_light, view, strict=True)))
-            highlight = jnp.where(n_dot_l > 0, jnp.maximum(_dot(n, half), 0.0) ** shin, 0.0) * scale
-            spec = spec + highlight[..., None] * colour_s * spec_k
-        return diffuse, spec
-
-    for li, directional in enumerate(scene.light_directional):
-        if directional:
+    def to_light(li: int, p: Vec3):
+        """(unit direction to light li, its distance, spot-cone scale) from points p."""
+        if scene.light_directional[li]:
             # Shape [1]: the same direction for every ray, so the shadow pass rotates it per geom only.
-            to_light = tuple(-light_dir[li, k][None] for k in range(3))
-            dist = jnp.full(t.shape, _INF)
-            scale = jnp.ones(t.shape)
-        else:
-            delta = tuple(light_pos[li, k] - point[k] for k in range(3))
-            dist = jnp.sqrt(_dot(delta, delta))
-            to_light = _normalize(delta)
-            # Spot cone (cos_cutoff = -1 and exponent 0 make this 1 for point lights).
-            cos_angle = -_dot(to_light, tuple(light_dir[li, k] for k in range(3)))
-            scale = jnp.where(
-                cos_angle >= scene.light_cos_cutoff[li],
-                jnp.maximum(cos_angle, 0.0) ** scene.light_exponent[li],
-                0.0,
-            )
-        if li == scene.shadow_light:
-            bias = cfg.shadow_bias
-            shadow_o = tuple(point[k] + n[k] * bias for k in range(3))
-            t_block, _ = _nearest_hit(scene, geom_xpos, geom_xmat, shadow_o, to_light, 0.0, with_index=False)
-            lit = jnp.where(t_block < dist, 1.0 - cfg.shadow_strength, 1.0)
-            scale = scale * lit
-        diffuse, spec = add_light(
-            diffuse, spec, to_light, scene.light_diffuse[li], scene.light_specular[li], scale
+            return tuple(-light_dir[li, k][None] for k in range(3)), jnp.full(t.shape, _INF), 1.0
+        delta = tuple(light_pos[li, k] - p[k] for k in range(3))
+        # Spot cone (cos_cutoff = -1 and exponent 0 make this 1 for point lights).
+        direction = _normalize(delta)
+        cos_angle = -_dot(direction, tuple(light_dir[li, k] for k in range(3)))
+        scale = jnp.where(
+            cos_angle >= scene.light_cos_cutoff[li],
+            jnp.maximum(cos_angle, 0.0) ** scene.light_exponent[li],
+            0.0,
         )
-    diffuse, spec = add_light(diffuse, spec, cam_z, scene.headlight_diffuse, scene.headlight_specular, 1.0)
+        return direction, jnp.sqrt(_dot(delta, delta)), scale
 
-    # As fixed-function OpenGL (MuJoCo): the lit colour saturates before the texture modulates it,
-    # and the specular term is added after.
-    colour = jnp.minimum(base * diffuse, 1.0) * texel + spec
+    # Shadows per pixel (a light's visibility from the hit point), the rest at the lighting corners.
+    shadowed = {}
+    if scene.shadow_light >= 0:
+        li = scene.shadow_light
+        direction, dist, _ = to_light(li, point)
+        shadow_o = tuple(point[k] + n[k] * cfg.shadow_bias for k in range(3))
+        t_block, _ = _nearest_hit(scene, geom_xpos, geom_xmat, shadow_o, direction, 0.0, with_index=False)
+        shadowed[li] = jnp.where(t_block < dist, 1.0 - cfg.shadow_strength, 1.0)
+
+    def lit_at(p: Vec3, nn: Vec3):
+        """Lit colour of the hits' material at points p, normals nn: ambient + diffuse + specular,
+        saturated at 1 (fixed-function OpenGL's single-colour model, which MuJoCo's renderer keeps)."""
+        view = _normalize(tuple(origin[k] - p[k] for k in range(3)))  # a local viewer, as MuJoCo's GL
+        diffuse = jnp.broadcast_to(scene.ambient, base.shape)
+        spec = jnp.zeros_like(base)
+
+        def add(diffuse, spec, direction: Vec3, colour_d, colour_s, scale):
+            n_dot_l = jnp.maximum(_dot(nn, direction), 0.0) * scale
+            diffuse = diffuse + n_dot_l[..., None] * colour_d
+            if cfg.specular:
+                half = _normalize(tuple(a + b for a, b in zip(direction, view, strict=True)))
+                highlight = jnp.where(n_dot_l > 0, jnp.maximum(_dot(nn, half), 0.0) ** shin, 0.0) * scale
+                spec = spec + highlight[..., None] * colour_s * spec_k
+            return diffuse, spec
+
+        for li in range(len(scene.light_directional)):
+            direction, _, scale = to_light(li, p)
+            scale = scale * shadowed.get(li, 1.0)
+            diffuse, spec = add(
+                diffuse, spec, direction, scene.light_diffuse[li], scene.light_specular[li], scale
+            )
+        diffuse, spec = add(diffuse, spec, cam_z, scene.headlight_diffuse, scene.headlight_specular, 1.0)
+        return jnp.minimum(base * diffuse + spec, 1.0)
+
+    # As fixed-function OpenGL (MuJoCo): the lit colour, highlights included, saturates per vertex,
+    # is interpolated, and the texture modulates it (no separate specular colour).
+    primary = sum(w[..., None] * lit_at(p, nn) for p, nn, w in corners)
+    colour = primary * texel
     sky_w = jnp.clip(ray_d[2], 0.0, 1.0)[..., None]
     sky = (1.0 - sky_w) * jnp.asarray(cfg.sky_horizon_rgb) + sky_w * jnp.asarray(cfg.sky_zenith_rgb)
     return jnp.where(hit[..., None], colour, sky)
