@@ -533,3 +533,37 @@ def pick_place_action(
         state, ref_mat=ref, phase=phase + 1 if done else phase, steps=0 if done else steps + 1
     )
     return action, nxt
+
+
+def pick_place_batch(
+    cfg: LiberoPlanConfig,
+    geo: PickPlaceGeometry,
+    views: Sequence[PickPlaceView],
+    sim_step: Callable[[np.ndarray], tuple[np.ndarray, Sequence[PickPlaceView]]],
+    steps: int,
+) -> tuple[np.ndarray, list[PlanState]]:
+    """The plan over a batch of envs stepped together (`sim_step`: actions f32[N, 7] -> (success
+    bool[N] on the step's data, the new views)); one plan state per env, host numpy.
+
+    An env is finished at its first success or when its plan is done; a finished env holds still
+    (zero motion, its gripper as it was) and the loop ends when every env is finished or after
+    `steps` control steps. Returns (first success step i32[N] counted from 1, -1 where never; the
+    plan states)."""
+    n = len(views)
+    states = [PlanState() for _ in range(n)]
+    first = np.full(n, -1, np.int32)
+    for t in range(steps):
+        done = (first > 0) | np.array([PHASES[s.phase] == "done" for s in states])
+        if done.all():
+            break
+        actions = np.zeros((n, 7), np.float32)
+        for i in range(n):
+            if done[i]:  # outcome recorded: hold the gripper as the plan last had it
+                actions[i, 6] = (
+                    1.0 if PHASES[states[i].phase] in ("close", "lift", "transport", "lower") else -1.0
+                )
+            else:
+                actions[i], states[i] = pick_place_action(cfg, geo, views[i], states[i])
+        success, views = sim_step(actions)
+        first[(first < 0) & ~done & np.asarray(success, bool)] = t + 1
+    return first, states

@@ -15,6 +15,11 @@ JSON line each:
   `pirl.envs.libero_predicates`, on the MJX data as the env rewards them), and every free object's
   position error at the end; target: within 2 cm. `--real-only` runs the real side alone (the
   expert's success rate there).
+- (c) `expert` (`--checks expert`): the same plan's success over many initial states, one JSON line
+  per task: in MJX with every initial state of `--init-states` stepped as one vmapped batch
+  (`mjx_expert`; tasks whose MJX models share their static structure, e.g. all of libero_spatial,
+  share one compiled step) and replayed in the real LIBERO (`--mjx-only` / `--real-only` for one
+  side): successes, first-success step statistics, the failing inits and the phase they ended in.
 - (c) `plan` (`--checks plan`): the goal-sequencing expert in both simulators for any task whose
   terms it plans (`goal_subplans`): drawers pulled open / pushed shut by their handle and knobs
   twisted (`pirl.envs.libero_artic_expert`), pick-and-places, in order (a drawer that holds the
@@ -30,6 +35,7 @@ JSON line each:
     python -m pirl.envs.libero_check --suite libero_spatial --tasks 0 1 --init-states 0 1 2
     python -m pirl.envs.libero_check --tasks 0 1 --init-states 0 1 --checks pick_place
     python -m pirl.envs.libero_check --tasks 0 --init-states 0 --checks images --images-dir /tmp/libero_images
+    python -m pirl.envs.libero_check --tasks 0 1 --init-states $(seq 0 49) --checks expert --mjx-only
 """
 
 from __future__ import annotations
@@ -51,8 +57,8 @@ SEQUENCE_STEPS = 20
 POS_TOL, ROT_TOL, EEF_TOL = 0.005, 0.05, 0.01
 """Targets: settled eef position (m), settled axis-angle (rad), eef after each sequence (m)."""
 
-CHECKS = ("state", "pick_place", "images", "plan")
-"""What `--checks` can run: (a)+(b) state, (c) pick_place, (c) plan (goal sequences, articulated goals), (d) images."""
+CHECKS = ("state", "pick_place", "expert", "images", "plan")
+"""What `--checks` can run: (a)+(b) state, (c) pick_place, expert and plan (goal sequences, articulated goals), (d) images."""
 
 
 def action_sequences(steps: int = SEQUENCE_STEPS) -> dict[str, np.ndarray]:
@@ -636,6 +642,196 @@ def compare_pick_place(
     return records
 
 
+# ----------------------------------------------------------------------------- (c) the expert over all inits
+
+EXPERT_FIELDS = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
+"""mjx.Data fields the plan's view reads (after the step's kinematics)."""
+
+
+def _expert_step_fn():
+    """The batched control step of the expert runs, jitted once per process: (OSC config, OSC
+    indices) static, the MJX model an argument, so tasks whose models have the same static
+    structure (every libero_spatial task; see docs/libero_mjx.md) share one compiled program.
+    (data [N], actions f32[N, 7]) -> (data, goal view fields on the step's own data, view fields
+    after kinematics)."""
+    import functools
+
+    import jax
+    from mujoco import mjx
+
+    from pirl.envs import libero_predicates as lp
+    from pirl.envs.osc import osc_control_step
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def step(cfg, idx, mx, d, a):
+        def one(d, a):
+            d = osc_control_step(cfg, idx, mx, d, a)
+            v = lp.view_mjx(d)  # what LIBERO's _check_success reads after env.step
+            goal = (v.qpos, v.xpos, v.site_xpos, v.site_xmat, v.contact_geom, v.contact_on)
+            d = mjx.kinematics(mx, d)
+            return d, goal, tuple(getattr(d, k) for k in EXPERT_FIELDS)
+
+        return jax.vmap(one)(d, a)
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def reset(cfg, idx, mx, d0, qpos, qvel):
+        from pirl.envs.osc import osc_reset
+
+        def one(q, v):
+            d = mjx.kinematics(mx, d0.replace(qpos=q, qvel=v))
+            return osc_reset(cfg, idx, mx, d)
+
+        return jax.vmap(one)(qpos, qvel)
+
+    return step, reset
+
+
+_EXPERT_FNS: list = []  # the jitted pair, made on first use (jit's cache then serves every task)
+
+
+def mjx_expert(
+    suite: str,
+    task_id: int,
+    init_ids: list[int],
+    settle: int = SETTLE_STEPS,
+    steps: int = PICK_PLACE_STEPS,
+    scene_cfg=None,
+    plan_cfg=None,
+) -> dict:
+    """The plan (`pirl.envs.expert.pick_place_action`, host numpy, one plan state per env) on every
+    initial state of `init_ids` at once: one vmapped, jitted control step per control step for the
+    whole batch; an env is finished at its first success (the task's goal predicates on the step's
+    data, as the env rewards it) or when its plan is done, and the batch stops when all are.
+    Returns per-init success steps (-1: never), final phases and qpos, and timings."""
+    import jax
+    import jax.numpy as jnp
+    from mujoco import mjx
+
+    from pirl.envs import libero_predicates as lp
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import PHASES, LiberoPlanConfig, pick_place_batch
+    from pirl.envs.osc import OSCConfig, OSCIndices
+
+    if not _EXPERT_FNS:
+        _EXPERT_FNS.extend(_expert_step_fn())
+    step, reset = _EXPERT_FNS
+    task = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig())
+    m = task.model
+    obj, target = pick_place_goal(task.meta)
+    ob, tb = _body(m, obj), _target(m, target)
+    goal = lp.compile_goal(_isolated(lp.ensure_goal_spec, suite, task_id), m)
+    geo = pick_place_geometry(m, obj, target)
+    plan_cfg = plan_cfg or LiberoPlanConfig()
+    mx = mjx.put_model(m)
+    cfg = OSCConfig(timestep=float(m.opt.timestep))
+    idx = OSCIndices.from_model(m)
+    n = len(init_ids)
+    init = task.init_states[np.asarray(init_ids)]
+    t0 = time.perf_counter()
+    d = reset(cfg, idx, mx, mjx.make_data(mx), jnp.asarray(init[:, 1 : 1 + m.nq], jnp.float32),
+              jnp.asarray(init[:, 1 + m.nq : 1 + m.nq + m.nv], jnp.float32))  # fmt: skip
+    host = jax.device_get(tuple(getattr(d, k) for k in EXPERT_FIELDS))
+    reset_s = time.perf_counter() - t0
+    settle_a = jnp.tile(jnp.asarray(SETTLE_ACTION, jnp.float32), (n, 1))
+    step_s = []
+    for _ in range(settle):
+        t1 = time.perf_counter()
+        d, _, host = step(cfg, idx, mx, d, settle_a)
+        host = jax.device_get(host)
+        step_s.append(time.perf_counter() - t1)
+    first_call_s = step_s[0] if step_s else 0.0
+
+    def sim_step(actions):
+        nonlocal d, host
+        t1 = time.perf_counter()
+        d, gview, host = step(cfg, idx, mx, d, jnp.asarray(actions))
+        gview, host = jax.device_get((gview, host))
+        step_s.append(time.perf_counter() - t1)
+        # LIBERO's success, checked every step, on the step's own data (as the env rewards it)
+        success = np.array([bool(lp.success(goal, lp.SimView(*(x[i] for x in gview)), np)) for i in range(n)])
+        return success, views(host)
+
+    def views(host):
+        return [
+            _view(
+                m,
+                types.SimpleNamespace(**{k: v[i] for k, v in zip(EXPERT_FIELDS, host, strict=True)}),
+                ob,
+                tb,
+            )
+            for i in range(n)
+        ]
+
+    first, states = pick_place_batch(plan_cfg, geo, views(host), sim_step, steps)
+    return {
+        "success_step": first.tolist(),
+        "phase": [PHASES[s.phase] for s in states],
+        "qpos": np.asarray(host[0], np.float64),
+        "geo": geo,
+        "plan_cfg": plan_cfg,
+        "control_steps": len(step_s) - settle,
+        "reset_s": round(reset_s, 1),
+        "first_call_s": round(first_call_s, 1),
+        "step_s": round(float(np.median(step_s[1:])), 3) if len(step_s) > 1 else None,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def expert_report(
+    suite: str,
+    task_id: int,
+    init_ids: list[int],
+    settle: int = SETTLE_STEPS,
+    steps: int = PICK_PLACE_STEPS,
+    mjx_side: bool = True,
+    real_side: bool = True,
+    scene_cfg=None,
+    out=sys.stdout,
+) -> dict:
+    """Check (c) over many initial states: the expert's success in MJX (`mjx_expert`, batched) and the
+    same plan replayed in the real LIBERO (`real_pick_place`, in a spawned process): one JSON line
+    per task with successes, first-success step statistics and the failing inits."""
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig
+
+    rec: dict = {
+        "suite": suite,
+        "task": task_id,
+        "check": "expert",
+        "episodes": len(init_ids),
+        "steps": steps,
+    }
+    task = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig())
+    obj, target = pick_place_goal(task.meta)
+    rec["goal"] = task.meta["goal"][0]
+
+    def stats(first: list[int], side: str) -> None:
+        ok = [s for s in first if s > 0]
+        rec[f"{side}_successes"] = len(ok)
+        rec[f"{side}_first_success_step"] = (
+            {"min": min(ok), "median": float(np.median(ok)), "max": max(ok)} if ok else None
+        )
+        rec[f"{side}_failed_inits"] = [i for i, s in zip(init_ids, first, strict=True) if s <= 0]
+
+    if mjx_side:
+        r = mjx_expert(suite, task_id, init_ids, settle, steps, scene_cfg)
+        stats(r["success_step"], "mjx")
+        rec["mjx_failed_phases"] = [p for p, s in zip(r["phase"], r["success_step"], strict=True) if s <= 0]
+        rec.update(
+            {f"mjx_{k}": r[k] for k in ("control_steps", "reset_s", "first_call_s", "step_s", "wall_s")}
+        )
+    if real_side:
+        geo = pick_place_geometry(task.model, obj, target)
+        t0 = time.perf_counter()
+        real = _isolated(real_pick_place, suite, task_id, init_ids, settle, steps, geo, LiberoPlanConfig())
+        stats([x["success_step"] for x in real], "real")
+        rec["real_failed_phases"] = [x["phase"] for x in real if x["success_step"] <= 0]
+        rec["real_s"] = round(time.perf_counter() - t0, 1)
+    out.write(json.dumps(rec) + "\n")
+    out.flush()
+    return rec
+
+
 @dataclasses.dataclass(frozen=True)
 class SubPlan:
     """One goal term's plan: "artic" (`geo`: an ArticGeometry) or "pick_place" (`obj`, `target`
@@ -916,7 +1112,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-states", nargs="+", type=int, default=[0])
     p.add_argument("--settle", type=int, default=SETTLE_STEPS, help="no-op steps after the reset")
     p.add_argument("--checks", nargs="+", choices=CHECKS, default=["state"],
-                   help="state: (a) settled state and (b) eef trajectories; pick_place: (c); images: (d)")  # fmt: skip
+                   help="state: (a) settled state and (b) eef trajectories; pick_place: (c) side by side; "
+                        "expert: (c) success over the init states, MJX batched and real; plan: (c) goal sequences; "
+                        "images: (d)")  # fmt: skip
     p.add_argument("--steps", type=int, default=PICK_PLACE_STEPS, help="(c): control steps per episode")
     p.add_argument(
         "--caps",
@@ -935,20 +1133,23 @@ def main(argv: list[str] | None = None) -> None:
         help="(c): the MJX scene's solver and line-search iterations (default: SceneConfig's)",
     )
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
+    p.add_argument("--mjx-only", action="store_true", help="(c) expert: run the plan in MJX only")
     p.add_argument("--plan-steps", type=int, default=PLAN_STEPS, help="(c) plan: control steps per episode")
     p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
     p.add_argument("--images-dir", default=None, help="(d): save side-by-side PNGs here")
     p.add_argument("--looks", nargs="+", choices=["primitives", "meshes"], default=["primitives"],
                    help="(d): pirl's looks to compare (LiberoRenderConfig.look)")  # fmt: skip
     args = p.parse_args(argv)
-    import pirl  # noqa: F401  (XLA CPU flag before the first JAX computation)
+    import pirl  # XLA CPU flag before the first JAX computation
+
+    pirl.create_backends()  # one XLA CPU pool thread: vmapped MJX steps deadlock jaxlib 0.10's LAPACK otherwise
 
     ok = True
     for t in args.tasks:
         if "state" in args.checks:
             recs = compare(args.suite, t, args.init_states, args.settle)
             ok &= all(r["pass"] for r in recs)
-        if "pick_place" in args.checks:
+        if "pick_place" in args.checks or "expert" in args.checks:
             from pirl.envs.libero_scene import SceneConfig
 
             scene = {}
@@ -956,6 +1157,10 @@ def main(argv: list[str] | None = None) -> None:
                 scene.update(max_geom_pairs=args.caps[0], max_contact_points=args.caps[1])
             if args.solver is not None:
                 scene.update(solver_iterations=args.solver[0], ls_iterations=args.solver[1])
+        if "expert" in args.checks:
+            expert_report(args.suite, t, args.init_states, args.settle, args.steps, not args.real_only,
+                          not args.mjx_only, SceneConfig(**scene))  # fmt: skip
+        if "pick_place" in args.checks:
             recs = compare_pick_place(
                 args.suite,
                 t,
