@@ -549,6 +549,32 @@ def real_pick_place(
     return out
 
 
+def _plan_stepper(m, goal) -> tuple:
+    """(mjx model, jitted OSC reset, jitted control step) for driving a host plan on the MJX scene `m`
+    (a mujoco.MjModel) towards the compiled goal `goal`: step(d, a) -> (d with current kinematics,
+    {"success": the goal on the step's data as the env rewards it, and the fields a plan's view reads})."""
+    import jax
+    import jax.numpy as jnp
+    from mujoco import mjx
+
+    from pirl.envs import libero_predicates as lp
+    from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
+
+    mx = mjx.put_model(m)
+    cfg = OSCConfig(timestep=float(m.opt.timestep))
+    idx = OSCIndices.from_model(m)
+    fields = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
+
+    @jax.jit
+    def step(d, a):
+        d = osc_control_step(cfg, idx, mx, d, a)
+        success = lp.success(goal, lp.view_mjx(d), jnp)
+        d = mjx.kinematics(mx, d)
+        return d, {"success": success, **{k: getattr(d, k) for k in fields}}
+
+    return mx, jax.jit(lambda d: osc_reset(cfg, idx, mx, d)), step
+
+
 def compare_pick_place(
     suite: str,
     task_id: int,
@@ -564,12 +590,10 @@ def compare_pick_place(
     SceneConfig (default: libero_scene's); `mjx_side=False` runs the real LIBERO only."""
     import jax
     import jax.numpy as jnp
-    from mujoco import mjx
 
     from pirl.envs import libero_predicates as lp
     from pirl.envs import libero_scene as ls
     from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_action
-    from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
 
     task = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig())
     m = task.model
@@ -579,19 +603,7 @@ def compare_pick_place(
     goal = lp.compile_goal(_isolated(lp.ensure_goal_spec, suite, task_id), m)
     geo = pick_place_geometry(m, obj, target)
     plan_cfg = LiberoPlanConfig()
-    mx = mjx.put_model(m)
-    cfg = OSCConfig(timestep=float(m.opt.timestep))
-    idx = OSCIndices.from_model(m)
-    fields = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
-
-    @jax.jit
-    def step(d, a):
-        d = osc_control_step(cfg, idx, mx, d, a)
-        success = lp.success(goal, lp.view_mjx(d), jnp)  # on the step's data, as the env rewards it
-        d = mjx.kinematics(mx, d)
-        return d, {"success": success, **{k: getattr(d, k) for k in fields}}
-
-    reset = jax.jit(lambda d: osc_reset(cfg, idx, mx, d))
+    mx, reset, step = _plan_stepper(m, goal)
     t0 = time.perf_counter()
     real = _isolated(real_pick_place, suite, task_id, init_ids, settle, steps, geo, plan_cfg)
     real_s = time.perf_counter() - t0
@@ -971,12 +983,10 @@ def compare_plan(
     errors), then a summary. The MJX side's success is the goal predicates on each step's data."""
     import jax
     import jax.numpy as jnp
-    from mujoco import mjx
 
     from pirl.envs import libero_predicates as lp
     from pirl.envs import libero_scene as ls
     from pirl.envs.expert import LiberoPlanConfig
-    from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
 
     task = ls.load_task(suite, task_id)
     m = task.model
@@ -984,20 +994,8 @@ def compare_plan(
     goal = lp.compile_goal(spec, m)
     plans = goal_subplans(m, spec, task.init_states[init_ids[0]][1 : 1 + m.nq])
     plan_cfg = LiberoPlanConfig()
-    mx = mjx.put_model(m)
-    cfg = OSCConfig(timestep=float(m.opt.timestep))
-    idx = OSCIndices.from_model(m)
-    fields = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
+    mx, reset, step = _plan_stepper(m, goal)
     joints = [p.geo.qpos_adr for p in plans if p.kind == "artic"]
-
-    @jax.jit
-    def step(d, a):
-        d = osc_control_step(cfg, idx, mx, d, a)
-        success = lp.success(goal, lp.view_mjx(d), jnp)
-        d = mjx.kinematics(mx, d)
-        return d, {"success": success, **{k: getattr(d, k) for k in fields}}
-
-    reset = jax.jit(lambda d: osc_reset(cfg, idx, mx, d))
     t0 = time.perf_counter()
     real = _isolated(real_plan, suite, task_id, init_ids, settle, steps, plans, plan_cfg)
     real_s = time.perf_counter() - t0
