@@ -431,10 +431,14 @@ def test_libero_with_real_meshes_against_real_libero():
     import subprocess
     import sys
 
+    from pirl.envs.libero_pool import set_gl_environment
+
+    gl_env = {**os.environ, "MUJOCO_GL": "osmesa"}
+    set_gl_environment(gl_env)  # PYOPENGL_PLATFORM may have been set to "egl" by an earlier test here
     script = pathlib.Path(__file__).parents[1] / "benchmarks" / "render_libero_meshes.py"
     run = subprocess.run(
         [sys.executable, str(script), "--budgets", "2000"],
-        capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": "osmesa"},
+        capture_output=True, text=True, env=gl_env,
     )  # fmt: skip
     assert run.returncode == 0, f"render_libero_meshes.py exited {run.returncode}:\n{run.stderr[-4000:]}"
     out = run.stdout

@@ -200,7 +200,10 @@ def _libero_backends(look: str, size: int, batch: int) -> tuple[np.ndarray, np.n
 # meshes 19.3 / 18.3 dB (Warp draws LIBERO's full meshes and unfiltered textures, pirl decimated meshes
 # and mip-mapped ones; against MuJoCo's OpenGL render of the same geoms JAX gets 23.9 / 22.7 dB, Warp
 # 22.1 / 21.6 dB).
-_MIN_PSNR = {"primitives": 40.0, "meshes": 16.0}
+# pirl's JAX renderer lights boxes and planes at the corners of MuJoCo's OpenGL quads (Gouraud, as LIBERO's
+# frames are lit), Warp per ray: the wrist camera, close to large faces, shows it (primitives wrist 28.7 dB
+# at init 0 after that change; agentview still > 40).
+_MIN_PSNR = {"primitives": (40.0, 26.0), "meshes": (16.0, 16.0)}  # (agentview, wrist)
 
 
 def _check_libero(look: str, size: int, batch: int) -> None:
@@ -208,7 +211,7 @@ def _check_libero(look: str, size: int, batch: int) -> None:
     assert jx.shape == wp.shape == (batch, 2, size, size, 3) and wp.dtype == np.uint8
     for b in range(batch):
         for c in range(2):
-            assert _psnr(jx[b, c], wp[b, c]) > _MIN_PSNR[look], (look, b, c, _psnr(jx[b, c], wp[b, c]))
+            assert _psnr(jx[b, c], wp[b, c]) > _MIN_PSNR[look][c], (look, b, c, _psnr(jx[b, c], wp[b, c]))
 
 
 @pytest.mark.nightly

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import types
@@ -112,6 +113,11 @@ def _isolated(fn, *args):
     import concurrent.futures
     import multiprocessing
 
+    from pirl.envs.libero_pool import set_gl_environment
+
+    # the child imports mujoco (choosing its GL backend) before LIBERO's own setup runs: hand it one
+    # consistent MUJOCO_GL / PYOPENGL_PLATFORM (an inherited "egl" beside "osmesa" hides mujoco.Renderer)
+    set_gl_environment(os.environ)
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:  # raises if the child dies
         return pool.submit(fn, *args).result()
