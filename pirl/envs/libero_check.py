@@ -77,6 +77,18 @@ def action_sequences(steps: int = SEQUENCE_STEPS) -> dict[str, np.ndarray]:
     return out
 
 
+def settled_start(env, init: np.ndarray, settle: int) -> dict:
+    """Reset the real LIBERO env to the official initial state `init` and run `settle` no-op steps (the
+    gripper open, as openpi's evaluation waits); returns the last observation. numpy's global generator
+    is reseeded first: LIBERO's reset places the fixtures from it."""
+    np.random.seed(BUILD_SEED)
+    env.reset()
+    obs = env.set_init_state(init)
+    for _ in range(settle):
+        obs, _, _, _ = env.step(list(SETTLE_ACTION))
+    return obs
+
+
 def real_rollouts(
     suite: str, task_id: int, init_id: int, sequences: dict[str, np.ndarray], settle: int
 ) -> dict:
@@ -88,12 +100,7 @@ def real_rollouts(
     env.seed(BUILD_SEED)
 
     def start():
-        np.random.seed(BUILD_SEED)  # LIBERO's reset places the fixtures from numpy's global generator
-        env.reset()
-        obs = env.set_init_state(init)
-        for _ in range(settle):
-            obs, _, _, _ = env.step(list(SETTLE_ACTION))
-        return libero_state(obs)
+        return libero_state(settled_start(env, init, settle))
 
     try:
         settled = start()
@@ -285,11 +292,7 @@ def real_images(
         try:
             init = task_suite.get_task_init_states(task_id)[init_id]
             env.seed(BUILD_SEED)
-            np.random.seed(BUILD_SEED)
-            env.reset()
-            obs = env.set_init_state(init)
-            for _ in range(settle):
-                obs, _, _, _ = env.step(list(SETTLE_ACTION))
+            obs = settled_start(env, init, settle)
             out["images"][size] = {ours: np.array(obs[raw]) for raw, ours in CAMERA_KEYS.items()}
             out["qpos"] = np.array(env.sim.data.qpos)
             out["mujoco"][size] = mujoco_views(env.sim.model._model, out["qpos"], size, cameras)
@@ -527,11 +530,7 @@ def real_pick_place(
     try:
         env.seed(BUILD_SEED)
         for init_id in init_ids:
-            np.random.seed(BUILD_SEED)
-            env.reset()
-            obs = env.set_init_state(inits[init_id])
-            for _ in range(settle):
-                obs, _, _, _ = env.step(list(SETTLE_ACTION))
+            obs = settled_start(env, inits[init_id], settle)
             state, first = PlanState(), -1
             trajectory: dict = {"qpos": [], "phase": [], "frames": {k: [] for k in CAMERA_KEYS.values()}}
             for t in range(steps):
@@ -955,11 +954,7 @@ def real_plan(
     try:
         env.seed(BUILD_SEED)
         for init_id in init_ids:
-            np.random.seed(BUILD_SEED)
-            env.reset()
-            env.set_init_state(inits[init_id])
-            for _ in range(settle):
-                env.step(list(SETTLE_ACTION))
+            settled_start(env, inits[init_id], settle)
             state, first, t = SequenceState(), -1, 0
             for t in range(steps):
                 action, state, finished = sequence_action(plan_cfg, plans, m, env.sim.data._data, state)
