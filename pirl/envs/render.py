@@ -11,8 +11,9 @@ and boxes (per face) and on meshes (per-vertex texture coordinates), trilinearly
 mip-maps, cube maps on boxes, sRGB textures decoded. As in fixed-function OpenGL (MuJoCo's
 renderer): the light is computed per vertex (mesh triangle corners, the corners of the quads MuJoCo
 draws planes and boxes with) and interpolated, ambient + diffuse + specular saturate together before
-the texture modulates them, and the headlight shines along the camera's axis. docs/render.md has
-the measurements against mujoco.Renderer.
+the texture modulates them, and the headlight shines along the camera's axis. A scene with a
+reflective plane or box (material reflectance > 0) gets MuJoCo's mirror pass: one reflected ray per
+pixel, traced from the mirrored camera. docs/render.md has the measurements against mujoco.Renderer.
 
 Usage:
     scene = prepare_scene(mj_model)                       # host side, once
