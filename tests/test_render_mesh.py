@@ -479,8 +479,9 @@ def test_triangles_crossing_the_camera_plane_do_not_crowd_out_the_view():
 def test_libero_with_real_meshes_against_real_libero():
     """benchmarks/render_libero_meshes.py end to end (the real LIBERO in a spawned process, ~1 min):
     LIBERO's own meshes and textures drawn by pirl at libero_spatial task 0, init 0, 128 px, against
-    the real LIBERO's frames. Measured 23.99 dB / 0.869 SSIM agentview, 25.48 dB / 0.882 wrist
-    (before the sRGB, per-vertex lighting and group fixes: 23.9 / 0.875 and 19.1 / 0.795)."""
+    the real LIBERO's frames. Measured 26.15 dB / 0.894 SSIM agentview, 25.48 dB / 0.881 wrist (before
+    the stove's mirror pass: 23.99 / 0.869 agentview; before the sRGB, per-vertex lighting and group
+    fixes: 23.9 / 0.875 and 19.1 / 0.795)."""
     pytest.importorskip("libero")
     import json
     import pathlib
@@ -499,5 +500,5 @@ def test_libero_with_real_meshes_against_real_libero():
     assert run.returncode == 0, f"render_libero_meshes.py exited {run.returncode}:\n{run.stderr[-4000:]}"
     out = run.stdout
     records = {r["camera"]: r for r in map(json.loads, (x for x in out.splitlines() if x.startswith("{")))}
-    assert records["agentview_image"]["psnr_db"] > 23.0 and records["agentview_image"]["ssim"] > 0.85
+    assert records["agentview_image"]["psnr_db"] > 25.0 and records["agentview_image"]["ssim"] > 0.88
     assert records["wrist_image"]["psnr_db"] > 24.5 and records["wrist_image"]["ssim"] > 0.86
