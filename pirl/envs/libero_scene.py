@@ -82,12 +82,20 @@ class SceneConfig:
     spheres first; fixtures' large boxes crowd out object pairs at 24)."""
     max_contact_points: int = 64
     """MJX: most contacts kept per step (deepest first; ~41 are active with everything at rest)."""
+    grip_condim: int = 4
+    """condim of the gripper's pairs (the others: 3). LIBERO's finger geoms are condim 4. In MJX a
+    condim of their own also gives the gripper's pairs a broad phase (max_geom_pairs) and contact
+    budget (max_contact_points) of their own: at 3, with a bowl resting on the stove or the cookie
+    box, the fixtures' large boxes (nearest by bounding sphere) crowded the fingers' pairs out of
+    the 64 and the fingers closed through the bowl (libero_spatial 3 and 7, docs/libero_mjx.md)."""
 
     def __post_init__(self):
         if self.cone not in ("elliptic", "pyramidal"):
             raise ValueError(f"cone must be 'elliptic' or 'pyramidal', got {self.cone!r}")
         if self.finger_boxes < 1:
             raise ValueError("finger_boxes must be >= 1")
+        if self.grip_condim not in (3, 4, 6):
+            raise ValueError(f"grip_condim must be 3, 4 or 6, got {self.grip_condim}")
         if self.boxes_per_body < 1:
             raise ValueError("boxes_per_body must be >= 1")
 
@@ -417,7 +425,7 @@ def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()
     for a, b in _pairs(new):
         p = spec.add_pair()
         p.geomname1, p.geomname2 = a.name, b.name
-        p.condim = 3
+        p.condim = cfg.grip_condim if "grip" in (a.kind, b.kind) else 3
         fr = np.maximum(a.friction, b.friction)
         p.friction = np.array([fr[0], fr[0], fr[1], fr[2], fr[2]])
         p.solref = 0.5 * (a.solref + b.solref)
