@@ -252,7 +252,8 @@ def _is_collision(m: mujoco.MjModel, g: int) -> bool:
     return bool(m.geom_contype[g] or m.geom_conaffinity[g])
 
 
-def _root_body(m: mujoco.MjModel, b: int) -> int:
+def root_body(m: mujoco.MjModel, b: int) -> int:
+    """The top body (a child of the world) that body `b` hangs from."""
     while m.body_parentid[b] != 0:
         b = m.body_parentid[b]
     return b
@@ -270,7 +271,7 @@ def _geom_rgba(m: mujoco.MjModel, b: int) -> np.ndarray:
 def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
     name = lambda kind, i: mujoco.mj_id2name(m, kind, i) or ""  # noqa: E731
     free_roots = {
-        _root_body(m, m.jnt_bodyid[j]) for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
+        root_body(m, m.jnt_bodyid[j]) for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
     }
     out: list[_NewGeom] = []
     for b in range(m.nbody):
@@ -278,7 +279,7 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
         geoms = [g for g in np.where(m.geom_bodyid == b)[0] if _is_collision(m, g)]
         if not geoms or bname.startswith("mount0_"):
             continue
-        root = name(_OBJ.mjOBJ_BODY, _root_body(m, b))
+        root = name(_OBJ.mjOBJ_BODY, root_body(m, b))
         rgba = _geom_rgba(m, b)
         g0 = geoms[0]
 
@@ -334,7 +335,7 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
                     pos, quat, half = fit_box_in_frame(geom_points(m, g), np.array([1.0, 0.0, 0.0, 0.0]))
                     add("grip", _GEOM.mjGEOM_BOX, pos, quat, half, g, f"_box{i}")
             continue
-        kind = "object" if _root_body(m, b) in free_roots else "fixture"
+        kind = "object" if root_body(m, b) in free_roots else "fixture"
         # LIBERO's XML repeats some boxes verbatim; count each shape once
         unique: dict[tuple, int] = {}
         for g in geoms:
