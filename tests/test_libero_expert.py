@@ -80,3 +80,42 @@ def test_expert_success_in_mjx(suite, task_id):
     rec = next(json.loads(line) for line in out.splitlines() if '"check": "expert"' in line)
     assert rec["mjx_successes"] >= 9, rec
     assert 100 <= rec["mjx_first_success_step"]["min"] <= rec["mjx_first_success_step"]["max"] <= 220, rec
+
+
+def test_plan_lifts_off_a_raised_support_and_reads_turned_extents():
+    """An object picked off a support higher than the target's top + `lift` (a bowl on the cabinet)
+    is first lifted `pick_clearance` over where it started (before: the lift pushed it down into
+    the cabinet and the transport dragged it off); and the object's bottom is read from its turned
+    extents (a bottle whose body y axis is up)."""
+    from pirl.envs.expert import PlanState, object_bottom, pick_place_action
+
+    cfg = LiberoPlanConfig()
+    geo = PickPlaceGeometry(
+        obj_lo=np.array([-0.02, -0.02, 0.0]), obj_hi=np.array([0.02, 0.02, 0.06]),
+        target_hi=np.array([0.07, 0.07, 0.015]), wall_radius=0.0,
+    )  # fmt: skip
+    target = np.array([0.0, 0.3, 0.9])
+    grip, obj = np.array([0.0, -0.2, 1.3]), np.array([0.0, -0.25, 1.13])
+    state, closed, bottoms = PlanState(), False, []
+    for _ in range(300):
+        view = PickPlaceView(grip.copy(), DOWN, np.array([0.0, 1.0, 0.0]), obj.copy(), target)
+        action, state = pick_place_action(cfg, geo, view, state)
+        step = 0.4 * 0.05 * action[:3]
+        grip += step
+        if closed:
+            obj = np.maximum(obj + step, [-9, -9, 1.13 if abs(obj[1] + 0.25) < 0.05 else 0.915])
+        closed = action[6] > 0
+        if PHASES[state.phase] == "transport":
+            bottoms.append(obj[2])
+        if PHASES[state.phase] == "done":
+            break
+    assert state.pick_bottom == pytest.approx(1.13)
+    assert min(bottoms) >= 1.13 + cfg.pick_clearance - 0.01, min(bottoms)  # carried clear of the cabinet
+    assert np.linalg.norm(obj[:2] - target[:2]) < 0.01 and obj[2] < 0.95, obj  # then placed
+    # body y up (LIBERO's ketchup / salad dressing): the bottom is -0.07 along body y, not body z's -0.02
+    tall = PickPlaceGeometry(
+        np.array([-0.02, -0.07, -0.02]), np.array([0.02, 0.05, 0.02]), geo.target_hi, 0.0
+    )
+    y_up = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # quat (0.5, 0.5, 0.5, 0.5)
+    view = PickPlaceView(grip, DOWN, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 0.97]), target, y_up)
+    assert object_bottom(tall, view) == pytest.approx(0.90)
