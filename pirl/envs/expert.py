@@ -482,16 +482,6 @@ def rotation_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
     return v
 
 
-def object_bottom(geo: PickPlaceGeometry, view: PickPlaceView) -> float:
-    """World z of the object's lowest corner (its extents turned by its orientation: LIBERO's bottles
-    stand with their body's y axis up)."""
-    if view.obj_mat is None:
-        return float(view.obj_pos[2] + geo.obj_lo[2])
-    corners = np.array([[x, y, z] for x in (geo.obj_lo[0], geo.obj_hi[0]) for y in (geo.obj_lo[1], geo.obj_hi[1])
-                        for z in (geo.obj_lo[2], geo.obj_hi[2])])  # fmt: skip
-    return float(view.obj_pos[2] + (corners @ view.obj_mat[2]).min())
-
-
 def grasp_point(view: PickPlaceView, state: PlanState) -> np.ndarray:
     """World f64[3] grasp point of a plan state whose grasp offset is set (after its first step); a
     wall grasp follows the object's orientation (a bowl still settling, tilting off a ramekin)."""
@@ -531,7 +521,7 @@ def pick_place_action(
             state,
             grasp_offset=offset,
             grasp_in_body=tilt is not None,
-            pick_bottom=object_bottom(geo, view),
+            pick_bottom=float(view.obj_pos[2] + geo.obj_lo[2]),
         )
     phase, steps = state.phase, state.steps
     grasp = grasp_point(view, state)
@@ -540,7 +530,7 @@ def pick_place_action(
     carry = max(target_top + cfg.lift, state.pick_bottom + cfg.pick_clearance)
     # while holding, steer the object: the grip keeps its offset to it
     hold = view.grip_pos - view.obj_pos
-    obj_bottom = object_bottom(geo, view)
+    obj_bottom = view.obj_pos[2] + geo.obj_lo[2]
     name = PHASES[phase]
     grip, speed = (-1.0, 1.0) if phase in (0, 1, 6, 7, 8) else (1.0, cfg.carry_speed)
     if name == "approach":
