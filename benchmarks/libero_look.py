@@ -80,9 +80,11 @@ def _spawned(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def _pirl_frames(task: ls.LiberoTask, look: str, qpos: np.ndarray, size: int) -> tuple[dict, float, float]:
+def _pirl_frames(
+    task: ls.LiberoTask, cfg: lr.LiberoRenderConfig, qpos: np.ndarray, size: int
+) -> tuple[dict, float, float]:
     """({key: u8[N, S, S, 3]} raw rows, compile s, render s per state) of pirl's look at each qpos."""
-    cams = lr.libero_cameras(task, lr.LiberoRenderConfig(look=look))
+    cams = lr.libero_cameras(task, cfg)
     fn = jax.jit(lambda k: lr.render_libero_cameras(cams, k, size))
     compiled = mujoco.MjModel.from_xml_path(str(task_dir(task.suite, task.task_id) / "scene.xml"))
     data = mujoco.MjData(compiled)
@@ -125,6 +127,8 @@ def main() -> None:
         "--steps", type=int, default=lc.PICK_PLACE_STEPS, help="--episode: control steps at most"
     )
     parser.add_argument("--every", type=int, default=20, help="--episode: a frame every this many steps")
+    parser.add_argument("--supersample", type=int, default=1, help="rays per pixel side (anti-aliasing)")
+    parser.add_argument("--no-reflections", action="store_true", help="leave out MuJoCo's mirror pass")
     parser.add_argument("--png-dir", default="", help="save LIBERO | pirl per look side by side (upright)")
     args = parser.parse_args()
 
@@ -146,7 +150,10 @@ def main() -> None:
             labels = {size: [f"init{i}" for i in inits] for size in args.sizes}
         for look in args.looks:
             for size in args.sizes:
-                ours, compile_s, render_s = _pirl_frames(task, look, qpos[size], size)
+                cfg = lr.LiberoRenderConfig(
+                    look=look, supersample=args.supersample, reflections=not args.no_reflections
+                )
+                ours, compile_s, render_s = _pirl_frames(task, cfg, qpos[size], size)
                 for key in lr.LIBERO_CAMERAS:
                     ref, img = refs[size][key], ours[key]
                     p = [lc.psnr(a, b) for a, b in zip(ref, img, strict=True)]
@@ -154,6 +161,7 @@ def main() -> None:
                     record = {
                         "bench": "libero_look", "suite": args.suite, "task": task_id, "look": look,
                         "reference": "real_episode" if args.episode else "mujoco", "size": size,
+                        "supersample": args.supersample, "reflections": not args.no_reflections,
                         "camera": key, "states": len(p), "psnr_db_mean": round(float(np.mean(p)), 2),
                         "psnr_db_min": round(float(np.min(p)), 2), "ssim_mean": round(float(np.mean(s)), 3),
                         "ssim_min": round(float(np.min(s)), 3), "labels": labels[size],
@@ -170,7 +178,10 @@ def main() -> None:
                             if not args.episode and i > 0:
                                 break  # the first state only
                             row = np.concatenate([ref[i], img[i]], axis=1)[::-1]
-                            name = f"{args.suite}_task{task_id}_{label}_{key.removesuffix('_image')}_{size}_{look}.png"
+                            name = f"{args.suite}_task{task_id}_{label}_{key.removesuffix('_image')}_{size}_{look}"
+                            name += f"_ss{args.supersample}" if args.supersample > 1 else ""
+                            name += "_norefl" if args.no_reflections else ""
+                            name += ".png"
                             Image.fromarray(np.ascontiguousarray(row)).save(path / name)
 
 

@@ -219,27 +219,32 @@ def pi0_demo_cpu() -> RLConfig:
         ),
         policy=FlowPolicyConfig(num_steps=4, action_chunk=5, value_head_hidden=(64, 64), noise_level=0.5),
         # One spatial task, 4 of its fixed initial states, short episodes: the expert solves it in
-        # about 40 control steps. 16 environments: a rollout takes about 2 s on two CPU cores.
+        # about 40 control steps. 32 environments (8 per initial state): with 16 the PPO gradient was
+        # too noisy and evaluation success wandered after 10-20 steps (measured 2026-12-03).
         env=EnvSpec(
             name="toy_spatial",
-            num_envs=16,
+            num_envs=32,
             image_size=56,
             max_episode_steps=50,
             task_ids=(0,),
             init_ids=(0, 1, 2, 3),
         ),
-        adv=AdvantageConfig(adv_type="gae"),
+        # No bootstrap at the 50-step limit: the state has no clock, so the critic cannot see the end
+        # coming; bootstrapping paid a timed-out (failed) episode γ·V ≈ 0.9, almost a success (RLinf
+        # bootstraps only with auto_reset).
+        adv=AdvantageConfig(adv_type="gae", bootstrap_on_truncation=False),
         optim=OptimizerConfig(lr=5e-5, value_lr=1e-3, clip_grad_norm=1.0),
         # 4 noisy (DART) expert episodes per initial state; labels stay the expert's clean actions.
         # 500 SFT steps leave room for PPO (measured: 800 started at 0.91 eval success, 400 at 0.34
-        # with a flat rollout curve, 500 at 0.41 rising to 0.6-0.8 within 10-30 PPO steps). Tried on
-        # 2026-12-03 without a better curve: critic warm-up 5 steps, lr 3e-5, GAE λ 1, value lr 3e-3.
+        # with a flat rollout curve, 500 at 0.41 rising to 0.6-0.8 within 10-30 PPO steps). Tried
+        # without a better curve: critic warm-up 5 steps, lr 3e-5 (also with 4 update epochs), GAE
+        # λ 1, value lr 3e-3; lr 1e-4 wandered and 2e-4 collapsed (0.53 -> 0.19-0.34).
         warm_start=WarmStartConfig(
             episodes_per_task=16, sft_steps=500, batch_size=32, lr=1e-3, action_noise=0.05
         ),
         rollout_epochs=1,
         update_epochs=2,
-        global_batch_size=80,
+        global_batch_size=160,  # 2 minibatches of the 320 transitions per global step
         total_steps=60,
         random_init=True,
         data_config="pi0_toy",

@@ -15,8 +15,8 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from mujoco import mjx
 
+from pirl.envs.mjx_module import mjx
 from pirl.envs.scene import FINGER_OPEN, HOME_QPOS, SceneInfo
 
 

@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 from flax import struct
-from mujoco import mjx
 
 from pirl.envs import controller as ctl
 from pirl.envs import scene as scn
 from pirl.envs import tasks as tsk
+from pirl.envs.mjx_module import mjx
 
 if TYPE_CHECKING:
     from pirl.envs.libero_mjx_env import LiberoMJXEnv

@@ -144,9 +144,9 @@ def mjx_rollouts_fn(task, settle: int):
     hung here inside XLA's CPU runtime (all threads idle in futex waits, no CPU used)."""
     import jax
     import jax.numpy as jnp
-    from mujoco import mjx
 
     from pirl.envs import libero_scene as ls
+    from pirl.envs.mjx_module import mjx
     from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
 
     m = task.model
@@ -317,11 +317,11 @@ def compare_images(
     import pathlib
 
     import jax
-    from mujoco import mjx
     from PIL import Image
 
     from pirl.envs import libero_render as lr
     from pirl.envs import libero_scene as ls
+    from pirl.envs.mjx_module import mjx
 
     task = ls.load_task(suite, task_id)
     label, names = body_labels(task.model)
@@ -621,9 +621,9 @@ def _plan_stepper(m, goal) -> tuple:
     {"success": the goal on the step's data as the env rewards it, and the fields a plan's view reads})."""
     import jax
     import jax.numpy as jnp
-    from mujoco import mjx
 
     from pirl.envs import libero_predicates as lp
+    from pirl.envs.mjx_module import mjx
     from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
 
     mx = mjx.put_model(m)
@@ -736,9 +736,9 @@ def _expert_step_fn():
     import functools
 
     import jax
-    from mujoco import mjx
 
     from pirl.envs import libero_predicates as lp
+    from pirl.envs.mjx_module import mjx
     from pirl.envs.osc import osc_control_step
 
     @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -784,11 +784,11 @@ def mjx_expert(
     Returns per-init success steps (-1: never), final phases and qpos, and timings."""
     import jax
     import jax.numpy as jnp
-    from mujoco import mjx
 
     from pirl.envs import libero_predicates as lp
     from pirl.envs import libero_scene as ls
     from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_batch
+    from pirl.envs.mjx_module import mjx
     from pirl.envs.osc import OSCConfig, OSCIndices
 
     if not _EXPERT_FNS:

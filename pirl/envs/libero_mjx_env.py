@@ -35,13 +35,13 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from mujoco import mjx
 
 from pirl.envs import libero_predicates as lp
 from pirl.envs import libero_render as lr
 from pirl.envs import libero_scene as ls
 from pirl.envs.build_libero import FAITHFUL_SUITES, SETTLE_ACTION, check_suite, is_built, task_dir
 from pirl.envs.env import State
+from pirl.envs.mjx_module import mjx
 from pirl.envs.osc import OSCConfig, OSCIndices, osc_control_step, osc_reset
 from pirl.errors import UserError
 

@@ -65,6 +65,9 @@ class LiberoRenderConfig:
     """Blinn-Phong highlights from the lights' specular terms."""
     supersample: int = 1
     """Rays per pixel side (anti-aliasing at s^2 the cost)."""
+    reflections: bool = True
+    """meshes: MuJoCo's mirror pass in the stove's base (LIBERO's one reflective box; about doubles
+    the cost of the scenes that have one, libero_spatial / goal and some libero_10 tasks)."""
     hand_boxes: int = 6
     """Boxes fitted to k-means groups of the gripper hand's visual mesh (one box around the whole
     tapered hand filled the bottom quarter of the wrist camera's view, where LIBERO shows the table)."""
@@ -307,6 +310,7 @@ def _mesh_cameras(task: LiberoTask, compiled: mujoco.MjModel, cfg: LiberoRenderC
         shadows=cfg.shadows,
         specular=cfg.specular,
         supersample=cfg.supersample,
+        reflections=cfg.reflections,
         mesh_max_triangles=cfg.mesh_max_triangles,
         mesh_tile_capacity=cfg.mesh_tile_capacity,
         unmappable_textures="mean",

@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from mujoco import mjx
 
 from pirl.envs.build_libero import SETTLE_ACTION, SETTLE_STEPS, ensure_built  # noqa: F401  (re-exported)
+from pirl.envs.mjx_module import mjx
 from pirl.envs.osc import OSC_USERDATA_SIZE, OSCConfig, OSCIndices
 
 _GEOM = mujoco.mjtGeom

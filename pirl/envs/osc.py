@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from mujoco import mjx
 
 from pirl.envs.controller import rotvec_to_mat
+from pirl.envs.mjx_module import mjx
 
 OSC_USERDATA_SIZE = 13
 """userdata slots used: goal orientation (9, row-major), reset eef position (3), reset flag (1)."""

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
-from mujoco import mjx
 
+from pirl.envs.mjx_module import mjx
 from pirl.envs.osc import OSC_USERDATA_SIZE, OSCConfig, OSCIndices, osc_control_step, osc_reset
 
 LIBERO_SPATIAL_BASE_XPOS = (-0.66, 0.0, 0.0)

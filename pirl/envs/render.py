@@ -11,8 +11,9 @@ and boxes (per face) and on meshes (per-vertex texture coordinates), trilinearly
 mip-maps, cube maps on boxes, sRGB textures decoded. As in fixed-function OpenGL (MuJoCo's
 renderer): the light is computed per vertex (mesh triangle corners, the corners of the quads MuJoCo
 draws planes and boxes with) and interpolated, ambient + diffuse + specular saturate together before
-the texture modulates them, and the headlight shines along the camera's axis. docs/render.md has
-the measurements against mujoco.Renderer.
+the texture modulates them, and the headlight shines along the camera's axis. A scene with a
+reflective plane or box (material reflectance > 0) gets MuJoCo's mirror pass: one reflected ray per
+pixel, traced from the mirrored camera. docs/render.md has the measurements against mujoco.Renderer.
 
 Usage:
     scene = prepare_scene(mj_model)                       # host side, once
@@ -118,6 +119,9 @@ class RenderConfig:
     """Light meshes at their triangles' corners, and planes and boxes at the corners of the quads
     MuJoCo draws them with, and interpolate (Gouraud, as MuJoCo's fixed-function OpenGL); else
     per pixel (sharper highlights and spot-light edges than MuJoCo draws on large faces)."""
+    reflections: bool = True
+    """Mirror the scene in the first reflective plane or box top (material reflectance > 0), as
+    MuJoCo's renderer does: one reflected ray per pixel, only in scenes that have such a geom."""
 
 
 @struct.dataclass
@@ -208,6 +212,10 @@ class RenderScene:
     """Mesh triangles after decimation (0: no mesh geom, the mesh pass is left out)."""
     shadow_light: int = struct.field(pytree_node=False)
     """Index of the light that casts shadows, or -1."""
+    reflect_geom: int = struct.field(pytree_node=False)
+    """Scene index of the mirror (the first opaque plane or box with reflectance > 0), or -1."""
+    reflectance: float = struct.field(pytree_node=False)
+    """The mirror's material reflectance (0 without one)."""
     camera_names: tuple[str, ...] = struct.field(pytree_node=False)
     camera_fovy: tuple[float, ...] = struct.field(pytree_node=False)
     """Vertical field of view (degrees) per camera id."""
@@ -466,6 +474,16 @@ def prepare_scene(
     if use_head:
         ambient = ambient + np.asarray(head.ambient, np.float32)
     shadow_light = next((i for i, c in enumerate(castshadow) if c), -1) if config.shadows else -1
+    # MuJoCo's renderer mirrors the scene in one geom only: the first opaque plane or box whose
+    # material has reflectance (mjr_render's isReflective); reflective meshes etc. are drawn plain.
+    reflect_geom, reflectance = -1, 0.0
+    if config.reflections:
+        for i, g in enumerate(ids):
+            mat = int(model.geom_matid[g])
+            refl = float(model.mat_reflectance[mat]) if mat >= 0 else 0.0
+            if int(model.geom_type[g]) in (_PLANE, _BOX) and refl > 0 and _geom_rgba(model, g)[3] >= 1.0:
+                reflect_geom, reflectance = i, refl
+                break
 
     camera_names = tuple(
         mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, c) or f"camera{c}" for c in range(model.ncam)
@@ -505,6 +523,8 @@ def prepare_scene(
         textured=bool(texels),
         num_triangles=num_triangles,
         shadow_light=shadow_light,
+        reflect_geom=reflect_geom,
+        reflectance=reflectance,
         camera_names=camera_names,
         camera_fovy=tuple(float(f) for f in model.cam_fovy),
         znear=float(model.vis.map.znear * model.stat.extent),
@@ -906,12 +926,15 @@ def _shade(
     mesh_hit,
     cam_z: Vec3,
     pixel_angle: float,
+    reflected: bool = False,
 ):
     """Colour f32[R, 3] of each ray's nearest hit (or the sky); mesh_hit as in `_surface`.
 
     cam_z: the camera's +z axis in world coordinates (towards the viewer), where MuJoCo's headlight
     shines from (a directional light along the viewing axis, the same for every pixel).
     pixel_angle: a pixel's angular size (rad), for texture mip levels.
+    reflected: shade rays of the mirror pass as MuJoCo draws the mirrored scene: materials' ambient
+    and diffuse colour scaled by the reflectance (specular kept), no shadows, black where nothing is hit.
     """
     cfg = scene.config
     hit = hit_idx >= 0
@@ -923,6 +946,8 @@ def _shade(
     light_pos, light_dir = _light_world(scene, data)
     spec_k = scene.geom_specular[jnp.maximum(hit_idx, 0)][..., None]
     shin = scene.geom_shininess[jnp.maximum(hit_idx, 0)]
+    if reflected:
+        base = base * scene.reflectance
 
     def to_light(li: int, p: Vec3):
         """(unit direction to light li, its distance, spot-cone scale) from points p."""
@@ -942,7 +967,7 @@ def _shade(
 
     # Shadows per pixel (a light's visibility from the hit point), the rest at the lighting corners.
     shadowed = {}
-    if scene.shadow_light >= 0:
+    if scene.shadow_light >= 0 and not reflected:
         li = scene.shadow_light
         direction, dist, _ = to_light(li, point)
         shadow_o = tuple(point[k] + n[k] * cfg.shadow_bias for k in range(3))
@@ -978,6 +1003,8 @@ def _shade(
     # is interpolated, and the texture modulates it (no separate specular colour).
     primary = sum(w[..., None] * lit_at(p, nn) for p, nn, w in corners)
     colour = primary * texel
+    if reflected:
+        return jnp.where(hit[..., None], colour, 0.0)
     sky_w = jnp.clip(ray_d[2], 0.0, 1.0)[..., None]
     sky = (1.0 - sky_w) * jnp.asarray(cfg.sky_horizon_rgb) + sky_w * jnp.asarray(cfg.sky_zenith_rgb)
     return jnp.where(hit[..., None], colour, sky)
@@ -1035,34 +1062,64 @@ def _trace(scene: RenderScene, data, cameras, height: int, width: int):
         tri_world = jnp.einsum("tij,tvj->tvi", tri_mat, scene.tri_vert) + tri_pos[:, None, :]
 
     def one_camera(pos, mat, dirs_cam, fovy_deg):
-        d = jnp.einsum("ij,rj->ri", mat, dirs_cam)
-        ray_d = (d[:, 0], d[:, 1], d[:, 2])
-        origin = (pos[0][None], pos[1][None], pos[2][None])
-        t, idx = _nearest_hit(scene, geom_xpos, geom_xmat, origin, ray_d, scene.znear, with_index=True)
-        mesh_hit = None
-        if tri_world is not None:
-            cfg = scene.config
-            t_m, tri, bu, bv, _ = render_mesh.raster_hits(
-                tri_world,
-                pos,
-                mat,
-                dirs_cam,
-                height,
-                width,
-                fovy_deg,
-                scene.znear,
-                cfg.mesh_tile,
-                cfg.mesh_tile_capacity,
-            )
-            closer = t_m < t
-            t = jnp.where(closer, t_m, t)
-            idx = jnp.where(closer, scene.tri_geom[jnp.maximum(tri, 0)], idx)
-            mesh_hit = (jnp.where(closer, tri, -1), bu, bv)
         cam_z = (mat[0, 2][None], mat[1, 2][None], mat[2, 2][None])
         pixel_angle = 2.0 * math.tan(math.radians(fovy_deg) / 2.0) / height
+
+        def trace(o_pos, o_mat, t_min, keep=None):
+            """Nearest hit of the rays of a camera at o_pos, o_mat (the real one, or the mirrored one)."""
+            d = jnp.einsum("ij,rj->ri", o_mat, dirs_cam)
+            ray_d = (d[:, 0], d[:, 1], d[:, 2])
+            origin = (o_pos[0][None], o_pos[1][None], o_pos[2][None])
+            t, idx = _nearest_hit(scene, geom_xpos, geom_xmat, origin, ray_d, t_min, with_index=True)
+            mesh_hit = None
+            if tri_world is not None:
+                cfg = scene.config
+                t_m, tri, bu, bv, _ = render_mesh.raster_hits(
+                    tri_world,
+                    o_pos,
+                    o_mat,
+                    dirs_cam,
+                    height,
+                    width,
+                    fovy_deg,
+                    scene.znear,
+                    cfg.mesh_tile,
+                    cfg.mesh_tile_capacity,
+                    ray_t_min=None if np.ndim(t_min) == 0 else t_min,
+                    keep=keep,
+                )
+                closer = t_m < t
+                t = jnp.where(closer, t_m, t)
+                idx = jnp.where(closer, scene.tri_geom[jnp.maximum(tri, 0)], idx)
+                mesh_hit = (jnp.where(closer, tri, -1), bu, bv)
+            return origin, ray_d, t, idx, mesh_hit
+
+        origin, ray_d, t, idx, mesh_hit = trace(pos, mat, scene.znear)
         colour = _shade(
             scene, data, geom_xpos, geom_xmat, origin, ray_d, t, idx, mesh_hit, cam_z, pixel_angle
         )
+        if scene.reflect_geom >= 0:
+            # MuJoCo's mirror pass: the scene mirrored in the plane (a box's +z face), drawn where
+            # that face is, then the face itself added on top (glBlendFunc(GL_ONE, GL_ONE)). The same
+            # as tracing the real scene from the mirrored camera, from the mirror on (its clip plane),
+            # lit by the real lights (MuJoCo mirrors them with the scene) and the real headlight.
+            r = scene.reflect_geom
+            normal = geom_xmat[r][:, 2]
+            top = geom_xpos[r]
+            if any(gt == _BOX and r in members for gt, members in scene.type_groups):
+                top = top + scene.geom_size[r, 2] * normal
+            above = jnp.dot(pos - top, normal)  # the camera's height over the mirror
+            mirror = jnp.eye(3) - 2.0 * jnp.outer(normal, normal)
+            point = jnp.stack([origin[k] + jnp.where(idx >= 0, t, 0.0) * ray_d[k] for k in range(3)], -1)
+            on_face = (idx == r) & (jnp.abs((point - top) @ normal) <= 1e-4 + 1e-5 * t) & (above > 0)
+            t_min = jnp.where(on_face, t * (1.0 + 1e-5) + 1e-5, _INF)
+            keep = None
+            if tri_world is not None:  # triangles wholly under the mirror are clipped away
+                keep = jnp.any((tri_world - top) @ normal > 0.0, axis=-1)
+            m_origin, m_d, m_t, m_idx, m_mesh = trace(pos - 2.0 * above * normal, mirror @ mat, t_min, keep)
+            mirrored = _shade(scene, data, geom_xpos, geom_xmat, m_origin, m_d, m_t, m_idx, m_mesh,
+                              cam_z, pixel_angle, reflected=True)  # fmt: skip
+            colour = jnp.where(on_face[:, None], jnp.minimum(colour + mirrored, 1.0), colour)
         depth = jnp.where(idx >= 0, t * -dirs_cam[:, 2], scene.zfar)
         return colour, depth, idx
 

@@ -151,6 +151,8 @@ def raster_hits(
     t_min: float,
     tile: int,
     capacity: int,
+    ray_t_min: Float[Array, " R"] | None = None,
+    keep: Array | None = None,
 ) -> tuple[Float[Array, " R"], Int[Array, " R"], Float[Array, " R"], Float[Array, " R"], Int[Array, ""]]:
     """Nearest triangle along each camera ray (rays row-major over an H x W image).
 
@@ -158,6 +160,10 @@ def raster_hits(
     along -z, +y up), one per pixel centre. Returns (t f32[R] (inf on miss), triangle i32[R] (-1 on
     miss), barycentrics u, v f32[R] of corners 1 and 2, the largest number of triangles overlapping
     one tile; results are exact while that is <= capacity).
+
+    ray_t_min: per-ray near limit (on top of t_min, which bins), e.g. a mirror's distance for
+    reflected rays; keep: bool[T], triangles to consider (default all). cam_mat may be a reflection
+    (det -1): the mirrored camera of a reflected pass.
     """
     tri, cam_pos, cam_mat, dirs_cam = (jnp.asarray(x, jnp.float32) for x in (tri, cam_pos, cam_mat, dirs_cam))
     ntri = tri.shape[0]
@@ -200,6 +206,8 @@ def raster_hits(
         & (ty[:, None] <= y1)
         & ~(behind | back)
     )  # [tiles, T]
+    if keep is not None:
+        overlap = overlap & keep[None, :]
     key = jnp.where(overlap, -nearest, -jnp.inf)
     key_top, cand = jax.lax.top_k(key, capacity)  # nearest candidates first
     valid = key_top > -jnp.inf
@@ -213,6 +221,12 @@ def raster_hits(
     d_world = jnp.einsum("ij,kpj->kpi", cam_mat, d_cam)
     d = (d_world[..., 0], d_world[..., 1], d_world[..., 2])
     o = (cam_pos[0], cam_pos[1], cam_pos[2])
+    t_near = t_min
+    if ray_t_min is not None:  # tiled like the rays
+        pad = ((0, tiles_y * tile - height), (0, tiles_x * tile - width))
+        near = jnp.pad(jnp.asarray(ray_t_min, jnp.float32).reshape(height, width), pad)
+        near = near.reshape(tiles_y, tile, tiles_x, tile).transpose(0, 2, 1, 3)
+        t_near = jnp.maximum(near.reshape(tiles_y * tiles_x, tile * tile), t_min)
     v0, e1, e2 = tri[:, 0], tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
 
     def body(carry, cand_k):
@@ -225,7 +239,7 @@ def raster_hits(
             tuple(a[:, k, None] for k in range(3)),
             tuple(b[:, k, None] for k in range(3)),
             tuple(c[:, k, None] for k in range(3)),
-            t_min,
+            t_near,
         )
         closer = ok[:, None] & (t < t_run)
         return (

@@ -106,7 +106,7 @@ class WarpRenderer:
     ):
         if not warp_installed():
             raise UserError(f"the Warp renderer needs warp-lang: {INSTALL_HINT}")
-        from mujoco import mjx
+        from pirl.envs.mjx_module import mjx
 
         if any(int(b) != 0 for b in model.light_bodyid):
             raise ValueError(
@@ -148,7 +148,7 @@ class WarpRenderer:
         """The render context for `nworld` worlds (made on first use: allocates buffers, builds BVHs), on
         every local CUDA device (a batch sharded over GPUs finds its device's buffers), else Warp's CPU."""
         if nworld not in self._contexts:
-            from mujoco import mjx
+            from pirl.envs.mjx_module import mjx
 
             devices = (
                 [f"cuda:{d.local_hardware_id}" for d in jax.local_devices()] if cuda_available() else None
@@ -177,7 +177,7 @@ class WarpRenderer:
 
     def render_batch(self, kin: rnd.Kinematics) -> jax.Array:
         """u8[B, C, size, size, 3] for a Kinematics with a leading batch axis B, in one Warp call."""
-        from mujoco import mjx
+        from pirl.envs.mjx_module import mjx
 
         b = int(kin.geom_xpos.shape[0])
         rc = self.context(b).pytree()

@@ -18,8 +18,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from mujoco import mjx
 
+from pirl.envs.mjx_module import mjx
 from pirl.envs.scene import FINGER_OPEN, HOME_QPOS, SceneInfo
 
 NUM_INIT_STATES = 50

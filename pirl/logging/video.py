@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,15 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 10.0) -> Path
     try:
         import imageio.v2 as imageio
 
-        with imageio.get_writer(
-            path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1, format="FFMPEG"
-        ) as writer:
-            for frame in frames:
-                writer.append_data(frame)
+        with warnings.catch_warnings():
+            # imageio starts ffmpeg with fork + exec; JAX's warning that a fork of its threads may
+            # deadlock is about a child that goes on running Python, not one that execs at once.
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            with imageio.get_writer(
+                path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1, format="FFMPEG"
+            ) as writer:
+                for frame in frames:
+                    writer.append_data(frame)
         return path
     except Exception as error:  # no ffmpeg binary, codec missing, ...
         gif_path = path.with_suffix(".gif")
