@@ -65,6 +65,7 @@ def bench(
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "xla_cpu_threads": os.environ.get("PIRL_XLA_CPU_THREADS", "1"),
         "solver_iterations": scene.solver_iterations,
+        "grip_condim": scene.grip_condim,
         "ls_iterations": scene.ls_iterations,
         "max_geom_pairs": scene.max_geom_pairs,
         "max_contact_points": scene.max_contact_points,
@@ -91,8 +92,12 @@ def main() -> None:
                    help="the scene's solver and line-search iterations (default: SceneConfig's)")  # fmt: skip
     p.add_argument("--caps", nargs=2, type=int, default=None, metavar=("PAIRS", "POINTS"),
                    help="the scene's max_geom_pairs and max_contact_points (default: SceneConfig's)")  # fmt: skip
+    p.add_argument("--grip-condim", type=int, default=None, choices=(3, 4, 6),
+                   help="condim of the gripper's pairs (default: SceneConfig's)")  # fmt: skip
     args = p.parse_args()
     scene = SceneConfig()
+    if args.grip_condim is not None:
+        scene = dataclasses.replace(scene, grip_condim=args.grip_condim)
     if args.solver is not None:
         scene = dataclasses.replace(scene, solver_iterations=args.solver[0], ls_iterations=args.solver[1])
     if args.caps is not None:

@@ -384,6 +384,9 @@ class LiberoPlanConfig:
     """Carry height of the object's bottom above the target's top."""
     release_gap: float = 0.015
     """Object bottom above the target's top when the fingers open."""
+    pick_clearance: float = 0.05
+    """Carry height of the object's bottom above where it started, at least (an object picked off a
+    cabinet or a drawer higher than the target's top + `lift` is lifted off its support first)."""
     pos_gain: float = 2.5
     """Position action per (error / 0.05 m)."""
     rot_gain: float = 1.0
@@ -452,7 +455,22 @@ class PlanState:
     ref_mat: np.ndarray | None = None
     """Grip orientation held throughout (the one at the first step: pointing down)."""
     grasp_offset: np.ndarray | None = None
-    """Grasp point minus object position, fixed at the first step."""
+    """Grasp point minus object position, fixed at the first step (in the object's frame where
+    `grasp_in_body`, else in the world frame)."""
+    grasp_in_body: bool = False
+    """`grasp_offset` is in the object's frame (wall grasps) and follows its orientation."""
+    grasp_yaw: float = 0.0
+    """Turn (rad, about the vertical) of the grip from its starting orientation for a wall grasp, and
+    with it of the closing axis (chosen per episode from the scene: libero_check.grasp_choice)."""
+    grasp_side: float = 1.0
+    """+1: the fingers straddle the wall on the side the (turned) closing axis points to; -1: the other."""
+    pick_bottom: float | None = None
+    """The object's bottom (world z) at the first step."""
+
+
+def _rot_z(angle: float) -> np.ndarray:
+    c, s_ = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def rotation_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -462,6 +480,13 @@ def rotation_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
     v = np.zeros(3)
     mujoco.mju_quat2Vel(v, q, 1.0)
     return v
+
+
+def grasp_point(view: PickPlaceView, state: PlanState) -> np.ndarray:
+    """World f64[3] grasp point of a plan state whose grasp offset is set (after its first step); a
+    wall grasp follows the object's orientation (a bowl still settling, tilting off a ramekin)."""
+    off = state.grasp_offset
+    return view.obj_pos + (view.obj_mat @ off if state.grasp_in_body else off)
 
 
 def pick_place_action(
@@ -476,19 +501,33 @@ def pick_place_action(
             want, have = view.obj_mat @ geo.grasp_axis, view.finger_axis
             yaw = np.arctan2(want[1], want[0]) - np.arctan2(have[1], have[0])
             yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
-            c, s_ = np.cos(yaw), np.sin(yaw)
-            ref = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]) @ view.grip_mat
+            ref = _rot_z(yaw) @ view.grip_mat
+        elif state.grasp_yaw:
+            ref = _rot_z(state.grasp_yaw) @ view.grip_mat
     if state.grasp_offset is None:
-        # the fingers straddle the object's wall on the side the closing axis points to
-        axis = np.array([view.finger_axis[0], view.finger_axis[1], 0.0])
-        axis /= max(np.linalg.norm(axis), 1e-9)
+        # the fingers straddle the object's wall on the side the (turned) closing axis points to
+        axis = _rot_z(state.grasp_yaw) @ np.array([view.finger_axis[0], view.finger_axis[1], 0.0])
+        axis *= state.grasp_side / max(np.linalg.norm(axis), 1e-9)
         centre = np.array([(geo.obj_hi[0] + geo.obj_lo[0]) / 2, (geo.obj_hi[1] + geo.obj_lo[1]) / 2, 0.0])
+        tilt = view.obj_mat if geo.grasp_axis is None and view.obj_mat is not None else None
+        # a wall grasp in the object's frame: a tilted bowl's rim is not where an upright one's is
+        if tilt is not None:
+            axis = tilt.T @ axis
+            axis[2] = 0.0
+            axis /= max(np.linalg.norm(axis), 1e-9)
         offset = centre + axis * max(geo.wall_radius + cfg.rim_shift, 0.0)
         offset[2] = max(geo.obj_hi[2] - cfg.grasp_depth, geo.obj_lo[2] + 0.01)
-        state = dataclasses.replace(state, grasp_offset=offset)
+        state = dataclasses.replace(
+            state,
+            grasp_offset=offset,
+            grasp_in_body=tilt is not None,
+            pick_bottom=float(view.obj_pos[2] + geo.obj_lo[2]),
+        )
     phase, steps = state.phase, state.steps
-    grasp = view.obj_pos + state.grasp_offset
+    grasp = grasp_point(view, state)
     target_top = view.target_pos[2] + geo.target_hi[2]
+    # carry height of the object's bottom: over the target, and off the support it was picked from
+    carry = max(target_top + cfg.lift, state.pick_bottom + cfg.pick_clearance)
     # while holding, steer the object: the grip keeps its offset to it
     hold = view.grip_pos - view.obj_pos
     obj_bottom = view.obj_pos[2] + geo.obj_lo[2]
@@ -502,11 +541,9 @@ def pick_place_action(
         goal = view.grip_pos
         speed = 0.0
     elif name == "lift":
-        goal = np.array([*view.grip_pos[:2], view.grip_pos[2] + (target_top + cfg.lift - obj_bottom)])
+        goal = np.array([*view.grip_pos[:2], view.grip_pos[2] + (carry - obj_bottom)])
     elif name == "transport":
-        goal = np.array(
-            [*(view.target_pos[:2] + hold[:2]), view.grip_pos[2] + (target_top + cfg.lift - obj_bottom)]
-        )
+        goal = np.array([*(view.target_pos[:2] + hold[:2]), view.grip_pos[2] + (carry - obj_bottom)])
     elif name == "lower":
         goal = np.array(
             [
@@ -541,16 +578,17 @@ def pick_place_batch(
     views: Sequence[PickPlaceView],
     sim_step: Callable[[np.ndarray], tuple[np.ndarray, Sequence[PickPlaceView]]],
     steps: int,
+    states: Sequence[PlanState] | None = None,
 ) -> tuple[np.ndarray, list[PlanState]]:
     """The plan over a batch of envs stepped together (`sim_step`: actions f32[N, 7] -> (success
     bool[N] on the step's data, the new views)); one plan state per env, host numpy.
 
     An env is finished at its first success or when its plan is done; a finished env holds still
     (zero motion, its gripper as it was) and the loop ends when every env is finished or after
-    `steps` control steps. Returns (first success step i32[N] counted from 1, -1 where never; the
+    `steps` control steps; `states`: the plan states to start from (default: PlanState() each). Returns (first success step i32[N] counted from 1, -1 where never; the
     plan states)."""
     n = len(views)
-    states = [PlanState() for _ in range(n)]
+    states = list(states) if states is not None else [PlanState() for _ in range(n)]
     first = np.full(n, -1, np.int32)
     for t in range(steps):
         done = (first > 0) | np.array([PHASES[s.phase] == "done" for s in states])

@@ -510,6 +510,63 @@ def _view(m, d, obj_body: int, target: tuple[str, int]):
     )
 
 
+GRASP_CHOICES = ((0.0, 1.0), (0.0, -1.0), (np.pi / 2, 1.0), (np.pi / 2, -1.0))
+"""(grip turn about the vertical, wall side) a wall grasp may take, in order of preference."""
+GRASP_CLEARANCE = 0.01
+"""A wall grasp keeps the first choice whose gripper stands this far (m) from everything else."""
+
+
+def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
+    """(grasp_yaw, grasp_side) of the pick-and-place plan's PlanState for one episode: the first of
+    GRASP_CHOICES whose open gripper, placed at the plan's grasp point and at its hover point above,
+    clears every other geom (table, fixtures, other objects; not the object grasped) by
+    GRASP_CLEARANCE, else the one that clears most. `m` is the MJX scene (LIBERO's qpos layout, so a
+    real LIBERO qpos reads the same); the gripper's geoms keep their pose relative to the grip site
+    at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) keep (0, 1)."""
+    import mujoco
+
+    from pirl.envs.expert import PlanState, grasp_point, pick_place_action
+    from pirl.envs.libero_scene import root_body
+
+    if geo.grasp_axis is not None:
+        return 0.0, 1.0
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    ob, tb = _body(m, obj), _target(m, target)
+    view = _view(m, d, ob, tb)
+    site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
+    root = lambda b: root_body(m, b)  # noqa: E731
+    names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, root(b)) or "" for b in m.geom_bodyid]
+    grip = [g for g in range(m.ngeom) if names[g].startswith("robot0_") and
+            (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "").startswith("gripper0_")]  # fmt: skip
+    others = [
+        g
+        for g in range(m.ngeom)
+        if not names[g].startswith(("robot0_", "mount0_")) and root(m.geom_bodyid[g]) != root(ob)
+    ]
+    site_r, site_p = d.site_xmat[site].reshape(3, 3), d.site_xpos[site]
+    rel = [(site_r.T @ (d.geom_xpos[g] - site_p), site_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in grip]
+    best, best_clear = GRASP_CHOICES[0], -np.inf
+    for yaw, side in GRASP_CHOICES:
+        _, st = pick_place_action(plan_cfg, geo, view, PlanState(grasp_yaw=yaw, grasp_side=side))
+        point = grasp_point(view, st)
+        clear = np.inf
+        for lift in (0.0, plan_cfg.hover):
+            at = point + np.array([0.0, 0.0, lift])
+            for g, (rp, rr) in zip(grip, rel, strict=True):
+                d.geom_xpos[g] = at + st.ref_mat @ rp
+                d.geom_xmat[g] = (st.ref_mat @ rr).reshape(9)
+            for g in grip:
+                for h in others:
+                    clear = min(clear, mujoco.mj_geomDistance(m, d, g, h, 0.05, None))
+        if clear >= GRASP_CLEARANCE:
+            return yaw, side
+        if clear > best_clear:
+            best, best_clear = (yaw, side), clear
+    return best
+
+
 def real_pick_place(
     suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg,
     record_every: int = 0, size: int = 128,
@@ -518,6 +575,7 @@ def real_pick_place(
     success (first step), the final qpos, the phase reached (run it in a spawned process). With
     `record_every` > 0 also "trajectory": the qpos, phase and raw camera frames (`size` px, pirl's
     keys) every that many steps from the settled state."""
+    from pirl.envs import libero_scene as ls
     from pirl.envs.expert import PHASES, PlanState, pick_place_action
     from pirl.envs.libero_pool import CAMERA_KEYS
 
@@ -525,13 +583,15 @@ def real_pick_place(
     obj, target = pick_place_goal({"goal": env.env.parsed_problem["goal_state"]})
     m = env.sim.model._model
     ob, tb = _body(m, obj), _target(m, target)
+    scene = ls.load_task(suite, task_id).model  # the grasp is chosen on the MJX scene, as on the MJX side
     inits = task_suite.get_task_init_states(task_id)
     out = []
     try:
         env.seed(BUILD_SEED)
         for init_id in init_ids:
             obs = settled_start(env, inits[init_id], settle)
-            state, first = PlanState(), -1
+            yaw, side = grasp_choice(scene, np.array(env.sim.data.qpos), obj, target, geo, plan_cfg)
+            state, first = PlanState(grasp_yaw=yaw, grasp_side=side), -1
             trajectory: dict = {"qpos": [], "phase": [], "frames": {k: [] for k in CAMERA_KEYS.values()}}
             for t in range(steps):
                 if record_every and t % record_every == 0:
@@ -545,7 +605,8 @@ def real_pick_place(
                     first = t + 1
                 if PHASES[state.phase] == "done":
                     break
-            rec = {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase]}
+            rec = {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase],
+                   "grasp": [yaw, side]}  # fmt: skip
             if record_every:
                 rec["trajectory"] = trajectory
             out.append(rec)
@@ -625,7 +686,8 @@ def compare_pick_place(
         d = reset(jax.device_put(ls.init_data(task, mx, init_id)))
         for _ in range(settle):
             d, host = step(d, jnp.asarray(SETTLE_ACTION, jnp.float32))
-        state, first = PlanState(), -1
+        yaw, side = grasp_choice(m, np.asarray(host["qpos"], np.float64), obj, target, geo, plan_cfg)
+        state, first = PlanState(grasp_yaw=yaw, grasp_side=side), -1
         for t in range(steps):
             view = _view(m, types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()}), ob, tb)
             action, state = pick_place_action(plan_cfg, geo, view, state)
@@ -725,7 +787,7 @@ def mjx_expert(
 
     from pirl.envs import libero_predicates as lp
     from pirl.envs import libero_scene as ls
-    from pirl.envs.expert import PHASES, LiberoPlanConfig, pick_place_batch
+    from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_batch
     from pirl.envs.mjx_module import mjx
     from pirl.envs.osc import OSCConfig, OSCIndices
 
@@ -779,10 +841,15 @@ def mjx_expert(
             for i in range(n)
         ]
 
-    first, states = pick_place_batch(plan_cfg, geo, views(host), sim_step, steps)
+    starts = []  # the wall grasp per env, chosen on its settled start (host[0]: qpos)
+    for i in range(n):
+        yaw, side = grasp_choice(m, np.asarray(host[0][i], np.float64), obj, target, geo, plan_cfg)
+        starts.append(PlanState(grasp_yaw=yaw, grasp_side=side))
+    first, states = pick_place_batch(plan_cfg, geo, views(host), sim_step, steps, starts)
     return {
         "success_step": first.tolist(),
         "phase": [PHASES[s.phase] for s in states],
+        "grasp": [[round(s.grasp_yaw, 3), s.grasp_side] for s in starts],
         "qpos": np.asarray(host[0], np.float64),
         "geo": geo,
         "plan_cfg": plan_cfg,
@@ -834,6 +901,7 @@ def expert_report(
         r = mjx_expert(suite, task_id, init_ids, settle, steps, scene_cfg)
         stats(r["success_step"], "mjx")
         rec["mjx_failed_phases"] = [p for p, s in zip(r["phase"], r["success_step"], strict=True) if s <= 0]
+        rec["mjx_grasps"] = r["grasp"]
         rec.update(
             {f"mjx_{k}": r[k] for k in ("control_steps", "reset_s", "first_call_s", "step_s", "wall_s")}
         )
@@ -843,6 +911,7 @@ def expert_report(
         real = _isolated(real_pick_place, suite, task_id, init_ids, settle, steps, geo, LiberoPlanConfig())
         stats([x["success_step"] for x in real], "real")
         rec["real_failed_phases"] = [x["phase"] for x in real if x["success_step"] <= 0]
+        rec["real_grasps"] = [x["grasp"] for x in real]
         rec["real_s"] = round(time.perf_counter() - t0, 1)
     out.write(json.dumps(rec) + "\n")
     out.flush()

@@ -82,12 +82,20 @@ class SceneConfig:
     spheres first; fixtures' large boxes crowd out object pairs at 24)."""
     max_contact_points: int = 64
     """MJX: most contacts kept per step (deepest first; ~41 are active with everything at rest)."""
+    grip_condim: int = 4
+    """condim of the gripper's pairs (the others: 3). LIBERO's finger geoms are condim 4. In MJX a
+    condim of their own also gives the gripper's pairs a broad phase (max_geom_pairs) and contact
+    budget (max_contact_points) of their own: at 3, with a bowl resting on the stove or the cookie
+    box, the fixtures' large boxes (nearest by bounding sphere) crowded the fingers' pairs out of
+    the 64 and the fingers closed through the bowl (libero_spatial 3 and 7, docs/libero_mjx.md)."""
 
     def __post_init__(self):
         if self.cone not in ("elliptic", "pyramidal"):
             raise ValueError(f"cone must be 'elliptic' or 'pyramidal', got {self.cone!r}")
         if self.finger_boxes < 1:
             raise ValueError("finger_boxes must be >= 1")
+        if self.grip_condim not in (3, 4, 6):
+            raise ValueError(f"grip_condim must be 3, 4 or 6, got {self.grip_condim}")
         if self.boxes_per_body < 1:
             raise ValueError("boxes_per_body must be >= 1")
 
@@ -244,7 +252,8 @@ def _is_collision(m: mujoco.MjModel, g: int) -> bool:
     return bool(m.geom_contype[g] or m.geom_conaffinity[g])
 
 
-def _root_body(m: mujoco.MjModel, b: int) -> int:
+def root_body(m: mujoco.MjModel, b: int) -> int:
+    """The top body (a child of the world) that body `b` hangs from."""
     while m.body_parentid[b] != 0:
         b = m.body_parentid[b]
     return b
@@ -262,7 +271,7 @@ def _geom_rgba(m: mujoco.MjModel, b: int) -> np.ndarray:
 def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
     name = lambda kind, i: mujoco.mj_id2name(m, kind, i) or ""  # noqa: E731
     free_roots = {
-        _root_body(m, m.jnt_bodyid[j]) for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
+        root_body(m, m.jnt_bodyid[j]) for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
     }
     out: list[_NewGeom] = []
     for b in range(m.nbody):
@@ -270,7 +279,7 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
         geoms = [g for g in np.where(m.geom_bodyid == b)[0] if _is_collision(m, g)]
         if not geoms or bname.startswith("mount0_"):
             continue
-        root = name(_OBJ.mjOBJ_BODY, _root_body(m, b))
+        root = name(_OBJ.mjOBJ_BODY, root_body(m, b))
         rgba = _geom_rgba(m, b)
         g0 = geoms[0]
 
@@ -326,7 +335,7 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
                     pos, quat, half = fit_box_in_frame(geom_points(m, g), np.array([1.0, 0.0, 0.0, 0.0]))
                     add("grip", _GEOM.mjGEOM_BOX, pos, quat, half, g, f"_box{i}")
             continue
-        kind = "object" if _root_body(m, b) in free_roots else "fixture"
+        kind = "object" if root_body(m, b) in free_roots else "fixture"
         # LIBERO's XML repeats some boxes verbatim; count each shape once
         unique: dict[tuple, int] = {}
         for g in geoms:
@@ -417,7 +426,7 @@ def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()
     for a, b in _pairs(new):
         p = spec.add_pair()
         p.geomname1, p.geomname2 = a.name, b.name
-        p.condim = 3
+        p.condim = cfg.grip_condim if "grip" in (a.kind, b.kind) else 3
         fr = np.maximum(a.friction, b.friction)
         p.friction = np.array([fr[0], fr[0], fr[1], fr[2], fr[2]])
         p.solref = 0.5 * (a.solref + b.solref)
