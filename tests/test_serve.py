@@ -7,6 +7,7 @@ import dataclasses
 import http.client
 import json
 import logging
+import pathlib
 import re
 import shutil
 import threading
@@ -337,13 +338,26 @@ class _GatedPolicy:
         return self.policy.infer_prepared(samples)
 
 
+def _kernel_tcp_buffer_bytes() -> int:
+    """The most a loopback connection's kernel buffers can hold: receive max + send max (autotuned)."""
+    proc = pathlib.Path("/proc/sys/net/ipv4")
+    return sum(int((proc / name).read_text().split()[2]) for name in ("tcp_rmem", "tcp_wmem"))
+
+
 def test_pipelined_large_requests_are_bounded(policy, start_server):
     """Two clients pipeline 10 x 8 MB requests at a busy server: it buffers one request per
-    connection and TCP back-pressure stops the clients (without the bound it took all 10 each)."""
+    connection and TCP back-pressure stops the clients (without the bound it took all 10 each).
+
+    A client's `send` returns once the kernel has its bytes, so what a client gets out is: the
+    request the policy holds, the one the server has read, what the kernel's autotuned buffers hold
+    (here up to 32 + 4 MB) and the one being sent."""
     gated = _GatedPolicy(policy)
     srv = start_server(gated, max_message_bytes=9 * 2**20)
     big = msgpack_numpy.packb(libero_obs(size=1200))
     assert 8 * 2**20 < len(big) < 9 * 2**20
+    bound = 3 + -(-_kernel_tcp_buffer_bytes() // len(big))
+    if bound >= 10:
+        pytest.skip(f"this kernel's TCP buffers could hold the whole pipeline ({bound} requests)")
     warm = raw_connect(srv)
     gated.gate.set()
     assert isinstance(ask(warm, libero_obs(size=1200)), bytes)  # allocator warmed at this size
@@ -373,7 +387,7 @@ def test_pipelined_large_requests_are_bounded(policy, start_server):
             assert all(t.is_alive() for t in threads), "a client thread ended early"
             time.sleep(0.02)
         growth = rss_mb() - base
-        assert max(sent) <= 5, sent
+        assert max(sent) <= bound, (sent, bound)
         assert growth < 140, f"RSS grew {growth:.0f} MB with {sent} requests sent"
     finally:
         gated.gate.set()
