@@ -14,6 +14,12 @@ from pirl.envs.expert import PHASES, LiberoPlanConfig, PickPlaceGeometry, PickPl
 
 DOWN = np.diag([1.0, -1.0, -1.0])
 
+SMALL_OBJECT = PickPlaceGeometry(
+    obj_lo=np.array([-0.02, -0.02, 0.0]), obj_hi=np.array([0.02, 0.02, 0.06]),
+    target_hi=np.array([0.07, 0.07, 0.015]), wall_radius=0.0,
+)  # fmt: skip
+"""A 4 x 4 x 6 cm object and a 14 x 14 cm, 1.5 cm high target, no wall: the plan tests' geometry."""
+
 
 def test_pick_place_batch_on_kinematic_grippers():
     """Three ideal point grippers (each moves 0.4 x the commanded 0.05 m per unit and step; its object
@@ -21,10 +27,7 @@ def test_pick_place_batch_on_kinematic_grippers():
     (success: object within 1 cm of the target, gripper open), the one that starts placed succeeds at
     step 1 and is held still from then on, and the loop stops once all have succeeded."""
     cfg = LiberoPlanConfig()
-    geo = PickPlaceGeometry(
-        obj_lo=np.array([-0.02, -0.02, 0.0]), obj_hi=np.array([0.02, 0.02, 0.06]),
-        target_hi=np.array([0.07, 0.07, 0.015]), wall_radius=0.0,
-    )  # fmt: skip
+    geo = SMALL_OBJECT
     target = np.array([0.06, 0.2, 0.9])
     place = target + np.array([0.0, 0.0, geo.target_hi[2]])
     grip = np.array([[-0.2, 0.0, 1.17], [-0.1, 0.1, 1.1], [0.06, 0.2, 1.2]])
@@ -89,10 +92,7 @@ def test_plan_lifts_off_a_raised_support():
     from pirl.envs.expert import PlanState, pick_place_action
 
     cfg = LiberoPlanConfig()
-    geo = PickPlaceGeometry(
-        obj_lo=np.array([-0.02, -0.02, 0.0]), obj_hi=np.array([0.02, 0.02, 0.06]),
-        target_hi=np.array([0.07, 0.07, 0.015]), wall_radius=0.0,
-    )  # fmt: skip
+    geo = SMALL_OBJECT
     target = np.array([0.0, 0.3, 0.9])
     grip, obj = np.array([0.0, -0.2, 1.3]), np.array([0.0, -0.25, 1.13])
     state, closed, bottoms = PlanState(), False, []

@@ -97,6 +97,11 @@ XML = f"""
 """
 
 
+LIBERO_LIGHTS = """\
+    <light pos="1 1 4" dir="0 -0.14834 -0.988936" diffuse="0.8 0.8 0.8" castshadow="false"/>
+    <light pos="-3 -3 4" dir="0 -0.14834 -0.988936" diffuse="0.8 0.8 0.8" castshadow="false"/>"""
+"""LIBERO's two spot lights (its headlight is MuJoCo's default)."""
+
 LIT_XML = f"""
 <mujoco>
   <visual><quality shadowsize="0"/></visual>
@@ -109,8 +114,7 @@ LIT_XML = f"""
     <mesh name="ico" vertex="{_flat(ICO_V * 0.12)}" face="{_flat(ICO_F)}"/>
   </asset>
   <worldbody>
-    <light pos="1 1 4" dir="0 -0.14834 -0.988936" diffuse="0.8 0.8 0.8" castshadow="false"/>
-    <light pos="-3 -3 4" dir="0 -0.14834 -0.988936" diffuse="0.8 0.8 0.8" castshadow="false"/>
+{LIBERO_LIGHTS}
     <geom name="floor" type="plane" size="3 3 0.125" material="floormat"/>
     <geom name="sbox" type="box" pos="0.25 0.2 0.1" size="0.1 0.08 0.1" euler="0 0 20" material="boxmat"/>
     <geom name="dark" type="mesh" mesh="ico" pos="-0.2 0.1 0.12" rgba="0.2 0.2 0.2 1"/>
@@ -133,8 +137,7 @@ MIRROR_XML = f"""
     <mesh name="ico" vertex="{_flat(ICO_V * 0.08)}" face="{_flat(ICO_F)}"/>
   </asset>
   <worldbody>
-    <light pos="1 1 4" dir="0 -0.14834 -0.988936" diffuse="0.8 0.8 0.8" castshadow="false"/>
-    <light pos="-3 -3 4" dir="0 -0.14834 -0.988936" diffuse="0.8 0.8 0.8" castshadow="false"/>
+{LIBERO_LIGHTS}
     <geom name="table" type="box" pos="0 0 -0.05" size="0.7 0.7 0.05" rgba="0.6 0.5 0.4 1"/>
     <geom name="mirror" type="box" pos="0 0 0.02" size="0.35 0.3 0.02" euler="0 0 10" material="mirror"/>
     <geom name="ball" type="mesh" mesh="ico" pos="0.08 0.05 0.14" material="red"/>
