@@ -115,7 +115,8 @@ def test_gripper_pairs_have_a_broad_phase_group_of_their_own(task):
     types, condim) group. With one condim for all, a cabinet's or stove's large boxes near a bowl
     took the 64 slots and the fingers closed through the bowl (libero_spatial 3 and 7: MJX 0/10
     while the real LIBERO solved 10/10). The gripper's pairs are condim 4 (LIBERO's fingers are),
-    so no group mixes them with the others."""
+    so no group mixes them with the others; their torsional friction is MuJoCo's default 0.005
+    (LIBERO's 0.3 on some geoms held the stove knob against the turn in MJX)."""
     m = task.model
     name = lambda g: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, g)  # noqa: E731
     groups: dict[tuple, set[bool]] = {}
@@ -123,6 +124,8 @@ def test_gripper_pairs_have_a_broad_phase_group_of_their_own(task):
         g1, g2 = m.pair_geom1[p], m.pair_geom2[p]
         grip = name(g1).startswith("gripper0_") or name(g2).startswith("gripper0_")
         assert m.pair_dim[p] == (4 if grip else 3), (name(g1), name(g2))
+        if grip:
+            assert m.pair_friction[p, 2] == 0.005, (name(g1), name(g2), m.pair_friction[p])
         key = (*sorted((int(m.geom_type[g1]), int(m.geom_type[g2]))), int(m.pair_dim[p]))
         groups.setdefault(key, set()).add(grip)
     assert all(len(kinds) == 1 for kinds in groups.values()), groups

@@ -89,6 +89,11 @@ class SceneConfig:
     box, the fixtures' large boxes (nearest by bounding sphere) crowded the fingers' pairs out of
     the 64 and the fingers closed through the bowl (libero_spatial 3 and 7, docs/libero_mjx.md)."""
 
+    grip_spin_friction: float = 0.005
+    """Torsional friction of the gripper's pairs when grip_condim >= 4 (MuJoCo's default 0.005). With
+    LIBERO's own larger values (0.05, 0.3 on some geoms) MJX's fingers held the stove knob against
+    the turn: libero_goal 7 (turn on the stove) 0/3 at inits 0-2, 3/3 at 0.005."""
+
     def __post_init__(self):
         if self.cone not in ("elliptic", "pyramidal"):
             raise ValueError(f"cone must be 'elliptic' or 'pyramidal', got {self.cone!r}")
@@ -96,6 +101,8 @@ class SceneConfig:
             raise ValueError("finger_boxes must be >= 1")
         if self.grip_condim not in (3, 4, 6):
             raise ValueError(f"grip_condim must be 3, 4 or 6, got {self.grip_condim}")
+        if self.grip_spin_friction < 0:
+            raise ValueError(f"grip_spin_friction must be >= 0, got {self.grip_spin_friction}")
         if self.boxes_per_body < 1:
             raise ValueError("boxes_per_body must be >= 1")
 
@@ -426,9 +433,11 @@ def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()
     for a, b in _pairs(new):
         p = spec.add_pair()
         p.geomname1, p.geomname2 = a.name, b.name
-        p.condim = cfg.grip_condim if "grip" in (a.kind, b.kind) else 3
+        grip = "grip" in (a.kind, b.kind)
+        p.condim = cfg.grip_condim if grip else 3
         fr = np.maximum(a.friction, b.friction)
-        p.friction = np.array([fr[0], fr[0], fr[1], fr[2], fr[2]])
+        spin = cfg.grip_spin_friction if grip else fr[1]
+        p.friction = np.array([fr[0], fr[0], spin, fr[2], fr[2]])
         p.solref = 0.5 * (a.solref + b.solref)
         if a.kind == b.kind == "object" and cfg.object_solref[0] > 0:
             p.solref = np.asarray(cfg.object_solref, np.float64)
