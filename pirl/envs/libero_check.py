@@ -924,6 +924,7 @@ class SubPlan:
     names, `geo`: a PickPlaceGeometry); ids are resolved per simulator's model by name."""
 
     kind: str
+    """"artic", "pick_place" or "push"."""
     geo: object
     obj: str = ""
     target: str = ""
@@ -932,8 +933,10 @@ class SubPlan:
 def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan]:
     """The task's goal terms as plans in the order they are run: drawers to open (an `open` term, or
     the drawer holding an `in` / `on` region when it is not open in `qpos`) and knobs to turn first,
-    then the pick-and-places, then what is to be closed. Geometry from model `m` (the MJX scene)."""
-    from pirl.envs.libero_artic_expert import articulation_geometry
+    then the pick-and-places (a push, `push_action`, for an object on a region that is too flat to
+    grasp and too wide to straddle: a plate), then what is to be closed (drawers, doors). Geometry
+    from model `m` (the MJX scene)."""
+    from pirl.envs.libero_artic_expert import articulation_geometry, push_geometry, pushable
     from pirl.errors import UserError
 
     first, middle, last = [], [], []
@@ -954,8 +957,21 @@ def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan
                           "intervals": t["open_intervals"][:1]}  # fmt: skip
                 first.append(SubPlan("artic", articulation_geometry(m, opener)))
         obj, target = t["term"][1], t["term"][2]
+        if t["kind"] != "object_on" and pushable(m, _body(m, obj)):
+            middle.append(
+                SubPlan("push", push_geometry(m, _body(m, obj), np.asarray(t["size"])), obj, target)
+            )
+            continue
         middle.append(SubPlan("pick_place", pick_place_geometry(m, obj, target), obj, target))
     return first + middle + last
+
+
+def plan_label(plan: SubPlan) -> str:
+    """A sub-plan in a report line: pick_place:<obj>, push:<obj>, or <pull|push|turn>:<body>."""
+    if plan.kind != "artic":
+        return f"{plan.kind}:{plan.obj}"
+    verb = {"slide": "pull" if plan.geo.pull else "push", "hinge": "turn", "door": "push"}[plan.geo.kind]
+    return f"{verb}:{plan.geo.body}"
 
 
 def _grip_site(m) -> int:
@@ -975,19 +991,28 @@ class SequenceState:
 
 
 def sequence_action(
-    plan_cfg, plans: list[SubPlan], m, d, state: SequenceState
+    plan_cfg, plans: list[SubPlan], m, d, state: SequenceState, push_cfg=None
 ) -> tuple[np.ndarray, SequenceState, bool]:
     """One control step of a goal sequence in either simulator (model `m`, data `d` with MuJoCo's
     field names): (action, next state, whether every sub-plan is done). A sub-plan runs until its
-    own plan is done, then the next starts from wherever the arm is."""
+    own plan is done, then the next starts from wherever the arm is. `push_cfg`: the push plan's
+    PushConfig (default: its defaults)."""
+    import mujoco
+
     from pirl.envs.expert import PHASES, PlanState, pick_place_action, rotation_error
     from pirl.envs.libero_artic_expert import (
         ARTIC_PHASES,
+        PUSH_PHASES,
         ArticPlanState,
+        PushConfig,
+        PushPlanState,
         articulated_action,
         articulation_view,
+        push_action,
+        push_path,
     )
 
+    push_cfg = push_cfg if push_cfg is not None else PushConfig()
     plan = plans[state.index]
     start = (
         state.start_mat if state.start_mat is not None else np.array(d.site_xmat[_grip_site(m)]).reshape(3, 3)
@@ -997,6 +1022,18 @@ def sequence_action(
         sub = state.sub or ArticPlanState()
         action, sub = articulated_action(plan_cfg, plan.geo, articulation_view(m, d, plan.geo), sub)
         finished = ARTIC_PHASES[sub.phase] == "done"
+    elif plan.kind == "push":
+        view = _view(m, d, _body(m, plan.obj), _target(m, plan.target))
+        sub = state.sub
+        if sub is None:  # the object's way round what stands near it, from this episode's poses
+            kind, tid = _target(m, plan.target)
+            size = np.asarray(m.site_size[tid] if kind == "site" else [np.inf] * 3)
+            ids = {n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, n) for n, _ in plan.geo.others}
+            pose = lambda name: (d.xpos[ids[name]], d.xmat[ids[name]])  # noqa: E731
+            path = push_path(plan.geo, pose, view.obj_pos, view.obj_mat, view.target_pos, size, push_cfg)
+            sub = PushPlanState(path=path)
+        action, sub = push_action(plan_cfg, push_cfg, plan.geo, view, sub)
+        finished = PUSH_PHASES[sub.phase] == "done"
     else:
         view = _view(m, d, _body(m, plan.obj), _target(m, plan.target))
         sub = state.sub
@@ -1073,8 +1110,7 @@ def compare_plan(
     for k, init_id in enumerate(init_ids):
         r = real[k]
         rec = {"suite": suite, "task": task_id, "init": init_id, "check": "plan",
-               "plans": [p.kind if p.kind == "pick_place" else f"{'pull' if p.geo.pull else 'push'}:{p.geo.body}"
-                         for p in plans],
+               "plans": [plan_label(p) for p in plans],
                "real_success_step": r["success_step"], "real_subplan": r["subplan"], "real_steps": r["steps"],
                "real_q": [round(float(r["qpos"][a]), 4) for a in joints]}  # fmt: skip
         if mjx_side:
