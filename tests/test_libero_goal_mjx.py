@@ -9,6 +9,7 @@ evaluation on mjx.Data, and the env's cheap paths. Nightly: all 40 tasks, and th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -217,6 +218,149 @@ def test_goal_plans_order_and_articulation_facts(reports):
     action, nxt = articulated_action(cfg, knob, view, state)
     assert action[5] > 0.5 and abs(action[3]) < 0.05 and abs(action[4]) < 0.05 and action[6] == 1.0, action
     assert nxt.twist_from is not None and nxt.twist_from[0] == 0.0
+
+
+PLATE_PUSH = {"terms": [{"term": ["on", "plate_1", "main_table_stove_front_region"], "kind": "site_on",
+                         "site": "main_table_stove_front_region", "size": [0.04, 0.04, 0.007],
+                         "obj_body": "plate_1_main", "contact": None}]}  # fmt: skip
+"""libero_goal 5's goal spec (as `ensure_goal_spec` writes it): push the plate in front of the stove."""
+MUG_MICROWAVE = {"terms": [
+    {"term": ["in", "white_yellow_mug_1", "microwave_1_heating_region"], "kind": "site_in",
+     "site": "microwave_1_heating_region", "size": [0.12, 0.0835, 0.08], "obj_body": "white_yellow_mug_1_main"},
+    {"term": ["close", "microwave_1"], "kind": "joints", "mode": "all", "joints": ["microwave_1_microjoint"],
+     "intervals": [[-0.005, math.inf]]}]}  # fmt: skip
+"""libero_10 9's: the mug in the microwave, its door closed (Microwave.is_close: q > -0.005)."""
+
+
+def test_push_plan_facts_path_and_step():
+    """libero_goal 5 (host only): the plate (1.9 cm high, 14 cm wide, a rim over its floor) is pushed,
+    not picked; the bowl and the cream cheese are not pushable. From init 0 the straight line to the
+    region runs over the cream cheese; the grid path goes round it (its centre kept more than the
+    plate's reach away) and ends inside the region. One push step drives the grip along the path
+    with the fingers closed and pressed down; a grip out past the rim sends the plan back above."""
+    import mujoco
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig, PickPlaceView
+    from pirl.envs.libero_artic_expert import (
+        PUSH_PHASES,
+        PushConfig,
+        PushPlanState,
+        push_action,
+        push_path,
+        pushable,
+    )
+    from pirl.envs.libero_check import goal_subplans
+
+    task = ls.load_task("libero_goal", 5)
+    m = task.model
+    plans = goal_subplans(m, PLATE_PUSH)
+    assert [(p.kind, p.obj) for p in plans] == [("push", "plate_1")]
+    geo = plans[0].geo
+    assert 0.065 < geo.radius < 0.072 and geo.reach >= geo.radius and 0.003 < geo.centre[2] < 0.01, geo
+    assert geo.tol == pytest.approx(0.01)
+    assert not pushable(m, m.body("akita_black_bowl_1_main").id) and not pushable(
+        m, m.body("cream_cheese_1_main").id
+    )
+
+    d = mujoco.MjData(m)
+    d.qpos[:] = task.init_states[0][1 : 1 + m.nq]
+    mujoco.mj_kinematics(m, d)
+    plate, cheese = m.body("plate_1_main").id, m.body("cream_cheese_1_main").id
+    site = m.site("main_table_stove_front_region").id
+    # LIBERO's initial states hold the objects above the table: the plate as if it had dropped as far
+    # as the cream cheese (the path's obstacles are the geoms at the plate's height)
+    low = (
+        min(ls.geom_points(m, g)[:, 2].min() for g in np.where(m.geom_bodyid == cheese)[0])
+        + d.xpos[cheese][2]
+    )
+    plate_pos = d.xpos[plate] - [0.0, 0.0, d.xpos[plate][2] + geo.height[0] - low]
+    path = push_path(geo, lambda n: (d.xpos[m.body(n).id], d.xmat[m.body(n).id]), plate_pos,
+                     d.xmat[plate].reshape(3, 3), d.site_xpos[site], m.site_size[site])  # fmt: skip
+    np.testing.assert_allclose(path[0], d.xpos[plate][:2], atol=0.011)
+    assert np.all(np.abs(path[-1] - d.site_xpos[site][:2]) <= 0.04 - 0.01 + 1e-9), path[-1]
+    straight = np.linspace(d.xpos[plate][:2], d.site_xpos[site][:2], 50)
+    assert np.linalg.norm(straight - d.xpos[cheese][:2], axis=1).min() < 0.04
+    assert np.linalg.norm(path - d.xpos[cheese][:2], axis=1).min() > geo.reach + 0.005
+
+    cfg, push = LiberoPlanConfig(), PushConfig()
+    down = np.diag([1.0, -1.0, -1.0])
+    centre = d.xpos[plate] + geo.centre
+    view = PickPlaceView(
+        centre + np.array([0.0, 0.0, 0.01]),
+        down,
+        np.array([0.0, 1.0, 0.0]),
+        d.xpos[plate],
+        d.site_xpos[site],
+        np.eye(3),
+    )
+    state = PushPlanState(
+        phase=PUSH_PHASES.index("push"), ref_mat=down, start_mat=down, start_pos=np.zeros(3), path=path
+    )
+    action, nxt = push_action(cfg, push, geo, view, state)
+    ahead = path[min(4, len(path) - 1)] - path[0]
+    assert action[:2] @ ahead / np.linalg.norm(ahead) > 0.3 and action[2] < 0 and action[6] == 1.0, action
+    assert nxt.phase == state.phase
+    slipped = dataclasses.replace(view, grip_pos=centre + np.array([0.1, 0.0, 0.01]))
+    _, nxt = push_action(cfg, push, geo, slipped, state)
+    assert PUSH_PHASES[nxt.phase] == "above"
+
+
+def test_door_plan_facts_and_step():
+    """libero_10 9 (host only): the mug's pick-and-place, then the microwave's door (a vertical hinge
+    reaching 26 cm from its axis) pushed shut: the push point 0.6 of the way out along the door,
+    outside its outer face (which turns towards closed as q rises to the goal, inside LIBERO's
+    -0.005 < q <= 0), with the hand's box above the door's top. One step mid-push moves the grip
+    along the door's arc (tangent to the hinge), fingers closed."""
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.libero_artic_expert import (
+        ARTIC_PHASES,
+        PALM_ABOVE_SITE,
+        ArticPlanState,
+        ArticView,
+        articulated_action,
+    )
+    from pirl.envs.libero_check import goal_subplans, plan_label
+
+    task = ls.load_task("libero_10", 9)
+    m = task.model
+    plans = goal_subplans(m, MUG_MICROWAVE, task.init_states[0][1 : 1 + m.nq])
+    assert [plan_label(p) for p in plans] == [
+        "pick_place:white_yellow_mug_1",
+        "push:microwave_1_microdoorroot",
+    ]
+    door = plans[1].geo
+    assert (door.kind, door.increase, door.pull) == ("door", True, False)
+    assert -0.005 < door.q_goal <= 0.0
+    np.testing.assert_allclose(door.outward, [0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(
+        door.reach, [1, 0, 0], atol=1e-6
+    )  # the panel's long side, not tilted by the handle
+    np.testing.assert_allclose(door.narrow, [0, 1, 0], atol=1e-6)  # a rising q turns the door's far end to +y
+    assert 0.14 < door.handle[0] < 0.17 and -0.045 < door.handle[1] < -0.03, (
+        door.handle
+    )  # outside the face at -0.025
+    top = max(ls.geom_points(m, g)[:, 2].max() for g in np.where(m.geom_bodyid == m.body(door.body).id)[0])
+    assert door.handle[2] < top < door.handle[2] + PALM_ABOVE_SITE
+
+    q = -1.0
+    rot = np.array([[np.cos(q), -np.sin(q), 0.0], [np.sin(q), np.cos(q), 0.0], [0.0, 0.0, 1.0]])
+    down = np.diag([1.0, -1.0, -1.0])
+    grip = rot @ door.handle
+    view = ArticView(grip, down, np.array([0.0, 1.0, 0.0]), q, np.zeros(3), rot)
+    state = ArticPlanState(
+        phase=ARTIC_PHASES.index("move"), ref_mat=down, start_mat=down, start_pos=np.zeros(3)
+    )
+    action, nxt = articulated_action(LiberoPlanConfig(), door, view, state)
+    tangent = np.cross([0.0, 0.0, 1.0], grip)
+    tangent[2] = 0.0
+    tangent /= np.linalg.norm(tangent)
+    radial = np.array([grip[0], grip[1], 0.0]) / np.linalg.norm(grip[:2])
+    assert action[:3] @ tangent > 0.3 and abs(action[:3] @ radial) < 0.5 * (action[:3] @ tangent), action
+    assert action[6] == 1.0 and nxt.phase == state.phase
+    _, nxt = articulated_action(LiberoPlanConfig(), door, dataclasses.replace(view, q=0.0), state)
+    assert ARTIC_PHASES[nxt.phase] == "release"  # past the goal: done pushing
 
 
 # ----------------------------------------------------------------------------- nightly

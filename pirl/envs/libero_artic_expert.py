@@ -427,8 +427,9 @@ on the floor, catch the rim from inside."""
 class PushConfig:
     """Waypoints and gains of the push plan (m, control steps)."""
 
-    hover: float = 0.08
-    """Height above the push height at which the fingers arrive over the object's middle."""
+    hover: float = 0.05
+    """Height above the push height at which the fingers arrive over the object's middle (and
+    return to when they slipped out over its rim)."""
     tip_clearance: float = -0.004
     """Fingertips above the object's floor while pushing (below: they press on it, and the rim they
     drag by is low)."""
@@ -672,7 +673,12 @@ def push_action(
     rot = rotation_error(want, view.grip_mat)
     a_rot = np.clip(rot / 0.5 * cfg.rot_gain, -1.0, 1.0)
     action = np.concatenate([a_pos, a_rot, [1.0]]).astype(np.float32)
-    reached = np.linalg.norm(err) < cfg.reach_tol * (1.0 if name == "down" else 2.0)
+    if name == "down":  # over the middle, down on the floor (the press target lies under it)
+        reached = np.linalg.norm(err[:2]) < cfg.reach_tol and err[2] > -cfg.reach_tol - max(
+            -push.tip_clearance, 0.0
+        )
+    else:
+        reached = np.linalg.norm(err) < 2 * cfg.reach_tol
     rot_ok = np.linalg.norm(rot) < (0.3 if name == "return" else 0.1)
     phase = state.phase
     if name == "push":
