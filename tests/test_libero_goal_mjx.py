@@ -456,3 +456,32 @@ def test_articulated_plan_succeeds_in_mjx_and_libero(task_id):
     records = compare_plan("libero_goal", task_id, [0, 1, 2], settle=10, steps=300, out=io.StringIO())
     for rec in records:
         assert rec["mjx_success_step"] > 0 and rec["real_success_step"] > 0, rec
+
+
+@pytest.mark.nightly
+def test_door_plan_closes_the_microwave_in_mjx_and_libero():
+    """libero_10 9's goal sequence (the mug's pick-and-place, then the door) from initial states 0-2:
+    the door ends past LIBERO's close threshold (q > -0.005) in both simulators. (The task itself
+    fails: a top-down place does not get the mug into the microwave; docs/libero_mjx.md.)"""
+    import io
+
+    from pirl.envs.libero_check import compare_plan
+
+    records = compare_plan("libero_10", 9, [0, 1, 2], settle=10, steps=520, out=io.StringIO())
+    for rec in records:
+        assert rec["plans"][-1] == "push:microwave_1_microdoorroot", rec
+        assert rec["real_q"][0] > -0.005 and rec["mjx_q"][0] > -0.005, rec
+
+
+@pytest.mark.nightly
+def test_push_plan_moves_the_plate_in_mjx_and_libero():
+    """libero_goal 5 (push the plate to the front of the stove) from initial states 0-2: success in
+    the real LIBERO at all three, in MJX at two or more (measured: 10/10 real, 9/10 MJX over inits
+    0-9, MJX missing init 0 within 300 steps; docs/libero_mjx.md)."""
+    import io
+
+    from pirl.envs.libero_check import compare_plan
+
+    records = compare_plan("libero_goal", 5, [0, 1, 2], settle=10, steps=300, out=io.StringIO())
+    assert all(rec["real_success_step"] > 0 for rec in records), records
+    assert sum(rec["mjx_success_step"] > 0 for rec in records) >= 2, records
