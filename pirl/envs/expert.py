@@ -473,7 +473,8 @@ class PlanState:
     """`grasp_offset` is in the object's frame (wall grasps) and follows its orientation."""
     grasp_yaw: float = 0.0
     """Turn (rad, about the vertical) of the grip from its starting orientation for a wall grasp, and
-    with it of the closing axis (chosen per episode from the scene: libero_check.grasp_choice)."""
+    with it of the closing axis; for a centre grasp, from the object's narrow axis (chosen per episode
+    from the scene: libero_check.grasp_choice)."""
     grasp_side: float = 1.0
     """+1: the fingers straddle the wall on the side the (turned) closing axis points to; -1: the other."""
     pick_bottom: float | None = None
@@ -524,7 +525,7 @@ def pick_place_action(
             # yaw the grip (at most 90 degrees either way) so the closing axis lies along the object's narrow axis
             want, have = view.obj_mat @ geo.grasp_axis, view.finger_axis
             yaw = np.arctan2(want[1], want[0]) - np.arctan2(have[1], have[0])
-            yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+            yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2 + state.grasp_yaw
             ref = _rot_z(yaw) @ view.grip_mat
         elif state.grasp_yaw:
             ref = _rot_z(state.grasp_yaw) @ view.grip_mat

@@ -534,6 +534,11 @@ GRASP_CHOICES = ((0.0, 1.0), (0.0, -1.0), (np.pi / 2, 1.0), (np.pi / 2, -1.0))
 """(grip turn about the vertical, wall side) a wall grasp may take, in order of preference."""
 GRASP_CLEARANCE = 0.01
 """A wall grasp keeps the first choice whose gripper stands this far (m) from everything else."""
+CENTRE_GRASP_TURNS = (0.0, -np.pi / 6, np.pi / 6, -np.pi / 4, np.pi / 4)
+"""Turns (rad, about the vertical) of a centre grasp's closing axis off the object's narrow axis, in
+order of preference: the closing fingers turn a flat box into line with them, and the hand (0.2 m
+along the closing axis, 3.1 cm over the grip) clears a tall neighbour (libero_object 1's cream cheese
+beside the tomato sauce)."""
 
 
 def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
@@ -542,14 +547,15 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
     clears every other geom (table, fixtures, other objects; not the object grasped) by
     GRASP_CLEARANCE, else the one that clears most. `m` is the MJX scene (LIBERO's qpos layout, so a
     real LIBERO qpos reads the same); the gripper's geoms keep their pose relative to the grip site
-    at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) keep (0, 1)."""
+    at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) take the first of
+    CENTRE_GRASP_TURNS that clears (measured 1 cm over the grasp point: the fingertips of a grasp
+    of a flat box reach its support), else the unturned one."""
     import mujoco
 
     from pirl.envs.expert import PlanState, grasp_point, pick_place_action
     from pirl.envs.libero_scene import root_body
 
-    if geo.grasp_axis is not None:
-        return 0.0, 1.0
+    centre = geo.grasp_axis is not None
     d = mujoco.MjData(m)
     d.qpos[:] = qpos
     mujoco.mj_kinematics(m, d)
@@ -565,14 +571,28 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
         for g in range(m.ngeom)
         if not names[g].startswith(("robot0_", "mount0_")) and root(m.geom_bodyid[g]) != root(ob)
     ]
+    if centre:  # the fingertips of a centre grasp reach the object's support: leave it out
+        from pirl.envs.libero_scene import geom_points
+
+        def z_of(g: int) -> np.ndarray:
+            b = m.geom_bodyid[g]
+            return (d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T)[:, 2]
+
+        bottom = min(z_of(g).min() for g in range(m.ngeom) if root(m.geom_bodyid[g]) == root(ob))
+        others = [
+            h
+            for h in others
+            if m.geom_type[h] != mujoco.mjtGeom.mjGEOM_PLANE and z_of(h).max() > bottom + 0.005
+        ]
     site_r, site_p = d.site_xmat[site].reshape(3, 3), d.site_xpos[site]
     rel = [(site_r.T @ (d.geom_xpos[g] - site_p), site_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in grip]
-    best, best_clear = GRASP_CHOICES[0], -np.inf
-    for yaw, side in GRASP_CHOICES:
+    choices = [(t, 1.0) for t in CENTRE_GRASP_TURNS] if centre else GRASP_CHOICES
+    best, best_clear = choices[0], -np.inf
+    for yaw, side in choices:
         _, st = pick_place_action(plan_cfg, geo, view, PlanState(grasp_yaw=yaw, grasp_side=side))
         point = grasp_point(view, st)
         clear = np.inf
-        for lift in (0.0, plan_cfg.hover):
+        for lift in (0.01 if centre else 0.0, plan_cfg.hover):
             at = point + np.array([0.0, 0.0, lift])
             for g, (rp, rr) in zip(grip, rel, strict=True):
                 d.geom_xpos[g] = at + st.ref_mat @ rp
@@ -584,7 +604,7 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
             return yaw, side
         if clear > best_clear:
             best, best_clear = (yaw, side), clear
-    return best
+    return choices[0] if centre else best
 
 
 def real_pick_place(
