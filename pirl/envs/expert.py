@@ -455,7 +455,8 @@ class PickPlaceGeometry:
     """f64[n, 3] the object's geom corners / vertices in its body frame: its world-frame extents at any
     orientation (None: the turned corners of obj_lo / obj_hi)."""
     target_floor: float | None = None
-    """In a container (an In goal): its floor's height over the target position; None for On goals."""
+    """In a container (an In goal): its floor's height over the target position; None for On goals.
+    Read by centre grasps (a bowl's wall grasp releases over the container's top, as before)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,7 +543,7 @@ def pick_place_action(
             axis /= max(np.linalg.norm(axis), 1e-9)
         offset = centre + axis * max(geo.wall_radius + cfg.rim_shift, 0.0)
         offset[2] = max(geo.obj_hi[2] - cfg.grasp_depth, geo.obj_lo[2] + 0.01)
-        w_lo, w_hi = world_extents(geo, view.obj_mat)
+        w_lo, w_hi = world_extents(geo, view.obj_mat if geo.grasp_axis is not None else None)
         if geo.grasp_axis is not None:  # across the middle, under the top as it stands (world frame)
             offset = np.array([(w_lo[0] + w_hi[0]) / 2, (w_lo[1] + w_hi[1]) / 2,
                                max(w_hi[2] - cfg.centre_depth, w_lo[2] + 0.01)])  # fmt: skip
@@ -559,9 +560,13 @@ def pick_place_action(
     carry = max(target_top + cfg.lift, state.pick_bottom + cfg.pick_clearance)
     # while holding, steer the object: the grip keeps its offset to it
     hold = view.grip_pos - view.obj_pos
-    obj_bottom = view.obj_pos[2] + world_extents(geo, view.obj_mat)[0][2]
+    # Centre grasps read the object as it stands (LIBERO's bottles are body-y up); wall grasps (bowls,
+    # body z up) keep the body frame's z and the release over the target's top, as measured on
+    # libero_spatial (a held bowl tilts: its turned extents would release it higher).
+    centre = geo.grasp_axis is not None
+    obj_bottom = view.obj_pos[2] + world_extents(geo, view.obj_mat if centre else None)[0][2]
     release = target_top + cfg.release_gap  # the object's bottom when the fingers open
-    if geo.target_floor is not None:  # into a container: down to its floor, the palm over its rim
+    if geo.target_floor is not None and centre:  # into a container: down to its floor, the palm over its rim
         held = view.grip_pos[2] - obj_bottom
         release = max(
             view.target_pos[2] + geo.target_floor + cfg.release_gap, target_top + cfg.rim_grip - held
