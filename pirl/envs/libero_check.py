@@ -548,8 +548,9 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
     GRASP_CLEARANCE, else the one that clears most. `m` is the MJX scene (LIBERO's qpos layout, so a
     real LIBERO qpos reads the same); the gripper's geoms keep their pose relative to the grip site
     at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) take the first of
-    CENTRE_GRASP_TURNS that clears (measured 1 cm over the grasp point: the fingertips of a grasp
-    of a flat box reach its support), else the unturned one."""
+    CENTRE_GRASP_TURNS that clears (measured 1 cm over the grasp point and leaving out the object's
+    support, planes and geoms whose top is within 5 mm of its bottom: the fingertips of a grasp of a
+    flat box reach it), else the unturned one."""
     import mujoco
 
     from pirl.envs.expert import PlanState, grasp_point, pick_place_action
