@@ -147,3 +147,29 @@ def test_wall_grasp_chooses_a_side_clear_of_the_cabinet():
         qpos = t.init_states[init_id][1 : 1 + t.model.nq]
         choice = grasp_choice(t.model, qpos, obj, target, geo, LiberoPlanConfig())
         assert (choice == (0.0, 1.0)) == default_ok, (task_id, choice)
+
+
+def test_centre_grasp_turns_clear_of_a_tall_neighbour():
+    """`libero_check.grasp_choice` for a centre grasp: libero_object 1's cream cheese (1.8 cm high)
+    stands beside the tomato sauce (7.7 cm), and with the closing axis along the cheese's narrow side
+    the hand (0.2 m along it, 3.1 cm over the grip site) sits 2-3 cm inside the can at the grasp point
+    (the descent stalled there: MJX 0/10, real 4/10); the choice turns it 30 degrees. The ketchup
+    (libero_object 4, 14.5 cm, grasped under its top) stands clear and keeps the unturned grasp."""
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.libero_check import (
+        CENTRE_GRASP_TURNS,
+        goal_is_in,
+        grasp_choice,
+        pick_place_geometry,
+        pick_place_goal,
+    )
+
+    for task_id, want in ((1, CENTRE_GRASP_TURNS[1]), (4, 0.0)):
+        t = ls.load_task("libero_object", task_id)
+        obj, target = pick_place_goal(t.meta)
+        geo = pick_place_geometry(t.model, obj, target, goal_is_in(t.meta))
+        assert (
+            geo.grasp_axis is not None and geo.target_floor is not None and -0.06 < geo.target_floor < -0.04
+        )
+        qpos = t.init_states[0][1 : 1 + t.model.nq]
+        assert grasp_choice(t.model, qpos, obj, target, geo, LiberoPlanConfig()) == (want, 1.0), task_id

@@ -378,6 +378,13 @@ class LiberoPlanConfig:
     """Approach height of the grip site above the grasp point."""
     grasp_depth: float = 0.02
     """Grasp point below the object's top (fingertips straddle a bowl's rim)."""
+    centre_depth: float = 0.028
+    """Grasp point below the object's top (its world-frame extents: LIBERO's bottles stand with their
+    body's y axis up) for objects grasped across their middle: the hand's palm is 3.1 cm above the
+    grip site, so a deeper grasp of a tall bottle stalls the descent on its top."""
+    rim_grip: float = -0.02
+    """Lowest grip-site height over a container's top while lowering an object into it (In goals):
+    the object goes down to the container's floor as far as the palm stays over the rim."""
     rim_shift: float = 0.0
     """Grasp point outside (+) the middle of the object's upper wall, along the fingers' closing axis."""
     lift: float = 0.12
@@ -444,6 +451,12 @@ class PickPlaceGeometry:
     grasp_axis: np.ndarray | None = None
     """f64[3] the object's narrow horizontal axis in its body frame: the fingers turn (about the
     vertical) to close along it; None keeps the starting orientation."""
+    obj_points: np.ndarray | None = None
+    """f64[n, 3] the object's geom corners / vertices in its body frame: its world-frame extents at any
+    orientation (None: the turned corners of obj_lo / obj_hi)."""
+    target_floor: float | None = None
+    """In a container (an In goal): its floor's height over the target position; None for On goals.
+    Read by centre grasps (a bowl's wall grasp releases over the container's top, as before)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,7 +474,8 @@ class PlanState:
     """`grasp_offset` is in the object's frame (wall grasps) and follows its orientation."""
     grasp_yaw: float = 0.0
     """Turn (rad, about the vertical) of the grip from its starting orientation for a wall grasp, and
-    with it of the closing axis (chosen per episode from the scene: libero_check.grasp_choice)."""
+    with it of the closing axis; for a centre grasp, from the object's narrow axis (chosen per episode
+    from the scene: libero_check.grasp_choice)."""
     grasp_side: float = 1.0
     """+1: the fingers straddle the wall on the side the (turned) closing axis points to; -1: the other."""
     pick_bottom: float | None = None
@@ -482,6 +496,18 @@ def rotation_error(desired: np.ndarray, current: np.ndarray) -> np.ndarray:
     return v
 
 
+def world_extents(geo: PickPlaceGeometry, mat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) f64[3] corners of the object's geoms in the world frame, relative to its body
+    position, at orientation `mat` (the body frame's when None)."""
+    if geo.obj_points is not None:
+        pts = geo.obj_points
+    else:
+        pts = np.array([[x, y, z] for x in (geo.obj_lo[0], geo.obj_hi[0]) for y in (geo.obj_lo[1], geo.obj_hi[1])
+                        for z in (geo.obj_lo[2], geo.obj_hi[2])])  # fmt: skip
+    w = pts if mat is None else pts @ mat.T
+    return w.min(0), w.max(0)
+
+
 def grasp_point(view: PickPlaceView, state: PlanState) -> np.ndarray:
     """World f64[3] grasp point of a plan state whose grasp offset is set (after its first step); a
     wall grasp follows the object's orientation (a bowl still settling, tilting off a ramekin)."""
@@ -500,7 +526,7 @@ def pick_place_action(
             # yaw the grip (at most 90 degrees either way) so the closing axis lies along the object's narrow axis
             want, have = view.obj_mat @ geo.grasp_axis, view.finger_axis
             yaw = np.arctan2(want[1], want[0]) - np.arctan2(have[1], have[0])
-            yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+            yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2 + state.grasp_yaw
             ref = _rot_z(yaw) @ view.grip_mat
         elif state.grasp_yaw:
             ref = _rot_z(state.grasp_yaw) @ view.grip_mat
@@ -517,11 +543,15 @@ def pick_place_action(
             axis /= max(np.linalg.norm(axis), 1e-9)
         offset = centre + axis * max(geo.wall_radius + cfg.rim_shift, 0.0)
         offset[2] = max(geo.obj_hi[2] - cfg.grasp_depth, geo.obj_lo[2] + 0.01)
+        w_lo, w_hi = world_extents(geo, view.obj_mat if geo.grasp_axis is not None else None)
+        if geo.grasp_axis is not None:  # across the middle, under the top as it stands (world frame)
+            offset = np.array([(w_lo[0] + w_hi[0]) / 2, (w_lo[1] + w_hi[1]) / 2,
+                               max(w_hi[2] - cfg.centre_depth, w_lo[2] + 0.01)])  # fmt: skip
         state = dataclasses.replace(
             state,
             grasp_offset=offset,
             grasp_in_body=tilt is not None,
-            pick_bottom=float(view.obj_pos[2] + geo.obj_lo[2]),
+            pick_bottom=float(view.obj_pos[2] + w_lo[2]),
         )
     phase, steps = state.phase, state.steps
     grasp = grasp_point(view, state)
@@ -530,7 +560,18 @@ def pick_place_action(
     carry = max(target_top + cfg.lift, state.pick_bottom + cfg.pick_clearance)
     # while holding, steer the object: the grip keeps its offset to it
     hold = view.grip_pos - view.obj_pos
-    obj_bottom = view.obj_pos[2] + geo.obj_lo[2]
+    # Centre grasps read the object as it stands (LIBERO's bottles are body-y up); wall grasps (bowls,
+    # body z up) keep the body frame's z and the release over the target's top, as measured on
+    # libero_spatial (a held bowl tilts: its turned extents would release it higher).
+    centre = geo.grasp_axis is not None
+    obj_bottom = view.obj_pos[2] + world_extents(geo, view.obj_mat if centre else None)[0][2]
+    release = target_top + cfg.release_gap  # the object's bottom when the fingers open
+    if geo.target_floor is not None and centre:  # into a container: down to its floor, the palm over its rim
+        held = view.grip_pos[2] - obj_bottom
+        release = max(
+            view.target_pos[2] + geo.target_floor + cfg.release_gap, target_top + cfg.rim_grip - held
+        )
+        release = min(release, target_top + cfg.release_gap)
     name = PHASES[phase]
     grip, speed = (-1.0, 1.0) if phase in (0, 1, 6, 7, 8) else (1.0, cfg.carry_speed)
     if name == "approach":
@@ -548,7 +589,7 @@ def pick_place_action(
         goal = np.array(
             [
                 *(view.target_pos[:2] + hold[:2]),
-                view.grip_pos[2] + (target_top + cfg.release_gap - obj_bottom),
+                view.grip_pos[2] + (release - obj_bottom),
             ]
         )
     else:  # retreat, done

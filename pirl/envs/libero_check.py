@@ -443,10 +443,11 @@ def _target(m, name: str) -> tuple[str, int]:
         return "site", site
 
 
-def pick_place_geometry(m, obj: str, target: str):
+def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
     """Extents of the object's and target's geoms (with their sub-bodies) in their body frames, from
     the MJX scene at qpos0. A region target's top is that of its site's body (with sub-bodies),
-    relative to the site."""
+    relative to the site. `inside` (an In goal into a region): also the container's floor, the
+    highest top of the site body's geoms under the site's centre and below it."""
     import mujoco
 
     from pirl.envs.expert import PickPlaceGeometry
@@ -455,8 +456,9 @@ def pick_place_geometry(m, obj: str, target: str):
     d = mujoco.MjData(m)
     mujoco.mj_kinematics(m, d)
 
-    def extents(root: int):
-        pts, centres = [], []
+    def geoms_world(root: int):
+        """World points f64[n, 3] of each geom of `root` and its sub-bodies, and the geoms' centres."""
+        out = []
         for g in range(m.ngeom):
             b = m.geom_bodyid[g]
             r = b
@@ -464,20 +466,32 @@ def pick_place_geometry(m, obj: str, target: str):
                 r = m.body_parentid[r]
             if r == root and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE:
                 local = geom_points(m, g) - m.geom_pos[g]  # in the geom's body frame, about the geom
-                world = d.xpos[b] + (local + m.geom_pos[g]) @ d.xmat[b].reshape(3, 3).T
-                pts.append((world - d.xpos[root]) @ d.xmat[root].reshape(3, 3))
-                centres.append((d.geom_xpos[g] - d.xpos[root]) @ d.xmat[root].reshape(3, 3))
-        pts, centres = np.concatenate(pts), np.array(centres)
-        return pts.min(0), pts.max(0), centres
+                out.append((d.xpos[b] + (local + m.geom_pos[g]) @ d.xmat[b].reshape(3, 3).T, d.geom_xpos[g]))
+        return out
 
-    lo, hi, centres = extents(_body(m, obj))
+    def extents(root: int):
+        rel = lambda x: (x - d.xpos[root]) @ d.xmat[root].reshape(3, 3)  # noqa: E731
+        per = geoms_world(root)
+        pts = np.concatenate([rel(p) for p, _ in per])
+        centres = np.array([rel(c) for _, c in per])
+        return pts.min(0), pts.max(0), centres, pts
+
+    lo, hi, centres, pts = extents(_body(m, obj))
     kind, tid = _target(m, target)
+    floor = None
     if kind == "body":
-        _, thi, _ = extents(tid)
+        _, thi, _, _ = extents(tid)
     else:  # region: top of the site's body over the site (assumes the body's z axis is up, as LIBERO's)
         b = m.site_bodyid[tid]
-        _, bhi, _ = extents(b)
-        thi = np.array([0.0, 0.0, d.xpos[b][2] + bhi[2] - d.site_xpos[tid][2]])
+        _, bhi, _, _ = extents(b)
+        site = d.site_xpos[tid]
+        thi = np.array([0.0, 0.0, d.xpos[b][2] + bhi[2] - site[2]])
+        if inside:
+            tops = [p[:, 2].max() for p, _ in geoms_world(b)
+                    if np.all(p[:, :2].min(0) <= site[:2]) and np.all(site[:2] <= p[:, :2].max(0))
+                    and p[:, 2].max() < site[2]]  # fmt: skip
+            half = np.abs(d.site_xmat[tid].reshape(3, 3) @ m.site_size[tid])[2]
+            floor = float(max(tops) - site[2]) if tops else float(-half)
     upper = centres[centres[:, 2] > hi[2] - 0.03]
     mid = 0.5 * (lo[:2] + hi[:2])
     wall = float(np.mean(np.linalg.norm(upper[:, :2] - mid, axis=1)))
@@ -486,7 +500,13 @@ def pick_place_geometry(m, obj: str, target: str):
     if width.min() < CENTRE_GRASP_WIDTH:
         wall = 0.0  # fits between the fingers: grasp across its middle, along its narrow side
         axis = np.eye(3)[int(np.argmin(width))]
-    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall, grasp_axis=axis)
+    return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall, grasp_axis=axis,
+                             obj_points=pts, target_floor=floor)  # fmt: skip
+
+
+def goal_is_in(meta: dict) -> bool:
+    """The task's (one) pick-and-place goal is an In (into a container's region), not an On."""
+    return meta["goal"][0][0].lower() == "in"
 
 
 def _view(m, d, obj_body: int, target: tuple[str, int]):
@@ -514,6 +534,11 @@ GRASP_CHOICES = ((0.0, 1.0), (0.0, -1.0), (np.pi / 2, 1.0), (np.pi / 2, -1.0))
 """(grip turn about the vertical, wall side) a wall grasp may take, in order of preference."""
 GRASP_CLEARANCE = 0.01
 """A wall grasp keeps the first choice whose gripper stands this far (m) from everything else."""
+CENTRE_GRASP_TURNS = (0.0, -np.pi / 6, np.pi / 6, -np.pi / 4, np.pi / 4)
+"""Turns (rad, about the vertical) of a centre grasp's closing axis off the object's narrow axis, in
+order of preference: the closing fingers turn a flat box into line with them, and the hand (0.2 m
+along the closing axis, 3.1 cm over the grip) clears a tall neighbour (libero_object 1's cream cheese
+beside the tomato sauce)."""
 
 
 def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
@@ -522,14 +547,16 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
     clears every other geom (table, fixtures, other objects; not the object grasped) by
     GRASP_CLEARANCE, else the one that clears most. `m` is the MJX scene (LIBERO's qpos layout, so a
     real LIBERO qpos reads the same); the gripper's geoms keep their pose relative to the grip site
-    at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) keep (0, 1)."""
+    at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) take the first of
+    CENTRE_GRASP_TURNS that clears (measured 1 cm over the grasp point and leaving out the object's
+    support, planes and geoms whose top is within 5 mm of its bottom: the fingertips of a grasp of a
+    flat box reach it), else the unturned one."""
     import mujoco
 
     from pirl.envs.expert import PlanState, grasp_point, pick_place_action
     from pirl.envs.libero_scene import root_body
 
-    if geo.grasp_axis is not None:
-        return 0.0, 1.0
+    centre = geo.grasp_axis is not None
     d = mujoco.MjData(m)
     d.qpos[:] = qpos
     mujoco.mj_kinematics(m, d)
@@ -545,14 +572,28 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
         for g in range(m.ngeom)
         if not names[g].startswith(("robot0_", "mount0_")) and root(m.geom_bodyid[g]) != root(ob)
     ]
+    if centre:  # the fingertips of a centre grasp reach the object's support: leave it out
+        from pirl.envs.libero_scene import geom_points
+
+        def z_of(g: int) -> np.ndarray:
+            b = m.geom_bodyid[g]
+            return (d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T)[:, 2]
+
+        bottom = min(z_of(g).min() for g in range(m.ngeom) if root(m.geom_bodyid[g]) == root(ob))
+        others = [
+            h
+            for h in others
+            if m.geom_type[h] != mujoco.mjtGeom.mjGEOM_PLANE and z_of(h).max() > bottom + 0.005
+        ]
     site_r, site_p = d.site_xmat[site].reshape(3, 3), d.site_xpos[site]
     rel = [(site_r.T @ (d.geom_xpos[g] - site_p), site_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in grip]
-    best, best_clear = GRASP_CHOICES[0], -np.inf
-    for yaw, side in GRASP_CHOICES:
+    choices = [(t, 1.0) for t in CENTRE_GRASP_TURNS] if centre else GRASP_CHOICES
+    best, best_clear = choices[0], -np.inf
+    for yaw, side in choices:
         _, st = pick_place_action(plan_cfg, geo, view, PlanState(grasp_yaw=yaw, grasp_side=side))
         point = grasp_point(view, st)
         clear = np.inf
-        for lift in (0.0, plan_cfg.hover):
+        for lift in (0.01 if centre else 0.0, plan_cfg.hover):
             at = point + np.array([0.0, 0.0, lift])
             for g, (rp, rr) in zip(grip, rel, strict=True):
                 d.geom_xpos[g] = at + st.ref_mat @ rp
@@ -564,7 +605,7 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
             return yaw, side
         if clear > best_clear:
             best, best_clear = (yaw, side), clear
-    return best
+    return choices[0] if centre else best
 
 
 def real_pick_place(
@@ -667,7 +708,7 @@ def compare_pick_place(
     ob, tb = _body(m, obj), _target(m, target)
     # LIBERO's goal as the env evaluates it (the spec is read from LIBERO once, in its own process)
     goal = lp.compile_goal(_isolated(lp.ensure_goal_spec, suite, task_id), m)
-    geo = pick_place_geometry(m, obj, target)
+    geo = pick_place_geometry(m, obj, target, goal_is_in(task.meta))
     plan_cfg = LiberoPlanConfig()
     mx, reset, step = _plan_stepper(m, goal)
     t0 = time.perf_counter()
@@ -799,7 +840,7 @@ def mjx_expert(
     obj, target = pick_place_goal(task.meta)
     ob, tb = _body(m, obj), _target(m, target)
     goal = lp.compile_goal(_isolated(lp.ensure_goal_spec, suite, task_id), m)
-    geo = pick_place_geometry(m, obj, target)
+    geo = pick_place_geometry(m, obj, target, goal_is_in(task.meta))
     plan_cfg = plan_cfg or LiberoPlanConfig()
     mx = mjx.put_model(m)
     cfg = OSCConfig(timestep=float(m.opt.timestep))
@@ -906,7 +947,7 @@ def expert_report(
             {f"mjx_{k}": r[k] for k in ("control_steps", "reset_s", "first_call_s", "step_s", "wall_s")}
         )
     if real_side:
-        geo = pick_place_geometry(task.model, obj, target)
+        geo = pick_place_geometry(task.model, obj, target, goal_is_in(task.meta))
         t0 = time.perf_counter()
         real = _isolated(real_pick_place, suite, task_id, init_ids, settle, steps, geo, LiberoPlanConfig())
         stats([x["success_step"] for x in real], "real")
@@ -962,7 +1003,9 @@ def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan
                 SubPlan("push", push_geometry(m, _body(m, obj), np.asarray(t["size"])), obj, target)
             )
             continue
-        middle.append(SubPlan("pick_place", pick_place_geometry(m, obj, target), obj, target))
+        middle.append(
+            SubPlan("pick_place", pick_place_geometry(m, obj, target, t["kind"] == "site_in"), obj, target)
+        )
     return first + middle + last
 
 
