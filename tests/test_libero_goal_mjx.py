@@ -371,6 +371,51 @@ PLACEMENT_MISSES = {("libero_goal", 9), ("libero_10", 5), ("libero_10", 9)}
 into the caddy, mug into the microwave): their terms are still compared with LIBERO's."""
 
 
+BOWL_TOP_DRAWER = {"terms": [{"term": ["in", "akita_black_bowl_1", "wooden_cabinet_1_top_region"],
+                               "kind": "site_in", "site": "wooden_cabinet_1_top_region",
+                               "size": [0.02993, 0.07561, 0.10224], "obj_body": "akita_black_bowl_1_main",
+                               "open_intervals": [[-math.inf, -0.14]],
+                               "open_joints": ["wooden_cabinet_1_top_level"]}]}  # fmt: skip
+"""libero_goal 3's goal spec: the bowl in the top drawer (closed at the initial states)."""
+
+
+def test_sequence_chooses_the_grasp_after_the_drawer_opens():
+    """libero_goal 3 (host only): the top drawer is opened first, then the bowl picked. At init 0 the
+    first wall grasp clears everything with the drawer shut, not with it open (the open drawer
+    overhangs the bowl's far wall); the pick-and-place chooses its grasp when it starts, so it takes
+    another, and the same one from the same qpos on a view of MuJoCo data."""
+    import mujoco
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.libero_check import (
+        GRASP_CHOICES,
+        SequenceState,
+        goal_subplans,
+        grasp_choice,
+        sequence_action,
+    )
+
+    task = ls.load_task("libero_goal", 3)
+    m = task.model
+    qpos = task.init_states[0][1 : 1 + m.nq].copy()
+    plans = goal_subplans(m, BOWL_TOP_DRAWER, qpos)
+    assert [p.kind for p in plans] == ["artic", "pick_place"] and plans[0].geo.pull
+    pp, cfg = plans[1], LiberoPlanConfig()
+    assert grasp_choice(m, qpos, pp.obj, pp.target, pp.geo, cfg) == GRASP_CHOICES[0]
+    qpos[plans[0].geo.qpos_adr] = plans[0].geo.q_goal
+    chosen = grasp_choice(m, qpos, pp.obj, pp.target, pp.geo, cfg)
+    assert chosen != GRASP_CHOICES[0]
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
+    start = d.site_xmat[site].reshape(3, 3).copy()
+    action, state, finished = sequence_action(cfg, plans, m, d, SequenceState(1, None, start))
+    assert (state.sub.grasp_yaw, state.sub.grasp_side) == chosen and not finished
+    assert state.sub.phase == 0 and np.all(np.abs(action[:6]) <= 1.0) and action[6] == -1.0
+
+
 @pytest.mark.nightly
 @pytest.mark.parametrize("suite", ["libero_spatial", "libero_object", "libero_goal", "libero_10"])
 def test_predicates_agree_with_libero_all_tasks(suite):

@@ -1034,12 +1034,14 @@ class SequenceState:
 
 
 def sequence_action(
-    plan_cfg, plans: list[SubPlan], m, d, state: SequenceState, push_cfg=None
+    plan_cfg, plans: list[SubPlan], m, d, state: SequenceState, push_cfg=None, scene=None
 ) -> tuple[np.ndarray, SequenceState, bool]:
     """One control step of a goal sequence in either simulator (model `m`, data `d` with MuJoCo's
     field names): (action, next state, whether every sub-plan is done). A sub-plan runs until its
-    own plan is done, then the next starts from wherever the arm is. `push_cfg`: the push plan's
-    PushConfig (default: its defaults)."""
+    own plan is done, then the next starts from wherever the arm is; a pick-and-place chooses its
+    grasp (`grasp_choice`) when it starts, from the poses then (a drawer opened before it).
+    `push_cfg`: the push plan's PushConfig (default: its defaults); `scene`: the MJX scene's model
+    the grasp is chosen on (default `m`; the real side passes it so both choose alike)."""
     import mujoco
 
     from pirl.envs.expert import PHASES, PlanState, pick_place_action, rotation_error
@@ -1083,7 +1085,15 @@ def sequence_action(
         if sub is None:
             # after an articulated plan the grip may be left tilted: hold the episode's first orientation
             tilted = np.linalg.norm(rotation_error(start, view.grip_mat)) > 0.1
-            sub = PlanState(ref_mat=start if tilted else None)
+            qpos = np.asarray(d.qpos, np.float64)
+            chooser = scene if scene is not None else m
+            yaw, side = grasp_choice(chooser, qpos, plan.obj, plan.target, plan.geo, plan_cfg)
+            if tilted:  # the grasp's turn and offset as from the first orientation
+                closing = start @ view.grip_mat.T @ view.finger_axis
+                view = dataclasses.replace(view, grip_mat=start, finger_axis=closing)
+            _, sub = pick_place_action(plan_cfg, plan.geo, view, PlanState(grasp_yaw=yaw, grasp_side=side))
+            sub = dataclasses.replace(sub, phase=0, steps=0)
+            view = _view(m, d, _body(m, plan.obj), _target(m, plan.target))
         action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
         finished = PHASES[sub.phase] == "done"
     if finished and state.index + 1 < len(plans):
@@ -1096,8 +1106,11 @@ def real_plan(
 ) -> list[dict]:
     """The goal sequence in the real LIBERO (reading the real simulator), per initial state: LIBERO's
     own success (first step), the final qpos, the sub-plan reached (run it in a spawned process)."""
+    from pirl.envs import libero_scene as ls
+
     env, task_suite = make_libero_env(suite, task_id)
     m = env.sim.model._model
+    scene = ls.load_task(suite, task_id).model  # grasps are chosen on the MJX scene, as on the MJX side
     inits = task_suite.get_task_init_states(task_id)
     out = []
     try:
@@ -1106,7 +1119,9 @@ def real_plan(
             settled_start(env, inits[init_id], settle)
             state, first, t = SequenceState(), -1, 0
             for t in range(steps):
-                action, state, finished = sequence_action(plan_cfg, plans, m, env.sim.data._data, state)
+                action, state, finished = sequence_action(
+                    plan_cfg, plans, m, env.sim.data._data, state, scene=scene
+                )
                 _, _, done, _ = env.step(action.tolist())
                 if done and first < 0:
                     first = t + 1
