@@ -416,6 +416,92 @@ def test_sequence_chooses_the_grasp_after_the_drawer_opens():
     assert state.sub.phase == 0 and np.all(np.abs(action[:6]) <= 1.0) and action[6] == -1.0
 
 
+BOWL_BOTTOM_DRAWER = {"terms": [
+    {"term": ["close", "white_cabinet_1_bottom_region"], "kind": "joints", "mode": "all",
+     "joints": ["white_cabinet_1_bottom_level"], "intervals": [[0.0, math.inf]]},
+    {"term": ["in", "akita_black_bowl_1", "white_cabinet_1_bottom_region"], "kind": "site_in",
+     "site": "white_cabinet_1_bottom_region", "size": [0.02993, 0.07561, 0.10224],
+     "obj_body": "akita_black_bowl_1_main", "open_intervals": [[-math.inf, -0.14]],
+     "open_joints": ["white_cabinet_1_bottom_level"]}]}  # fmt: skip
+"""libero_10 3's goal spec: the bowl in the bottom drawer (open at init 0), the drawer closed."""
+
+
+def test_drawer_push_leans_clear_of_the_drawer_above():
+    """libero_10 3 (host only): the drawer is pushed shut with the closed fingers pointing down, the
+    closing axis along its front and the approach axis leaning PUSH_TILT into the push. With the
+    fingers' front on the shut drawer's handle, the hand so leaning stays more than 5 mm off the
+    handle of the drawer above; upright (no tilt) it runs into it."""
+    import mujoco
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.libero_artic_expert import (
+        ARTIC_PHASES,
+        PUSH_TILT,
+        ArticPlanState,
+        articulated_action,
+        articulation_view,
+    )
+    from pirl.envs.libero_check import goal_subplans
+    from pirl.envs.libero_scene import geom_points
+
+    task = ls.load_task("libero_10", 3)
+    m = task.model
+    d = mujoco.MjData(m)
+    d.qpos[:] = task.init_states[0][1 : 1 + m.nq]
+    mujoco.mj_kinematics(m, d)
+    plans = goal_subplans(m, BOWL_BOTTOM_DRAWER, d.qpos)
+    geo = plans[-1].geo
+    assert [p.kind for p in plans] == ["pick_place", "artic"] and not geo.pull
+    view = articulation_view(m, d, geo)
+    _, state = articulated_action(LiberoPlanConfig(), geo, view, ArticPlanState())
+    assert ARTIC_PHASES[state.phase] == "orient"
+    push = -(view.body_mat @ geo.outward)
+    ref = state.ref_mat
+    np.testing.assert_allclose(
+        ref[:, 2], np.sin(PUSH_TILT) * push - np.cos(PUSH_TILT) * np.eye(3)[2], atol=1e-9
+    )
+    closing = ref @ view.grip_mat.T @ view.finger_axis  # the closing axis along the drawer's front
+    assert abs(closing @ push) < 0.02 and abs(closing[2]) < 0.02, closing
+
+    # the drawer shut; the fingers' front on its handle's front, hand at `mat`: its distance to the
+    # handle of the drawer above
+    d.qpos[geo.qpos_adr] = 0.0
+    mujoco.mj_kinematics(m, d)
+    body = lambda g: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or ""  # noqa: E731
+    site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
+    sp, sr = d.site_xpos[site].copy(), d.site_xmat[site].reshape(3, 3).copy()
+    grip = [g for g in range(m.ngeom) if body(g).startswith("gripper0_")]
+    fingers = [g for g in grip if "finger" in body(g)]
+    hand = [g for g in grip if g not in fingers]
+    above = [g for g in range(m.ngeom) if body(g) == "white_cabinet_1_cabinet_middle"]
+
+    def world(g: int) -> np.ndarray:
+        b = m.geom_bodyid[g]
+        return d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T
+
+    drawer = np.where(m.geom_bodyid == m.body(geo.body).id)[0]
+    handle = min(float((world(g) @ push).min()) for g in drawer)  # its front: the drawer's outermost face
+    handle_pt = view.body_pos + d.xmat[m.body(geo.body).id].reshape(3, 3) @ geo.handle
+    rel = {
+        g: ((world(g) - sp) @ sr, sr.T @ d.geom_xmat[g].reshape(3, 3), sr.T @ (d.geom_xpos[g] - sp))
+        for g in grip
+    }
+
+    def hand_clearance(mat: np.ndarray) -> float:
+        front = max(float((rel[g][0] @ mat.T @ push).max()) for g in fingers)
+        at = handle_pt + push * (handle - handle_pt @ push - front)
+        for g in grip:
+            d.geom_xpos[g] = at + mat @ rel[g][2]
+            d.geom_xmat[g] = (mat @ rel[g][1]).reshape(9)
+        return min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in hand for h in above)
+
+    down = -np.eye(3)[2]
+    upright = np.stack([ref[:, 0], np.cross(down, ref[:, 0]), down], 1)  # the same, not tilted
+    assert hand_clearance(ref) > 0.005
+    assert hand_clearance(upright) < 0.0
+
+
 @pytest.mark.nightly
 @pytest.mark.parametrize("suite", ["libero_spatial", "libero_object", "libero_goal", "libero_10"])
 def test_predicates_agree_with_libero_all_tasks(suite):

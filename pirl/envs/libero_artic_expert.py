@@ -6,10 +6,11 @@ simulator-neutral `ArticView` (grip site, finger axis, the joint's value and its
 by `articulation_view` from any data object with MuJoCo's field names (MuJoCo C's MjData in the real
 LIBERO, the host copy of an mjx.Data in pirl's scene), and returns robosuite OSC_POSE actions.
 
-- A slide joint (a drawer): the grip turns to face the drawer's front (fingers horizontal, pointing
-  into the cabinet, closing vertically: a top-down grasp of a drawer's handle is blocked by the
-  handle of the drawer above), comes in front of the handle, then either grasps it and pulls along
-  the drawer's outward axis (open) or pushes it in with closed fingers (close), each until the joint
+- A slide joint (a drawer): to open it the grip turns to face the drawer's front (fingers
+  horizontal, pointing into the cabinet, closing vertically: a top-down grasp of a drawer's handle
+  is blocked by the handle of the drawer above), comes in front of the handle, grasps it and pulls
+  along the drawer's outward axis; to close it the closed fingers point down, leaning into the push
+  (`PUSH_TILT`), come in front of the handle and push it in; each until the joint
   is past the goal's threshold (closed loop on the joint value), then backs off, returns to where it
   started and turns back to its starting orientation (so that a next plan starts pointing down).
 - A hinge about the vertical (a stove's knob): the grip comes down over the joint's axis, closes
@@ -48,6 +49,13 @@ PALM_ABOVE_SITE = 0.031
 """Bottom of the hand's box above the grip site (m): a pushed door's top must stay below it."""
 FINGERTIP_BELOW_SITE = 0.009
 """Fingertips below the grip site (m)."""
+
+PUSH_TILT = np.pi / 4
+"""A drawer pushed shut: the closed fingers point down, tilted this far (rad) into the push, the closing
+axis along the drawer's front. The hand's box (6.4 cm thick, 3.1 cm over the grip site) then stays
+behind the fingers' front (upright it stands 2 cm ahead of it, into the handle of the drawer above
+when the pushed one is nearly shut; turned to face the cabinet, its 0.2 m length reaches down into
+the table under a bottom drawer's handle)."""
 
 ARTIC_PHASES = ("orient", "align", "insert", "close", "move", "release", "retreat", "upright", "done")
 """Phases of the articulated plan, in order (for a knob "orient" and "align" are one waypoint above it)."""
@@ -277,6 +285,21 @@ def _yawed(view: ArticView, want_axis: np.ndarray) -> np.ndarray:
     return _axis_rot(np.array([0.0, 0.0, 1.0]), yaw) @ view.grip_mat
 
 
+def _leaning(view: ArticView, push: np.ndarray, tilt: float) -> np.ndarray:
+    """Grip orientation with its closing axis horizontal across `push` (the sign nearest the current
+    one) and its approach axis (site z) pointing down, turned `tilt` towards `push` (the hand leans
+    away from it)."""
+    p = np.array([push[0], push[1], 0.0]) / max(np.linalg.norm(push[:2]), 1e-9)
+    closing = np.cross([0.0, 0.0, 1.0], p)
+    closing *= 1.0 if closing @ view.finger_axis >= 0 else -1.0
+    approach = np.sin(tilt) * p - np.cos(tilt) * np.array([0.0, 0.0, 1.0])
+    cl = view.grip_mat.T @ view.finger_axis  # the closing axis in the site frame (in its xy plane)
+    cl = np.array([cl[0], cl[1], 0.0]) / max(np.linalg.norm(cl[:2]), 1e-9)
+    src = np.stack([cl, np.cross([0.0, 0.0, 1.0], cl), [0.0, 0.0, 1.0]], 1)
+    dst = np.stack([closing, np.cross(approach, closing), approach], 1)
+    return dst @ src.T
+
+
 def _upright_want(view: ArticView, state: ArticPlanState, ref: np.ndarray) -> np.ndarray:
     """The plan's orientation until the grip is back within 5 cm of where it started, then the
     starting one: turned upright far out (a top drawer pulled open), the stretched arm reached
@@ -298,7 +321,7 @@ def articulated_action(
     ref = state.ref_mat
     if geo.kind == "slide":
         if ref is None:
-            ref = _facing(view, -out_w, cfg.artic_roll)
+            ref = _facing(view, -out_w, cfg.artic_roll) if geo.pull else _leaning(view, -out_w, PUSH_TILT)
         # pulling: half closed on the way in (fully open, the fingers' outer faces reach 66 mm from the
         # grip axis: into the handles 70 mm above and below), closed on the handle, open to let go;
         # pushing: closed throughout. robosuite's gripper moves by the action's sign (0 holds).
