@@ -1,6 +1,6 @@
 """The faithful LIBERO MJX env (`make_env("libero_spatial", task_ids=(0,))`): batched reset and step.
 
-    python benchmarks/libero_mjx_env.py --suite libero_spatial --task 0 --num-envs 1 2 4 16 --steps 5 [--solver 30 40]
+    python benchmarks/libero_mjx_env.py --suite libero_spatial --task 0 --num-envs 1 2 4 16 --steps 5 [--solver 30 40] [--max-wall-growth inf]
 
 Prints one JSON object per line per batch size: the first (compiling) calls of the vmapped
 `reset_to` (10 settle steps inside) and `step`, then env-steps/s over `--steps` timed calls
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 import pirl  # XLA CPU flags before JAX starts
 from pirl.envs import make_env
-from pirl.envs.libero_scene import SceneConfig
+from pirl.envs.libero_scene import SceneConfig, load_task
 
 
 def bench(
@@ -66,6 +66,9 @@ def bench(
         "xla_cpu_threads": os.environ.get("PIRL_XLA_CPU_THREADS", "1"),
         "solver_iterations": scene.solver_iterations,
         "grip_condim": scene.grip_condim,
+        "max_wall_growth": scene.max_wall_growth,
+        "ngeom": load_task(suite, task, scene).model.ngeom,
+        "npair": load_task(suite, task, scene).model.npair,
         "ls_iterations": scene.ls_iterations,
         "max_geom_pairs": scene.max_geom_pairs,
         "max_contact_points": scene.max_contact_points,
@@ -94,8 +97,12 @@ def main() -> None:
                    help="the scene's max_geom_pairs and max_contact_points (default: SceneConfig's)")  # fmt: skip
     p.add_argument("--grip-condim", type=int, default=None, choices=(3, 4, 6),
                    help="condim of the gripper's pairs (default: SceneConfig's)")  # fmt: skip
+    p.add_argument("--max-wall-growth", type=float, default=None,
+                   help="SceneConfig.max_wall_growth (inf: the k-means fit before i15-bowl)")  # fmt: skip
     args = p.parse_args()
     scene = SceneConfig()
+    if args.max_wall_growth is not None:
+        scene = dataclasses.replace(scene, max_wall_growth=args.max_wall_growth)
     if args.grip_condim is not None:
         scene = dataclasses.replace(scene, grip_condim=args.grip_condim)
     if args.solver is not None:

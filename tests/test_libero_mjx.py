@@ -78,6 +78,27 @@ def test_scene_keeps_libero_layout_and_replaces_geometry(task):
     np.testing.assert_allclose(m.body("robot0_base").pos, [-0.66, 0.0, 0.912], atol=1e-6)
 
 
+def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
+    """LIBERO's akita bowl: 18 tilted plates 2.6 mm thick in its upper wall (16 of 1.4 mm below, 5 in
+    the bottom). k-means into 10 boxes (the default, max_wall_growth inf) merges them three by three
+    into six slabs over 20 mm thick; max_wall_growth 3 mm splits every group of thin boxes whose box
+    would grow more than that: the upper wall keeps LIBERO's plates (docs/libero_mjx.md)."""
+    xml = ls.ensure_built("libero_spatial", 0) / "scene.xml"
+    thin = ls.mjx_scene_spec(xml, ls.SceneConfig(max_wall_growth=0.003)).compile()
+    for m, n_upper, thickest, n_all in (
+        (task.model, 6, (0.010, 0.011), 10),
+        (thin, 17, (0.0013, 0.0025), 29),
+    ):
+        b = m.body("akita_black_bowl_1_main").id
+        geoms = [g for g in range(m.ngeom) if m.geom_bodyid[g] == b]
+        upper = [g for g in geoms if m.geom_pos[g][2] > 0.025]  # LIBERO's 18 plates, the short one merged
+        assert (len(upper), len(geoms)) == (n_upper, n_all)
+        assert thickest[0] < max(m.geom_size[g].min() for g in upper) < thickest[1]
+    # fixtures are never split (the stove's burner button: 17 LIBERO boxes)
+    per_body = np.bincount(thin.geom_bodyid, minlength=thin.nbody)
+    assert per_body[thin.body("flat_stove_1_button").id] == ls.SceneConfig().boxes_per_body
+
+
 def test_objects_settle_like_libero_in_mujoco_c(task):
     """The fitted collision geometry holds LIBERO's objects where LIBERO's own geometry does: the
     rebuilt scene in MuJoCo C (arm held) against the real LIBERO after its 10 settle steps

@@ -1294,6 +1294,8 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("ITERATIONS", "LS_ITERATIONS"),
         help="(c): the MJX scene's solver and line-search iterations (default: SceneConfig's)",
     )
+    p.add_argument("--max-wall-growth", type=float, default=None,
+                   help="(c): the MJX scene's max_wall_growth (default: SceneConfig's)")  # fmt: skip
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
     p.add_argument("--mjx-only", action="store_true", help="(c) expert: run the plan in MJX only")
     p.add_argument("--plan-steps", type=int, default=PLAN_STEPS, help="(c) plan: control steps per episode")
@@ -1319,6 +1321,8 @@ def main(argv: list[str] | None = None) -> None:
                 scene.update(max_geom_pairs=args.caps[0], max_contact_points=args.caps[1])
             if args.solver is not None:
                 scene.update(solver_iterations=args.solver[0], ls_iterations=args.solver[1])
+            if args.max_wall_growth is not None:
+                scene.update(max_wall_growth=args.max_wall_growth)
         if "expert" in args.checks:
             expert_report(args.suite, t, args.init_states, args.settle, args.steps, not args.real_only,
                           not args.mjx_only, SceneConfig(**scene))  # fmt: skip

@@ -7,9 +7,10 @@ which caches the compiled result) keeps every body,
 joint, actuator, site, camera and light, with the compiled masses and inertias, and replaces the
 geometry:
 
-- each object or fixture body: its collision geoms (LIBERO's boxes, or meshes) clustered into at most
-  `SceneConfig.boxes_per_body` groups, each group fitted by one box in the frame of its largest
-  member (a group of one keeps LIBERO's box);
+- each object or fixture body: its collision geoms (LIBERO's boxes, or meshes) clustered into
+  `SceneConfig.boxes_per_body` groups, an object's groups split further where merging would turn
+  thin plates into a slab (`SceneConfig.max_wall_growth`), each group fitted by one box in the
+  frame of its largest member (a group of one keeps LIBERO's box);
 - robot: a capsule fitted to the collision mesh of each link in `SceneConfig.arm_contact_links`
   (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: one box each
   fitted to their meshes in the body frame; the fingertip pads: robosuite's own boxes; other links and the mount do
@@ -54,7 +55,15 @@ class SceneConfig:
     timestep: float = OSCConfig.timestep
     """Physics timestep (must match the OSC controller's, pirl.envs.osc.OSCConfig.timestep)."""
     boxes_per_body: int = 10
-    """Most boxes fitted to one object/fixture body's collision geoms."""
+    """Boxes fitted to one object/fixture body's collision geoms (k-means groups; an object's thin walls
+    may add more, see max_wall_growth)."""
+    max_wall_growth: float = float("inf")
+    """An object's (free body's) group of LIBERO boxes is split in two (2-means, again until it holds)
+    while its fitted box is thicker (smallest half size, m) than its thickest box member by more
+    than this; inf keeps the k-means groups. LIBERO's bowl wall is 18 tilted plates 2.6 mm thick,
+    which k-means merges three by three into 21.6 mm slabs; 0.003 keeps the plates (17 boxes) and
+    took MJX's expert on libero_spatial 5 from 3/10 to 9/10 but 3 from 10/10 to 4/10 and 4 from 4/10
+    to 1/10 (2.6x the pairs crowd MJX's 64-pair broad phase; docs/libero_mjx.md), so not the default."""
     arm_contact_links: tuple[str, ...] = ("robot0_link6", "robot0_link7")
     """Robot links (besides the hand and fingers) that collide with objects."""
     finger_boxes: int = 1
@@ -105,6 +114,8 @@ class SceneConfig:
             raise ValueError(f"grip_spin_friction must be >= 0, got {self.grip_spin_friction}")
         if self.boxes_per_body < 1:
             raise ValueError("boxes_per_body must be >= 1")
+        if not self.max_wall_growth >= 0:
+            raise ValueError(f"max_wall_growth must be >= 0 (inf: never split), got {self.max_wall_growth}")
 
 
 # ----------------------------------------------------------------------------- geometry fitting
@@ -236,6 +247,36 @@ def cluster(centers: np.ndarray, k: int, iters: int = 20) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1]
 
 
+def group_box(m: mujoco.MjModel, members: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One box (pos, quat, half sizes) around a group of a body's geoms, in the frame of its largest
+    member: principal axes gave fewer initial overlaps in MuJoCo C (22 vs 31 of 50 states > 3 mm) but
+    launched both bowls (0.2-0.3 m) at init 0 in MJX."""
+    pts = np.concatenate([geom_points(m, g) for g in members])
+    big = max(members, key=lambda g: np.prod(m.geom_size[g]))
+    return fit_box_in_frame(pts, m.geom_quat[big])
+
+
+def wall_groups(m: mujoco.MjModel, geoms: list[int], k: int, max_growth: float) -> list[list[int]]:
+    """A body's geoms grouped for one box each: k-means on their centres (z weighted x3, so a group
+    stays within one ring of a bowl), then each group whose box (`group_box`) is thicker than its
+    thickest box member by more than `max_growth` split by 2-means until it is not (or is one geom):
+    thin plates of different orientation are not merged into a slab. Mesh members count as thick."""
+    weight = np.array([1.0, 1.0, 3.0])
+    labels = cluster(np.array([m.geom_pos[g] for g in geoms]) * weight, k)
+    todo = [[g for g, lab in zip(geoms, labels, strict=True) if lab == j] for j in range(labels.max() + 1)]
+    out: list[list[int]] = []
+    while todo:
+        group = todo.pop(0)
+        if len(group) > 1 and np.isfinite(max_growth):
+            thick = max(m.geom_size[g].min() if m.geom_type[g] == _GEOM.mjGEOM_BOX else np.inf for g in group)
+            if group_box(m, group)[2].min() > thick + max_growth:
+                halves = cluster(np.array([m.geom_pos[g] for g in group]) * weight, 2)
+                todo[:0] = [[g for g, lab in zip(group, halves, strict=True) if lab == j] for j in (0, 1)]
+                continue
+        out.append(group)
+    return out
+
+
 # ----------------------------------------------------------------------------- scene rebuild
 
 
@@ -350,19 +391,13 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
             unique.setdefault(key, g)
         geoms = list(unique.values())
         # rings of LIBERO's boxes sit at a few heights: weigh z so a group stays within one ring
-        centers = np.array([m.geom_pos[g] for g in geoms]) * np.array([1.0, 1.0, 3.0])
-        labels = cluster(centers, cfg.boxes_per_body)
-        for j in range(labels.max() + 1):
-            members = [g for g, lab in zip(geoms, labels, strict=True) if lab == j]
+        growth = cfg.max_wall_growth if kind == "object" else np.inf
+        for j, members in enumerate(wall_groups(m, geoms, cfg.boxes_per_body, growth)):
             if len(members) == 1 and m.geom_type[members[0]] == _GEOM.mjGEOM_BOX:  # LIBERO's own box
                 g = members[0]
                 add(kind, _GEOM.mjGEOM_BOX, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"{j}")
                 continue
-            # in the largest member's frame: principal axes gave fewer initial overlaps in MuJoCo C
-            # (22 vs 31 of 50 states > 3 mm) but launched both bowls (0.2-0.3 m) at init 0 in MJX
-            pts = np.concatenate([geom_points(m, g) for g in members])
-            big = max(members, key=lambda g: np.prod(m.geom_size[g]))
-            pos, quat, half = fit_box_in_frame(pts, m.geom_quat[big])
+            pos, quat, half = group_box(m, members)
             add(kind, _GEOM.mjGEOM_BOX, pos, quat, half, members[0], f"{j}")
     if not any(g.kind == "plane" for g in out):  # no table: objects stand on the floor
         floor = [g for g in range(m.ngeom) if m.geom_bodyid[g] == 0 and m.geom_type[g] == _GEOM.mjGEOM_PLANE]
