@@ -6,6 +6,8 @@ The scene tests build libero_spatial task 0 from the installed LIBERO into the c
 
 from __future__ import annotations
 
+import dataclasses
+
 import mujoco
 import numpy as np
 import pytest
@@ -194,3 +196,55 @@ def test_centre_grasp_turns_clear_of_a_tall_neighbour():
         )
         qpos = t.init_states[0][1 : 1 + t.model.nq]
         assert grasp_choice(t.model, qpos, obj, target, geo, LiberoPlanConfig()) == (want, 1.0), task_id
+
+
+def test_moka_pot_is_grasped_by_its_lid_knob():
+    """libero_10 2's moka pot is wider than the open fingers (9 x 14.7 cm), and the middle of its
+    extents lies 1.9 cm off its lid knob towards the handle: the wall grasp round that middle put the
+    fingers onto the handle, the descent stopped 2.7 cm over the grasp point and the fingers closed on
+    air (real and MJX 0/3). `PickPlaceGeometry.top_grasp` straddles the knob instead, the fingertips
+    over the lid. The mugs of libero_10 4 (the top of their fitted boxes: the handle, beside the cup)
+    and the bowl keep the wall grasp."""
+    from pirl.envs.expert import LiberoPlanConfig, PlanState, grasp_point, pick_place_action
+    from pirl.envs.libero_artic_expert import FINGERTIP_BELOW_SITE
+    from pirl.envs.libero_check import _body, _view, goal_subplans, grasp_choice, pick_place_geometry
+    from pirl.envs.libero_predicates import ensure_goal_spec
+    from pirl.envs.libero_scene import geom_points
+
+    t = ls.load_task("libero_10", 2)
+    m = t.model
+    qpos = t.init_states[0][1 : 1 + m.nq]
+    plans = goal_subplans(m, ensure_goal_spec("libero_10", 2), qpos)
+    assert [p.kind for p in plans] == ["artic", "pick_place"]
+    geo, obj, target = plans[1].geo, plans[1].obj, plans[1].target
+    assert geo.grasp_axis is None and geo.wall_radius == 0.0 and geo.top_grasp is not None
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    ob = _body(m, obj)
+    geoms = [g for g in range(m.ngeom) if m.geom_bodyid[g] == ob]
+    world = {g: d.xpos[ob] + geom_points(m, g) @ d.xmat[ob].reshape(3, 3).T for g in geoms}
+    knob = max(geoms, key=lambda g: world[g][:, 2].max())
+    c = d.geom_xpos[knob][:2]
+    lid = max(  # the top of the pot under the knob
+        world[g][:, 2].max()
+        for g in geoms
+        if g != knob and np.all(world[g][:, :2].min(0) <= c) and np.all(c <= world[g][:, :2].max(0))
+    )
+    cfg = LiberoPlanConfig()
+    yaw, side = grasp_choice(m, qpos, obj, target, geo, cfg)
+    view = _view(m, d, ob, ("site", mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, target)))
+    _, st = pick_place_action(cfg, geo, view, PlanState(grasp_yaw=yaw, grasp_side=side))
+    point = grasp_point(view, st)
+    # over the knob's middle, the fingertips 3-8 mm over the lid's top and under the knob's top
+    assert np.linalg.norm(point[:2] - c) < 0.004, (point, c)
+    tips = point[2] - FINGERTIP_BELOW_SITE
+    assert lid + 0.003 < tips < lid + 0.008 and point[2] < world[knob][:, 2].max(), (tips, lid)
+    # the wall grasp round the extents' middle (as before) lies on the handle's side, 3.7 cm off the knob
+    wall = dataclasses.replace(geo, top_grasp=None, wall_radius=0.0193)
+    _, st = pick_place_action(cfg, wall, view, PlanState(grasp_yaw=yaw, grasp_side=side))
+    assert np.linalg.norm(grasp_point(view, st)[:2] - c) > 0.03
+    t4 = ls.load_task("libero_10", 4)
+    for mug in ("porcelain_mug_1", "white_yellow_mug_1"):
+        g4 = pick_place_geometry(t4.model, mug, "plate_1")  # the target does not change the object's grasp
+        assert g4.top_grasp is None and g4.wall_radius > 0.04, mug

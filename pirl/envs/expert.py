@@ -457,6 +457,11 @@ class PickPlaceGeometry:
     target_floor: float | None = None
     """In a container (an In goal): its floor's height over the target position; None for On goals.
     Read by centre grasps (a bowl's wall grasp releases over the container's top, as before)."""
+    top_grasp: np.ndarray | None = None
+    """f64[3] body-frame grasp point of an object wider than the open fingers whose top part fits
+    between them (the moka pot's lid knob): the fingers straddle that part (wall_radius 0) instead of
+    a wall round the middle of the whole object's extents, the grip site no lower than its z (nor
+    than `grasp_depth` under the top); None: the wall grasp (bowls)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -543,6 +548,9 @@ def pick_place_action(
             axis /= max(np.linalg.norm(axis), 1e-9)
         offset = centre + axis * max(geo.wall_radius + cfg.rim_shift, 0.0)
         offset[2] = max(geo.obj_hi[2] - cfg.grasp_depth, geo.obj_lo[2] + 0.01)
+        if geo.top_grasp is not None:  # its narrow top part, no lower than the fingertips allow
+            offset = np.array(geo.top_grasp, np.float64)
+            offset[2] = max(geo.obj_hi[2] - cfg.grasp_depth, offset[2])
         w_lo, w_hi = world_extents(geo, view.obj_mat if geo.grasp_axis is not None else None)
         if geo.grasp_axis is not None:  # across the middle, under the top as it stands (world frame)
             offset = np.array([(w_lo[0] + w_hi[0]) / 2, (w_lo[1] + w_hi[1]) / 2,

@@ -406,6 +406,11 @@ CENTRE_GRASP_WIDTH = 0.07
 wider ones (bowls) by their wall. The Panda's fingers open to 0.08 m."""
 
 
+TOP_GRASP_CLEARANCE = 0.004
+"""A wide object's narrow top part (`PickPlaceGeometry.top_grasp`) is grasped with the fingertips this
+far (m) over the object's part under it (the moka pot's lid under its knob)."""
+
+
 def pick_place_goal(meta: dict) -> tuple[str, str]:
     """(object, target) of a task whose goal is one On or In predicate (the target an object or a
     region); UserError otherwise."""
@@ -472,18 +477,19 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
     def extents(root: int):
         rel = lambda x: (x - d.xpos[root]) @ d.xmat[root].reshape(3, 3)  # noqa: E731
         per = geoms_world(root)
-        pts = np.concatenate([rel(p) for p, _ in per])
+        each = [rel(p) for p, _ in per]
+        pts = np.concatenate(each)
         centres = np.array([rel(c) for _, c in per])
-        return pts.min(0), pts.max(0), centres, pts
+        return pts.min(0), pts.max(0), centres, pts, each
 
-    lo, hi, centres, pts = extents(_body(m, obj))
+    lo, hi, centres, pts, each = extents(_body(m, obj))
     kind, tid = _target(m, target)
     floor = None
     if kind == "body":
-        _, thi, _, _ = extents(tid)
+        _, thi, _, _, _ = extents(tid)
     else:  # region: top of the site's body over the site (assumes the body's z axis is up, as LIBERO's)
         b = m.site_bodyid[tid]
-        _, bhi, _, _ = extents(b)
+        _, bhi, _, _, _ = extents(b)
         site = d.site_xpos[tid]
         thi = np.array([0.0, 0.0, d.xpos[b][2] + bhi[2] - site[2]])
         if inside:
@@ -492,16 +498,33 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
                     and p[:, 2].max() < site[2]]  # fmt: skip
             half = np.abs(d.site_xmat[tid].reshape(3, 3) @ m.site_size[tid])[2]
             floor = float(max(tops) - site[2]) if tops else float(-half)
-    upper = centres[centres[:, 2] > hi[2] - 0.03]
+    is_upper = centres[:, 2] > hi[2] - 0.03
+    upper = centres[is_upper]
     mid = 0.5 * (lo[:2] + hi[:2])
     wall = float(np.mean(np.linalg.norm(upper[:, :2] - mid, axis=1)))
     width = hi[:2] - lo[:2]
-    axis = None
+    axis, top = None, None
     if width.min() < CENTRE_GRASP_WIDTH:
         wall = 0.0  # fits between the fingers: grasp across its middle, along its narrow side
         axis = np.eye(3)[int(np.argmin(width))]
+    elif is_upper.any():
+        top_pts = np.concatenate([p for p, u in zip(each, is_upper, strict=True) if u])
+        top_lo, top_hi = top_pts.min(0), top_pts.max(0)
+        c = 0.5 * (top_lo[:2] + top_hi[:2])
+        under = [p[:, 2].max() for p, u in zip(each, is_upper, strict=True)
+                 if not u and np.all(p[:, :2].min(0) <= c) and np.all(c <= p[:, :2].max(0))]  # fmt: skip
+        near = np.linalg.norm(c - mid) < width.min() / 4
+        if (top_hi[:2] - top_lo[:2]).max() < CENTRE_GRASP_WIDTH and near and under:
+            # a wide object whose narrow top part stands on it near its middle (the moka pot's lid
+            # knob; the middle of its extents lies 1.9 cm off it, towards the handle): straddle that
+            # part, the fingertips over the body under it. (The top of a mug's fitted boxes is its
+            # handle, 4.6 cm off the middle, beside the cup: the wall grasp, as measured.)
+            from pirl.envs.libero_artic_expert import FINGERTIP_BELOW_SITE
+
+            z = max(under) + FINGERTIP_BELOW_SITE + TOP_GRASP_CLEARANCE
+            wall, top = 0.0, np.array([c[0], c[1], min(z, top_hi[2])])
     return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall, grasp_axis=axis,
-                             obj_points=pts, target_floor=floor)  # fmt: skip
+                             obj_points=pts, target_floor=floor, top_grasp=top)  # fmt: skip
 
 
 def goal_is_in(meta: dict) -> bool:
