@@ -113,21 +113,28 @@ def test_plan_lifts_off_a_raised_support():
     assert np.linalg.norm(obj[:2] - target[:2]) < 0.01 and obj[2] < 0.95, obj  # then placed
 
 
-@pytest.mark.nightly
-def test_expert_lifts_raised_and_boxed_in_bowls_in_real_libero():
-    """The plan in the real LIBERO on the bowls on the cabinet (libero_spatial 9) and beside it
-    (6), inits 0-9: 0/10 each before the carry height cleared the pick's support and the wall grasp
-    was chosen clear of the cabinet; 10/10 each since (docs/libero_mjx.md, "The expert since i15-s8")."""
+
+def _real_expert_records(suite: str, tasks: list[int]) -> list[dict]:
+    """`libero_check --checks expert --real-only` on inits 0-9 of `tasks`: its per-task JSON records."""
     pytest.importorskip("libero")
     import json
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "pirl.envs.libero_check", "--suite", "libero_spatial", "--tasks", "6", "9",
+    cmd = [sys.executable, "-m", "pirl.envs.libero_check", "--suite", suite, "--tasks", *map(str, tasks),
            "--init-states", *map(str, range(10)), "--checks", "expert", "--real-only"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3000).stdout
     recs = [json.loads(line) for line in out.splitlines() if '"check": "expert"' in line]
-    assert [r["task"] for r in recs] == [6, 9]
+    assert [r["task"] for r in recs] == tasks
+    return recs
+
+
+@pytest.mark.nightly
+def test_expert_lifts_raised_and_boxed_in_bowls_in_real_libero():
+    """The plan in the real LIBERO on the bowls on the cabinet (libero_spatial 9) and beside it
+    (6), inits 0-9: 0/10 each before the carry height cleared the pick's support and the wall grasp
+    was chosen clear of the cabinet; 10/10 each since (docs/libero_mjx.md, "The expert since i15-s8")."""
+    recs = _real_expert_records("libero_spatial", [6, 9])
     for r in recs:
         assert r["real_successes"] >= 8, r
 
@@ -196,16 +203,7 @@ def test_expert_places_bottles_and_flat_boxes_in_real_libero():
     cream cheese (1, a flat box beside the tomato sauce), inits 0-9: 0/10 and 4/10 before the plan
     read objects in the world frame and turned centre grasps clear of neighbours; 10/10 each since
     (docs/libero_mjx.md, "The expert since i15-bottles")."""
-    pytest.importorskip("libero")
-    import json
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "pirl.envs.libero_check", "--suite", "libero_object", "--tasks", "4", "1",
-           "--init-states", *map(str, range(10)), "--checks", "expert", "--real-only"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3000).stdout
-    recs = [json.loads(line) for line in out.splitlines() if '"check": "expert"' in line]
-    assert [r["task"] for r in recs] == [4, 1]
+    recs = _real_expert_records("libero_object", [4, 1])
     for r in recs:
         assert r["real_successes"] >= 9, r
         assert r["real_first_success_step"]["max"] <= 200, r  # not the stalled descent (202-221 before)
