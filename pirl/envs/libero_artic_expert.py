@@ -500,18 +500,14 @@ class PushGeometry:
 def _footprint(m: mujoco.MjModel, body: int) -> tuple[np.ndarray, np.ndarray, float]:
     """(lowest corner, highest corner, floor) of a body's geoms in its frame; the floor is the top
     of the geoms whose horizontal extent covers the body's middle (-inf if none does)."""
-    from pirl.envs.libero_scene import geom_points
+    from pirl.envs.libero_scene import geom_points, tops_over
 
     per_geom = [geom_points(m, g) for g in np.where(m.geom_bodyid == body)[0]]
     if not per_geom:
         return np.zeros(3), np.zeros(3), -np.inf
     pts = np.concatenate(per_geom)
     lo, hi = pts.min(0), pts.max(0)
-    mid = 0.5 * (lo[:2] + hi[:2])
-    under = [
-        p[:, 2].max() for p in per_geom if np.all(p[:, :2].min(0) <= mid) and np.all(mid <= p[:, :2].max(0))
-    ]
-    return lo, hi, max(under, default=-np.inf)
+    return lo, hi, max(tops_over(per_geom, 0.5 * (lo[:2] + hi[:2])), default=-np.inf)
 
 
 def pushable(m: mujoco.MjModel, body: int) -> bool:

@@ -456,7 +456,7 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
     import mujoco
 
     from pirl.envs.expert import PickPlaceGeometry
-    from pirl.envs.libero_scene import geom_points
+    from pirl.envs.libero_scene import geom_points, tops_over
 
     d = mujoco.MjData(m)
     mujoco.mj_kinematics(m, d)
@@ -493,9 +493,7 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
         site = d.site_xpos[tid]
         thi = np.array([0.0, 0.0, d.xpos[b][2] + bhi[2] - site[2]])
         if inside:
-            tops = [p[:, 2].max() for p, _ in geoms_world(b)
-                    if np.all(p[:, :2].min(0) <= site[:2]) and np.all(site[:2] <= p[:, :2].max(0))
-                    and p[:, 2].max() < site[2]]  # fmt: skip
+            tops = [z for z in tops_over([p for p, _ in geoms_world(b)], site[:2]) if z < site[2]]
             half = np.abs(d.site_xmat[tid].reshape(3, 3) @ m.site_size[tid])[2]
             floor = float(max(tops) - site[2]) if tops else float(-half)
     is_upper = centres[:, 2] > hi[2] - 0.03
@@ -511,8 +509,7 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
         top_pts = np.concatenate([p for p, u in zip(each, is_upper, strict=True) if u])
         top_lo, top_hi = top_pts.min(0), top_pts.max(0)
         c = 0.5 * (top_lo[:2] + top_hi[:2])
-        under = [p[:, 2].max() for p, u in zip(each, is_upper, strict=True)
-                 if not u and np.all(p[:, :2].min(0) <= c) and np.all(c <= p[:, :2].max(0))]  # fmt: skip
+        under = tops_over([p for p, u in zip(each, is_upper, strict=True) if not u], c)
         near = np.linalg.norm(c - mid) < width.min() / 4
         if (top_hi[:2] - top_lo[:2]).max() < CENTRE_GRASP_WIDTH and near and under:
             # a wide object whose narrow top part stands on it near its middle (the moka pot's lid
@@ -1111,12 +1108,12 @@ def sequence_action(
             qpos = np.asarray(d.qpos, np.float64)
             chooser = scene if scene is not None else m
             yaw, side = grasp_choice(chooser, qpos, plan.obj, plan.target, plan.geo, plan_cfg)
+            first = view
             if tilted:  # the grasp's turn and offset as from the first orientation
                 closing = start @ view.grip_mat.T @ view.finger_axis
-                view = dataclasses.replace(view, grip_mat=start, finger_axis=closing)
-            _, sub = pick_place_action(plan_cfg, plan.geo, view, PlanState(grasp_yaw=yaw, grasp_side=side))
+                first = dataclasses.replace(view, grip_mat=start, finger_axis=closing)
+            _, sub = pick_place_action(plan_cfg, plan.geo, first, PlanState(grasp_yaw=yaw, grasp_side=side))
             sub = dataclasses.replace(sub, phase=0, steps=0)
-            view = _view(m, d, _body(m, plan.obj), _target(m, plan.target))
         action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
         finished = PHASES[sub.phase] == "done"
     if finished and state.index + 1 < len(plans):

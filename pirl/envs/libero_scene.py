@@ -154,6 +154,12 @@ def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
     return local @ _quat_to_mat(m.geom_quat[g]).T + m.geom_pos[g]
 
 
+def tops_over(per_geom: list[np.ndarray], xy: np.ndarray) -> list[float]:
+    """Top z of each point set f64[n, 3] (one geom's, any frame) whose horizontal extent covers the
+    point `xy`: what a body offers to stand on there (a plate's floor, a container's, a pot's lid)."""
+    return [float(p[:, 2].max()) for p in per_geom if np.all(p[:, :2].min(0) <= xy) and np.all(xy <= p[:, :2].max(0))]
+
+
 def mesh_edges(m: mujoco.MjModel, g: int) -> tuple[np.ndarray, np.ndarray]:
     """Ends (f64[n, 3] each) of mesh geom g's face edges, in its body's frame."""
     mid = m.geom_dataid[g]
