@@ -98,6 +98,13 @@ class SceneConfig:
     box, the fixtures' large boxes (nearest by bounding sphere) crowded the fingers' pairs out of
     the 64 and the fingers closed through the bowl (libero_spatial 3 and 7, docs/libero_mjx.md)."""
 
+    object_armature: float = 3e-4
+    """Armature (kg m^2, on all six dofs) of every free joint. LIBERO's objects are light (plates 12 g,
+    rotational inertia 1.3e-5): in MJX's float32 Newton solver the plates of libero_10 4 never came to
+    rest (up to 27 mm per control step, then the mugs were thrown), where MuJoCo C and MJX in float64
+    hold them still; 3e-4 held all 8 inits checked (5e-5 5 of 8), and as translational inertia it is
+    0.25% of a 12 g object's mass (docs/libero_mjx.md)."""
+
     grip_spin_friction: float = 0.005
     """Torsional friction of the gripper's pairs when grip_condim >= 4 (MuJoCo's default 0.005). With
     LIBERO's own larger values (0.05, 0.3 on some geoms) MJX's fingers held the stove knob against
@@ -452,6 +459,9 @@ def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()
         body.iquat = compiled.body_iquat[b].copy()
         body.inertia = np.maximum(compiled.body_inertia[b], 1e-9)
         body.fullinertia = np.full(6, np.nan)
+    for joint in spec.joints:
+        if joint.type == mujoco.mjtJoint.mjJNT_FREE:
+            joint.armature = max(float(joint.armature), cfg.object_armature)
     for g in list(spec.geoms):
         spec.delete(g)
     for kind in (spec.meshes, spec.materials, spec.textures):
