@@ -264,7 +264,9 @@ def test_light_objects_rest_in_float32_mjx():
     def worst_step_mm(scene: ls.SceneConfig) -> np.ndarray:
         env = make_libero_env("libero_10", (4,), render=False, scene=scene)
         m = env.task.model
-        free = np.array([m.jnt_qposadr[j] for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE])
+        free = np.array(
+            [m.jnt_qposadr[j] for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+        )
         pos = jnp.asarray(free[:, None] + np.arange(3))  # [bodies, xyz] qpos addresses
         hold = jnp.tile(jnp.asarray(SETTLE_ACTION, jnp.float32), (50, 1))
 

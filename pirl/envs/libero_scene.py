@@ -164,7 +164,11 @@ def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
 def tops_over(per_geom: list[np.ndarray], xy: np.ndarray) -> list[float]:
     """Top z of each point set f64[n, 3] (one geom's, any frame) whose horizontal extent covers the
     point `xy`: what a body offers to stand on there (a plate's floor, a container's, a pot's lid)."""
-    return [float(p[:, 2].max()) for p in per_geom if np.all(p[:, :2].min(0) <= xy) and np.all(xy <= p[:, :2].max(0))]
+    return [
+        float(p[:, 2].max())
+        for p in per_geom
+        if np.all(p[:, :2].min(0) <= xy) and np.all(xy <= p[:, :2].max(0))
+    ]
 
 
 def mesh_edges(m: mujoco.MjModel, g: int) -> tuple[np.ndarray, np.ndarray]:
