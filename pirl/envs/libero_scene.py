@@ -99,11 +99,11 @@ class SceneConfig:
     the 64 and the fingers closed through the bowl (libero_spatial 3 and 7, docs/libero_mjx.md)."""
 
     object_armature: float = 3e-4
-    """Armature (kg m^2, on all six dofs) of every free joint. LIBERO's objects are light (plates 12 g,
-    rotational inertia 1.3e-5): in MJX's float32 Newton solver the plates of libero_10 4 never came to
-    rest (up to 27 mm per control step, then the mugs were thrown), where MuJoCo C and MJX in float64
-    hold them still; 3e-4 held all 8 inits checked (5e-5 5 of 8), and as translational inertia it is
-    0.25% of a 12 g object's mass (docs/libero_mjx.md)."""
+    """Armature (kg m^2 / kg, on all six dofs) of every free joint. LIBERO's objects are light (plates
+    12 g, rotational inertia 1.3e-5): in MJX's float32 Newton solver libero_10 4's plates never came to
+    rest (7-27 mm per control step, then mugs thrown) where MuJoCo C and MJX in float64 hold them;
+    3e-4 held 8 of 8 inits (5e-5: 5, 1e-4: 4, on rotations only: 6). Costs: +2.5% inertial mass of a 12 g
+    object, 10-20x a plate's rotational inertia (docs/libero_mjx.md, "Light objects in float32")."""
 
     grip_spin_friction: float = 0.005
     """Torsional friction of the gripper's pairs when grip_condim >= 4 (MuJoCo's default 0.005). With
