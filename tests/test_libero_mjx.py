@@ -46,6 +46,45 @@ def test_cluster_is_deterministic_and_bounded():
     np.testing.assert_array_equal(ls.cluster(pts[:5], 8), np.arange(5))
 
 
+_TRAY = """<mujoco><worldbody><geom type="plane" size="1 1 0.1"/>
+<body name="tray" pos="0 0 0.1">{walls}</body>
+<body name="block" pos="0.3 0 0.2"><freejoint/><geom type="box" size="0.02 0.02 0.02" mass="0.05"/></body>
+</worldbody></mujoco>"""
+
+
+def test_fixture_compartments_stay_open(tmp_path):
+    """A desk-caddy-like fixture of thin walls (LIBERO's caddy: 17 boxes 7-12 mm thick). k-means into
+    few groups merges walls into slabs that fill the compartments (libero_10 5's book stood on one and
+    was squeezed out); `fixture_wall_growth` splits such groups, so no fitted box holds a compartment's
+    centre (docs/libero_mjx.md)."""
+    t, h = 0.004, 0.08  # half thickness, half height of the walls
+    walls = [  # (pos, half sizes): base, long sides, ends, two cross walls, a low partition
+        ((0, 0, t), (0.07, 0.21, t)),
+        ((0.07, 0, h), (t, 0.21, h)), ((-0.07, 0, h), (t, 0.21, h)),
+        ((0, 0.21, h), (0.07, t, h)), ((0, -0.21, h), (0.07, t, h)),
+        ((0, 0.07, h), (0.07, t, h)), ((0, -0.07, h), (0.07, t, h)),
+        ((0, 0, 0.05), (t, 0.07, 0.05)),
+    ]  # fmt: skip
+    xml = tmp_path / "tray.xml"
+    xml.write_text(_TRAY.format(walls="".join(
+        f'<geom type="box" pos="{" ".join(map(str, p))}" size="{" ".join(map(str, s))}"/>' for p, s in walls
+    )))  # fmt: skip
+    centres = np.array([(0, 0.14, 0.2), (0, -0.14, 0.2), (0.035, 0, 0.2), (-0.035, 0, 0.2)])  # world frame
+
+    def filled(cfg: ls.SceneConfig) -> int:
+        m = ls.mjx_scene_spec(xml, cfg).compile()
+        d = mujoco.MjData(m)
+        mujoco.mj_forward(m, d)
+        out = 0
+        for g in np.where(m.geom_bodyid == m.body("tray").id)[0]:
+            local = (centres - d.geom_xpos[g]) @ d.geom_xmat[g].reshape(3, 3)
+            out += int(np.sum(np.all(np.abs(local) < m.geom_size[g], axis=1)))
+        return out
+
+    assert filled(ls.SceneConfig(boxes_per_body=4, fixture_wall_growth=float("inf"))) > 0
+    assert filled(ls.SceneConfig(boxes_per_body=4)) == 0
+
+
 pytest.importorskip("libero")
 
 
@@ -96,7 +135,7 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
         upper = [g for g in geoms if m.geom_pos[g][2] > 0.025]  # LIBERO's 18 plates, the short one merged
         assert (len(upper), len(geoms)) == (n_upper, n_all)
         assert thickest[0] < max(m.geom_size[g].min() for g in upper) < thickest[1]
-    # fixtures are never split (the stove's burner button: 17 LIBERO boxes)
+    # fixtures follow fixture_wall_growth, not max_wall_growth (the stove's button, 17 LIBERO boxes: kept at 10)
     per_body = np.bincount(thin.geom_bodyid, minlength=thin.nbody)
     assert per_body[thin.body("flat_stove_1_button").id] == ls.SceneConfig().boxes_per_body
 

@@ -1160,12 +1160,13 @@ PLAN_STEPS = 520
 
 def compare_plan(
     suite: str, task_id: int, init_ids: list[int], settle: int, steps: int = PLAN_STEPS,
-    mjx_side: bool = True, out=sys.stdout,
+    mjx_side: bool = True, out=sys.stdout, scene=None,
 ) -> list[dict]:  # fmt: skip
     """Check (c) with the goal-sequencing expert (`goal_subplans`: open / close / turn-on plans of
     `pirl.envs.libero_artic_expert` and pick-and-places, in order), in both simulators, each reading
     its own; one JSON line per initial state (success steps, goal joints' final values, object
-    errors), then a summary. The MJX side's success is the goal predicates on each step's data."""
+    errors), then a summary. The MJX side's success is the goal predicates on each step's data.
+    `scene`: the MJX scene's SceneConfig (default: its defaults)."""
     import jax
     import jax.numpy as jnp
 
@@ -1173,7 +1174,7 @@ def compare_plan(
     from pirl.envs import libero_scene as ls
     from pirl.envs.expert import LiberoPlanConfig
 
-    task = ls.load_task(suite, task_id)
+    task = ls.load_task(suite, task_id, scene if scene is not None else ls.SceneConfig())
     m = task.model
     spec = _isolated(lp.ensure_goal_spec, suite, task_id)
     goal = lp.compile_goal(spec, m)
@@ -1333,7 +1334,7 @@ def main(argv: list[str] | None = None) -> None:
         if "state" in args.checks:
             recs = compare(args.suite, t, args.init_states, args.settle)
             ok &= all(r["pass"] for r in recs)
-        if "pick_place" in args.checks or "expert" in args.checks:
+        if {"pick_place", "expert", "plan"} & set(args.checks):
             from pirl.envs.libero_scene import SceneConfig
 
             scene = {}
@@ -1359,7 +1360,13 @@ def main(argv: list[str] | None = None) -> None:
             ok &= all(r["pass"] for r in recs)
         if "plan" in args.checks:
             recs = compare_plan(
-                args.suite, t, args.init_states, args.settle, args.plan_steps, not args.real_only
+                args.suite,
+                t,
+                args.init_states,
+                args.settle,
+                args.plan_steps,
+                not args.real_only,
+                scene=SceneConfig(**scene),
             )
             ok &= all(r["pass"] for r in recs)
         if "images" in args.checks:

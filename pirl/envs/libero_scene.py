@@ -8,9 +8,9 @@ joint, actuator, site, camera and light, with the compiled masses and inertias, 
 geometry:
 
 - each object or fixture body: its collision geoms (LIBERO's boxes, or meshes) clustered into
-  `SceneConfig.boxes_per_body` groups, an object's groups split further where merging would turn
-  thin plates into a slab (`SceneConfig.max_wall_growth`), each group fitted by one box in the
-  frame of its largest member (a group of one keeps LIBERO's box);
+  `SceneConfig.boxes_per_body` groups, split further where merging would turn thin plates into a
+  slab (`SceneConfig.max_wall_growth` for objects, `fixture_wall_growth` for fixtures), each group
+  fitted by one box in the frame of its largest member (a group of one keeps LIBERO's box);
 - robot: a capsule fitted to the collision mesh of each link in `SceneConfig.arm_contact_links`
   (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: one box each
   fitted to their meshes in the body frame; the fingertip pads: robosuite's own boxes; other links and the mount do
@@ -64,6 +64,12 @@ class SceneConfig:
     which k-means merges three by three into 21.6 mm slabs; 0.003 keeps the plates (17 boxes) and
     took MJX's expert on libero_spatial 5 from 3/10 to 9/10 but 3 from 10/10 to 4/10 and 4 from 4/10
     to 1/10 (2.6x the pairs crowd MJX's 64-pair broad phase; docs/libero_mjx.md), so not the default."""
+    fixture_wall_growth: float = 0.01
+    """max_wall_growth for fixtures (bodies without a free joint). k-means merged the desk caddy's
+    7-12 mm walls (17 LIBERO boxes) into slabs up to 14 cm thick that filled its compartments: the
+    book lowered into the back one stood on a solid box and was squeezed out (libero_10 5). 0.01
+    keeps the caddy's walls (13 boxes) and, of the fixtures checked, changes no other (the stove's
+    button stays 10 boxes; 0.003 splits it into 12); inf: never split (docs/libero_mjx.md)."""
     arm_contact_links: tuple[str, ...] = ("robot0_link6", "robot0_link7")
     """Robot links (besides the hand and fingers) that collide with objects."""
     finger_boxes: int = 1
@@ -123,6 +129,10 @@ class SceneConfig:
             raise ValueError("boxes_per_body must be >= 1")
         if not self.max_wall_growth >= 0:
             raise ValueError(f"max_wall_growth must be >= 0 (inf: never split), got {self.max_wall_growth}")
+        if not self.fixture_wall_growth >= 0:
+            raise ValueError(
+                f"fixture_wall_growth must be >= 0 (inf: never split), got {self.fixture_wall_growth}"
+            )
 
 
 # ----------------------------------------------------------------------------- geometry fitting
@@ -408,7 +418,7 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
             unique.setdefault(key, g)
         geoms = list(unique.values())
         # rings of LIBERO's boxes sit at a few heights: weigh z so a group stays within one ring
-        growth = cfg.max_wall_growth if kind == "object" else np.inf
+        growth = cfg.max_wall_growth if kind == "object" else cfg.fixture_wall_growth
         for j, members in enumerate(wall_groups(m, geoms, cfg.boxes_per_body, growth)):
             if len(members) == 1 and m.geom_type[members[0]] == _GEOM.mjGEOM_BOX:  # LIBERO's own box
                 g = members[0]
