@@ -151,6 +151,8 @@ def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
         mid = m.geom_dataid[g]
         adr, n = m.mesh_vertadr[mid], m.mesh_vertnum[mid]
         local = np.asarray(m.mesh_vert[adr : adr + n], np.float64)
+    elif t == _GEOM.mjGEOM_PLANE:  # its rectangle of `size` (a table's top)
+        local = np.array([[sx, sy, 0.0] for sx in (-1, 1) for sy in (-1, 1)]) * size
     elif t == _GEOM.mjGEOM_SPHERE:
         local = np.concatenate([np.eye(3), -np.eye(3)]) * size[0]
     elif t in (int(_GEOM.mjGEOM_CYLINDER), int(_GEOM.mjGEOM_CAPSULE)):
