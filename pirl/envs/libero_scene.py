@@ -62,8 +62,9 @@ class SceneConfig:
     """An object's (free body's) group of LIBERO boxes is split in two (2-means, again until it holds)
     while its fitted box is thicker (smallest half size, m) than its thickest box member by more
     than this; inf keeps the k-means groups. At 0.012 the mugs' cups stay hollow (k-means filled
-    them with slabs 15-33 mm thick, on which the inner finger of libero_10 4 / 6's wall grasp stood)
-    and no other scene changes: the bowl's 21.6 mm slabs grow 9.5 mm. 0.003 keeps every plate of the
+    them with slabs 15-33 mm thick, on which the inner finger of libero_10 4 / 6's wall grasp stood);
+    elsewhere only libero_10 2's frying pan and moka pot split (the bowl's 21.6 mm slabs grow 9.5
+    mm: libero_spatial / goal / object keep their fit). 0.003 keeps every plate of the
     bowl: libero_spatial 5 3/10 -> 9/10 but 3 10/10 -> 4/10 and 4 4/10 -> 1/10 (2.6x the pairs crowd
     MJX's 64-pair broad phase; docs/libero_mjx.md)."""
     arm_contact_links: tuple[str, ...] = ("robot0_link6", "robot0_link7")
