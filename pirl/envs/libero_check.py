@@ -461,22 +461,23 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
     d = mujoco.MjData(m)
     mujoco.mj_kinematics(m, d)
 
-    def geoms_world(root: int):
-        """World points f64[n, 3] of each geom of `root` and its sub-bodies, and the geoms' centres."""
+    def geoms_world(root: int, planes: bool = False):
+        """World points f64[n, 3] of each geom of `root` and its sub-bodies, and the geoms' centres
+        (`planes`: a plane's rectangle too, the top of a table whose region is the target)."""
         out = []
         for g in range(m.ngeom):
             b = m.geom_bodyid[g]
             r = b
             while r not in (0, root):
                 r = m.body_parentid[r]
-            if r == root and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE:
+            if r == root and (planes or m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE):
                 local = geom_points(m, g) - m.geom_pos[g]  # in the geom's body frame, about the geom
                 out.append((d.xpos[b] + (local + m.geom_pos[g]) @ d.xmat[b].reshape(3, 3).T, d.geom_xpos[g]))
         return out
 
-    def extents(root: int):
+    def extents(root: int, planes: bool = False):
         rel = lambda x: (x - d.xpos[root]) @ d.xmat[root].reshape(3, 3)  # noqa: E731
-        per = geoms_world(root)
+        per = geoms_world(root, planes)
         each = [rel(p) for p, _ in per]
         pts = np.concatenate(each)
         centres = np.array([rel(c) for _, c in per])
@@ -489,11 +490,11 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
         _, thi, _, _, _ = extents(tid)
     else:  # region: top of the site's body over the site (assumes the body's z axis is up, as LIBERO's)
         b = m.site_bodyid[tid]
-        _, bhi, _, _, _ = extents(b)
+        _, bhi, _, _, _ = extents(b, planes=True)
         site = d.site_xpos[tid]
         thi = np.array([0.0, 0.0, d.xpos[b][2] + bhi[2] - site[2]])
         if inside:
-            tops = [z for z in tops_over([p for p, _ in geoms_world(b)], site[:2]) if z < site[2]]
+            tops = [z for z in tops_over([p for p, _ in geoms_world(b, True)], site[:2]) if z < site[2]]
             half = np.abs(d.site_xmat[tid].reshape(3, 3) @ m.site_size[tid])[2]
             floor = float(max(tops) - site[2]) if tops else float(-half)
     is_upper = centres[:, 2] > hi[2] - 0.03

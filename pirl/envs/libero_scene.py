@@ -15,7 +15,8 @@ geometry:
   (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: one box each
   fitted to their meshes in the body frame; the fingertip pads: robosuite's own boxes; other links and the mount do
   not collide (they never reach the objects);
-- the table: a plane at its top (the floor plane where a scene has no table collision);
+- the table (LIBERO's `table`, libero_10's `living_room_table` / `study_table`, `is_table`): a plane at
+  its top (`table_top`; the floor plane where a scene has no table collision);
 - no visual meshes, textures or materials;
 - contacts only through explicit pairs (gripper x objects/fixtures/table, forearm x objects,
   object x table, object x object, object x fixture), friction / solref / solimp mixed from
@@ -57,13 +58,15 @@ class SceneConfig:
     boxes_per_body: int = 10
     """Boxes fitted to one object/fixture body's collision geoms (k-means groups; an object's thin walls
     may add more, see max_wall_growth)."""
-    max_wall_growth: float = float("inf")
+    max_wall_growth: float = 0.012
     """An object's (free body's) group of LIBERO boxes is split in two (2-means, again until it holds)
     while its fitted box is thicker (smallest half size, m) than its thickest box member by more
-    than this; inf keeps the k-means groups. LIBERO's bowl wall is 18 tilted plates 2.6 mm thick,
-    which k-means merges three by three into 21.6 mm slabs; 0.003 keeps the plates (17 boxes) and
-    took MJX's expert on libero_spatial 5 from 3/10 to 9/10 but 3 from 10/10 to 4/10 and 4 from 4/10
-    to 1/10 (2.6x the pairs crowd MJX's 64-pair broad phase; docs/libero_mjx.md), so not the default."""
+    than this; inf keeps the k-means groups. At 0.012 the mugs' cups stay hollow (k-means filled
+    them with slabs 15-33 mm thick, on which the inner finger of libero_10 4 / 6's wall grasp stood);
+    elsewhere only libero_10 2's frying pan and moka pot split (the bowl's 21.6 mm slabs grow 9.5
+    mm: libero_spatial / goal / object keep their fit). 0.003 keeps every plate of the
+    bowl: libero_spatial 5 3/10 -> 9/10 but 3 10/10 -> 4/10 and 4 4/10 -> 1/10 (2.6x the pairs crowd
+    MJX's 64-pair broad phase; docs/libero_mjx.md)."""
     fixture_wall_growth: float = 0.01
     """max_wall_growth for fixtures (bodies without a free joint). k-means merged the desk caddy's
     7-12 mm walls (17 LIBERO boxes) into slabs up to 14 cm thick that filled its compartments: the
@@ -105,11 +108,12 @@ class SceneConfig:
     the 64 and the fingers closed through the bowl (libero_spatial 3 and 7, docs/libero_mjx.md)."""
 
     object_armature: float = 3e-4
-    """Armature (kg m^2 / kg, on all six dofs) of every free joint. LIBERO's objects are light (plates
-    12 g, rotational inertia 1.3e-5): in MJX's float32 Newton solver libero_10 4's plates never came to
-    rest (7-27 mm per control step, then mugs thrown) where MuJoCo C and MJX in float64 hold them;
-    3e-4 held 8 of 8 inits (5e-5: 5, 1e-4: 4, on rotations only: 6). Costs: +2.5% inertial mass of a 12 g
-    object, 10-20x a plate's rotational inertia (docs/libero_mjx.md, "Light objects in float32")."""
+    """Armature (kg m^2 / kg, on all six dofs) of every free joint, for MJX's float32 solver with
+    LIBERO's light objects (plates 12 g, rotational inertia 1.3e-5). Without it libero_10 4's plates
+    jitter at rest (2-3.5 mm per control step at 4 of inits 0-7; 7-27 mm before its table became a
+    plane), with it none moves 2 mm; libero_spatial 5 (bowl on the ramekin) 3/10 -> 7/10. Costs: +2.5%
+    inertial mass of a 12 g object, 10-20x a plate's rotational inertia (docs/libero_mjx.md,
+    "Light objects in float32")."""
 
     grip_spin_friction: float = 0.005
     """Torsional friction of the gripper's pairs when grip_condim >= 4 (MuJoCo's default 0.005). With
@@ -159,6 +163,8 @@ def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
         mid = m.geom_dataid[g]
         adr, n = m.mesh_vertadr[mid], m.mesh_vertnum[mid]
         local = np.asarray(m.mesh_vert[adr : adr + n], np.float64)
+    elif t == _GEOM.mjGEOM_PLANE:  # its rectangle of `size` (a table's top)
+        local = np.array([[sx, sy, 0.0] for sx in (-1, 1) for sy in (-1, 1)]) * size
     elif t == _GEOM.mjGEOM_SPHERE:
         local = np.concatenate([np.eye(3), -np.eye(3)]) * size[0]
     elif t in (int(_GEOM.mjGEOM_CYLINDER), int(_GEOM.mjGEOM_CAPSULE)):
@@ -343,12 +349,45 @@ def _geom_rgba(m: mujoco.MjModel, b: int) -> np.ndarray:
     return np.array([0.6, 0.6, 0.6, 1.0])
 
 
+def is_table(m: mujoco.MjModel, b: int) -> bool:
+    """Body `b` hangs from one of LIBERO's table fixtures (`table`, `living_room_table`, `study_table`):
+    a root body with no joints whose name ends in "table"."""
+    r = root_body(m, b)
+    name = mujoco.mj_id2name(m, _OBJ.mjOBJ_BODY, r) or ""
+    return r != 0 and name.endswith("table") and m.body_jntnum[r] == 0
+
+
+def table_top(m: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray] | None:
+    """(world centre f64[3], half sizes f64[2]) of the top of the scene's table fixtures (`is_table`):
+    the highest top of their collision geoms at qpos0 and the horizontal bounds of the geoms whose top
+    is within 1 mm of it; None without a table."""
+    d = mujoco.MjData(m)
+    mujoco.mj_kinematics(m, d)
+    boxes = []
+    for g in range(m.ngeom):
+        if not _is_collision(m, g) or not is_table(m, m.geom_bodyid[g]):
+            continue
+        b = m.geom_bodyid[g]
+        pts = d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T
+        boxes.append((pts.min(0), pts.max(0)))
+    if not boxes:
+        return None
+    top = max(hi[2] for _, hi in boxes)
+    tops = [(lo, hi) for lo, hi in boxes if hi[2] > top - 1e-3]
+    lo = np.min([lo[:2] for lo, _ in tops], axis=0)
+    hi = np.max([hi[:2] for _, hi in tops], axis=0)
+    return np.array([*(lo + hi) / 2, top]), (hi - lo) / 2
+
+
 def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
     name = lambda kind, i: mujoco.mj_id2name(m, kind, i) or ""  # noqa: E731
     free_roots = {
         root_body(m, m.jnt_bodyid[j]) for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
     }
     out: list[_NewGeom] = []
+    top = table_top(m)
+    d = mujoco.MjData(m)
+    mujoco.mj_kinematics(m, d)
     for b in range(m.nbody):
         bname = name(_OBJ.mjOBJ_BODY, b)
         geoms = [g for g in np.where(m.geom_bodyid == b)[0] if _is_collision(m, g)]
@@ -369,18 +408,16 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
 
         if b == 0:  # the floor: the support only where there is no table
             continue
-        if bname == "table":
-            box = max(geoms, key=lambda g: np.prod(m.geom_size[g]))
-            top = m.geom_pos[box] + _quat_to_mat(m.geom_quat[box])[:, 2] * m.geom_size[box][2]
-            add(
-                "plane",
-                _GEOM.mjGEOM_PLANE,
-                top,
-                [1, 0, 0, 0],
-                [m.geom_size[box][0], m.geom_size[box][1], 0.01],
-                box,
-                "_top",
-            )
+        if is_table(m, b):
+            if top is not None and not any(g.kind == "plane" and g.root == root for g in out):
+                # The table is a plane at its top (objects never go under it), in this body's frame.
+                # libero_10's tables are 5-6 boxes up to 1.3 m long, and MJX's broad phase ranks box
+                # pairs by the distance between their bounding spheres' surfaces: pairs with the
+                # large boxes' far ends crowded an object's pairs with the top out of max_geom_pairs
+                # and it fell through (libero_10 4's plate_1, docs/libero_mjx.md).
+                rot = d.xmat[b].reshape(3, 3)
+                pos = rot.T @ (top[0] - d.xpos[b])
+                add("plane", _GEOM.mjGEOM_PLANE, pos, _mat_to_quat(rot.T), [*top[1], 0.01], g0, "_top")
             continue
         planes = [g for g in geoms if m.geom_type[g] == _GEOM.mjGEOM_PLANE]
         for g in planes:  # a floor body (libero_object's scenes stand on it)
