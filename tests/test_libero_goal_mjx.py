@@ -578,16 +578,13 @@ def test_env_reset_step_and_success_reward(spatial):
 @pytest.mark.parametrize("task_id", [0, 7])
 def test_articulated_plan_succeeds_in_mjx_and_libero(task_id):
     """The articulated expert (one plan code path, each simulator read by it) opens libero_goal's
-    middle drawer (task 0) and turns on the stove (task 7) from initial states 2-4, in the MJX scene
-    (the goal predicates, as the env rewards) and in the real LIBERO (its own success). Task 0's inits
-    0 and 1 miss in MJX since the scene's object armature (7/10 over inits 0-9): the hand's box presses
-    plate_1 on the way to the handle and stops short of it (docs/libero_mjx.md, "Light objects in
-    float32"); they are left out here until the hand's collision is fixed, not counted as passes."""
+    middle drawer (task 0) and turns on the stove (task 7) from initial states 0-2, in the MJX scene
+    (the goal predicates, as the env rewards) and in the real LIBERO (its own success)."""
     import io
 
     from pirl.envs.libero_check import compare_plan
 
-    records = compare_plan("libero_goal", task_id, [2, 3, 4], settle=10, steps=300, out=io.StringIO())
+    records = compare_plan("libero_goal", task_id, [0, 1, 2], settle=10, steps=300, out=io.StringIO())
     for rec in records:
         assert rec["mjx_success_step"] > 0 and rec["real_success_step"] > 0, rec
 

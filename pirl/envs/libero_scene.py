@@ -107,13 +107,12 @@ class SceneConfig:
     box, the fixtures' large boxes (nearest by bounding sphere) crowded the fingers' pairs out of
     the 64 and the fingers closed through the bowl (libero_spatial 3 and 7, docs/libero_mjx.md)."""
 
-    object_armature: float = 3e-4
-    """Armature (kg m^2 / kg, on all six dofs) of every free joint, for MJX's float32 solver with
-    LIBERO's light objects (plates 12 g, rotational inertia 1.3e-5). Without it libero_10 4's plates
-    jitter at rest (2-3.5 mm per control step at 4 of inits 0-7; 7-27 mm before its table became a
-    plane), with it none moves 2 mm; libero_spatial 5 (bowl on the ramekin) 3/10 -> 7/10. Costs: +2.5%
-    inertial mass of a 12 g object, 10-20x a plate's rotational inertia (docs/libero_mjx.md,
-    "Light objects in float32")."""
+    object_armature: float = 0.0
+    """Armature (kg m^2 / kg, on all six dofs) of every free joint; 0 keeps LIBERO's objects as they
+    are. 3e-4 stills the 2-3.5 mm per-step jitter of libero_10 4's light plates at rest in MJX's float32
+    solver (7-27 mm before the tables became planes) and took libero_spatial 5 from 3/10 to 7/10, but
+    multiplies a plate's rotational inertia 10-20x and broke libero_10 3 (inits 0-1: bowl not in the
+    drawer) and goal 0 inits 0-1, so it is not the default (docs/libero_mjx.md, "Light objects")."""
 
     grip_spin_friction: float = 0.005
     """Torsional friction of the gripper's pairs when grip_condim >= 4 (MuJoCo's default 0.005). With
