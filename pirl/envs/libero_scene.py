@@ -132,6 +132,10 @@ class SceneConfig:
             raise ValueError("boxes_per_body must be >= 1")
         if not self.max_wall_growth >= 0:
             raise ValueError(f"max_wall_growth must be >= 0 (inf: never split), got {self.max_wall_growth}")
+        if not self.object_armature >= 0:
+            raise ValueError(
+                f"object_armature must be >= 0 (0: LIBERO's objects as they are), got {self.object_armature}"
+            )
         if not self.fixture_wall_growth >= 0:
             raise ValueError(
                 f"fixture_wall_growth must be >= 0 (inf: never split), got {self.fixture_wall_growth}"
@@ -356,12 +360,10 @@ def is_table(m: mujoco.MjModel, b: int) -> bool:
     return r != 0 and name.endswith("table") and m.body_jntnum[r] == 0
 
 
-def table_top(m: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray] | None:
+def table_top(m: mujoco.MjModel, d: mujoco.MjData) -> tuple[np.ndarray, np.ndarray] | None:
     """(world centre f64[3], half sizes f64[2]) of the top of the scene's table fixtures (`is_table`):
-    the highest top of their collision geoms at qpos0 and the horizontal bounds of the geoms whose top
-    is within 1 mm of it; None without a table."""
-    d = mujoco.MjData(m)
-    mujoco.mj_kinematics(m, d)
+    the highest top of their collision geoms at the kinematics of `d` and the horizontal bounds of the
+    geoms whose top is within 1 mm of it; None without a table."""
     boxes = []
     for g in range(m.ngeom):
         if not _is_collision(m, g) or not is_table(m, m.geom_bodyid[g]):
@@ -384,9 +386,9 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
         root_body(m, m.jnt_bodyid[j]) for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
     }
     out: list[_NewGeom] = []
-    top = table_top(m)
     d = mujoco.MjData(m)
     mujoco.mj_kinematics(m, d)
+    top = table_top(m, d)
     for b in range(m.nbody):
         bname = name(_OBJ.mjOBJ_BODY, b)
         geoms = [g for g in np.where(m.geom_bodyid == b)[0] if _is_collision(m, g)]
