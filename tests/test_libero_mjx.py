@@ -140,6 +140,44 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
     assert per_body[thin.body("flat_stove_1_button").id] == ls.SceneConfig().boxes_per_body
 
 
+def test_hand_boxes_cover_the_hand_mesh_and_cut_its_rounded_ends(task):
+    """The hand (`SceneConfig.hand_boxes`): slabs across its width cover LIBERO's hand mesh (every vertex
+    in a box) and stand at most 23 mm outside it at their corners (one box: 30 mm, at the rounded ends
+    that come down on libero_goal 0's plate when the hand turns for the drawer handle; docs/libero_mjx.md)."""
+    spec = mujoco.MjSpec.from_file(str(ls.ensure_built("libero_spatial", 0) / "scene.xml"))
+    geom = next(g for g in spec.geoms if g.name == "gripper0_hand_collision")
+    mesh = next(x for x in spec.meshes if x.name == geom.meshname)
+    hand = mujoco.MjSpec()  # the mesh alone, placed in its body as in LIBERO's model (~10 ms to compile)
+    hand.add_mesh(name="hand", file=mesh.file, scale=mesh.scale)
+    hand.worldbody.add_body(name="hand").add_geom(
+        type=mujoco.mjtGeom.mjGEOM_MESH, meshname="hand", pos=geom.pos, quat=geom.quat
+    )
+    hm = hand.compile()
+    a, b = ls.mesh_edges(hm, 0)
+    corners = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)])
+
+    def stand_out(boxes) -> float:
+        """Farthest box corner from the mesh's edges (m; the mesh is convex: an upper bound on its
+        distance to the mesh)."""
+        q = np.concatenate([c + corners * h for c, h in boxes])
+        ab = b - a
+        t = np.clip(np.einsum("nij,ij->ni", q[:, None] - a, ab) / np.maximum((ab * ab).sum(1), 1e-12), 0, 1)
+        return float(np.linalg.norm(q[:, None] - (a + t[..., None] * ab), axis=2).min(1).max())
+
+    n = ls.SceneConfig().hand_boxes
+    boxes = ls.slab_boxes((a, b), n, axis=0)
+    verts = np.concatenate([a, b])
+    assert np.all(np.any([np.all(np.abs(verts - c) <= h + 1e-9, axis=1) for c, h in boxes], axis=0))
+    assert stand_out(boxes) < 0.023 < 0.029 < stand_out(ls.slab_boxes((a, b), 1, axis=0))
+    # the scene's hand is these boxes
+    m = task.model
+    got = [g for g in range(m.ngeom) if m.geom_bodyid[g] == m.body("gripper0_right_gripper").id]
+    assert len(got) == n
+    for g, (c, h) in zip(got, boxes, strict=True):
+        np.testing.assert_allclose(m.geom_pos[g], c, atol=1e-6)
+        np.testing.assert_allclose(m.geom_size[g], h, atol=1e-6)
+
+
 def test_objects_settle_like_libero_in_mujoco_c(task):
     """The fitted collision geometry holds LIBERO's objects where LIBERO's own geometry does: the
     rebuilt scene in MuJoCo C (arm held) against the real LIBERO after its 10 settle steps

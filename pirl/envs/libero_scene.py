@@ -12,9 +12,9 @@ geometry:
   slab (`SceneConfig.max_wall_growth` for objects, `fixture_wall_growth` for fixtures), each group
   fitted by one box in the frame of its largest member (a group of one keeps LIBERO's box);
 - robot: a capsule fitted to the collision mesh of each link in `SceneConfig.arm_contact_links`
-  (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: one box each
-  fitted to their meshes in the body frame; the fingertip pads: robosuite's own boxes; other links and the mount do
-  not collide (they never reach the objects);
+  (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: slabs of their
+  meshes in the body frame (`SceneConfig.hand_boxes`, `finger_boxes`); the fingertip pads:
+  robosuite's own boxes; other links and the mount do not collide (they never reach the objects);
 - the table (LIBERO's `table`, libero_10's `living_room_table` / `study_table`, `is_table`): a plane at
   its top (`table_top`; the floor plane where a scene has no table collision);
 - no visual meshes, textures or materials;
@@ -80,6 +80,14 @@ class SceneConfig:
     frame). The finger mesh tapers (26 -> 16 mm thick), so one box stands up to 11 mm outside the tip;
     4 slabs cut that to ~4 mm but did not fix check (b)'s wine-bottle misses (LIBERO's finger clears
     the neck by 0.06-0.2 mm there) and add ~20% contact pairs, so 1 stays (docs/libero_mjx.md)."""
+    hand_boxes: int = 5
+    """Boxes for the hand (the gripper body's mesh), slabs across its width (body x, the fingers'
+    travel; each the exact bounds of the mesh's slab). The hand's ends are rounded and chamfered: one
+    box stands up to 30 mm outside the mesh there, 5 slabs 22.6 mm (a capsule 32-41 mm, slabs along z
+    or 2-D grids of up to 10 boxes no better). In libero_goal 0 (open the middle drawer) the turned
+    hand's end comes down on plate_1 in both simulators; with the object armature (3e-4) one box
+    lost 3 of inits 0-9 (drawer not caught), 3 slabs 2, 5 slabs none; 10/10 each without it. Costs
+    +4 geoms, ~+14% pairs (docs/libero_mjx.md, "The hand's collision")."""
     solver_iterations: int = 30
     """Constraint solver iterations (Newton). At rest it converges in <= 7, but a grasp (fingers
     squeezing a bowl) at 10 launched the objects in MJX; 30 holds it (docs/libero_mjx.md, check (c))."""
@@ -124,6 +132,8 @@ class SceneConfig:
             raise ValueError(f"cone must be 'elliptic' or 'pyramidal', got {self.cone!r}")
         if self.finger_boxes < 1:
             raise ValueError("finger_boxes must be >= 1")
+        if self.hand_boxes < 1:
+            raise ValueError("hand_boxes must be >= 1")
         if self.grip_condim not in (3, 4, 6):
             raise ValueError(f"grip_condim must be 3, 4 or 6, got {self.grip_condim}")
         if self.grip_spin_friction < 0:
@@ -438,13 +448,15 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
                     add(
                         "grip", _GEOM.mjGEOM_BOX, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"_pad{i}"
                     )
-                else:
+                elif m.geom_type[g] == _GEOM.mjGEOM_MESH:
                     # in the body's frame: the principal axes of a tapered finger mesh are tilted, and
-                    # that box narrowed the open fingers' gap from 80 to 47 mm (no 62 mm can fit between)
-                    if bname.endswith("finger") and m.geom_type[g] == _GEOM.mjGEOM_MESH:
-                        for k, (pos, half) in enumerate(slab_boxes(mesh_edges(m, g), cfg.finger_boxes)):
-                            add("grip", _GEOM.mjGEOM_BOX, pos, [1, 0, 0, 0], half, g, f"_box{i}_{k}")
-                        continue
+                    # that box narrowed the open fingers' gap from 80 to 47 mm (no 62 mm can fit between).
+                    # A finger is cut along its length (body z), the hand across its width (body x)
+                    finger = bname.endswith("finger")
+                    n, axis = (cfg.finger_boxes, 2) if finger else (cfg.hand_boxes, 0)
+                    for k, (pos, half) in enumerate(slab_boxes(mesh_edges(m, g), n, axis)):
+                        add("grip", _GEOM.mjGEOM_BOX, pos, [1, 0, 0, 0], half, g, f"_box{i}_{k}")
+                else:
                     pos, quat, half = fit_box_in_frame(geom_points(m, g), np.array([1.0, 0.0, 0.0, 0.0]))
                     add("grip", _GEOM.mjGEOM_BOX, pos, quat, half, g, f"_box{i}")
             continue
