@@ -141,9 +141,10 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
 
 
 def test_hand_boxes_cover_the_hand_mesh_and_cut_its_rounded_ends(task):
-    """The hand (`SceneConfig.hand_boxes`): slabs across its width cover LIBERO's hand mesh (every vertex
-    in a box) and stand at most 23 mm outside it at their corners (one box: 30 mm, at the rounded ends
-    that come down on libero_goal 0's plate when the hand turns for the drawer handle; docs/libero_mjx.md)."""
+    """The hand (`SceneConfig.hand_boxes`): 5 slabs across its width cover LIBERO's hand mesh (every
+    vertex in a box) and stand at most 23 mm outside it at their corners (one box: 30 mm, at the rounded
+    ends that come down on libero_goal 0's plate when the hand turns for the drawer handle); the scene's
+    hand is `hand_boxes` such slabs (docs/libero_mjx.md)."""
     spec = mujoco.MjSpec.from_file(str(ls.ensure_built("libero_spatial", 0) / "scene.xml"))
     geom = next(g for g in spec.geoms if g.name == "gripper0_hand_collision")
     mesh = next(x for x in spec.meshes if x.name == geom.meshname)
@@ -164,15 +165,21 @@ def test_hand_boxes_cover_the_hand_mesh_and_cut_its_rounded_ends(task):
         t = np.clip(np.einsum("nij,ij->ni", q[:, None] - a, ab) / np.maximum((ab * ab).sum(1), 1e-12), 0, 1)
         return float(np.linalg.norm(q[:, None] - (a + t[..., None] * ab), axis=2).min(1).max())
 
-    n = ls.SceneConfig().hand_boxes
-    boxes = ls.slab_boxes((a, b), n, axis=0)
     verts = np.concatenate([a, b])
-    assert np.all(np.any([np.all(np.abs(verts - c) <= h + 1e-9, axis=1) for c, h in boxes], axis=0))
-    assert stand_out(boxes) < 0.023 < 0.029 < stand_out(ls.slab_boxes((a, b), 1, axis=0))
-    # the scene's hand is these boxes
+    for n in (1, 5):
+        boxes = ls.slab_boxes((a, b), n, axis=0)
+        assert np.all(np.any([np.all(np.abs(verts - c) <= h + 1e-9, axis=1) for c, h in boxes], axis=0))
+    assert (
+        stand_out(ls.slab_boxes((a, b), 5, axis=0))
+        < 0.023
+        < 0.029
+        < stand_out(ls.slab_boxes((a, b), 1, axis=0))
+    )
+    # the scene's hand is `hand_boxes` such slabs
     m = task.model
+    boxes = ls.slab_boxes((a, b), ls.SceneConfig().hand_boxes, axis=0)
     got = [g for g in range(m.ngeom) if m.geom_bodyid[g] == m.body("gripper0_right_gripper").id]
-    assert len(got) == n
+    assert len(got) == len(boxes)
     for g, (c, h) in zip(got, boxes, strict=True):
         np.testing.assert_allclose(m.geom_pos[g], c, atol=1e-6)
         np.testing.assert_allclose(m.geom_size[g], h, atol=1e-6)

@@ -80,14 +80,14 @@ class SceneConfig:
     frame). The finger mesh tapers (26 -> 16 mm thick), so one box stands up to 11 mm outside the tip;
     4 slabs cut that to ~4 mm but did not fix check (b)'s wine-bottle misses (LIBERO's finger clears
     the neck by 0.06-0.2 mm there) and add ~20% contact pairs, so 1 stays (docs/libero_mjx.md)."""
-    hand_boxes: int = 5
+    hand_boxes: int = 1
     """Boxes for the hand (the gripper body's mesh), slabs across its width (body x, the fingers'
     travel; each the exact bounds of the mesh's slab). The hand's ends are rounded and chamfered: one
-    box stands up to 30 mm outside the mesh there, 5 slabs 22.6 mm (a capsule 32-41 mm, slabs along z
-    or 2-D grids of up to 10 boxes no better). In libero_goal 0 (open the middle drawer) the turned
-    hand's end comes down on plate_1 in both simulators; with the object armature (3e-4) one box
-    lost 3 of inits 0-9 (drawer not caught), 3 slabs 2, 5 slabs none; 10/10 each without it. Costs
-    +4 geoms, ~+14% pairs (docs/libero_mjx.md, "The hand's collision")."""
+    box stands up to 30 mm outside the mesh there, 5 slabs 22.6 mm (a capsule 32-41 mm; slabs along
+    z, or 2-D grids of up to 10 boxes, no better). libero_goal 0 (the turned hand comes down on
+    plate_1 in both simulators): 10/10 at inits 0-9 with 1, 3 or 5; with object_armature 3e-4 7/10,
+    8/10, 10/10. libero_10 3 (inits 0-4): 3/5 with 1, 2/5 with 5 (init 1 lost, not the broad phase).
+    5 costs +4 geoms and ~+14% pairs, so 1 stays (docs/libero_mjx.md, "The hand's collision")."""
     solver_iterations: int = 30
     """Constraint solver iterations (Newton). At rest it converges in <= 7, but a grasp (fingers
     squeezing a bowl) at 10 launched the objects in MJX; 30 holds it (docs/libero_mjx.md, check (c))."""
