@@ -282,6 +282,41 @@ def test_centre_grasp_turns_clear_of_a_tall_neighbour():
         assert grasp_choice(t.model, qpos, obj, target, geo, LiberoPlanConfig()) == (want, 1.0), task_id
 
 
+def test_two_moka_pots_are_set_down_apart_on_the_cook_region():
+    """libero_10 8 puts both moka pots On the stove's cook region (15 cm square; LIBERO checks each
+    pot's body origin inside it): set down on its middle, the second pot landed on the first and
+    pushed it 9.4 cm out (real and MJX 0/3). `shared_region_offsets` spreads them along the region's
+    x (the pots, handles along y, are 9.1 cm across x) 10.5 cm apart, the first placed on the side
+    away from where the second starts; the body origins stay inside the region. In regions (libero_10
+    1's basket) keep the middle."""
+    from pirl.envs.libero_check import SHARED_REGION_SPREAD, _body, goal_subplans
+    from pirl.envs.libero_predicates import ensure_goal_spec
+
+    t = ls.load_task("libero_10", 8)
+    m = t.model
+    qpos = t.init_states[0][1 : 1 + m.nq]
+    plans = goal_subplans(m, ensure_goal_spec("libero_10", 8), qpos)
+    assert [(p.kind, p.obj) for p in plans] == [
+        ("artic", ""),
+        ("pick_place", "moka_pot_1"),
+        ("pick_place", "moka_pot_2"),
+    ]
+    first, second = (np.asarray(p.place_offset) for p in plans[1:])
+    half = m.site_size[m.site("flat_stove_1_cook_region").id][0]
+    np.testing.assert_allclose(first, [-SHARED_REGION_SPREAD * half, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(second, -first, atol=1e-9)
+    assert np.linalg.norm(second - first) > plans[1].geo.obj_hi[0] - plans[1].geo.obj_lo[0] + 0.01
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    start = d.xpos[_body(m, "moka_pot_2")][0] - d.site_xpos[m.site("flat_stove_1_cook_region").id][0]
+    assert np.sign(first[0]) != np.sign(start)  # the first pot away from the second's way in
+    basket = ls.load_task("libero_10", 1)
+    qpos = basket.init_states[0][1 : 1 + basket.model.nq]
+    sub = goal_subplans(basket.model, ensure_goal_spec("libero_10", 1), qpos)
+    assert [p.place_offset for p in sub] == [(0.0, 0.0, 0.0)] * 2
+
+
 def test_moka_pot_is_grasped_by_its_lid_knob():
     """libero_10 2's moka pot is wider than the open fingers (9 x 14.7 cm), and the middle of its
     extents lies 1.9 cm off its lid knob towards the handle: the wall grasp round that middle put the
