@@ -140,6 +140,13 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
     assert per_body[thin.body("flat_stove_1_button").id] == ls.SceneConfig().boxes_per_body
 
 
+def test_impratio_reaches_the_model_and_is_checked(task):
+    """`SceneConfig.impratio` is the compiled model's (MJX reads it from there) and must be positive."""
+    assert task.model.opt.impratio == pytest.approx(ls.SceneConfig().impratio)
+    with pytest.raises(ValueError, match="impratio"):
+        ls.SceneConfig(impratio=0.0)
+
+
 def test_hand_boxes_cover_the_hand_mesh_and_cut_its_rounded_ends(task):
     """The hand (`SceneConfig.hand_boxes`): 5 slabs across its width cover LIBERO's hand mesh (every
     vertex in a box) and stand at most 23 mm outside it at their corners (one box: 30 mm, at the rounded
@@ -372,9 +379,10 @@ def test_moka_pot_is_grasped_by_its_lid_knob():
 @pytest.mark.nightly
 def test_light_objects_rest_in_float32_mjx():
     """libero_10 task 4's 12 g plates and mugs at rest in MJX (float32), its table a plane: with the
-    object armature (`SceneConfig.object_armature` 3e-4, not the default) no free body moves 2 mm in
-    any control step over 50 no-op steps after the reset's settle (measured: none over 2 mm at inits
-    0-7; 2.0-3.5 mm at 4 of 8 without it, 7-27 mm with the table a box; docs/libero_mjx.md)."""
+    scene's defaults (`SceneConfig.impratio` 5, no object armature) no free body moves 2 mm in any
+    control step over 50 no-op steps after the reset's settle (measured over 60 steps at inits 0-7:
+    none over 2 mm; at robosuite's impratio 20, 2.0-3.5 mm at 4 of 8, 7-27 mm with the table a box;
+    docs/libero_mjx.md, "impratio")."""
     import jax
     import jax.numpy as jnp
 
@@ -406,7 +414,7 @@ def test_light_objects_rest_in_float32_mjx():
         xyz = np.asarray(traj(jnp.array([0, 2, 4])))  # [inits, steps, bodies, 3]
         return np.linalg.norm(np.diff(xyz, axis=1), axis=-1).max(axis=(1, 2)) * 1000
 
-    held = worst_step_mm(dataclasses.replace(ls.SceneConfig(), object_armature=3e-4))
+    held = worst_step_mm(ls.SceneConfig())
     assert (held < 2.0).all(), held
 
 

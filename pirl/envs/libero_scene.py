@@ -97,6 +97,13 @@ class SceneConfig:
     cone: str = "pyramidal"
     """Friction cone. robosuite uses elliptic; in MJX's float32 solver the elliptic cone sent LIBERO's
     5-10 g objects flying (NaN within 20 control steps) where pyramidal settles them as MuJoCo C does."""
+    impratio: float = 5.0
+    """Ratio of frictional to normal constraint impedance (robosuite's: 20). MJX divides the pyramid
+    rows' regulariser by it; at 20 friction is so much stiffer than the normal force that MJX's float32
+    solver threw LIBERO's 12-31 g objects (libero_10 4 init 1: a plate under a mug thrown 0.96 m in one
+    control step, none moved 1 mm at 5 or 1). At 5: libero_10 4 1/3 -> 3/3, libero_spatial 5 3/10 ->
+    10/10, 4 4/10 -> 8/10, goal 7 3/3 (at 1: 1 of 3 lost); libero_10 3 loses inits 0-1 (the bowl set
+    down against the middle drawer; docs/libero_mjx.md, "impratio")."""
     object_solref: tuple[float, float] = (0.02, 1.0)
     """solref of object-object pairs ((0, 1) keeps the mix of LIBERO's geoms, 0.001 clamped to
     2 timesteps). Some official initial states start objects interpenetrating (bowl and plate by
@@ -130,6 +137,8 @@ class SceneConfig:
     def __post_init__(self):
         if self.cone not in ("elliptic", "pyramidal"):
             raise ValueError(f"cone must be 'elliptic' or 'pyramidal', got {self.cone!r}")
+        if not self.impratio > 0:
+            raise ValueError(f"impratio must be > 0 (robosuite's: 20), got {self.impratio}")
         if self.finger_boxes < 1:
             raise ValueError("finger_boxes must be >= 1")
         if self.hand_boxes < 1:
@@ -563,6 +572,7 @@ def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()
     opt.iterations = cfg.solver_iterations
     opt.ls_iterations = cfg.ls_iterations
     opt.cone = mujoco.mjtCone.mjCONE_ELLIPTIC if cfg.cone == "elliptic" else mujoco.mjtCone.mjCONE_PYRAMIDAL
+    opt.impratio = cfg.impratio
     opt.jacobian = mujoco.mjtJacobian.mjJAC_DENSE
     opt.solver = mujoco.mjtSolver.mjSOL_NEWTON
     spec.nuserdata = max(spec.nuserdata, OSC_USERDATA_SIZE)
