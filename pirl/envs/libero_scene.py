@@ -124,8 +124,8 @@ class SceneConfig:
 
     object_armature: float = 0.0
     """Armature (kg m^2 / kg, on all six dofs) of every free joint; 0 keeps LIBERO's objects as they
-    are. 3e-4 stills the 2-3.5 mm per-step jitter of libero_10 4's light plates at rest in MJX's float32
-    solver (7-27 mm before the tables became planes) and took libero_spatial 5 from 3/10 to 7/10, but
+    are. At robosuite's impratio 20, 3e-4 stilled the 2-3.5 mm per-step jitter of libero_10 4's light
+    plates at rest in MJX's float32 solver (impratio 5 does it without; 7-27 mm before the tables became planes) and took libero_spatial 5 from 3/10 to 7/10, but
     multiplies a plate's rotational inertia 10-20x and broke libero_10 3 (inits 0-1: bowl not in the
     drawer) and goal 0 inits 0-1, so it is not the default (docs/libero_mjx.md, "Light objects")."""
 
