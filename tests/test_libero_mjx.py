@@ -331,8 +331,13 @@ def test_moka_pot_is_grasped_by_its_lid_knob():
     air (real and MJX 0/3). `PickPlaceGeometry.top_grasp` straddles the knob instead, the fingertips
     over the lid. The mugs of libero_10 4 (the top of their fitted boxes: the handle, beside the cup)
     and the bowl keep the wall grasp."""
-    from pirl.envs.expert import LiberoPlanConfig, PlanState, grasp_point, pick_place_action
-    from pirl.envs.libero_artic_expert import FINGERTIP_BELOW_SITE
+    from pirl.envs.expert import (
+        FINGERTIP_BELOW_SITE,
+        LiberoPlanConfig,
+        PlanState,
+        grasp_point,
+        pick_place_action,
+    )
     from pirl.envs.libero_check import _body, _view, goal_subplans, grasp_choice, pick_place_geometry
     from pirl.envs.libero_predicates import ensure_goal_spec
     from pirl.envs.libero_scene import geom_points

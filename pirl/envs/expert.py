@@ -39,6 +39,8 @@ TCP_TIP_CLEARANCE = 0.026  # m: lowest TCP height that keeps the fingertips off 
 # |TCP yaw| (rad from home) the expert plans grasps within; the nearest symmetric grasp yaw
 # drifts with every regrasp and would otherwise wind the last joint into its limit.
 YAW_LIMIT = 2.0
+FINGERTIP_BELOW_SITE = 0.009
+"""Fingertips below the grip site (m)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,6 +417,14 @@ class LiberoPlanConfig:
     half_close_steps: int = 4
     """Articulated plan (pirl.envs.libero_artic_expert): closing steps that take the open fingers to
     about half open before they straddle a drawer handle."""
+    container_close_steps: int = 4
+    """Into a container (an In goal): once the released object has dropped clear below the fingertips,
+    the retreat closes the fingers and waits this many steps before rising. The open fingers reach
+    the basket's walls in MJX (its fitted finger boxes stand up to 11 mm outside LIBERO's mesh) and,
+    pressed outward, lifted the basket with the hand (libero_10 0 and 7)."""
+    drop_clearance: float = 0.005
+    """The released object counts as clear of the fingers when its top is this far (m) below the
+    fingertips."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,6 +592,7 @@ def pick_place_action(
         release = min(release, target_top + cfg.release_gap)
     name = PHASES[phase]
     grip, speed = (-1.0, 1.0) if phase in (0, 1, 6, 7, 8) else (1.0, cfg.carry_speed)
+    closing = False  # the retreat closes the fingers before it rises
     if name == "approach":
         goal = grasp + np.array([0.0, 0.0, cfg.hover])
     elif name == "descend":
@@ -602,13 +613,21 @@ def pick_place_action(
         )
     else:  # retreat, done
         goal = np.array([*view.grip_pos[:2], max(view.grip_pos[2], target_top + 0.2)])
+        obj_top = view.obj_pos[2] + world_extents(geo, view.obj_mat)[1][2]
+        tips = view.grip_pos[2] - FINGERTIP_BELOW_SITE
+        if name == "retreat" and geo.target_floor is not None and obj_top < tips - cfg.drop_clearance:
+            # out of a container the object has dropped into: close the fingers (off its walls) first
+            grip = 1.0
+            closing = steps < cfg.container_close_steps
+            if closing:
+                goal = view.grip_pos
     err = goal - view.grip_pos
     a_pos = np.clip(err / 0.05 * cfg.pos_gain, -speed, speed)
     a_rot = np.clip(rotation_error(ref, view.grip_mat) / 0.5 * cfg.rot_gain, -1.0, 1.0)
     action = np.concatenate([a_pos, a_rot, [grip]]).astype(np.float32)
     if name in ("close", "release"):
         done = steps + 1 >= cfg.grip_steps
-    elif name == "done":
+    elif name == "done" or closing:
         done = False
     else:
         done = (

@@ -38,7 +38,7 @@ import dataclasses
 import mujoco
 import numpy as np
 
-from pirl.envs.expert import LiberoPlanConfig, rotation_error
+from pirl.envs.expert import FINGERTIP_BELOW_SITE, LiberoPlanConfig, rotation_error
 
 DOOR_MIN_REACH = 0.08
 """A vertical hinge whose body reaches further than this (m) from its axis is a door (pushed round its
@@ -47,8 +47,6 @@ FINGER_FACE = 0.012
 """Closed fingers: distance (m) from the grip site to the faces they push with (the finger boxes)."""
 PALM_ABOVE_SITE = 0.031
 """Bottom of the hand's box above the grip site (m): a pushed door's top must stay below it."""
-FINGERTIP_BELOW_SITE = 0.009
-"""Fingertips below the grip site (m)."""
 
 PUSH_TILT = np.pi / 4
 """A drawer pushed shut: the closed fingers point down, tilted this far (rad) into the push, the closing

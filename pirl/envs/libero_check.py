@@ -517,7 +517,7 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
             # knob; the middle of its extents lies 1.9 cm off it, towards the handle): straddle that
             # part, the fingertips over the body under it. (The top of a mug's fitted boxes is its
             # handle, 4.6 cm off the middle, beside the cup: the wall grasp, as measured.)
-            from pirl.envs.libero_artic_expert import FINGERTIP_BELOW_SITE
+            from pirl.envs.expert import FINGERTIP_BELOW_SITE
 
             z = max(under) + FINGERTIP_BELOW_SITE + TOP_GRASP_CLEARANCE
             wall, top = 0.0, np.array([c[0], c[1], min(z, top_hi[2])])
