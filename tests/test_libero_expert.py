@@ -113,6 +113,38 @@ def test_plan_lifts_off_a_raised_support():
     assert np.linalg.norm(obj[:2] - target[:2]) < 0.01 and obj[2] < 0.95, obj  # then placed
 
 
+def test_plan_closes_the_fingers_before_leaving_a_container():
+    """The retreat from a container (an In goal) whose released object has dropped below the fingertips
+    closes the fingers and holds still `container_close_steps` before rising (the open fingers pressed
+    the basket's walls in MJX and lifted it: libero_10 0, 7); an object still between the fingers, or
+    an On goal, keeps them open and rises at once."""
+    import dataclasses
+
+    from pirl.envs.expert import FINGERTIP_BELOW_SITE, PlanState, pick_place_action
+
+    cfg = LiberoPlanConfig()
+    basket = dataclasses.replace(SMALL_OBJECT, target_floor=-0.05)
+    grip, target = np.array([0.0, 0.27, 0.6]), np.array([0.0, 0.27, 0.5])
+    start = PlanState(phase=PHASES.index("retreat"), ref_mat=DOWN, grasp_offset=np.zeros(3), pick_bottom=0.4)
+
+    def retreat(geo, obj_top):
+        obj = np.array([0.0, 0.27, obj_top - geo.obj_hi[2]])
+        state, actions = start, []
+        for _ in range(cfg.container_close_steps + 1):
+            view = PickPlaceView(grip, DOWN, np.array([1.0, 0.0, 0.0]), obj, target, np.eye(3))
+            action, state = pick_place_action(cfg, geo, view, state)
+            actions.append(action)
+        return np.array(actions), state
+
+    tips = grip[2] - FINGERTIP_BELOW_SITE
+    actions, state = retreat(basket, tips - 0.02)  # dropped to the floor
+    assert (actions[:, 6] == 1.0).all()
+    np.testing.assert_allclose(actions[:-1, :3], 0.0)
+    assert actions[-1, 2] > 0.5 and PHASES[state.phase] == "retreat"
+    for geo, top in ((basket, tips + 0.02), (SMALL_OBJECT, tips - 0.02)):  # between the fingers; On
+        actions, _ = retreat(geo, top)
+        assert (actions[:, 6] == -1.0).all() and actions[0, 2] > 0.5
+
 
 def _real_expert_records(suite: str, tasks: list[int]) -> list[dict]:
     """`libero_check --checks expert --real-only` on inits 0-9 of `tasks`: its per-task JSON records."""
