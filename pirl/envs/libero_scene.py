@@ -84,7 +84,7 @@ class SceneConfig:
     """Boxes for the hand (the gripper body's mesh), slabs across its width (body x, the fingers'
     travel; each the exact bounds of the mesh's slab). The hand's ends are rounded and chamfered: one
     box stands up to 30 mm outside the mesh there, 5 slabs 22.6 mm (a capsule 32-41 mm; slabs along
-    z, or 2-D grids of up to 10 boxes, no better). libero_goal 0 (the turned hand comes down on
+    z, or 2-D grids of up to 10 boxes, no better). At impratio 20: libero_goal 0 (the turned hand comes down on
     plate_1 in both simulators): 10/10 at inits 0-9 with 1, 3 or 5; with object_armature 3e-4 7/10,
     8/10, 10/10. libero_10 3 (inits 0-4): 3/5 with 1, 2/5 with 5 (init 1 lost, not the broad phase).
     5 costs +4 geoms and ~+14% pairs, so 1 stays (docs/libero_mjx.md, "The hand's collision")."""
