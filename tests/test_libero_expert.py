@@ -146,6 +146,45 @@ def test_plan_closes_the_fingers_before_leaving_a_container():
         assert (actions[:, 6] == -1.0).all() and actions[0, 2] > 0.5
 
 
+BOWL = PickPlaceGeometry(
+    obj_lo=np.array([-0.068, -0.061, 0.002]), obj_hi=np.array([0.068, 0.059, 0.057]),
+    target_hi=np.array([0.0, 0.0, 0.032]), wall_radius=0.042,
+)  # fmt: skip
+"""libero_10 3's akita bowl as the MJX scene fits it (wall grasp) and the bottom drawer's region: its
+walls' top 3.2 cm over the site."""
+
+
+@pytest.mark.parametrize("floor", [None, -0.026])
+def test_wall_grasp_release_height(floor):
+    """A wall-grasped bowl is let go `release_gap` over an On target's top, and into a container (the
+    drawer's floor 2.6 cm under its site) lowered to `release_gap` over its floor (before i15-drawer it
+    was let go over the drawer's walls, 7 cm higher, and wedged under the handle of the drawer above)."""
+    import dataclasses
+
+    from pirl.envs.expert import PlanState, pick_place_action
+
+    cfg = LiberoPlanConfig()
+    geo = dataclasses.replace(BOWL, target_floor=floor)
+    target = np.array([0.0, 0.17, 0.952])
+    grip, obj = np.array([0.05, -0.06, 1.2]), np.array([0.0, -0.06, 0.9])
+    state, closed, released = PlanState(), False, None
+    for _ in range(400):
+        view = PickPlaceView(grip.copy(), DOWN, np.array([1.0, 0.0, 0.0]), obj.copy(), target, np.eye(3))
+        action, state = pick_place_action(cfg, geo, view, state)
+        step = 0.4 * 0.05 * action[:3]
+        grip += step
+        if closed:
+            obj += step
+        closed = action[6] > 0
+        if PHASES[state.phase] == "release" and released is None:
+            released = obj[2] + BOWL.obj_lo[2]
+        if PHASES[state.phase] == "done":
+            break
+    top = target[2] + BOWL.target_hi[2]
+    want = top if floor is None else target[2] + floor
+    assert released == pytest.approx(want + cfg.release_gap, abs=cfg.reach_tol), (released, want)
+
+
 def _real_expert_records(suite: str, tasks: list[int]) -> list[dict]:
     """`libero_check --checks expert --real-only` on inits 0-9 of `tasks`: its per-task JSON records."""
     pytest.importorskip("libero")

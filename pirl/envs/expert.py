@@ -466,7 +466,7 @@ class PickPlaceGeometry:
     orientation (None: the turned corners of obj_lo / obj_hi)."""
     target_floor: float | None = None
     """In a container (an In goal): its floor's height over the target position; None for On goals.
-    Read by centre grasps (a bowl's wall grasp releases over the container's top, as before)."""
+    The object is lowered towards it before the fingers open (centre and wall grasps)."""
     top_grasp: np.ndarray | None = None
     """f64[3] body-frame grasp point of an object wider than the open fingers whose top part fits
     between them (the moka pot's lid knob): the fingers straddle that part (wall_radius 0) instead of
@@ -579,12 +579,15 @@ def pick_place_action(
     # while holding, steer the object: the grip keeps its offset to it
     hold = view.grip_pos - view.obj_pos
     # Centre grasps read the object as it stands (LIBERO's bottles are body-y up); wall grasps (bowls,
-    # body z up) keep the body frame's z and the release over the target's top, as measured on
-    # libero_spatial (a held bowl tilts: its turned extents would release it higher).
+    # body z up) keep the body frame's z and, onto an On target, the release over its top, as measured
+    # on libero_spatial (a held bowl tilts: its turned extents would release it higher).
     centre = geo.grasp_axis is not None
     obj_bottom = view.obj_pos[2] + world_extents(geo, view.obj_mat if centre else None)[0][2]
     release = target_top + cfg.release_gap  # the object's bottom when the fingers open
-    if geo.target_floor is not None and centre:  # into a container: down to its floor, the palm over its rim
+    # Into a container, either grasp: down to its floor, the palm over its rim. A bowl let go over a
+    # drawer's walls (libero_10 3: 7 cm over its floor, under the handles of the drawers above) fell
+    # onto the handle above and the front wall and stayed wedged there, tilted, jamming the push.
+    if geo.target_floor is not None:
         held = view.grip_pos[2] - obj_bottom
         release = max(
             view.target_pos[2] + geo.target_floor + cfg.release_gap, target_top + cfg.rim_grip - held
