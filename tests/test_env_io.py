@@ -17,7 +17,9 @@ from pirl.policies.env_io import (
 
 STATS = {
     "state": NormStats.from_json({"mean": [0.1] * 8, "std": [2.0] * 8, "q01": [-1.0] * 8, "q99": [3.0] * 8}),
-    "actions": NormStats.from_json({"mean": [0.2] * 7, "std": [0.5] * 7, "q01": [-0.5] * 7, "q99": [0.5] * 7}),
+    "actions": NormStats.from_json(
+        {"mean": [0.2] * 7, "std": [0.5] * 7, "q01": [-0.5] * 7, "q99": [0.5] * 7}
+    ),
 }
 
 
