@@ -25,7 +25,7 @@ import websockets.sync.client
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from pirl.serving.policy import Policy, _stack_samples, batch_buckets
+from pirl.serving.policy import Policy, batch_buckets, stack_samples
 from pirl.serving.server import PolicyServer, ServerConfig
 
 
@@ -117,7 +117,7 @@ def main() -> None:
     device = jax.devices()[0].platform
 
     # The bare model call on an already-prepared batch of one.
-    batch = _stack_samples([policy.prepare(libero_obs(0))], policy.model_cfg.image_keys)
+    batch = stack_samples([policy.prepare(libero_obs(0))], policy.model_cfg.image_keys)
     batch = jax.device_put(batch)
     rng = jax.random.key(0)
     bare = []

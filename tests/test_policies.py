@@ -183,7 +183,7 @@ def test_config_validation():
 
 def _labels_by_path(tree):
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(masks._path_names(p)): v for p, v in flat}
+    return {"/".join(masks.path_names(p)): v for p, v in flat}
 
 
 def test_trainable_mask_expert_only_on_tiny_model(noise_rollout):

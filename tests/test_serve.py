@@ -97,7 +97,7 @@ def test_policy_infer_shapes_delta_actions_and_validation(policy):
     obs = libero_obs()
     sample = policy.prepare(obs)
     zeros = np.zeros((policy.model_cfg.action_horizon, policy.model_cfg.action_dim), np.float32)
-    absolute = policy._output_transform({"actions": zeros, "state": sample["state"]})["actions"]
+    absolute = policy.output_transform({"actions": zeros, "state": sample["state"]})["actions"]
     np.testing.assert_allclose(
         absolute[:, :6], np.broadcast_to(obs["observation/state"][:6], (10, 6)), atol=1e-5
     )

@@ -343,7 +343,7 @@ def run_episodes(
 
         def act_and_step(st, k):
             action = jax.lax.switch(policy_id, policies, st, k)
-            return env._advance(st, action)  # obs are not needed: skip rendering
+            return env.advance(st, action)  # obs are not needed: skip rendering
 
         def body(carry, k):
             st, first = carry

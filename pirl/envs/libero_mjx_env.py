@@ -212,10 +212,11 @@ class LiberoMJXEnv:
 
     def step(self, state: State, action: jax.Array) -> State:
         """One 20 Hz control step with action f32[7] in [-1, 1]."""
-        state = self._advance(state, action)
+        state = self.advance(state, action)
         return state.replace(obs=self._observe(state.data))
 
-    def _advance(self, state: State, action: jax.Array) -> State:
+    def advance(self, state: State, action: jax.Array) -> State:
+        """`step` without the observation: physics, success, reward, done (obs left stale)."""
         if action.shape != (self.action_size,):
             raise ValueError(f"action must have shape (7,), got {action.shape}; vmap for batches")
         action = jnp.where(jnp.isfinite(action), action, 0.0)
@@ -238,7 +239,7 @@ class LiberoMJXEnv:
 
         def body(carry, action):
             st, total = carry
-            nxt = self._advance(st, action)
+            nxt = self.advance(st, action)
             nxt = jax.tree.map(lambda new, old: jnp.where(st.done, old, new), nxt, st)
             return (nxt, total + jnp.where(st.done, 0.0, nxt.reward)), None
 

@@ -45,7 +45,8 @@ FROZEN, ACTOR, CRITIC = "frozen", "actor", "critic"
 # ------------------------------------------------------------------------------ the rules
 
 
-def _path_names(path: Sequence[Any]) -> tuple[str, ...]:
+def path_names(path: Sequence[Any]) -> tuple[str, ...]:
+    """A pytree key path (`jax.tree_util` keys) as plain names, e.g. ("PaliGemma", "llm", "einsum")."""
     names = []
     for entry in path:
         for attr in ("key", "name", "idx"):
@@ -88,7 +89,7 @@ def _model_leaf_frozen(
 
 def _names_and_lora(params: PyTree) -> tuple[list[tuple[str, ...]], bool, bool]:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    all_names = [_path_names(p) for p, _ in leaves]
+    all_names = [path_names(p) for p, _ in leaves]
     llm_lora = any(_llm_part(n) == "llm" and _is_lora(n) for n in all_names)
     expert_lora = any(_llm_part(n) == "expert" and _is_lora(n) for n in all_names)
     return all_names, llm_lora, expert_lora

@@ -163,7 +163,8 @@ class Policy:
         self._calls = 0
         self._lock = threading.Lock()
         self._input_transform = self._make_input_transform()
-        self._output_transform = data_configs.output_transforms(self.data_cfg, self.norm_stats)
+        self.output_transform = data_configs.output_transforms(self.data_cfg, self.norm_stats)
+        """Model-space actions chunk -> the robot's actions (un-normalised, deltas made absolute), per sample."""
         self._sample = jax.jit(functools.partial(_sample_actions, model_cfg, num_steps))
         self.metadata: dict[str, Any] = {
             "model": "pi05" if model_cfg.pi05 else "pi0",
@@ -428,7 +429,7 @@ class Policy:
             return []
         n = len(samples)
         padded = list(samples) + [samples[-1]] * (_bucket(n, self.max_batch_size) - n)
-        batch = _stack_samples(padded, self.model_cfg.image_keys)
+        batch = stack_samples(padded, self.model_cfg.image_keys)
         with self._lock:
             rng = jax.random.fold_in(self._rng, self._calls)
             self._calls += 1
@@ -438,7 +439,7 @@ class Policy:
         t_post = time.perf_counter()
         outs = []
         for i, sample in enumerate(samples):
-            out = self._output_transform({"actions": actions[i], "state": np.asarray(sample["state"])})
+            out = self.output_transform({"actions": actions[i], "state": np.asarray(sample["state"])})
             outs.append({"actions": np.asarray(out["actions"], np.float32)})
         post_ms = (time.perf_counter() - t_post) * 1000 / n
         for out in outs:
@@ -456,7 +457,7 @@ class Policy:
                 "tokenized_prompt": np.zeros(cfg.max_token_len, np.int32),
                 "tokenized_prompt_mask": np.ones(cfg.max_token_len, bool),
             }
-            batch = _stack_samples([sample] * size, cfg.image_keys)
+            batch = stack_samples([sample] * size, cfg.image_keys)
             jax.block_until_ready(self._sample(self._params, self._rng, batch))
 
     def sample_model_actions(self, obs: pi0.Observation, rng: jax.Array) -> Float[jax.Array, "b h a"]:
@@ -472,7 +473,7 @@ def _sample_actions(model_cfg: Pi0Config, num_steps: int, params: dict, rng: jax
     return pi0.sample_actions(params, model_cfg, rng, obs.replace(images=images), num_steps=num_steps)
 
 
-def _stack_samples(samples: Sequence[Mapping[str, Any]], image_keys: Sequence[str]) -> pi0.Observation:
+def stack_samples(samples: Sequence[Mapping[str, Any]], image_keys: Sequence[str]) -> pi0.Observation:
     """Model-ready samples -> one batched `pi0.Observation` of numpy arrays (uint8 images)."""
     return pi0.Observation(
         images={k: np.stack([s["image"][k] for s in samples]) for k in image_keys},
