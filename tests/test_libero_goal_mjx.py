@@ -380,10 +380,11 @@ BOWL_TOP_DRAWER = {"terms": [{"term": ["in", "akita_black_bowl_1", "wooden_cabin
 
 
 def test_sequence_chooses_the_grasp_after_the_drawer_opens():
-    """libero_goal 3 (host only): the top drawer is opened first, then the bowl picked. At init 0 the
-    first wall grasp clears everything with the drawer shut, not with it open (the open drawer
-    overhangs the bowl's far wall); the pick-and-place chooses its grasp when it starts, so it takes
-    another, and the same one from the same qpos on a view of MuJoCo data."""
+    """libero_goal 3 (host only): the bowl is set aside, the top drawer opened, then the bowl picked
+    into it. Where the bowl stands at init 0 the first wall grasp clears everything with the drawer
+    shut, not with it open (the open drawer overhangs the bowl's far wall); a pick-and-place chooses
+    its grasp when it starts, so from there it takes another, and the same one from the same qpos on a
+    view of MuJoCo data."""
     import mujoco
 
     from pirl.envs import libero_scene as ls
@@ -400,10 +401,10 @@ def test_sequence_chooses_the_grasp_after_the_drawer_opens():
     m = task.model
     qpos = task.init_states[0][1 : 1 + m.nq].copy()
     plans = goal_subplans(m, BOWL_TOP_DRAWER, qpos)
-    assert [p.kind for p in plans] == ["artic", "pick_place"] and plans[0].geo.pull
-    pp, cfg = plans[1], LiberoPlanConfig()
+    assert [p.kind for p in plans] == ["pick_place", "home", "artic", "pick_place"] and plans[2].geo.pull
+    pp, cfg = plans[3], LiberoPlanConfig()
     assert grasp_choice(m, qpos, pp.obj, pp.target, pp.geo, cfg) == GRASP_CHOICES[0]
-    qpos[plans[0].geo.qpos_adr] = plans[0].geo.q_goal
+    qpos[plans[2].geo.qpos_adr] = plans[2].geo.q_goal
     chosen = grasp_choice(m, qpos, pp.obj, pp.target, pp.geo, cfg)
     assert chosen != GRASP_CHOICES[0]
     d = mujoco.MjData(m)
@@ -411,7 +412,7 @@ def test_sequence_chooses_the_grasp_after_the_drawer_opens():
     mujoco.mj_kinematics(m, d)
     site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
     start = d.site_xmat[site].reshape(3, 3).copy()
-    action, state, finished = sequence_action(cfg, plans, m, d, SequenceState(1, None, start))
+    action, state, finished = sequence_action(cfg, plans, m, d, SequenceState(3, None, start))
     assert (state.sub.grasp_yaw, state.sub.grasp_side) == chosen and not finished
     assert state.sub.phase == 0 and np.all(np.abs(action[:6]) <= 1.0) and action[6] == -1.0
 
@@ -586,6 +587,23 @@ def test_articulated_plan_succeeds_in_mjx_and_libero(task_id):
 
     records = compare_plan("libero_goal", task_id, [0, 1, 2], settle=10, steps=300, out=io.StringIO())
     for rec in records:
+        assert rec["mjx_success_step"] > 0 and rec["real_success_step"] > 0, rec
+
+
+@pytest.mark.nightly
+def test_bowl_set_aside_then_put_in_the_top_drawer_in_mjx_and_libero():
+    """libero_goal 3 (open the top drawer, the bowl in it) from initial states 0-2: the bowl, standing
+    where the drawer opens, is set aside on the table, the arm goes back to its first pose, the drawer
+    is opened and the bowl put in; success in both simulators (measured over inits 0-9: real 10/10 at
+    471-496 steps, MJX 10/10 at 471-538; before, MJX 0/5 and real 2/5: the opened drawer came down
+    on the bowl; docs/libero_mjx.md, "The bowl under the top drawer")."""
+    import io
+
+    from pirl.envs.libero_check import compare_plan
+
+    records = compare_plan("libero_goal", 3, [0, 1, 2], settle=10, steps=600, out=io.StringIO())
+    for rec in records:
+        assert rec["plans"][:2] == ["pick_place:akita_black_bowl_1", "home"], rec
         assert rec["mjx_success_step"] > 0 and rec["real_success_step"] > 0, rec
 
 

@@ -452,3 +452,63 @@ def _quat_mat(q: np.ndarray) -> np.ndarray:
     out = np.zeros(9)
     mujoco.mju_quat2Mat(out, np.asarray(q, np.float64))
     return out.reshape(3, 3)
+
+
+def test_clear_shift_moves_a_footprint_clear_of_its_obstacles():
+    """`clear_shift` (numpy only): a 10 cm square under an obstacle's edge is shifted the least way
+    out (2 cm clearance, on the step grid, within the table), or the least way round a table edge,
+    or the least way that keeps its centre within the arm's reach of the robot's base; none when
+    nothing clears."""
+    from pirl.envs.libero_check import clear_shift
+
+    lo, hi = np.array([0.0, 0.0]), np.array([0.1, 0.1])
+    table = (np.array([-0.5, -0.5]), np.array([0.5, 0.5]))
+    edge = (np.array([0.06, -0.15]), np.array([0.26, 0.2]))
+    shift = clear_shift(lo, hi, [edge], table, clearance=0.02, step=0.01, reach=0.3)
+    np.testing.assert_allclose(shift, [-0.07, 0.0], atol=1e-9)  # hi 0.1 - 0.07 < 0.06 - 0.02
+    narrow = (np.array([-0.05, -0.5]), np.array([0.12, 0.5]))  # the x ways are off the table now
+    shift = clear_shift(lo, hi, [edge], narrow, clearance=0.02, step=0.01, reach=0.3)
+    np.testing.assert_allclose(shift, [0.0, 0.23], atol=1e-9)  # lo 0 + 0.23 > 0.2 + 0.02
+    base = np.array([-0.12, 0.05])  # 0.1 m from the first way's centre: too near the arm's base
+    shift = clear_shift(
+        lo, hi, [edge], table, clearance=0.02, step=0.01, reach=0.3, base=base, arm_reach=(0.2, 0.6)
+    )
+    np.testing.assert_allclose(np.abs(shift), [0.07, 0.18], atol=1e-9)  # sideways until 0.2 m from it
+    assert np.linalg.norm(0.5 * (lo + hi) + shift - base) >= 0.2
+    boxed = (np.array([-0.6, -0.6]), np.array([0.6, 0.6]))
+    assert clear_shift(lo, hi, [boxed], table, clearance=0.02) is None
+
+
+def test_bowl_under_the_top_drawer_is_set_aside_before_it_is_opened():
+    """libero_goal 3 opens the top drawer and puts the bowl into it; the bowl stands where the opened
+    drawer reaches (the drawer came down on it: MJX 0/5, real 2/5). `goal_subplans` first sets the
+    bowl down on the table at `staging_point`, where its footprint keeps `STAGE_CLEARANCE` from the
+    opened drawer and every other body, takes the arm back to its first pose ("home"), then opens the
+    drawer and puts the bowl in. libero_10 3 (its drawer starts open) stages nothing."""
+    from pirl.envs.libero_check import STAGE_ARM_REACH, goal_subplans, staging_point
+    from pirl.envs.libero_predicates import ensure_goal_spec
+
+    t = ls.load_task("libero_goal", 3)
+    m = t.model
+    qpos = t.init_states[2][1 : 1 + m.nq]
+    plans = goal_subplans(m, ensure_goal_spec("libero_goal", 3), qpos)
+    assert [p.kind for p in plans] == ["pick_place", "home", "artic", "pick_place"]
+    assert plans[0].obj == plans[3].obj == "akita_black_bowl_1"
+    stage = staging_point(m, qpos, plans[0].obj, plans[2].geo)
+    table = m.body(plans[0].target).id
+    np.testing.assert_allclose(
+        np.asarray(plans[0].place_offset[:2]) + m.body_pos[table][:2], stage, atol=1e-9
+    )
+    assert plans[0].place_offset[2] == 0.0
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    bowl = d.xpos[m.body("akita_black_bowl_1_main").id][:2]
+    assert 0.05 < np.linalg.norm(stage - bowl) < 0.3  # moved, not far
+    base = d.xpos[m.body("robot0_base").id][:2]
+    assert STAGE_ARM_REACH[0] <= np.linalg.norm(stage - base) <= STAGE_ARM_REACH[1]
+    ten = ls.load_task("libero_10", 3)
+    for init in (0, 1):
+        q = ten.init_states[init][1 : 1 + ten.model.nq]
+        sub = goal_subplans(ten.model, ensure_goal_spec("libero_10", 3), q)
+        assert [p.kind for p in sub] == ["pick_place", "artic"]  # the drawer starts open

@@ -456,7 +456,7 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
     import mujoco
 
     from pirl.envs.expert import PickPlaceGeometry
-    from pirl.envs.libero_scene import geom_points, tops_over
+    from pirl.envs.libero_scene import geom_points, is_table, tops_over
 
     d = mujoco.MjData(m)
     mujoco.mj_kinematics(m, d)
@@ -486,8 +486,8 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
     lo, hi, centres, pts, each = extents(_body(m, obj))
     kind, tid = _target(m, target)
     floor = None
-    if kind == "body":
-        _, thi, _, _, _ = extents(tid)
+    if kind == "body":  # (a table target, set down on for a while: MJX's table top is a plane)
+        _, thi, _, _, _ = extents(tid, planes=is_table(m, tid))
     else:  # region: top of the site's body over the site (assumes the body's z axis is up, as LIBERO's)
         b = m.site_bodyid[tid]
         _, bhi, _, _, _ = extents(b, planes=True)
@@ -986,7 +986,8 @@ class SubPlan:
     names, `geo`: a PickPlaceGeometry); ids are resolved per simulator's model by name."""
 
     kind: str
-    """"artic", "pick_place" or "push"."""
+    """"artic", "pick_place", "push" or "home" (back to the episode's first grip pose, fingers open:
+    after an object is set aside, so the next plan starts from the arm's pose it was measured from)."""
     geo: object
     obj: str = ""
     target: str = ""
@@ -1048,14 +1049,118 @@ def shared_region_offsets(m, plans: list[SubPlan], qpos: np.ndarray | None = Non
     return out
 
 
+STAGE_CLEARANCE = 0.03
+"""An object standing where a drawer to be opened first will reach is moved (`staging_point`) so that
+its footprint keeps this far (m) from the opened drawer and every other body: room for the open
+fingers at its wall (libero_goal 3's bowl stands under the open top drawer's overhang)."""
+STAGE_STEP = 0.01
+"""Step (m) of the shifts tried for a staging point."""
+STAGE_REACH = 0.3
+"""Longest shift (m) tried for a staging point."""
+STAGE_ARM_REACH = (0.4, 0.7)
+"""Distances (m, in xy) from the robot's base a staged object's centre keeps to: the arm works there.
+Measured on libero_goal 3: set down 0.33 m from the base, the lift back out stalled (real LIBERO); 0.78
+m away, the retreat stretched the elbow to its joint limit, where the OSC cannot fold it back (MJX)."""
+
+
+def clear_shift(
+    obj_lo: np.ndarray,
+    obj_hi: np.ndarray,
+    obstacles: list[tuple[np.ndarray, np.ndarray]],
+    bounds: tuple[np.ndarray, np.ndarray],
+    clearance: float = STAGE_CLEARANCE,
+    step: float = STAGE_STEP,
+    reach: float = STAGE_REACH,
+    base: np.ndarray | None = None,
+    arm_reach: tuple[float, float] = STAGE_ARM_REACH,
+) -> np.ndarray | None:
+    """The shortest shift f64[2] (on a grid of `step`, within `reach`) that moves the footprint
+    `obj_lo`..`obj_hi` (f64[2] corners) `clearance` clear of every obstacle footprint (lo, hi
+    corners) and keeps it inside `bounds` (the table top's corners) and, with `base` (the robot base's
+    xy), its centre within `arm_reach` (min, max distance) of the base; None if there is none."""
+    k = np.arange(-round(reach / step), round(reach / step) + 1) * step
+    shifts = np.stack(np.meshgrid(k, k, indexing="ij"), -1).reshape(-1, 2)
+    shifts = shifts[np.linalg.norm(shifts, axis=1) <= reach + 1e-9]
+    lo, hi = obj_lo + shifts, obj_hi + shifts
+    ok = np.all(lo >= bounds[0], axis=1) & np.all(hi <= bounds[1], axis=1)
+    for o_lo, o_hi in obstacles:
+        ok &= np.any(lo > o_hi + clearance, axis=1) | np.any(hi < o_lo - clearance, axis=1)
+    if base is not None:
+        dist = np.linalg.norm(0.5 * (lo + hi) - base, axis=1)
+        ok &= (dist >= arm_reach[0]) & (dist <= arm_reach[1])
+    if not ok.any():
+        return None
+    shifts = shifts[ok]
+    return shifts[int(np.argmin(np.linalg.norm(shifts, axis=1)))]
+
+
+def staging_point(m, qpos: np.ndarray | None, obj: str, opener) -> np.ndarray | None:
+    """Where (world xy f64[2], on the table top) to set object `obj` down before the drawer of `opener`
+    (an ArticGeometry to pull out) is opened: None when the object's footprint keeps STAGE_CLEARANCE
+    from the drawer opened to its goal, else the nearest point (`clear_shift`) whose footprint keeps it
+    from the opened drawer's and every other body's (robot and table left out), on the table, within
+    the arm's reach (`STAGE_ARM_REACH`). Bodies as they stand in `qpos` (default qpos0), footprints
+    their geoms' world bounds (all geoms: MJX's scene collides by explicit pairs, so contype says
+    nothing)."""
+    import mujoco
+
+    from pirl.envs.libero_scene import geom_points, is_table, root_body
+
+    d = mujoco.MjData(m)
+    if qpos is not None:
+        d.qpos[:] = qpos
+    d.qpos[opener.qpos_adr] = opener.q_goal
+    mujoco.mj_kinematics(m, d)
+    ob = root_body(m, _body(m, obj))
+    drawer = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, opener.body)
+    boxes: dict[int, list[np.ndarray]] = {}
+    in_drawer: list[np.ndarray] = []
+    table: list[np.ndarray] = []
+    for g in range(m.ngeom):
+        b = m.geom_bodyid[g]
+        name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, root_body(m, b)) or ""
+        if name.startswith(("robot0_", "mount0_")) or root_body(m, b) == 0:
+            continue
+        pts = d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T
+        if is_table(m, b):  # its top's bounds (MJX's table top is a plane, a rectangle here)
+            table.append(pts)
+            continue
+        boxes.setdefault(root_body(m, b), []).append(pts)
+        a = b
+        while a not in (0, drawer):
+            a = m.body_parentid[a]
+        if a == drawer:
+            in_drawer.append(pts)
+    if not table or not in_drawer:
+        return None
+    obj_pts = np.concatenate(boxes.pop(ob))
+    lo, hi = obj_pts[:, :2].min(0), obj_pts[:, :2].max(0)
+    dr = np.concatenate(in_drawer)[:, :2]
+    if np.any(lo > dr.max(0) + STAGE_CLEARANCE) or np.any(hi < dr.min(0) - STAGE_CLEARANCE):
+        return None
+    obstacles = [(np.concatenate(p)[:, :2].min(0), np.concatenate(p)[:, :2].max(0)) for p in boxes.values()]
+    top = np.concatenate(table)[:, :2]
+    base = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "robot0_base")
+    shift = clear_shift(
+        lo, hi, obstacles, (top.min(0), top.max(0)), base=d.xpos[base][:2] if base >= 0 else None
+    )
+    if shift is None:
+        return None
+    return d.xpos[ob][:2] + shift
+
+
 def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan]:
     """The task's goal terms as plans in the order they are run: drawers to open (an `open` term, or
-    the drawer holding an `in` / `on` region when it is not open in `qpos`) and knobs to turn first,
-    then the pick-and-places (a push, `push_action`, for an object on a region that is too flat to
+    the drawer holding an `in` / `on` region when it is not open in `qpos`, after setting the object
+    aside on the table when it stands where that drawer will open, `staging_point`) and knobs to turn
+    first, then the pick-and-places (a push, `push_action`, for an object on a region that is too flat to
     grasp and too wide to straddle: a plate; objects put on one region set down apart,
     `shared_region_offsets`), then what is to be closed (drawers, doors). Geometry from model `m`
     (the MJX scene)."""
+    import mujoco
+
     from pirl.envs.libero_artic_expert import articulation_geometry, push_geometry, pushable
+    from pirl.envs.libero_scene import is_table
     from pirl.errors import UserError
 
     first, middle, last = [], [], []
@@ -1074,7 +1179,16 @@ def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan
             if not lo < q < hi:
                 opener = {"kind": "joints", "term": ["open", t["term"][2]], "joints": t["open_joints"][:1],
                           "intervals": t["open_intervals"][:1]}  # fmt: skip
-                first.append(SubPlan("artic", articulation_geometry(m, opener)))
+                drawer = articulation_geometry(m, opener)
+                stage = staging_point(m, qpos, t["term"][1], drawer)
+                if stage is not None:  # the object stands where the drawer will open: set it aside first
+                    table = next(b for b in range(1, m.nbody) if m.body_parentid[b] == 0 and is_table(m, b))
+                    name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, table)
+                    offset = (*(stage - m.body_pos[table][:2]), 0.0)  # the place height stays the table's top
+                    first.append(SubPlan("pick_place", pick_place_geometry(m, t["term"][1], name),
+                                         t["term"][1], name, place_offset=tuple(float(x) for x in offset)))  # fmt: skip
+                    first.append(SubPlan("home", None))
+                first.append(SubPlan("artic", drawer))
         obj, target = t["term"][1], t["term"][2]
         if t["kind"] != "object_on" and pushable(m, _body(m, obj)):
             middle.append(
@@ -1089,6 +1203,8 @@ def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan
 
 def plan_label(plan: SubPlan) -> str:
     """A sub-plan in a report line: pick_place:<obj>, push:<obj>, or <pull|push|turn>:<body>."""
+    if plan.kind == "home":
+        return "home"
     if plan.kind != "artic":
         return f"{plan.kind}:{plan.obj}"
     verb = {"slide": "pull" if plan.geo.pull else "push", "hinge": "turn", "door": "push"}[plan.geo.kind]
@@ -1109,6 +1225,8 @@ class SequenceState:
     sub: object = None
     start_mat: np.ndarray | None = None
     """Grip orientation at the episode's first step."""
+    start_pos: np.ndarray | None = None
+    """Grip position at the episode's first step."""
 
 
 def sequence_action(
@@ -1137,11 +1255,24 @@ def sequence_action(
 
     push_cfg = push_cfg if push_cfg is not None else PushConfig()
     plan = plans[state.index]
-    start = (
-        state.start_mat if state.start_mat is not None else np.array(d.site_xmat[_grip_site(m)]).reshape(3, 3)
-    )
-    state = dataclasses.replace(state, start_mat=start)
-    if plan.kind == "artic":
+    if state.start_mat is None:
+        site = _grip_site(m)
+        state = dataclasses.replace(
+            state, start_mat=np.array(d.site_xmat[site]).reshape(3, 3), start_pos=np.array(d.site_xpos[site])
+        )
+    start = state.start_mat
+    if plan.kind == "home":
+        site = _grip_site(m)
+        steps = state.sub or 0
+        err = state.start_pos - np.asarray(d.site_xpos[site])
+        turn = rotation_error(start, np.asarray(d.site_xmat[site]).reshape(3, 3))
+        a_pos = np.clip(err / 0.05 * plan_cfg.pos_gain, -1.0, 1.0)
+        a_rot = np.clip(turn / 0.5 * plan_cfg.rot_gain, -1.0, 1.0)
+        action = np.concatenate([a_pos, a_rot, [-1.0]]).astype(np.float32)
+        there = np.linalg.norm(err) < 2 * plan_cfg.reach_tol and np.linalg.norm(turn) < 0.1
+        finished = there or steps + 1 >= plan_cfg.phase_timeout
+        sub = steps + 1
+    elif plan.kind == "artic":
         sub = state.sub or ArticPlanState()
         action, sub = articulated_action(plan_cfg, plan.geo, articulation_view(m, d, plan.geo), sub)
         finished = ARTIC_PHASES[sub.phase] == "done"
@@ -1176,15 +1307,16 @@ def sequence_action(
         action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
         finished = PHASES[sub.phase] == "done"
     if finished and state.index + 1 < len(plans):
-        return action, SequenceState(state.index + 1, None, start), False
-    return action, SequenceState(state.index, sub, start), finished
+        return action, dataclasses.replace(state, index=state.index + 1, sub=None), False
+    return action, dataclasses.replace(state, sub=sub), finished
 
 
 def real_plan(
-    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, plans, plan_cfg
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, plans_per_init, plan_cfg
 ) -> list[dict]:
-    """The goal sequence in the real LIBERO (reading the real simulator), per initial state: LIBERO's
-    own success (first step), the final qpos, the sub-plan reached (run it in a spawned process)."""
+    """The goal sequence in the real LIBERO (reading the real simulator), per initial state (its own
+    sub-plans, `plans_per_init`): LIBERO's own success (first step), the final qpos, the sub-plan
+    reached (run it in a spawned process)."""
     from pirl.envs import libero_scene as ls
 
     env, task_suite = make_libero_env(suite, task_id)
@@ -1194,7 +1326,7 @@ def real_plan(
     out = []
     try:
         env.seed(BUILD_SEED)
-        for init_id in init_ids:
+        for init_id, plans in zip(init_ids, plans_per_init, strict=True):
             settled_start(env, inits[init_id], settle)
             state, first, t = SequenceState(), -1, 0
             for t in range(steps):
@@ -1237,16 +1369,17 @@ def compare_plan(
     m = task.model
     spec = _isolated(lp.ensure_goal_spec, suite, task_id)
     goal = lp.compile_goal(spec, m)
-    plans = goal_subplans(m, spec, task.init_states[init_ids[0]][1 : 1 + m.nq])
+    # per init: where an object is set aside depends on where everything stands (`staging_point`)
+    plans_per_init = [goal_subplans(m, spec, task.init_states[i][1 : 1 + m.nq]) for i in init_ids]
     plan_cfg = LiberoPlanConfig()
     mx, reset, step = _plan_stepper(m, goal)
-    joints = [p.geo.qpos_adr for p in plans if p.kind == "artic"]
+    joints = [p.geo.qpos_adr for p in plans_per_init[0] if p.kind == "artic"]
     t0 = time.perf_counter()
-    real = _isolated(real_plan, suite, task_id, init_ids, settle, steps, plans, plan_cfg)
+    real = _isolated(real_plan, suite, task_id, init_ids, settle, steps, plans_per_init, plan_cfg)
     real_s = time.perf_counter() - t0
     records = []
     for k, init_id in enumerate(init_ids):
-        r = real[k]
+        r, plans = real[k], plans_per_init[k]
         rec = {"suite": suite, "task": task_id, "init": init_id, "check": "plan",
                "plans": [plan_label(p) for p in plans],
                "real_success_step": r["success_step"], "real_subplan": r["subplan"], "real_steps": r["steps"],
