@@ -113,6 +113,60 @@ def test_plan_lifts_off_a_raised_support():
     assert np.linalg.norm(obj[:2] - target[:2]) < 0.01 and obj[2] < 0.95, obj  # then placed
 
 
+def test_plan_carries_an_object_over_the_walls_it_stood_in():
+    """An object in a drawer (walls 5.8 cm over its floor, libero_spatial 4) is carried with its bottom
+    `wall_clearance` over the walls' top (`PlanState.pick_walls_top`), not only `pick_clearance` over
+    where it stood (there the bowl caught on the drawer's front wall: MJX and real 8/10)."""
+    from pirl.envs.expert import PlanState, pick_place_action
+
+    cfg = LiberoPlanConfig()
+    target = np.array([0.0, 0.3, 0.9])
+    walls = 1.064 + 0.058
+    for start in (PlanState(), PlanState(pick_walls_top=walls)):
+        grip, obj = np.array([0.0, -0.2, 1.3]), np.array([0.0, -0.1, 1.064])
+        state, closed, bottoms = start, False, []
+        for _ in range(300):
+            view = PickPlaceView(grip.copy(), DOWN, np.array([0.0, 1.0, 0.0]), obj.copy(), target)
+            action, state = pick_place_action(cfg, SMALL_OBJECT, view, state)
+            step = 0.4 * 0.05 * action[:3]
+            grip += step
+            if closed:
+                obj = np.maximum(obj + step, [-9, -9, 0.915])
+            closed = action[6] > 0
+            if PHASES[state.phase] == "transport":
+                bottoms.append(obj[2])
+            if PHASES[state.phase] == "done":
+                break
+        assert np.linalg.norm(obj[:2] - target[:2]) < 0.01 and obj[2] < 0.95, obj  # placed either way
+        if start.pick_walls_top is None:
+            assert min(bottoms) < walls  # 1.064 + pick_clearance: into the wall
+        else:
+            assert min(bottoms) >= walls + cfg.wall_clearance - 0.01, min(bottoms)
+
+
+def test_pick_walls_top_reads_the_drawer_the_bowl_stands_in():
+    """`libero_check.pick_walls_top` on settled starts (MuJoCo C, arm held): libero_spatial 4's bowl
+    stands in the open top drawer, walls 5.8 cm over its floor; libero_spatial 0's bowl stands on
+    the table (None)."""
+    import mujoco
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.libero_check import pick_walls_top
+    from pirl.envs.libero_predicates import settle_held
+
+    for task_id, rise in ((4, 0.058), (0, None)):
+        t = ls.load_task("libero_spatial", task_id)
+        d = mujoco.MjData(t.model)
+        d.qpos[:] = t.init_states[0][1 : 1 + t.model.nq]
+        settle_held(t.model, d, 0.5)
+        top = pick_walls_top(t.model, d.qpos.copy(), "akita_black_bowl_1")
+        if rise is None:
+            assert top is None
+        else:
+            bowl = d.xpos[t.model.body("akita_black_bowl_1_main").id][2]
+            assert top == pytest.approx(bowl + rise, abs=0.005), (top, bowl)
+
+
 def test_plan_closes_the_fingers_before_leaving_a_container():
     """The retreat from a container (an In goal) whose released object has dropped below the fingertips
     closes the fingers and holds still `container_close_steps` before rising (the open fingers pressed

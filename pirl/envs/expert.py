@@ -396,6 +396,9 @@ class LiberoPlanConfig:
     pick_clearance: float = 0.05
     """Carry height of the object's bottom above where it started, at least (an object picked off a
     cabinet or a drawer higher than the target's top + `lift` is lifted off its support first)."""
+    wall_clearance: float = 0.03
+    """Carry height of the object's bottom above the walls round where it started, at least
+    (`PlanState.pick_walls_top`)."""
     pos_gain: float = 2.5
     """Position action per (error / 0.05 m)."""
     rot_gain: float = 1.0
@@ -495,6 +498,9 @@ class PlanState:
     """+1: the fingers straddle the wall on the side the (turned) closing axis points to; -1: the other."""
     pick_bottom: float | None = None
     """The object's bottom (world z) at the first step."""
+    pick_walls_top: float | None = None
+    """Top (world z) of the walls round the object where it starts (a drawer's sides), which its bottom
+    is lifted `wall_clearance` over before it is carried; None: nothing round it (libero_check.plan_start)."""
 
 
 def _rot_z(angle: float) -> np.ndarray:
@@ -576,6 +582,8 @@ def pick_place_action(
     target_top = view.target_pos[2] + geo.target_hi[2]
     # carry height of the object's bottom: over the target, and off the support it was picked from
     carry = max(target_top + cfg.lift, state.pick_bottom + cfg.pick_clearance)
+    if state.pick_walls_top is not None:  # out over the walls of the drawer it stood in
+        carry = max(carry, state.pick_walls_top + cfg.wall_clearance)
     # while holding, steer the object: the grip keeps its offset to it
     hold = view.grip_pos - view.obj_pos
     # Centre grasps read the object as it stands (LIBERO's bottles are body-y up); wall grasps (bowls,

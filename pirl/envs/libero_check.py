@@ -629,6 +629,65 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
     return choices[0] if centre else best
 
 
+PICK_FLOOR_TOL = 0.015
+"""An object stands on a geom whose top is within this (m) of its bottom (`pick_walls_top`)."""
+PICK_WALL_REACH = 0.02
+"""Walls of the body an object stands on count (`pick_walls_top`) where they come within this (m) of
+its footprint: the sides of the drawer it stands in."""
+
+
+def pick_walls_top(m, qpos: np.ndarray, obj: str) -> float | None:
+    """The top (world z) of the walls round object `obj` as it stands in `qpos` (settled): the highest
+    geom of the body (not the table, robot or the object) whose geom it stands on (a top within
+    PICK_FLOOR_TOL of its bottom, under its footprint), among that body's geoms that start below its
+    bottom + PICK_FLOOR_TOL and reach within PICK_WALL_REACH of its footprint; None when it stands on
+    the table or on nothing. libero_spatial 4's bowl stands in the open top drawer, whose walls rise
+    5.8 cm over its floor: carried 5 cm over where it stood, it caught on the front wall."""
+    import mujoco
+
+    from pirl.envs.libero_scene import geom_points, is_table, root_body
+
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    ob = root_body(m, _body(m, obj))
+    per_body: dict[int, list[np.ndarray]] = {}
+    for g in range(m.ngeom):
+        b = m.geom_bodyid[g]
+        per_body.setdefault(b, []).append(d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T)
+    mine = np.concatenate([p for b, ps in per_body.items() if root_body(m, b) == ob for p in ps])
+    lo, hi = mine.min(0), mine.max(0)
+
+    def overlaps(p: np.ndarray, reach: float) -> bool:
+        return bool(np.all(p[:, :2].min(0) < hi[:2] + reach) and np.all(p[:, :2].max(0) > lo[:2] - reach))
+
+    best = None
+    for b, ps in per_body.items():
+        r = root_body(m, b)
+        name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, r) or ""
+        if r in (0, ob) or name.startswith(("robot0_", "mount0_")) or is_table(m, b):
+            continue
+        if not any(overlaps(p, 0.0) and abs(p[:, 2].max() - lo[2]) < PICK_FLOOR_TOL for p in ps):
+            continue
+        top = max(
+            p[:, 2].max()
+            for p in ps
+            if overlaps(p, PICK_WALL_REACH) and p[:, 2].min() < lo[2] + PICK_FLOOR_TOL
+        )
+        best = top if best is None else max(best, top)
+    return None if best is None else float(best)
+
+
+def plan_start(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg):
+    """The pick-and-place plan's PlanState for one episode from its settled start `qpos` on the MJX
+    scene `m` (a real LIBERO qpos reads the same): the grasp (`grasp_choice`) and the walls the object
+    is lifted over before it is carried (`pick_walls_top`)."""
+    from pirl.envs.expert import PlanState
+
+    yaw, side = grasp_choice(m, qpos, obj, target, geo, plan_cfg)
+    return PlanState(grasp_yaw=yaw, grasp_side=side, pick_walls_top=pick_walls_top(m, qpos, obj))
+
+
 def real_pick_place(
     suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg,
     record_every: int = 0, size: int = 128,
@@ -638,7 +697,7 @@ def real_pick_place(
     `record_every` > 0 also "trajectory": the qpos, phase and raw camera frames (`size` px, pirl's
     keys) every that many steps from the settled state."""
     from pirl.envs import libero_scene as ls
-    from pirl.envs.expert import PHASES, PlanState, pick_place_action
+    from pirl.envs.expert import PHASES, pick_place_action
     from pirl.envs.libero_pool import CAMERA_KEYS
 
     env, task_suite = make_libero_env(suite, task_id, cameras=record_every > 0, size=size)
@@ -652,8 +711,7 @@ def real_pick_place(
         env.seed(BUILD_SEED)
         for init_id in init_ids:
             obs = settled_start(env, inits[init_id], settle)
-            yaw, side = grasp_choice(scene, np.array(env.sim.data.qpos), obj, target, geo, plan_cfg)
-            state, first = PlanState(grasp_yaw=yaw, grasp_side=side), -1
+            state, first = plan_start(scene, np.array(env.sim.data.qpos), obj, target, geo, plan_cfg), -1
             trajectory: dict = {"qpos": [], "phase": [], "frames": {k: [] for k in CAMERA_KEYS.values()}}
             for t in range(steps):
                 if record_every and t % record_every == 0:
@@ -668,7 +726,7 @@ def real_pick_place(
                 if PHASES[state.phase] == "done":
                     break
             rec = {"success_step": first, "qpos": np.array(env.sim.data.qpos), "phase": PHASES[state.phase],
-                   "grasp": [yaw, side]}  # fmt: skip
+                   "grasp": [state.grasp_yaw, state.grasp_side]}  # fmt: skip
             if record_every:
                 rec["trajectory"] = trajectory
             out.append(rec)
@@ -721,7 +779,7 @@ def compare_pick_place(
 
     from pirl.envs import libero_predicates as lp
     from pirl.envs import libero_scene as ls
-    from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_action
+    from pirl.envs.expert import PHASES, LiberoPlanConfig, pick_place_action
 
     task = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig())
     m = task.model
@@ -748,8 +806,7 @@ def compare_pick_place(
         d = reset(jax.device_put(ls.init_data(task, mx, init_id)))
         for _ in range(settle):
             d, host = step(d, jnp.asarray(SETTLE_ACTION, jnp.float32))
-        yaw, side = grasp_choice(m, np.asarray(host["qpos"], np.float64), obj, target, geo, plan_cfg)
-        state, first = PlanState(grasp_yaw=yaw, grasp_side=side), -1
+        state, first = plan_start(m, np.asarray(host["qpos"], np.float64), obj, target, geo, plan_cfg), -1
         for t in range(steps):
             view = _view(m, types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()}), ob, tb)
             action, state = pick_place_action(plan_cfg, geo, view, state)
@@ -849,7 +906,7 @@ def mjx_expert(
 
     from pirl.envs import libero_predicates as lp
     from pirl.envs import libero_scene as ls
-    from pirl.envs.expert import PHASES, LiberoPlanConfig, PlanState, pick_place_batch
+    from pirl.envs.expert import PHASES, LiberoPlanConfig, pick_place_batch
     from pirl.envs.mjx_module import mjx
     from pirl.envs.osc import OSCConfig, OSCIndices
 
@@ -903,10 +960,8 @@ def mjx_expert(
             for i in range(n)
         ]
 
-    starts = []  # the wall grasp per env, chosen on its settled start (host[0]: qpos)
-    for i in range(n):
-        yaw, side = grasp_choice(m, np.asarray(host[0][i], np.float64), obj, target, geo, plan_cfg)
-        starts.append(PlanState(grasp_yaw=yaw, grasp_side=side))
+    # the wall grasp per env, chosen on its settled start (host[0]: qpos)
+    starts = [plan_start(m, np.asarray(host[0][i], np.float64), obj, target, geo, plan_cfg) for i in range(n)]
     first, states = pick_place_batch(plan_cfg, geo, views(host), sim_step, steps, starts)
     return {
         "success_step": first.tolist(),
@@ -1240,7 +1295,7 @@ def sequence_action(
     the grasp is chosen on (default `m`; the real side passes it so both choose alike)."""
     import mujoco
 
-    from pirl.envs.expert import PHASES, PlanState, pick_place_action, rotation_error
+    from pirl.envs.expert import PHASES, pick_place_action, rotation_error
     from pirl.envs.libero_artic_expert import (
         ARTIC_PHASES,
         PUSH_PHASES,
@@ -1297,12 +1352,12 @@ def sequence_action(
             tilted = np.linalg.norm(rotation_error(start, view.grip_mat)) > 0.1
             qpos = np.asarray(d.qpos, np.float64)
             chooser = scene if scene is not None else m
-            yaw, side = grasp_choice(chooser, qpos, plan.obj, plan.target, plan.geo, plan_cfg)
+            begin = plan_start(chooser, qpos, plan.obj, plan.target, plan.geo, plan_cfg)
             first = view
             if tilted:  # the grasp's turn and offset as from the first orientation
                 closing = start @ view.grip_mat.T @ view.finger_axis
                 first = dataclasses.replace(view, grip_mat=start, finger_axis=closing)
-            _, sub = pick_place_action(plan_cfg, plan.geo, first, PlanState(grasp_yaw=yaw, grasp_side=side))
+            _, sub = pick_place_action(plan_cfg, plan.geo, first, begin)
             sub = dataclasses.replace(sub, phase=0, steps=0)
         action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
         finished = PHASES[sub.phase] == "done"
