@@ -144,6 +144,34 @@ def test_plan_carries_an_object_over_the_walls_it_stood_in():
             assert min(bottoms) >= walls + cfg.wall_clearance - 0.01, min(bottoms)
 
 
+def test_plan_turns_the_held_object_and_shifts_its_place():
+    """`PlanState.place_yaw` turns the grip (and the object held) during the carry and the object is
+    lowered only once turned; `place_shift` moves the place point (libero_check.place_choice)."""
+    from pirl.envs.expert import PlanState, pick_place_action, rot_z, rotation_error
+
+    cfg = LiberoPlanConfig()
+    target = np.array([0.0, 0.3, 0.9])
+    shift = np.array([0.03, -0.02, 0.0])
+    grip, obj, mat = np.array([0.0, -0.2, 1.3]), np.array([0.0, -0.1, 0.9]), DOWN.copy()
+    state, closed, turned_at_lower = PlanState(place_yaw=np.pi / 2, place_shift=shift), False, None
+    for _ in range(400):
+        finger = mat @ np.array([0.0, 1.0, 0.0])
+        view = PickPlaceView(grip.copy(), mat.copy(), finger, obj.copy(), target)
+        action, state = pick_place_action(cfg, SMALL_OBJECT, view, state)
+        step = 0.4 * 0.05 * action[:3]
+        grip += step
+        mat = rot_z(0.1 * action[5]) @ mat  # the grip turns about the vertical with the yaw action
+        if closed:
+            obj = np.maximum(obj + step, [-9, -9, 0.915])
+        closed = action[6] > 0
+        if PHASES[state.phase] == "lower" and turned_at_lower is None:
+            turned_at_lower = np.linalg.norm(rotation_error(rot_z(np.pi / 2) @ state.ref_mat, mat))
+        if PHASES[state.phase] == "done":
+            break
+    assert turned_at_lower is not None and turned_at_lower < cfg.turn_tol
+    assert np.linalg.norm(obj[:2] - (target + shift)[:2]) < 0.01, obj
+
+
 def test_pick_walls_top_reads_the_drawer_the_bowl_stands_in():
     """`libero_check.pick_walls_top` on settled starts (MuJoCo C, arm held): libero_spatial 4's bowl
     stands in the open top drawer, walls 5.8 cm over its floor; libero_spatial 0's bowl stands on

@@ -512,3 +512,32 @@ def test_bowl_under_the_top_drawer_is_set_aside_before_it_is_opened():
         q = ten.init_states[init][1 : 1 + ten.model.nq]
         sub = goal_subplans(ten.model, ensure_goal_spec("libero_10", 3), q)
         assert [p.kind for p in sub] == ["pick_place", "artic"]  # the drawer starts open
+
+
+def test_pudding_is_set_down_turned_where_the_hand_clears_the_mug():
+    """libero_10 6: set down over the middle of the plate's right region, the open hand's box (0.2 m
+    along the closing axis) came down on the porcelain mug's rim and pushed it off the plate (MJX 1/3).
+    `place_choice` finds that default release touching and takes the first shift x carry turn that
+    clears by PLACE_CLEARANCE (a quarter turn, shifted within the region); a bowl put on the stove's
+    cook region (libero_goal 1, clear) keeps the default."""
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.libero_check import PLACE_SHIFT, PLACE_TURNS, goal_subplans, plan_start
+    from pirl.envs.libero_predicates import ensure_goal_spec, settle_held
+
+    cfg = LiberoPlanConfig()
+    for suite, task_id, moved in (("libero_10", 6, True), ("libero_goal", 1, False)):
+        t = ls.load_task(suite, task_id)
+        m = t.model
+        d = mujoco.MjData(m)
+        d.qpos[:] = t.init_states[0][1 : 1 + m.nq]
+        settle_held(m, d, 0.3)
+        qpos = d.qpos.copy()
+        plan = goal_subplans(m, ensure_goal_spec(suite, task_id), qpos)[-1]
+        st = plan_start(m, qpos, plan.obj, plan.target, plan.geo, cfg, plan.place_offset)
+        if not moved:
+            assert st.place_yaw == 0.0 and st.place_shift is None
+            continue
+        assert st.place_yaw in PLACE_TURNS and (st.place_yaw != 0.0 or st.place_shift is not None)
+        half = m.site_size[m.site(plan.target).id][:2]
+        if st.place_shift is not None:
+            assert np.all(np.abs(st.place_shift[:2]) <= PLACE_SHIFT * half + 1e-9)

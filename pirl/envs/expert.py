@@ -396,6 +396,8 @@ class LiberoPlanConfig:
     pick_clearance: float = 0.05
     """Carry height of the object's bottom above where it started, at least (an object picked off a
     cabinet or a drawer higher than the target's top + `lift` is lifted off its support first)."""
+    turn_tol: float = 0.05
+    """Rotation error (rad) under which the carry's turn (`PlanState.place_yaw`) counts as done."""
     wall_clearance: float = 0.03
     """Carry height of the object's bottom above the walls round where it started, at least
     (`PlanState.pick_walls_top`)."""
@@ -498,12 +500,18 @@ class PlanState:
     """+1: the fingers straddle the wall on the side the (turned) closing axis points to; -1: the other."""
     pick_bottom: float | None = None
     """The object's bottom (world z) at the first step."""
+    place_yaw: float = 0.0
+    """Turn (rad, about the vertical) of the grip, and with it of the held object, during the carry: the
+    object is set down turned so the hand clears what stands by its place (libero_check.place_choice)."""
+    place_shift: np.ndarray | None = None
+    """f64[3] world offset of the place point from the target's (within an On region), same source."""
     pick_walls_top: float | None = None
     """Top (world z) of the walls round the object where it starts (a drawer's sides), which its bottom
     is lifted `wall_clearance` over before it is carried; None: nothing round it (libero_check.plan_start)."""
 
 
-def _rot_z(angle: float) -> np.ndarray:
+def rot_z(angle: float) -> np.ndarray:
+    """f64[3, 3] rotation by `angle` (rad) about the world's vertical."""
     c, s_ = np.cos(angle), np.sin(angle)
     return np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
 
@@ -540,6 +548,8 @@ def pick_place_action(
     cfg: LiberoPlanConfig, geo: PickPlaceGeometry, view: PickPlaceView, state: PlanState
 ) -> tuple[np.ndarray, PlanState]:
     """One control step of the plan: (OSC_POSE action f32[7], next plan state)."""
+    if state.place_shift is not None:
+        view = dataclasses.replace(view, target_pos=view.target_pos + state.place_shift)
     ref = state.ref_mat
     if ref is None:
         ref = view.grip_mat
@@ -548,12 +558,12 @@ def pick_place_action(
             want, have = view.obj_mat @ geo.grasp_axis, view.finger_axis
             yaw = np.arctan2(want[1], want[0]) - np.arctan2(have[1], have[0])
             yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2 + state.grasp_yaw
-            ref = _rot_z(yaw) @ view.grip_mat
+            ref = rot_z(yaw) @ view.grip_mat
         elif state.grasp_yaw:
-            ref = _rot_z(state.grasp_yaw) @ view.grip_mat
+            ref = rot_z(state.grasp_yaw) @ view.grip_mat
     if state.grasp_offset is None:
         # the fingers straddle the object's wall on the side the (turned) closing axis points to
-        axis = _rot_z(state.grasp_yaw) @ np.array([view.finger_axis[0], view.finger_axis[1], 0.0])
+        axis = rot_z(state.grasp_yaw) @ np.array([view.finger_axis[0], view.finger_axis[1], 0.0])
         axis *= state.grasp_side / max(np.linalg.norm(axis), 1e-9)
         centre = np.array([(geo.obj_hi[0] + geo.obj_lo[0]) / 2, (geo.obj_hi[1] + geo.obj_lo[1]) / 2, 0.0])
         tilt = view.obj_mat if geo.grasp_axis is None and view.obj_mat is not None else None
@@ -634,17 +644,20 @@ def pick_place_action(
                 goal = view.grip_pos
     err = goal - view.grip_pos
     a_pos = np.clip(err / 0.05 * cfg.pos_gain, -speed, speed)
-    a_rot = np.clip(rotation_error(ref, view.grip_mat) / 0.5 * cfg.rot_gain, -1.0, 1.0)
+    # from the transport on, the grip (and the object held) turns by place_yaw
+    hold_mat = rot_z(state.place_yaw) @ ref if phase >= PHASES.index("transport") else ref
+    turn_err = rotation_error(hold_mat, view.grip_mat)
+    a_rot = np.clip(turn_err / 0.5 * cfg.rot_gain, -1.0, 1.0)
     action = np.concatenate([a_pos, a_rot, [grip]]).astype(np.float32)
     if name in ("close", "release"):
         done = steps + 1 >= cfg.grip_steps
     elif name == "done" or closing:
         done = False
     else:
-        done = (
-            np.linalg.norm(err) < cfg.reach_tol * (2.0 if name == "retreat" else 1.0)
-            or steps + 1 >= cfg.phase_timeout
-        )
+        there = np.linalg.norm(err) < cfg.reach_tol * (2.0 if name == "retreat" else 1.0)
+        if name == "transport" and state.place_yaw:  # lowered only once turned
+            there = there and np.linalg.norm(turn_err) < cfg.turn_tol
+        done = there or steps + 1 >= cfg.phase_timeout
     nxt = dataclasses.replace(
         state, ref_mat=ref, phase=phase + 1 if done else phase, steps=0 if done else steps + 1
     )

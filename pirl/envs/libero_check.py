@@ -678,14 +678,97 @@ def pick_walls_top(m, qpos: np.ndarray, obj: str) -> float | None:
     return None if best is None else float(best)
 
 
-def plan_start(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg):
+PLACE_SHIFT = 0.6
+"""Place shifts `place_choice` tries within an On region, as a fraction of its half size (LIBERO checks
+the object's body origin inside the region)."""
+PLACE_TURNS = (0.0, np.pi / 2, -np.pi / 2, np.pi / 4, -np.pi / 4)
+"""Carry turns (rad, about the vertical) `place_choice` tries, in order of preference."""
+PLACE_CLEARANCE = 0.01
+"""`place_choice` takes the first place whose hand, fingers and object stand this far (m) from
+everything else at the release."""
+
+
+def place_choice(
+    m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, begin, place_offset=(0.0, 0.0, 0.0)
+) -> tuple[float, np.ndarray | None]:
+    """(place_yaw, place_shift) of an On-region pick-and-place for one episode: where the default
+    release (the object's origin over the region's middle, unturned) brings the open hand, fingers or
+    object into anything else (table and the robot left out, bodies as in `qpos`), the first of the
+    region shifts (0, then PLACE_SHIFT of its half size along x, y and the diagonals) x carry turns
+    (PLACE_TURNS) whose release clears by PLACE_CLEARANCE; else (0, None). `begin`: the episode's
+    PlanState with its grasp; `place_offset`: the sub-plan's own (`SubPlan.place_offset`), added
+    to the target first. libero_10 6: the hand's box (0.2 m along the closing axis) came down on
+    the porcelain mug's rim beside the pudding's region and pushed the mug off the plate."""
+    import mujoco
+
+    from pirl.envs.expert import pick_place_action, rot_z, world_extents
+    from pirl.envs.libero_scene import is_table, root_body
+
+    kind, tid = _target(m, target)
+    if kind != "site" or geo.target_floor is not None:
+        return 0.0, None
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    ob = _body(m, obj)
+    view = _view(m, d, ob, (kind, tid))
+    view = dataclasses.replace(view, target_pos=view.target_pos + np.asarray(place_offset, np.float64))
+    _, st = pick_place_action(plan_cfg, geo, view, begin)
+    offset = view.obj_mat @ st.grasp_offset if st.grasp_in_body else st.grasp_offset
+    site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
+    root = root_body(m, ob)
+    names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, root_body(m, b)) or "" for b in m.geom_bodyid]
+    grip = [g for g in range(m.ngeom) if names[g].startswith("robot0_") and
+            (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "").startswith("gripper0_")]  # fmt: skip
+    held = [g for g in range(m.ngeom) if root_body(m, m.geom_bodyid[g]) == root]
+    others = [
+        g for g in range(m.ngeom)
+        if not names[g].startswith(("robot0_", "mount0_")) and root_body(m, m.geom_bodyid[g]) != root
+        and not is_table(m, m.geom_bodyid[g]) and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE
+    ]  # fmt: skip
+    site_r, site_p = d.site_xmat[site].reshape(3, 3), d.site_xpos[site]
+    grip_rel = [(site_r.T @ (d.geom_xpos[g] - site_p), site_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in grip]
+    obj_r, obj_p = view.obj_mat, view.obj_pos
+    held_rel = [(obj_r.T @ (d.geom_xpos[g] - obj_p), obj_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in held]
+    w_lo = world_extents(geo, view.obj_mat)[0]
+    bottom = view.target_pos[2] + geo.target_hi[2] + plan_cfg.release_gap
+    half = np.asarray(m.site_size[tid][:2], np.float64) * PLACE_SHIFT
+
+    def clearance(turn: float, shift: np.ndarray) -> float:
+        r = rot_z(turn)
+        o_pos = np.array([*(view.target_pos[:2] + shift[:2]), bottom - w_lo[2]])
+        o_mat = r @ obj_r
+        g_pos = o_pos + r @ offset
+        for g, (rp, rr) in zip(grip, grip_rel, strict=True):
+            d.geom_xpos[g] = g_pos + r @ st.ref_mat @ rp
+            d.geom_xmat[g] = (r @ st.ref_mat @ rr).reshape(9)
+        for g, (rp, rr) in zip(held, held_rel, strict=True):
+            d.geom_xpos[g] = o_pos + o_mat @ rp
+            d.geom_xmat[g] = (o_mat @ rr).reshape(9)
+        return min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in grip + held for h in others)
+
+    if clearance(0.0, np.zeros(3)) >= 0.0:
+        return 0.0, None
+    shifts = [np.zeros(3)] + [np.array([sx * half[0], sy * half[1], 0.0])
+                              for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))]  # fmt: skip
+    for shift in shifts:
+        for turn in PLACE_TURNS:
+            if clearance(turn, shift) >= PLACE_CLEARANCE:
+                return float(turn), (None if not shift.any() else shift)
+    return 0.0, None
+
+
+def plan_start(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, place_offset=(0.0, 0.0, 0.0)):
     """The pick-and-place plan's PlanState for one episode from its settled start `qpos` on the MJX
-    scene `m` (a real LIBERO qpos reads the same): the grasp (`grasp_choice`) and the walls the object
-    is lifted over before it is carried (`pick_walls_top`)."""
+    scene `m` (a real LIBERO qpos reads the same): the grasp (`grasp_choice`), the walls the object
+    is lifted over before it is carried (`pick_walls_top`) and, onto an On region, the place's turn and
+    shift (`place_choice`, from the sub-plan's `place_offset`)."""
     from pirl.envs.expert import PlanState
 
     yaw, side = grasp_choice(m, qpos, obj, target, geo, plan_cfg)
-    return PlanState(grasp_yaw=yaw, grasp_side=side, pick_walls_top=pick_walls_top(m, qpos, obj))
+    begin = PlanState(grasp_yaw=yaw, grasp_side=side, pick_walls_top=pick_walls_top(m, qpos, obj))
+    turn, shift = place_choice(m, qpos, obj, target, geo, plan_cfg, begin, place_offset)
+    return dataclasses.replace(begin, place_yaw=turn, place_shift=shift)
 
 
 def real_pick_place(
@@ -1352,7 +1435,7 @@ def sequence_action(
             tilted = np.linalg.norm(rotation_error(start, view.grip_mat)) > 0.1
             qpos = np.asarray(d.qpos, np.float64)
             chooser = scene if scene is not None else m
-            begin = plan_start(chooser, qpos, plan.obj, plan.target, plan.geo, plan_cfg)
+            begin = plan_start(chooser, qpos, plan.obj, plan.target, plan.geo, plan_cfg, plan.place_offset)
             first = view
             if tilted:  # the grasp's turn and offset as from the first orientation
                 closing = start @ view.grip_mat.T @ view.finger_axis
