@@ -21,6 +21,29 @@ SMALL_OBJECT = PickPlaceGeometry(
 """A 4 x 4 x 6 cm object and a 14 x 14 cm, 1.5 cm high target, no wall: the plan tests' geometry."""
 
 
+def kinematic_pick_place(state, grip, obj, target, floor_z, steps: int = 300):
+    """Run the plan on one ideal point gripper (0.4 x the commanded 0.05 m per unit and step; the
+    object follows it while closed, never below `floor_z(obj)`): (final state, object position, the
+    object's heights during the transport)."""
+    from pirl.envs.expert import pick_place_action
+
+    cfg, closed, bottoms = LiberoPlanConfig(), False, []
+    grip, obj = grip.copy(), obj.copy()
+    for _ in range(steps):
+        view = PickPlaceView(grip.copy(), DOWN, np.array([0.0, 1.0, 0.0]), obj.copy(), target)
+        action, state = pick_place_action(cfg, SMALL_OBJECT, view, state)
+        step = 0.4 * 0.05 * action[:3]
+        grip += step
+        if closed:
+            obj = np.maximum(obj + step, [-9, -9, floor_z(obj)])
+        closed = action[6] > 0
+        if PHASES[state.phase] == "transport":
+            bottoms.append(obj[2])
+        if PHASES[state.phase] == "done":
+            break
+    return state, obj, bottoms
+
+
 def test_pick_place_batch_on_kinematic_grippers():
     """Three ideal point grippers (each moves 0.4 x the commanded 0.05 m per unit and step; its object
     follows it while closed) stepped together: the two with the object away from the target place it
@@ -89,25 +112,13 @@ def test_plan_lifts_off_a_raised_support():
     """An object picked off a support higher than the target's top + `lift` (a bowl on the cabinet)
     is first lifted `pick_clearance` over where it started (before: the lift pushed it down into
     the cabinet and the transport dragged it off)."""
-    from pirl.envs.expert import PlanState, pick_place_action
+    from pirl.envs.expert import PlanState
 
     cfg = LiberoPlanConfig()
-    geo = SMALL_OBJECT
     target = np.array([0.0, 0.3, 0.9])
     grip, obj = np.array([0.0, -0.2, 1.3]), np.array([0.0, -0.25, 1.13])
-    state, closed, bottoms = PlanState(), False, []
-    for _ in range(300):
-        view = PickPlaceView(grip.copy(), DOWN, np.array([0.0, 1.0, 0.0]), obj.copy(), target)
-        action, state = pick_place_action(cfg, geo, view, state)
-        step = 0.4 * 0.05 * action[:3]
-        grip += step
-        if closed:
-            obj = np.maximum(obj + step, [-9, -9, 1.13 if abs(obj[1] + 0.25) < 0.05 else 0.915])
-        closed = action[6] > 0
-        if PHASES[state.phase] == "transport":
-            bottoms.append(obj[2])
-        if PHASES[state.phase] == "done":
-            break
+    on_cabinet = lambda o: 1.13 if abs(o[1] + 0.25) < 0.05 else 0.915  # noqa: E731
+    state, obj, bottoms = kinematic_pick_place(PlanState(), grip, obj, target, on_cabinet)
     assert state.pick_bottom == pytest.approx(1.13)
     assert min(bottoms) >= 1.13 + cfg.pick_clearance - 0.01, min(bottoms)  # carried clear of the cabinet
     assert np.linalg.norm(obj[:2] - target[:2]) < 0.01 and obj[2] < 0.95, obj  # then placed
@@ -117,26 +128,14 @@ def test_plan_carries_an_object_over_the_walls_it_stood_in():
     """An object in a drawer (walls 5.8 cm over its floor, libero_spatial 4) is carried with its bottom
     `wall_clearance` over the walls' top (`PlanState.pick_walls_top`), not only `pick_clearance` over
     where it stood (there the bowl caught on the drawer's front wall: MJX and real 8/10)."""
-    from pirl.envs.expert import PlanState, pick_place_action
+    from pirl.envs.expert import PlanState
 
     cfg = LiberoPlanConfig()
     target = np.array([0.0, 0.3, 0.9])
     walls = 1.064 + 0.058
     for start in (PlanState(), PlanState(pick_walls_top=walls)):
         grip, obj = np.array([0.0, -0.2, 1.3]), np.array([0.0, -0.1, 1.064])
-        state, closed, bottoms = start, False, []
-        for _ in range(300):
-            view = PickPlaceView(grip.copy(), DOWN, np.array([0.0, 1.0, 0.0]), obj.copy(), target)
-            action, state = pick_place_action(cfg, SMALL_OBJECT, view, state)
-            step = 0.4 * 0.05 * action[:3]
-            grip += step
-            if closed:
-                obj = np.maximum(obj + step, [-9, -9, 0.915])
-            closed = action[6] > 0
-            if PHASES[state.phase] == "transport":
-                bottoms.append(obj[2])
-            if PHASES[state.phase] == "done":
-                break
+        _, obj, bottoms = kinematic_pick_place(start, grip, obj, target, lambda o: 0.915)
         assert np.linalg.norm(obj[:2] - target[:2]) < 0.01 and obj[2] < 0.95, obj  # placed either way
         if start.pick_walls_top is None:
             assert min(bottoms) < walls  # 1.064 + pick_clearance: into the wall
