@@ -562,6 +562,36 @@ along the closing axis, 3.1 cm over the grip) clears a tall neighbour (libero_ob
 beside the tomato sauce)."""
 
 
+def standing_footprints(m, qpos: np.ndarray, skip: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """World (lo xy f64[2], hi xy f64[2], top z) boxes round each free object (a root body with a free
+    joint) at `qpos` but `skip` (the object being picked): what an approach may have to pass over.
+    `m` is the MJX scene (LIBERO's qpos layout)."""
+    import mujoco
+
+    from pirl.envs.libero_scene import geom_points, root_body
+
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    skip_root = root_body(m, _body(m, skip))
+    free = {
+        root_body(m, int(m.jnt_bodyid[j]))
+        for j in range(m.njnt)
+        if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
+    }
+    out = []
+    for r in sorted(free - {skip_root}):
+        pts = [
+            d.xpos[m.geom_bodyid[g]] + geom_points(m, g) @ d.xmat[m.geom_bodyid[g]].reshape(3, 3).T
+            for g in range(m.ngeom)
+            if root_body(m, int(m.geom_bodyid[g])) == r and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE
+        ]
+        if pts:
+            p = np.concatenate(pts)
+            out.append((p.min(0)[:2], p.max(0)[:2], float(p[:, 2].max())))
+    return out
+
+
 def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
     """(grasp_yaw, grasp_side) of the pick-and-place plan's PlanState for one episode: the first of
     GRASP_CHOICES whose open gripper, placed at the plan's grasp point and at its hover point above,
@@ -626,7 +656,9 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
             return yaw, side
         if clear > best_clear:
             best, best_clear = (yaw, side), clear
-    return choices[0] if centre else best
+    if centre:  # none clears: the turn that clears most, folded into +-90 degrees
+        return float((best[0] + np.pi / 2) % np.pi - np.pi / 2), best[1]
+    return best
 
 
 def real_pick_place(
@@ -1109,6 +1141,8 @@ class SequenceState:
     sub: object = None
     start_mat: np.ndarray | None = None
     """Grip orientation at the episode's first step."""
+    waited: int = 0
+    """Control steps the current sub-plan has waited for the objects to come to rest."""
 
 
 def sequence_action(
@@ -1122,7 +1156,14 @@ def sequence_action(
     the grasp is chosen on (default `m`; the real side passes it so both choose alike)."""
     import mujoco
 
-    from pirl.envs.expert import PHASES, PlanState, pick_place_action, rotation_error
+    from pirl.envs.expert import (
+        PHASES,
+        PlanState,
+        grasp_point,
+        pick_place_action,
+        rotation_error,
+        transit_height,
+    )
     from pirl.envs.libero_artic_expert import (
         ARTIC_PHASES,
         PUSH_PHASES,
@@ -1161,6 +1202,15 @@ def sequence_action(
         view = _view(m, d, _body(m, plan.obj), _target(m, plan.target))
         view = dataclasses.replace(view, target_pos=view.target_pos + np.asarray(plan.place_offset))
         sub = state.sub
+        if sub is None and state.index > 0 and state.waited < plan_cfg.rest_wait:
+            # objects still moving (thrown by the last release, or LIBERO's start) must land first
+            free = [m.jnt_dofadr[j] for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+            speed = max((np.linalg.norm(d.qvel[a : a + 3]) for a in free), default=0.0)
+            if speed > plan_cfg.rest_speed:
+                hold = np.zeros(7, np.float32)
+                hold[3:6] = np.clip(rotation_error(start, view.grip_mat) / 0.5 * plan_cfg.rot_gain, -1.0, 1.0)
+                hold[6] = -1.0
+                return hold, dataclasses.replace(state, waited=state.waited + 1), False
         if sub is None:
             # after an articulated plan the grip may be left tilted: hold the episode's first orientation
             tilted = np.linalg.norm(rotation_error(start, view.grip_mat)) > 0.1
@@ -1172,12 +1222,16 @@ def sequence_action(
                 closing = start @ view.grip_mat.T @ view.finger_axis
                 first = dataclasses.replace(view, grip_mat=start, finger_axis=closing)
             _, sub = pick_place_action(plan_cfg, plan.geo, first, PlanState(grasp_yaw=yaw, grasp_side=side))
-            sub = dataclasses.replace(sub, phase=0, steps=0)
+            # over what stands between the arm and the hover point
+            hover = grasp_point(view, sub) + np.array([0.0, 0.0, plan_cfg.hover])
+            feet = standing_footprints(chooser, qpos, plan.obj)
+            transit = transit_height(view.grip_pos, hover, feet, plan_cfg.transit_clearance)
+            sub = dataclasses.replace(sub, phase=0, steps=0, transit=transit)
         action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
         finished = PHASES[sub.phase] == "done"
     if finished and state.index + 1 < len(plans):
-        return action, SequenceState(state.index + 1, None, start), False
-    return action, SequenceState(state.index, sub, start), finished
+        return action, SequenceState(state.index + 1, None, start, 0), False
+    return action, SequenceState(state.index, sub, start, state.waited), finished
 
 
 def real_plan(
