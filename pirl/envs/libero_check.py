@@ -562,27 +562,23 @@ along the closing axis, 3.1 cm over the grip) clears a tall neighbour (libero_ob
 beside the tomato sauce)."""
 
 
-def standing_footprints(m, qpos: np.ndarray, skip: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def standing_footprints(m, d, skip: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """World (lo xy f64[2], hi xy f64[2], top z) boxes round each free object (a root body with a free
-    joint) at `qpos` but `skip` (the object being picked): what an approach may have to pass over.
-    `m` is the MJX scene (LIBERO's qpos layout)."""
+    joint) but `skip` (the object being picked), in model `m` at data `d` (either simulator; reads
+    d.xpos, d.xmat): what an approach may have to pass over. Each simulator's own model: the real
+    LIBERO's object bodies are framed unlike the MJX scene's, so its qpos does not pose the scene's."""
     import mujoco
 
     from pirl.envs.libero_scene import geom_points, root_body
 
-    d = mujoco.MjData(m)
-    d.qpos[:] = qpos
-    mujoco.mj_kinematics(m, d)
     skip_root = root_body(m, _body(m, skip))
-    free = {
-        root_body(m, int(m.jnt_bodyid[j]))
-        for j in range(m.njnt)
-        if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
-    }
+    free_joint = mujoco.mjtJoint.mjJNT_FREE
+    free = {root_body(m, int(m.jnt_bodyid[j])) for j in range(m.njnt) if m.jnt_type[j] == free_joint}
+    xpos, xmat = np.asarray(d.xpos), np.asarray(d.xmat).reshape(-1, 3, 3)
     out = []
     for r in sorted(free - {skip_root}):
         pts = [
-            d.xpos[m.geom_bodyid[g]] + geom_points(m, g) @ d.xmat[m.geom_bodyid[g]].reshape(3, 3).T
+            xpos[m.geom_bodyid[g]] + geom_points(m, g) @ xmat[m.geom_bodyid[g]].T
             for g in range(m.ngeom)
             if root_body(m, int(m.geom_bodyid[g])) == r and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE
         ]
@@ -723,7 +719,7 @@ def _plan_stepper(m, goal) -> tuple:
     mx = mjx.put_model(m)
     cfg = OSCConfig(timestep=float(m.opt.timestep))
     idx = OSCIndices.from_model(m)
-    fields = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
+    fields = ("qpos", "qvel", "xpos", "xmat", "site_xpos", "site_xmat")
 
     @jax.jit
     def step(d, a):
@@ -1202,7 +1198,7 @@ def sequence_action(
         view = _view(m, d, _body(m, plan.obj), _target(m, plan.target))
         view = dataclasses.replace(view, target_pos=view.target_pos + np.asarray(plan.place_offset))
         sub = state.sub
-        if sub is None and state.index > 0 and state.waited < plan_cfg.rest_wait:
+        if sub is None and state.waited < plan_cfg.rest_wait:
             # objects still moving (thrown by the last release, or LIBERO's start) must land first
             free = [m.jnt_dofadr[j] for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
             speed = max((np.linalg.norm(d.qvel[a : a + 3]) for a in free), default=0.0)
@@ -1224,7 +1220,7 @@ def sequence_action(
             _, sub = pick_place_action(plan_cfg, plan.geo, first, PlanState(grasp_yaw=yaw, grasp_side=side))
             # over what stands between the arm and the hover point
             hover = grasp_point(view, sub) + np.array([0.0, 0.0, plan_cfg.hover])
-            feet = standing_footprints(chooser, qpos, plan.obj)
+            feet = standing_footprints(m, d, plan.obj)
             transit = transit_height(view.grip_pos, hover, feet, plan_cfg.transit_clearance)
             sub = dataclasses.replace(sub, phase=0, steps=0, transit=transit)
         action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
