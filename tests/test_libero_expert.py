@@ -7,10 +7,21 @@ Nightly: the expert's success rate in MJX, all envs stepped as one vmapped batch
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from pirl.envs.expert import PHASES, LiberoPlanConfig, PickPlaceGeometry, PickPlaceView, pick_place_batch
+from pirl.envs.expert import (
+    PHASES,
+    R_DOWN,
+    LiberoPlanConfig,
+    PickPlaceGeometry,
+    PickPlaceView,
+    PlanState,
+    pick_place_action,
+    pick_place_batch,
+)
 
 DOWN = np.diag([1.0, -1.0, -1.0])
 
@@ -359,3 +370,30 @@ def test_expert_places_bottles_and_flat_boxes_in_real_libero():
     for r in recs:
         assert r["real_successes"] >= 9, r
         assert r["real_first_success_step"]["max"] <= 200, r  # not the stalled descent (202-221 before)
+
+
+def test_approach_transits_over_what_stands_on_its_path():
+    """The approach rises over a tall box on its straight path, moves over at its top + clearance,
+    then descends; with nothing in the way (or the path high enough) it goes straight."""
+    from pirl.envs.expert import transit_height
+
+    start, hover = np.array([0.0, 0.0, 0.5]), np.array([0.3, 0.0, 0.45])
+    milk = (np.array([0.12, -0.03]), np.array([0.18, 0.03]), 0.58)
+    aside = (np.array([0.12, 0.1]), np.array([0.18, 0.16]), 0.7)
+    low = (np.array([0.12, -0.03]), np.array([0.18, 0.03]), 0.3)
+    assert transit_height(start, hover, [milk], 0.03) == pytest.approx(0.61)
+    assert transit_height(start, hover, [aside, low], 0.03) is None
+    assert transit_height(np.array([0.0, 0.0, 1.0]), hover, [milk], 0.03) is None
+
+    cfg = LiberoPlanConfig()
+    geo = PickPlaceGeometry(np.array([-0.02] * 3), np.array([0.02] * 3), np.zeros(3), 0.0)
+    view = PickPlaceView(np.array(start), np.array(R_DOWN), np.array([0.0, 1.0, 0.0]),
+                         np.array([0.3, 0.0, 0.39]), np.array([0.0, 0.5, 0.3]))  # fmt: skip
+    _, st = pick_place_action(cfg, geo, view, PlanState())
+    st = dataclasses.replace(st, phase=0, steps=0, transit=0.61)
+    a, st = pick_place_action(cfg, geo, view, st)
+    assert a[2] > 0.5 and abs(a[0]) < 1e-6 and st.phase == 0  # up first
+    a, st = pick_place_action(cfg, geo, dataclasses.replace(view, grip_pos=np.array([0.0, 0.0, 0.61])), st)
+    assert a[0] > 0.5 and abs(a[2]) < 1e-6 and st.phase == 0  # across at the transit height
+    a, st = pick_place_action(cfg, geo, dataclasses.replace(view, grip_pos=np.array([0.3, 0.0, 0.61])), st)
+    assert a[2] < -0.5  # down onto the hover point

@@ -430,6 +430,15 @@ class LiberoPlanConfig:
     drop_clearance: float = 0.005
     """The released object counts as clear of the fingers when its top is this far (m) below the
     fingertips."""
+    transit_clearance: float = 0.03
+    """The approach passes this far (m) over the tops of what stands on its straight path from the
+    start to the hover point (libero_10 1: the milk carton beside the cream cheese was knocked over)."""
+    rest_speed: float = 0.05
+    """Goal sequences: a pick-and-place after the first waits until every free object moves slower
+    than this (m/s)..."""
+    rest_wait: int = 40
+    """...for at most this many control steps (LIBERO throws the milk up at some inits of libero_10 1;
+    it must land before the approach)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -508,6 +517,41 @@ class PlanState:
     pick_walls_top: float | None = None
     """Top (world z) of the walls round the object where it starts (a drawer's sides), which its bottom
     is lifted `wall_clearance` over before it is carried; None: nothing round it (libero_check.plan_start)."""
+    transit: float | None = None
+    """Approach: the height (grip site, world z) it moves over at (`transit_height`), None: straight
+    to the hover point."""
+
+
+def transit_height(
+    start: np.ndarray,
+    hover: np.ndarray,
+    footprints: Sequence[tuple[np.ndarray, np.ndarray, float]],
+    clearance: float,
+) -> float | None:
+    """Height (world z) at which the approach from `start` f64[3] to `hover` f64[3] moves over: `clearance`
+    over the highest top of the footprints (lo f64[2], hi f64[2] world xy box, top z) that the straight
+    path's xy segment crosses and that reach within `clearance` of the straight path's height there;
+    None when nothing stands in the way (or it has no horizontal extent)."""
+    a, b = np.asarray(start[:2], np.float64), np.asarray(hover[:2], np.float64)
+    d = b - a
+    need = None
+    for lo, hi, top in footprints:
+        # slab clip of the segment a + t d (t in [0, 1]) against the box
+        t0, t1 = 0.0, 1.0
+        for k in range(2):
+            if abs(d[k]) < 1e-12:
+                if a[k] < lo[k] or a[k] > hi[k]:
+                    t0, t1 = 1.0, 0.0
+                continue
+            u, v = (lo[k] - a[k]) / d[k], (hi[k] - a[k]) / d[k]
+            t0, t1 = max(t0, min(u, v)), min(t1, max(u, v))
+        if t0 > t1:
+            continue
+        # lowest height of the straight path over the box (it falls or rises linearly)
+        path_z = min(start[2] + t * (hover[2] - start[2]) for t in (t0, t1))
+        if path_z < top + clearance:
+            need = max(need if need is not None else -np.inf, top + clearance)
+    return None if need is None else float(max(need, hover[2]))
 
 
 def rot_z(angle: float) -> np.ndarray:
@@ -614,8 +658,20 @@ def pick_place_action(
     name = PHASES[phase]
     grip, speed = (-1.0, 1.0) if phase in (0, 1, 6, 7, 8) else (1.0, cfg.carry_speed)
     closing = False  # the retreat closes the fingers before it rises
+    transiting = False  # an approach leg short of the hover point
     if name == "approach":
         goal = grasp + np.array([0.0, 0.0, cfg.hover])
+        if (
+            state.transit is not None
+            and steps < 3 * cfg.phase_timeout
+            and np.linalg.norm(goal[:2] - view.grip_pos[:2]) > 2 * cfg.reach_tol
+        ):
+            # over what stands on the straight path: rise first, then across, then down
+            transiting = True
+            if view.grip_pos[2] < state.transit - cfg.reach_tol:
+                goal = np.array([*view.grip_pos[:2], state.transit])
+            else:
+                goal = np.array([*goal[:2], max(state.transit, goal[2])])
     elif name == "descend":
         goal = grasp
     elif name in ("close", "release"):
@@ -651,7 +707,7 @@ def pick_place_action(
     action = np.concatenate([a_pos, a_rot, [grip]]).astype(np.float32)
     if name in ("close", "release"):
         done = steps + 1 >= cfg.grip_steps
-    elif name == "done" or closing:
+    elif name == "done" or closing or transiting:
         done = False
     else:
         there = np.linalg.norm(err) < cfg.reach_tol * (2.0 if name == "retreat" else 1.0)

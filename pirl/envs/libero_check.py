@@ -562,6 +562,32 @@ along the closing axis, 3.1 cm over the grip) clears a tall neighbour (libero_ob
 beside the tomato sauce)."""
 
 
+def standing_footprints(m, d, skip: str) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """World (lo xy f64[2], hi xy f64[2], top z) boxes round each free object (a root body with a free
+    joint) but `skip` (the object being picked), in model `m` at data `d` (either simulator; reads
+    d.xpos, d.xmat): what an approach may have to pass over. Each simulator's own model: the real
+    LIBERO's object bodies are framed unlike the MJX scene's, so its qpos does not pose the scene's."""
+    import mujoco
+
+    from pirl.envs.libero_scene import geom_points, root_body
+
+    skip_root = root_body(m, _body(m, skip))
+    free_joint = mujoco.mjtJoint.mjJNT_FREE
+    free = {root_body(m, int(m.jnt_bodyid[j])) for j in range(m.njnt) if m.jnt_type[j] == free_joint}
+    xpos, xmat = np.asarray(d.xpos), np.asarray(d.xmat).reshape(-1, 3, 3)
+    out = []
+    for r in sorted(free - {skip_root}):
+        pts = [
+            xpos[m.geom_bodyid[g]] + geom_points(m, g) @ xmat[m.geom_bodyid[g]].T
+            for g in range(m.ngeom)
+            if root_body(m, int(m.geom_bodyid[g])) == r and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE
+        ]
+        if pts:
+            p = np.concatenate(pts)
+            out.append((p.min(0)[:2], p.max(0)[:2], float(p[:, 2].max())))
+    return out
+
+
 def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
     """(grasp_yaw, grasp_side) of the pick-and-place plan's PlanState for one episode: the first of
     GRASP_CHOICES whose open gripper, placed at the plan's grasp point and at its hover point above,
@@ -626,7 +652,9 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
             return yaw, side
         if clear > best_clear:
             best, best_clear = (yaw, side), clear
-    return choices[0] if centre else best
+    if centre:  # none clears: the turn that clears most, folded into +-90 degrees
+        return float((best[0] + np.pi / 2) % np.pi - np.pi / 2), best[1]
+    return best
 
 
 PICK_FLOOR_TOL = 0.015
@@ -832,7 +860,7 @@ def _plan_stepper(m, goal) -> tuple:
     mx = mjx.put_model(m)
     cfg = OSCConfig(timestep=float(m.opt.timestep))
     idx = OSCIndices.from_model(m)
-    fields = ("qpos", "xpos", "xmat", "site_xpos", "site_xmat")
+    fields = ("qpos", "qvel", "xpos", "xmat", "site_xpos", "site_xmat")
 
     @jax.jit
     def step(d, a):
@@ -1365,6 +1393,8 @@ class SequenceState:
     """Grip orientation at the episode's first step."""
     start_pos: np.ndarray | None = None
     """Grip position at the episode's first step."""
+    waited: int = 0
+    """Control steps the current sub-plan has waited for the objects to come to rest."""
 
 
 def sequence_action(
@@ -1378,7 +1408,7 @@ def sequence_action(
     the grasp is chosen on (default `m`; the real side passes it so both choose alike)."""
     import mujoco
 
-    from pirl.envs.expert import PHASES, pick_place_action, rotation_error
+    from pirl.envs.expert import PHASES, grasp_point, pick_place_action, rotation_error, transit_height
     from pirl.envs.libero_artic_expert import (
         ARTIC_PHASES,
         PUSH_PHASES,
@@ -1430,6 +1460,15 @@ def sequence_action(
         view = _view(m, d, _body(m, plan.obj), _target(m, plan.target))
         view = dataclasses.replace(view, target_pos=view.target_pos + np.asarray(plan.place_offset))
         sub = state.sub
+        if sub is None and state.waited < plan_cfg.rest_wait:
+            # objects still moving (thrown by the last release, or LIBERO's start) must land first
+            free = [m.jnt_dofadr[j] for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+            speed = max((np.linalg.norm(d.qvel[a : a + 3]) for a in free), default=0.0)
+            if speed > plan_cfg.rest_speed:
+                hold = np.zeros(7, np.float32)
+                hold[3:6] = np.clip(rotation_error(start, view.grip_mat) / 0.5 * plan_cfg.rot_gain, -1.0, 1.0)
+                hold[6] = -1.0
+                return hold, dataclasses.replace(state, waited=state.waited + 1), False
         if sub is None:
             # after an articulated plan the grip may be left tilted: hold the episode's first orientation
             tilted = np.linalg.norm(rotation_error(start, view.grip_mat)) > 0.1
@@ -1441,11 +1480,15 @@ def sequence_action(
                 closing = start @ view.grip_mat.T @ view.finger_axis
                 first = dataclasses.replace(view, grip_mat=start, finger_axis=closing)
             _, sub = pick_place_action(plan_cfg, plan.geo, first, begin)
-            sub = dataclasses.replace(sub, phase=0, steps=0)
+            # over what stands between the arm and the hover point
+            hover = grasp_point(view, sub) + np.array([0.0, 0.0, plan_cfg.hover])
+            feet = standing_footprints(m, d, plan.obj)
+            transit = transit_height(view.grip_pos, hover, feet, plan_cfg.transit_clearance)
+            sub = dataclasses.replace(sub, phase=0, steps=0, transit=transit)
         action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
         finished = PHASES[sub.phase] == "done"
     if finished and state.index + 1 < len(plans):
-        return action, dataclasses.replace(state, index=state.index + 1, sub=None), False
+        return action, dataclasses.replace(state, index=state.index + 1, sub=None, waited=0), False
     return action, dataclasses.replace(state, sub=sub), finished
 
 
