@@ -588,6 +588,17 @@ def grasp_point(view: PickPlaceView, state: PlanState) -> np.ndarray:
     return view.obj_pos + (view.obj_mat @ off if state.grasp_in_body else off)
 
 
+def servo_action(
+    cfg: LiberoPlanConfig, pos_err: np.ndarray, rot_err: np.ndarray, grip: float, speed: float = 1.0
+) -> np.ndarray:
+    """The plans' OSC_POSE action f32[7] towards a grip pose: position action `pos_gain` per (error /
+    0.05 m) within +-`speed`, rotation action `rot_gain` per (axis-angle error / 0.5 rad) within +-1,
+    and the gripper's command `grip` (robosuite's: -1 opens, +1 closes)."""
+    a_pos = np.clip(np.asarray(pos_err) / 0.05 * cfg.pos_gain, -speed, speed)
+    a_rot = np.clip(np.asarray(rot_err) / 0.5 * cfg.rot_gain, -1.0, 1.0)
+    return np.concatenate([a_pos, a_rot, [grip]]).astype(np.float32)
+
+
 def pick_place_action(
     cfg: LiberoPlanConfig, geo: PickPlaceGeometry, view: PickPlaceView, state: PlanState
 ) -> tuple[np.ndarray, PlanState]:
@@ -699,12 +710,10 @@ def pick_place_action(
             if closing:
                 goal = view.grip_pos
     err = goal - view.grip_pos
-    a_pos = np.clip(err / 0.05 * cfg.pos_gain, -speed, speed)
     # from the transport on, the grip (and the object held) turns by place_yaw
     hold_mat = rot_z(state.place_yaw) @ ref if phase >= PHASES.index("transport") else ref
     turn_err = rotation_error(hold_mat, view.grip_mat)
-    a_rot = np.clip(turn_err / 0.5 * cfg.rot_gain, -1.0, 1.0)
-    action = np.concatenate([a_pos, a_rot, [grip]]).astype(np.float32)
+    action = servo_action(cfg, err, turn_err, grip, speed)
     if name in ("close", "release"):
         done = steps + 1 >= cfg.grip_steps
     elif name == "done" or closing or transiting:

@@ -38,7 +38,7 @@ import dataclasses
 import mujoco
 import numpy as np
 
-from pirl.envs.expert import FINGERTIP_BELOW_SITE, LiberoPlanConfig, rotation_error
+from pirl.envs.expert import FINGERTIP_BELOW_SITE, LiberoPlanConfig, rotation_error, servo_action
 
 DOOR_MIN_REACH = 0.08
 """A vertical hinge whose body reaches further than this (m) from its axis is a door (pushed round its
@@ -401,9 +401,7 @@ def articulated_action(
                 want = _upright_want(view, state, ref)
     err = goal - view.grip_pos
     speed = cfg.carry_speed if name == "move" else 1.0
-    a_pos = np.clip(err / 0.05 * cfg.pos_gain, -speed, speed)
-    a_rot = np.clip(rotation_error(want, view.grip_mat) / 0.5 * cfg.rot_gain, -1.0, 1.0)
-    action = np.concatenate([a_pos, a_rot, [grip]]).astype(np.float32)
+    action = servo_action(cfg, err, rotation_error(want, view.grip_mat), grip, speed)
     rot_ok = np.linalg.norm(rotation_error(want, view.grip_mat)) < (0.3 if name == "upright" else 0.1)
     if name in ("close", "release"):
         done = state.steps + 1 >= (1 if geo.kind == "door" else cfg.grip_steps)  # a door's fingers stay shut
@@ -686,10 +684,8 @@ def push_action(
         want = state.start_mat
     err = goal - view.grip_pos
     speed = push.speed if name == "push" else 1.0
-    a_pos = np.clip(err / 0.05 * cfg.pos_gain, -speed, speed)
     rot = rotation_error(want, view.grip_mat)
-    a_rot = np.clip(rot / 0.5 * cfg.rot_gain, -1.0, 1.0)
-    action = np.concatenate([a_pos, a_rot, [1.0]]).astype(np.float32)
+    action = servo_action(cfg, err, rot, 1.0, speed)
     if name == "down":  # over the middle, down on the floor (the press target lies under it)
         reached = np.linalg.norm(err[:2]) < cfg.reach_tol and err[2] > -cfg.reach_tol - max(
             -push.tip_clearance, 0.0

@@ -569,16 +569,15 @@ def standing_footprints(m, d, skip: str) -> list[tuple[np.ndarray, np.ndarray, f
     LIBERO's object bodies are framed unlike the MJX scene's, so its qpos does not pose the scene's."""
     import mujoco
 
-    from pirl.envs.libero_scene import geom_points, root_body
+    from pirl.envs.libero_scene import geom_world_points, root_body
 
     skip_root = root_body(m, _body(m, skip))
     free_joint = mujoco.mjtJoint.mjJNT_FREE
     free = {root_body(m, int(m.jnt_bodyid[j])) for j in range(m.njnt) if m.jnt_type[j] == free_joint}
-    xpos, xmat = np.asarray(d.xpos), np.asarray(d.xmat).reshape(-1, 3, 3)
     out = []
     for r in sorted(free - {skip_root}):
         pts = [
-            xpos[m.geom_bodyid[g]] + geom_points(m, g) @ xmat[m.geom_bodyid[g]].T
+            geom_world_points(m, d, g)
             for g in range(m.ngeom)
             if root_body(m, int(m.geom_bodyid[g])) == r and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE
         ]
@@ -586,6 +585,32 @@ def standing_footprints(m, d, skip: str) -> list[tuple[np.ndarray, np.ndarray, f
             p = np.concatenate(pts)
             out.append((p.min(0)[:2], p.max(0)[:2], float(p[:, 2].max())))
     return out
+
+
+def gripper_and_others(
+    m, d, obj_body: int
+) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]], list[int]]:
+    """The gripper's geoms, their poses (position f64[3], orientation f64[3, 3]) in the grip site's
+    frame at the kinematics of `d` (to be placed at a planned grip pose), and every geom that is
+    neither the robot's nor the mount's nor of the object `obj_body` hangs from: what a planned grip
+    pose is measured against (`grasp_choice`, `place_choice`)."""
+    import mujoco
+
+    from pirl.envs.libero_scene import root_body
+
+    body_name = lambda b: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, b) or ""  # noqa: E731
+    roots = [root_body(m, b) for b in m.geom_bodyid]
+    names = [body_name(r) for r in roots]
+    grip = [g for g in range(m.ngeom)
+            if names[g].startswith("robot0_") and body_name(m.geom_bodyid[g]).startswith("gripper0_")]  # fmt: skip
+    held = root_body(m, obj_body)
+    others = [
+        g for g in range(m.ngeom) if not names[g].startswith(("robot0_", "mount0_")) and roots[g] != held
+    ]
+    site = _grip_site(m)
+    site_r, site_p = d.site_xmat[site].reshape(3, 3), d.site_xpos[site]
+    rel = [(site_r.T @ (d.geom_xpos[g] - site_p), site_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in grip]
+    return grip, rel, others
 
 
 def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
@@ -597,11 +622,11 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
     at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) take the first of
     CENTRE_GRASP_TURNS that clears (measured 1 cm over the grasp point and leaving out the object's
     support, planes and geoms whose top is within 5 mm of its bottom: the fingertips of a grasp of a
-    flat box reach it), else the unturned one."""
+    flat box reach it), else the one that clears most, folded into +-90 degrees."""
     import mujoco
 
     from pirl.envs.expert import PlanState, grasp_point, pick_place_action
-    from pirl.envs.libero_scene import root_body
+    from pirl.envs.libero_scene import geom_world_points, root_body
 
     centre = geo.grasp_axis is not None
     d = mujoco.MjData(m)
@@ -609,31 +634,16 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
     mujoco.mj_kinematics(m, d)
     ob, tb = _body(m, obj), _target(m, target)
     view = _view(m, d, ob, tb)
-    site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
-    root = lambda b: root_body(m, b)  # noqa: E731
-    names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, root(b)) or "" for b in m.geom_bodyid]
-    grip = [g for g in range(m.ngeom) if names[g].startswith("robot0_") and
-            (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "").startswith("gripper0_")]  # fmt: skip
-    others = [
-        g
-        for g in range(m.ngeom)
-        if not names[g].startswith(("robot0_", "mount0_")) and root(m.geom_bodyid[g]) != root(ob)
-    ]
+    grip, rel, others = gripper_and_others(m, d, ob)
     if centre:  # the fingertips of a centre grasp reach the object's support: leave it out
-        from pirl.envs.libero_scene import geom_points
-
-        def z_of(g: int) -> np.ndarray:
-            b = m.geom_bodyid[g]
-            return (d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T)[:, 2]
-
-        bottom = min(z_of(g).min() for g in range(m.ngeom) if root(m.geom_bodyid[g]) == root(ob))
+        z_of = lambda g: geom_world_points(m, d, g)[:, 2]  # noqa: E731
+        held = root_body(m, ob)
+        bottom = min(z_of(g).min() for g in range(m.ngeom) if root_body(m, m.geom_bodyid[g]) == held)
         others = [
             h
             for h in others
             if m.geom_type[h] != mujoco.mjtGeom.mjGEOM_PLANE and z_of(h).max() > bottom + 0.005
         ]
-    site_r, site_p = d.site_xmat[site].reshape(3, 3), d.site_xpos[site]
-    rel = [(site_r.T @ (d.geom_xpos[g] - site_p), site_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in grip]
     choices = [(t, 1.0) for t in CENTRE_GRASP_TURNS] if centre else GRASP_CHOICES
     best, best_clear = choices[0], -np.inf
     for yaw, side in choices:
@@ -673,7 +683,7 @@ def pick_walls_top(m, qpos: np.ndarray, obj: str) -> float | None:
     5.8 cm over its floor: carried 5 cm over where it stood, it caught on the front wall."""
     import mujoco
 
-    from pirl.envs.libero_scene import geom_points, is_table, root_body
+    from pirl.envs.libero_scene import geom_world_points, is_table, root_body
 
     d = mujoco.MjData(m)
     d.qpos[:] = qpos
@@ -681,8 +691,7 @@ def pick_walls_top(m, qpos: np.ndarray, obj: str) -> float | None:
     ob = root_body(m, _body(m, obj))
     per_body: dict[int, list[np.ndarray]] = {}
     for g in range(m.ngeom):
-        b = m.geom_bodyid[g]
-        per_body.setdefault(b, []).append(d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T)
+        per_body.setdefault(m.geom_bodyid[g], []).append(geom_world_points(m, d, g))
     mine = np.concatenate([p for b, ps in per_body.items() if root_body(m, b) == ob for p in ps])
     lo, hi = mine.min(0), mine.max(0)
 
@@ -743,19 +752,14 @@ def place_choice(
     view = dataclasses.replace(view, target_pos=view.target_pos + np.asarray(place_offset, np.float64))
     _, st = pick_place_action(plan_cfg, geo, view, begin)
     offset = view.obj_mat @ st.grasp_offset if st.grasp_in_body else st.grasp_offset
-    site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "gripper0_grip_site")
-    root = root_body(m, ob)
-    names = [mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, root_body(m, b)) or "" for b in m.geom_bodyid]
-    grip = [g for g in range(m.ngeom) if names[g].startswith("robot0_") and
-            (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "").startswith("gripper0_")]  # fmt: skip
-    held = [g for g in range(m.ngeom) if root_body(m, m.geom_bodyid[g]) == root]
+    grip, grip_rel, others = gripper_and_others(m, d, ob)
     others = [
-        g for g in range(m.ngeom)
-        if not names[g].startswith(("robot0_", "mount0_")) and root_body(m, m.geom_bodyid[g]) != root
-        and not is_table(m, m.geom_bodyid[g]) and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE
-    ]  # fmt: skip
-    site_r, site_p = d.site_xmat[site].reshape(3, 3), d.site_xpos[site]
-    grip_rel = [(site_r.T @ (d.geom_xpos[g] - site_p), site_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in grip]
+        g
+        for g in others
+        if not is_table(m, m.geom_bodyid[g]) and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE
+    ]
+    root = root_body(m, ob)
+    held = [g for g in range(m.ngeom) if root_body(m, m.geom_bodyid[g]) == root]
     obj_r, obj_p = view.obj_mat, view.obj_pos
     held_rel = [(obj_r.T @ (d.geom_xpos[g] - obj_p), obj_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in held]
     w_lo = world_extents(geo, view.obj_mat)[0]
@@ -1270,7 +1274,7 @@ def staging_point(m, qpos: np.ndarray | None, obj: str, opener) -> np.ndarray | 
     nothing)."""
     import mujoco
 
-    from pirl.envs.libero_scene import geom_points, is_table, root_body
+    from pirl.envs.libero_scene import geom_world_points, is_table, root_body
 
     d = mujoco.MjData(m)
     if qpos is not None:
@@ -1287,7 +1291,7 @@ def staging_point(m, qpos: np.ndarray | None, obj: str, opener) -> np.ndarray | 
         name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, root_body(m, b)) or ""
         if name.startswith(("robot0_", "mount0_")) or root_body(m, b) == 0:
             continue
-        pts = d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T
+        pts = geom_world_points(m, d, g)
         if is_table(m, b):  # its top's bounds (MJX's table top is a plane, a rectangle here)
             table.append(pts)
             continue
@@ -1408,7 +1412,14 @@ def sequence_action(
     the grasp is chosen on (default `m`; the real side passes it so both choose alike)."""
     import mujoco
 
-    from pirl.envs.expert import PHASES, grasp_point, pick_place_action, rotation_error, transit_height
+    from pirl.envs.expert import (
+        PHASES,
+        grasp_point,
+        pick_place_action,
+        rotation_error,
+        servo_action,
+        transit_height,
+    )
     from pirl.envs.libero_artic_expert import (
         ARTIC_PHASES,
         PUSH_PHASES,
@@ -1434,9 +1445,7 @@ def sequence_action(
         steps = state.sub or 0
         err = state.start_pos - np.asarray(d.site_xpos[site])
         turn = rotation_error(start, np.asarray(d.site_xmat[site]).reshape(3, 3))
-        a_pos = np.clip(err / 0.05 * plan_cfg.pos_gain, -1.0, 1.0)
-        a_rot = np.clip(turn / 0.5 * plan_cfg.rot_gain, -1.0, 1.0)
-        action = np.concatenate([a_pos, a_rot, [-1.0]]).astype(np.float32)
+        action = servo_action(plan_cfg, err, turn, -1.0)
         there = np.linalg.norm(err) < 2 * plan_cfg.reach_tol and np.linalg.norm(turn) < 0.1
         finished = there or steps + 1 >= plan_cfg.phase_timeout
         sub = steps + 1
@@ -1465,9 +1474,7 @@ def sequence_action(
             free = [m.jnt_dofadr[j] for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
             speed = max((np.linalg.norm(d.qvel[a : a + 3]) for a in free), default=0.0)
             if speed > plan_cfg.rest_speed:
-                hold = np.zeros(7, np.float32)
-                hold[3:6] = np.clip(rotation_error(start, view.grip_mat) / 0.5 * plan_cfg.rot_gain, -1.0, 1.0)
-                hold[6] = -1.0
+                hold = servo_action(plan_cfg, np.zeros(3), rotation_error(start, view.grip_mat), -1.0)
                 return hold, dataclasses.replace(state, waited=state.waited + 1), False
         if sub is None:
             # after an articulated plan the grip may be left tilted: hold the episode's first orientation

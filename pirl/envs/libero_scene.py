@@ -199,6 +199,12 @@ def geom_points(m: mujoco.MjModel, g: int) -> np.ndarray:
     return local @ _quat_to_mat(m.geom_quat[g]).T + m.geom_pos[g]
 
 
+def geom_world_points(m: mujoco.MjModel, d: mujoco.MjData, g: int) -> np.ndarray:
+    """`geom_points` of geom g in the world frame f64[n, 3], at the kinematics of `d` (its xpos, xmat)."""
+    b = m.geom_bodyid[g]
+    return np.asarray(d.xpos[b]) + geom_points(m, g) @ np.asarray(d.xmat[b]).reshape(3, 3).T
+
+
 def tops_over(per_geom: list[np.ndarray], xy: np.ndarray) -> list[float]:
     """Top z of each point set f64[n, 3] (one geom's, any frame) whose horizontal extent covers the
     point `xy`: what a body offers to stand on there (a plate's floor, a container's, a pot's lid)."""
@@ -387,8 +393,7 @@ def table_top(m: mujoco.MjModel, d: mujoco.MjData) -> tuple[np.ndarray, np.ndarr
     for g in range(m.ngeom):
         if not _is_collision(m, g) or not is_table(m, m.geom_bodyid[g]):
             continue
-        b = m.geom_bodyid[g]
-        pts = d.xpos[b] + geom_points(m, g) @ d.xmat[b].reshape(3, 3).T
+        pts = geom_world_points(m, d, g)
         boxes.append((pts.min(0), pts.max(0)))
     if not boxes:
         return None
