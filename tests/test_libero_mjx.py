@@ -541,3 +541,54 @@ def test_pudding_is_set_down_turned_where_the_hand_clears_the_mug():
         half = m.site_size[m.site(plan.target).id][:2]
         if st.place_shift is not None:
             assert np.all(np.abs(st.place_shift[:2]) <= PLACE_SHIFT * half + 1e-9)
+
+
+def test_mug_goes_into_the_microwave_through_its_open_side():
+    """libero_10 9: the microwave is 14.4 cm high inside and the mug 11.6 cm tall, so a hand over the
+    mug does not fit under its roof (real 0/10, MJX 0/5 lowering it from above). `side_entry` reads
+    the heating region's open side off the microwave's walls (its -y side: the door's); the plan
+    grasps the mug's handle (facing out) from above, closing across the entry, and `entry_place` sets
+    it down just inside with the hand's box at the opening, across where the hand clears the open
+    door. The arm goes home before the door is pushed shut (turned a quarter, the last joint
+    stopped at its limit). A basket (libero_10 0) has no roof: from above."""
+    from pirl.envs.expert import HAND_HALF_DEPTH, LiberoPlanConfig, pick_place_action
+    from pirl.envs.libero_check import _target, _view, goal_subplans, plan_start, side_entry
+    from pirl.envs.libero_predicates import ensure_goal_spec, settle_held
+
+    t = ls.load_task("libero_10", 9)
+    m = t.model
+    d = mujoco.MjData(m)
+    d.qpos[:] = t.init_states[3][1 : 1 + m.nq]
+    settle_held(m, d, 0.3)
+    qpos = d.qpos.copy()
+    plans = goal_subplans(m, ensure_goal_spec("libero_10", 9), qpos)
+    assert [p.kind for p in plans] == ["pick_place", "home", "artic"]
+    geo = plans[0].geo
+    np.testing.assert_allclose(geo.entry, [0.0, 1.0, 0.0], atol=1e-6)
+    site = m.site(plans[0].target).id
+    mujoco.mj_kinematics(m, d)
+    half = m.site_size[site]
+    # the front edges of its floor and roof: inside the region's half depth, 9.8 cm from its middle
+    assert 0.5 * half[1] < geo.entry_face < half[1] + 0.02
+    cfg = LiberoPlanConfig()
+    st = plan_start(m, qpos, plans[0].obj, plans[0].target, geo, cfg)
+    view = _view(m, d, m.body("white_yellow_mug_1_main").id, ("site", site))
+    _, first = pick_place_action(cfg, geo, view, st)
+    closing = first.ref_mat @ view.grip_mat.T @ view.finger_axis
+    assert abs(closing @ geo.entry) < 1e-6  # closing across the entry
+    grasp = view.obj_pos + first.grasp_offset
+    assert grasp[1] < view.obj_pos[1] - 0.04  # the handle, out in front of the cup
+    # the place: the hand's side towards the microwave at its open face, the mug inside the region
+    place = view.target_pos + st.place_shift
+    hand_front = place[1] + first.grasp_offset[1] + HAND_HALF_DEPTH
+    assert abs(hand_front - (view.target_pos[1] - geo.entry_face)) < 1e-6
+    assert view.target_pos[1] - half[1] < place[1] < view.target_pos[1] + half[1]
+    basket = ls.load_task("libero_10", 0)
+    spec = ensure_goal_spec("libero_10", 0)
+    for p in goal_subplans(basket.model, spec, basket.init_states[0][1 : 1 + basket.model.nq]):
+        assert p.geo.entry is None
+        kind, tid = _target(basket.model, p.target)
+        assert kind == "site"  # the basket's contain region: walls on all four sides, no roof
+        bd = mujoco.MjData(basket.model)
+        mujoco.mj_kinematics(basket.model, bd)
+        assert side_entry(basket.model, bd, basket.model.site_bodyid[tid], tid) == (None, 0.0)

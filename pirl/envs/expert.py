@@ -41,6 +41,13 @@ TCP_TIP_CLEARANCE = 0.026  # m: lowest TCP height that keeps the fingertips off 
 YAW_LIMIT = 2.0
 FINGERTIP_BELOW_SITE = 0.009
 """Fingertips below the grip site (m)."""
+HAND_HALF_DEPTH = 0.032
+"""Half thickness (m) of the hand's box across its closing axis (the Panda hand's 6.4 cm)."""
+ENTRY_BACK_OUT = 0.08
+"""A side entry's retreat backs the open hand this far (m) out along the entry before it rises."""
+HANDLE_DEPTH = 0.02
+"""A side entry (`PickPlaceGeometry.entry`) grasps the object's part within this (m) of its outermost
+point facing out of the container (the mug's fitted handle stands 2.5 cm out from its cup), half way in."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,6 +446,11 @@ class LiberoPlanConfig:
     rest_wait: int = 40
     """...for at most this many control steps (LIBERO throws the milk up at some inits of libero_10 1;
     it must land before the approach)."""
+    entry_gap: float = 0.015
+    """Side entry (`PickPlaceGeometry.entry`): the object's bottom over the container's floor while it is
+    carried in."""
+    entry_release: float = 0.003
+    """Side entry: the object's bottom over the container's floor when the fingers open."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,6 +498,14 @@ class PickPlaceGeometry:
     between them (the moka pot's lid knob): the fingers straddle that part (wall_radius 0) instead of
     a wall round the middle of the whole object's extents, the grip site no lower than its z (nor
     than `grasp_depth` under the top); None: the wall grasp (bowls)."""
+    entry: np.ndarray | None = None
+    """f64[3] world horizontal unit vector into a roofed container through its open side (an In goal
+    into the microwave: 14.4 cm high inside, the hand over an 11.6 cm mug does not fit under its
+    roof): the object is grasped from above by its part facing out (`HANDLE_DEPTH`: the mug's
+    handle), carried in at its floor's height (`LiberoPlanConfig.entry_gap`) and set down where the
+    hand stays outside (`entry_face`, `PlanState.place_shift`); None: lowered in from above."""
+    entry_face: float = 0.0
+    """With `entry`: the open side's distance (m) from the target position, against `entry`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -614,6 +634,12 @@ def pick_place_action(
             yaw = np.arctan2(want[1], want[0]) - np.arctan2(have[1], have[0])
             yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2 + state.grasp_yaw
             ref = rot_z(yaw) @ view.grip_mat
+        elif geo.entry is not None:
+            # the closing axis across the entry (the hand's thin side towards the container), the
+            # nearer of the two turns
+            across = np.cross([0.0, 0.0, 1.0], geo.entry)
+            yaw = np.arctan2(across[1], across[0]) - np.arctan2(view.finger_axis[1], view.finger_axis[0])
+            ref = rot_z((yaw + np.pi / 2) % np.pi - np.pi / 2) @ view.grip_mat
         elif state.grasp_yaw:
             ref = rot_z(state.grasp_yaw) @ view.grip_mat
     if state.grasp_offset is None:
@@ -633,6 +659,15 @@ def pick_place_action(
             offset = np.array(geo.top_grasp, np.float64)
             offset[2] = max(geo.obj_hi[2] - cfg.grasp_depth, offset[2])
         w_lo, w_hi = world_extents(geo, view.obj_mat if geo.grasp_axis is not None else None)
+        if geo.entry is not None and view.obj_mat is not None:
+            # the part facing out of the container (the handle), from above, closing across the entry
+            pts = geo.obj_points @ view.obj_mat.T
+            out = pts @ -geo.entry
+            part = pts[out > out.max() - HANDLE_DEPTH]
+            offset = part.mean(0) + geo.entry * (np.mean(part @ -geo.entry) - (out.max() - HANDLE_DEPTH / 2))
+            offset[2] = part[:, 2].max() - cfg.grasp_depth
+            w_lo = world_extents(geo, view.obj_mat)[0]
+            tilt = None
         if geo.grasp_axis is not None:  # across the middle, under the top as it stands (world frame)
             offset = np.array([(w_lo[0] + w_hi[0]) / 2, (w_lo[1] + w_hi[1]) / 2,
                                max(w_hi[2] - cfg.centre_depth, w_lo[2] + 0.01)])  # fmt: skip
@@ -649,8 +684,14 @@ def pick_place_action(
     carry = max(target_top + cfg.lift, state.pick_bottom + cfg.pick_clearance)
     if state.pick_walls_top is not None:  # out over the walls of the drawer it stood in
         carry = max(carry, state.pick_walls_top + cfg.wall_clearance)
+    if geo.entry is not None:  # in through the open side, just over the floor
+        carry = view.target_pos[2] + geo.target_floor + cfg.entry_gap
     # while holding, steer the object: the grip keeps its offset to it
     hold = view.grip_pos - view.obj_pos
+    if geo.entry is not None:
+        # steer the grip: its way in ends at the container's face (the handle held by its pinch turns
+        # in MJX, the cup pitching down up to 20 degrees, and the object's origin runs 3 cm ahead)
+        hold = state.grasp_offset
     # Centre grasps read the object as it stands (LIBERO's bottles are body-y up); wall grasps (bowls,
     # body z up) keep the body frame's z and, onto an On target, the release over its top, as measured
     # on libero_spatial (a held bowl tilts: its turned extents would release it higher).
@@ -666,6 +707,8 @@ def pick_place_action(
             view.target_pos[2] + geo.target_floor + cfg.release_gap, target_top + cfg.rim_grip - held
         )
         release = min(release, target_top + cfg.release_gap)
+        if geo.entry is not None:
+            release = view.target_pos[2] + geo.target_floor + cfg.entry_release
     name = PHASES[phase]
     grip, speed = (-1.0, 1.0) if phase in (0, 1, 6, 7, 8) else (1.0, cfg.carry_speed)
     closing = False  # the retreat closes the fingers before it rises
@@ -692,6 +735,10 @@ def pick_place_action(
         goal = np.array([*view.grip_pos[:2], view.grip_pos[2] + (carry - obj_bottom)])
     elif name == "transport":
         goal = np.array([*(view.target_pos[:2] + hold[:2]), view.grip_pos[2] + (carry - obj_bottom)])
+        if geo.entry is not None:  # lined up with the place across the opening first, then straight in
+            along = geo.entry * ((goal - view.grip_pos) @ geo.entry)
+            if np.linalg.norm(goal - view.grip_pos - along) > 2 * cfg.reach_tol:
+                goal = goal - along
     elif name == "lower":
         goal = np.array(
             [
@@ -701,9 +748,15 @@ def pick_place_action(
         )
     else:  # retreat, done
         goal = np.array([*view.grip_pos[:2], max(view.grip_pos[2], target_top + 0.2)])
+        if geo.entry is not None and name == "retreat":
+            # back out first, clear of the handle (in MJX the released mug rocks back onto the palm)
+            back = view.target_pos + hold - geo.entry * ENTRY_BACK_OUT
+            if (back - view.grip_pos)[:2] @ -geo.entry[:2] > cfg.reach_tol:
+                goal = np.array([*back[:2], view.grip_pos[2]])
         obj_top = view.obj_pos[2] + world_extents(geo, view.obj_mat)[1][2]
         tips = view.grip_pos[2] - FINGERTIP_BELOW_SITE
-        if name == "retreat" and geo.target_floor is not None and obj_top < tips - cfg.drop_clearance:
+        inside = geo.target_floor is not None and geo.entry is None  # (a side entry's hand is outside)
+        if name == "retreat" and inside and obj_top < tips - cfg.drop_clearance:
             # out of a container the object has dropped into: close the fingers (off its walls) first
             grip = 1.0
             closing = steps < cfg.container_close_steps

@@ -485,7 +485,7 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
 
     lo, hi, centres, pts, each = extents(_body(m, obj))
     kind, tid = _target(m, target)
-    floor = None
+    floor, entry, face = None, None, 0.0
     if kind == "body":  # (a table target, set down on for a while: MJX's table top is a plane)
         _, thi, _, _, _ = extents(tid, planes=is_table(m, tid))
     else:  # region: top of the site's body over the site (assumes the body's z axis is up, as LIBERO's)
@@ -497,6 +497,7 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
             tops = [z for z in tops_over([p for p, _ in geoms_world(b, True)], site[:2]) if z < site[2]]
             half = np.abs(d.site_xmat[tid].reshape(3, 3) @ m.site_size[tid])[2]
             floor = float(max(tops) - site[2]) if tops else float(-half)
+            entry, face = side_entry(m, d, b, tid)
     is_upper = centres[:, 2] > hi[2] - 0.03
     upper = centres[is_upper]
     mid = 0.5 * (lo[:2] + hi[:2])
@@ -522,7 +523,47 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
             z = max(under) + FINGERTIP_BELOW_SITE + TOP_GRASP_CLEARANCE
             wall, top = 0.0, np.array([c[0], c[1], min(z, top_hi[2])])
     return PickPlaceGeometry(obj_lo=lo, obj_hi=hi, target_hi=thi, wall_radius=wall, grasp_axis=axis,
-                             obj_points=pts, target_floor=floor, top_grasp=top)  # fmt: skip
+                             obj_points=pts, target_floor=floor, top_grasp=top, entry=entry,
+                             entry_face=face)  # fmt: skip
+
+
+def side_entry(m, d, body: int, site: int) -> tuple[np.ndarray | None, float]:
+    """(entry, face) of a region `site` inside a roofed container `body` (its own geoms, at the
+    kinematics of `d`): a geom over the region's middle above its centre makes a roof; the one side
+    of the four (the site frame's +-x, +-y) with no wall (a geom a quarter of the region's half size
+    out, across its middle in width and height) is open. entry: world horizontal unit vector from that
+    side in; face: how far (m) the roof reaches from the site, against it (what the hand must stay
+    out from under; the microwave's control panel stands 2.3 cm further out, beside the opening). (None,
+    0.0) without a roof, with other than one open side (a basket) or a region frame that is not upright
+    (LIBERO's drawer regions: from above)."""
+    import mujoco
+
+    from pirl.envs.libero_scene import geom_world_points
+
+    centre, frame, half = d.site_xpos[site], d.site_xmat[site].reshape(3, 3), m.site_size[site]
+    if frame[2, 2] < 0.99:  # the region's frame is not upright (a drawer's): no roof to read
+        return None, 0.0
+    own = [(geom_world_points(m, d, g) - centre) @ frame for g in range(m.ngeom)
+           if m.geom_bodyid[g] == body and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE]  # fmt: skip
+    spans = lambda p, k: p[:, k].min() <= 0.0 <= p[:, k].max()  # noqa: E731
+    roof = [p for p in own if p[:, 2].min() > 0.0 and spans(p, 0) and spans(p, 1)]
+    if not roof:
+        return None, 0.0
+    open_sides = []
+    for k in (0, 1):
+        for sign in (1.0, -1.0):
+            wall = any(
+                (sign * p[:, k]).min() > 0.25 * half[k] and spans(p, 1 - k) and spans(p, 2) for p in own
+            )
+            if not wall:
+                open_sides.append((k, sign))
+    if len(open_sides) != 1:
+        return None, 0.0
+    k, sign = open_sides[0]
+    entry = -sign * frame[:, k]
+    entry[2] = 0.0
+    face = max(float((sign * p[:, k]).max()) for p in roof)
+    return entry / np.linalg.norm(entry), face
 
 
 def goal_is_in(meta: dict) -> bool:
@@ -790,6 +831,69 @@ def place_choice(
     return 0.0, None
 
 
+ENTRY_SHIFTS = np.arange(-0.1, 0.1001, 0.01)
+"""Shifts (m) across the opening `entry_place` tries for a side entry's place."""
+ENTRY_PATH = np.arange(0.0, 0.26, 0.05)
+"""Distances (m) back out of the opening at which `entry_place` measures the hand on its way in."""
+
+
+def entry_place(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, begin) -> np.ndarray:
+    """World shift f64[3] of a side entry's place (`PickPlaceGeometry.entry`) from the target's position,
+    for one episode (`qpos`, bodies as there; `begin`: its PlanState): against the entry, so far that
+    the hand's side towards the container stays at its open face (the object's position just inside:
+    a closing door pushes it the rest of the way); across, the one of ENTRY_SHIFTS that clears most
+    (the smallest on a tie), measured for the gripper at the place and ENTRY_PATH back out, and for
+    the object at the place against what stands within its height (not the container's floor and
+    roof). libero_10 9: the open microwave door's free end stands 11.5-19.6 cm left of the opening's
+    middle, by its angle, and the hand's box is 20 cm long across it."""
+    import mujoco
+
+    from pirl.envs.expert import HAND_HALF_DEPTH, pick_place_action, world_extents
+    from pirl.envs.libero_scene import geom_world_points, is_table, root_body
+
+    d = mujoco.MjData(m)
+    d.qpos[:] = qpos
+    mujoco.mj_kinematics(m, d)
+    ob, (kind, tid) = _body(m, obj), _target(m, target)
+    view = _view(m, d, ob, (kind, tid))
+    _, st = pick_place_action(plan_cfg, geo, view, begin)
+    offset = st.grasp_offset  # world frame (a side entry's grasp)
+    e = geo.entry
+    across = np.cross([0.0, 0.0, 1.0], e)
+    along = -geo.entry_face - HAND_HALF_DEPTH - float(offset @ e)
+    grip, grip_rel, others = gripper_and_others(m, d, ob)
+    others = [g for g in others
+              if not is_table(m, m.geom_bodyid[g]) and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE]  # fmt: skip
+    root = root_body(m, ob)
+    held = [g for g in range(m.ngeom) if root_body(m, m.geom_bodyid[g]) == root]
+    held_rel = [(view.obj_mat.T @ (d.geom_xpos[g] - view.obj_pos),
+                 view.obj_mat.T @ d.geom_xmat[g].reshape(3, 3)) for g in held]  # fmt: skip
+    lo, hi = world_extents(geo, view.obj_mat)
+    bottom = view.target_pos[2] + geo.target_floor + plan_cfg.entry_gap
+    band = [h for h in others
+            if geom_world_points(m, d, h)[:, 2].max() > bottom and geom_world_points(m, d, h)[:, 2].min() < bottom + hi[2] - lo[2]]  # fmt: skip
+
+    def clearance(shift: float) -> float:
+        place = view.target_pos + e * along + across * shift
+        place[2] = bottom - lo[2]
+        for g, (rp, rr) in zip(held, held_rel, strict=True):
+            d.geom_xpos[g] = place + view.obj_mat @ rp
+            d.geom_xmat[g] = (view.obj_mat @ rr).reshape(9)
+        clear = min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in held for h in band)
+        for back in ENTRY_PATH:
+            at = place - e * back + offset
+            for g, (rp, rr) in zip(grip, grip_rel, strict=True):
+                d.geom_xpos[g] = at + st.ref_mat @ rp
+                d.geom_xmat[g] = (st.ref_mat @ rr).reshape(9)
+            clear = min(
+                clear, min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in grip for h in others)
+            )
+        return clear
+
+    best = max(ENTRY_SHIFTS, key=lambda s_: (round(clearance(s_), 4), -abs(s_)))
+    return e * along + across * best
+
+
 def plan_start(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, place_offset=(0.0, 0.0, 0.0)):
     """The pick-and-place plan's PlanState for one episode from its settled start `qpos` on the MJX
     scene `m` (a real LIBERO qpos reads the same): the grasp (`grasp_choice`), the walls the object
@@ -797,6 +901,9 @@ def plan_start(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, place_
     shift (`place_choice`, from the sub-plan's `place_offset`)."""
     from pirl.envs.expert import PlanState
 
+    if geo.entry is not None:  # in through a container's open side: its own grasp and place
+        begin = PlanState(pick_walls_top=pick_walls_top(m, qpos, obj))
+        return dataclasses.replace(begin, place_shift=entry_place(m, qpos, obj, target, geo, plan_cfg, begin))
     yaw, side = grasp_choice(m, qpos, obj, target, geo, plan_cfg)
     begin = PlanState(grasp_yaw=yaw, grasp_side=side, pick_walls_top=pick_walls_top(m, qpos, obj))
     turn, shift = place_choice(m, qpos, obj, target, geo, plan_cfg, begin, place_offset)
@@ -1368,6 +1475,10 @@ def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan
         middle.append(
             SubPlan("pick_place", pick_place_geometry(m, obj, target, t["kind"] == "site_in"), obj, target)
         )
+    if last and middle and middle[-1].kind == "pick_place" and middle[-1].geo.entry is not None:
+        # the side entry leaves the wrist turned a quarter: back to the first pose before the door
+        # (pushed from there, the last joint stopped at its limit, libero_10 9)
+        middle.append(SubPlan("home", None))
     return first + shared_region_offsets(m, middle, qpos) + last
 
 
