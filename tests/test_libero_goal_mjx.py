@@ -307,7 +307,7 @@ def test_push_plan_facts_path_and_step():
 
 
 def test_door_plan_facts_and_step():
-    """libero_10 9 (host only): the mug's pick-and-place, home, then the microwave's door (a vertical hinge
+    """libero_10 9 (host only): the mug's pick-and-place, its nudge, home, then the microwave's door (a vertical hinge
     reaching 26 cm from its axis) pushed shut: the push point 0.6 of the way out along the door,
     outside its outer face (which turns towards closed as q rises to the goal, inside LIBERO's
     -0.005 < q <= 0), with the hand's box above the door's top. One step mid-push moves the grip
@@ -328,10 +328,11 @@ def test_door_plan_facts_and_step():
     plans = goal_subplans(m, MUG_MICROWAVE, task.init_states[0][1 : 1 + m.nq])
     assert [plan_label(p) for p in plans] == [
         "pick_place:white_yellow_mug_1",
+        "nudge:white_yellow_mug_1",
         "home",  # after the side entry (its turned grip), before the door
         "push:microwave_1_microdoorroot",
     ]
-    door = plans[2].geo
+    door = plans[3].geo
     assert (door.kind, door.increase, door.pull) == ("door", True, False)
     assert -0.005 < door.q_goal <= 0.0
     np.testing.assert_allclose(door.outward, [0, 0, 1], atol=1e-6)
@@ -635,9 +636,12 @@ def test_mug_into_the_microwave_and_door_shut_in_libero():
 
     records = compare_plan("libero_10", 9, [0, 1, 2], settle=10, steps=520, mjx_side=False, out=io.StringIO())
     for rec in records:
-        assert rec["plans"] == ["pick_place:white_yellow_mug_1", "home", "push:microwave_1_microdoorroot"], (
-            rec
-        )
+        assert rec["plans"] == [
+            "pick_place:white_yellow_mug_1",
+            "nudge:white_yellow_mug_1",
+            "home",
+            "push:microwave_1_microdoorroot",
+        ], rec
         assert rec["real_q"][0] > -0.005 and rec["real_success_step"] > 0, rec
 
 

@@ -229,21 +229,32 @@ def test_gripper_pairs_have_a_broad_phase_group_of_their_own(task):
     types, condim) group. With one condim for all, a cabinet's or stove's large boxes near a bowl
     took the 64 slots and the fingers closed through the bowl (libero_spatial 3 and 7: MJX 0/10
     while the real LIBERO solved 10/10). The gripper's pairs are condim 4 (LIBERO's fingers are),
-    so no group mixes them with the others; their torsional friction is MuJoCo's default 0.005
-    (LIBERO's 0.3 on some geoms held the stove knob against the turn in MJX)."""
+    so no group mixes them with the others. Their torsional friction is MuJoCo's default 0.005 with
+    fixtures (LIBERO's 0.3 on some geoms held the stove knob against the turn in MJX) and LIBERO's
+    0.05 with free objects (at 0.005 a mug held by its handle pitched about the closing axis)."""
+    from pirl.envs.libero_scene import root_body
+
     m = task.model
     name = lambda g: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_GEOM, g)  # noqa: E731
+    free = {
+        root_body(m, int(m.jnt_bodyid[j]))
+        for j in range(m.njnt)
+        if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE
+    }
     groups: dict[tuple, set[bool]] = {}
+    spins: dict[bool, set[float]] = {True: set(), False: set()}
     for p in range(m.npair):
         g1, g2 = m.pair_geom1[p], m.pair_geom2[p]
         grip = name(g1).startswith("gripper0_") or name(g2).startswith("gripper0_")
         assert m.pair_dim[p] == (4 if grip else 3), (name(g1), name(g2))
         if grip:
-            assert m.pair_friction[p, 2] == 0.005, (name(g1), name(g2), m.pair_friction[p])
+            held = any(root_body(m, int(m.geom_bodyid[g])) in free for g in (g1, g2))
+            spins[held].add(round(float(m.pair_friction[p, 2]), 6))
         key = (*sorted((int(m.geom_type[g1]), int(m.geom_type[g2]))), int(m.pair_dim[p]))
         groups.setdefault(key, set()).add(grip)
     assert all(len(kinds) == 1 for kinds in groups.values()), groups
     assert sum(True in kinds for kinds in groups.values()) >= 2  # box-box and plane-box at least
+    assert spins == {True: {0.05}, False: {0.005}}, spins
 
 
 def test_wall_grasp_chooses_a_side_clear_of_the_cabinet():
@@ -549,9 +560,18 @@ def test_mug_goes_into_the_microwave_through_its_open_side():
     the heating region's open side off the microwave's walls (its -y side: the door's); the plan
     grasps the mug's handle (facing out) from above, closing across the entry, and `entry_place` sets
     it down just inside with the hand's box at the opening, across where the hand clears the open
-    door. The arm goes home before the door is pushed shut (turned a quarter, the last joint
+    door; the closed fingers then push it in by its handle (`nudge_action`). The arm goes home before
+    the door is pushed shut (turned a quarter, the last joint
     stopped at its limit). A basket (libero_10 0) has no roof: from above."""
-    from pirl.envs.expert import HAND_HALF_DEPTH, LiberoPlanConfig, pick_place_action
+    from pirl.envs.expert import (
+        HAND_HALF_DEPTH,
+        NUDGE_FRONT,
+        NUDGE_PHASES,
+        LiberoPlanConfig,
+        NudgeState,
+        nudge_action,
+        pick_place_action,
+    )
     from pirl.envs.libero_check import _target, _view, goal_subplans, plan_start, side_entry
     from pirl.envs.libero_predicates import ensure_goal_spec, settle_held
 
@@ -562,7 +582,7 @@ def test_mug_goes_into_the_microwave_through_its_open_side():
     settle_held(m, d, 0.3)
     qpos = d.qpos.copy()
     plans = goal_subplans(m, ensure_goal_spec("libero_10", 9), qpos)
-    assert [p.kind for p in plans] == ["pick_place", "home", "artic"]
+    assert [p.kind for p in plans] == ["pick_place", "nudge", "home", "artic"]
     geo = plans[0].geo
     np.testing.assert_allclose(geo.entry, [0.0, 1.0, 0.0], atol=1e-6)
     site = m.site(plans[0].target).id
@@ -583,6 +603,21 @@ def test_mug_goes_into_the_microwave_through_its_open_side():
     hand_front = place[1] + first.grasp_offset[1] + HAND_HALF_DEPTH
     assert abs(hand_front - (view.target_pos[1] - geo.entry_face)) < 1e-6
     assert view.target_pos[1] - half[1] < place[1] < view.target_pos[1] + half[1]
+    # the nudge: closed fingers NUDGE_FRONT in front of the handle's outermost point, at its middle
+    # height, pushed in until the hand's box is at the face
+    _, nudge = nudge_action(cfg, geo, view, NudgeState())
+    pts = geo.obj_points @ view.obj_mat.T
+    out = (pts @ -geo.entry).max()
+    assert abs(nudge.start @ -geo.entry - (view.obj_pos @ -geo.entry + out + NUDGE_FRONT)) < 1e-9
+    assert view.obj_pos[2] + pts[:, 2].min() < nudge.start[2] < view.obj_pos[2] + pts[:, 2].max()
+    at_start = dataclasses.replace(view, grip_pos=nudge.start)
+    push, _ = nudge_action(cfg, geo, at_start, dataclasses.replace(nudge, phase=NUDGE_PHASES.index("push")))
+    assert push[1] == cfg.carry_speed and push[6] == 1.0  # in along +y, slowly, fingers shut
+    at_face = dataclasses.replace(
+        view, grip_pos=nudge.start + geo.entry * (hand_front - HAND_HALF_DEPTH - nudge.start[1])
+    )
+    _, after = nudge_action(cfg, geo, at_face, dataclasses.replace(nudge, phase=NUDGE_PHASES.index("push")))
+    assert NUDGE_PHASES[after.phase] == "back"
     basket = ls.load_task("libero_10", 0)
     spec = ensure_goal_spec("libero_10", 0)
     for p in goal_subplans(basket.model, spec, basket.init_states[0][1 : 1 + basket.model.nq]):

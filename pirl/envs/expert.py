@@ -782,6 +782,65 @@ def pick_place_action(
     return action, nxt
 
 
+NUDGE_PHASES = ("over", "down", "push", "back", "up", "done")
+"""Phases of the nudge after a side entry (`nudge_action`), in order."""
+NUDGE_FRONT = 0.025
+"""The closed fingers come down this far (m) in front of the object's outermost point facing out."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NudgeState:
+    """Where the nudge is: phase index (NUDGE_PHASES), steps spent in it, and its push point."""
+
+    phase: int = 0
+    steps: int = 0
+    start: np.ndarray | None = None
+    """f64[3] world point the closed fingers come down to, in front of the object (the first step's)."""
+    ref_mat: np.ndarray | None = None
+    """Grip orientation held throughout (the first step's)."""
+
+
+def nudge_action(
+    cfg: LiberoPlanConfig, geo: PickPlaceGeometry, view: PickPlaceView, state: NudgeState
+) -> tuple[np.ndarray, NudgeState]:
+    """One control step of the push that follows a side entry (`PickPlaceGeometry.entry`): the closed
+    fingers come down `NUDGE_FRONT` in front of the object's part facing out (the mug's handle), at that
+    part's middle height, push it along the entry until the hand's box reaches the container's open face
+    (the roof's front edge), back out `ENTRY_BACK_OUT` and rise. In MJX the mug set down by its handle
+    stands 2.4-4 cm short of the region (it pitches in the pinch and rocks back when let go), and the
+    closing door jammed on the handle; the real LIBERO's mug gets the same push. (OSC_POSE action f32[7],
+    next state)."""
+    e = geo.entry
+    if state.start is None:
+        pts = geo.obj_points @ view.obj_mat.T
+        out = pts @ -e
+        part = pts[out > out.max() - HANDLE_DEPTH]
+        front = view.obj_pos + part.mean(0) + e * (np.mean(part @ -e) - out.max() - NUDGE_FRONT)
+        front[2] = view.obj_pos[2] + 0.5 * (part[:, 2].min() + part[:, 2].max())
+        state = dataclasses.replace(state, start=front, ref_mat=view.grip_mat)
+    name = NUDGE_PHASES[state.phase]
+    limit = (view.target_pos - e * (geo.entry_face + HAND_HALF_DEPTH)) @ e  # the grip's furthest along e
+    speed = 1.0
+    if name == "over":
+        goal = state.start + np.array([0.0, 0.0, cfg.hover])
+    elif name == "down":
+        goal = state.start
+    elif name == "push":
+        goal = state.start + e * (limit - state.start @ e)
+        speed = cfg.carry_speed
+    elif name == "back":
+        goal = view.grip_pos - e * (view.grip_pos @ e - (limit - ENTRY_BACK_OUT))
+    else:  # up, done
+        goal = np.array([*view.grip_pos[:2], max(view.grip_pos[2], state.start[2] + cfg.hover)])
+    err = goal - view.grip_pos
+    action = servo_action(cfg, err, rotation_error(state.ref_mat, view.grip_mat), 1.0, speed)
+    there = np.linalg.norm(err) < cfg.reach_tol * (2.0 if name in ("back", "up") else 1.0)
+    done = name != "done" and (there or state.steps + 1 >= cfg.phase_timeout)
+    return action, dataclasses.replace(
+        state, phase=state.phase + 1 if done else state.phase, steps=0 if done else state.steps + 1
+    )
+
+
 def pick_place_batch(
     cfg: LiberoPlanConfig,
     geo: PickPlaceGeometry,

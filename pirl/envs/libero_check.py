@@ -1263,8 +1263,9 @@ class SubPlan:
     names, `geo`: a PickPlaceGeometry); ids are resolved per simulator's model by name."""
 
     kind: str
-    """"artic", "pick_place", "push" or "home" (back to the episode's first grip pose, fingers open:
-    after an object is set aside, so the next plan starts from the arm's pose it was measured from)."""
+    """"artic", "pick_place", "push", "nudge" (`expert.nudge_action`, after a side entry: `geo` the
+    pick-and-place's) or "home" (back to the episode's first grip pose, fingers open: after an object
+    is set aside, so the next plan starts from the arm's pose it was measured from)."""
     geo: object
     obj: str = ""
     target: str = ""
@@ -1475,7 +1476,10 @@ def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan
         middle.append(
             SubPlan("pick_place", pick_place_geometry(m, obj, target, t["kind"] == "site_in"), obj, target)
         )
-    if last and middle and middle[-1].kind == "pick_place" and middle[-1].geo.entry is not None:
+    entered = [p for p in middle if p.kind == "pick_place" and p.geo.entry is not None]
+    for p in entered:  # pushed the rest of the way in (`nudge_action`)
+        middle.insert(middle.index(p) + 1, SubPlan("nudge", p.geo, p.obj, p.target))
+    if last and entered:
         # the side entry leaves the wrist turned a quarter: back to the first pose before the door
         # (pushed from there, the last joint stopped at its limit, libero_10 9)
         middle.append(SubPlan("home", None))
@@ -1483,7 +1487,8 @@ def goal_subplans(m, spec: dict, qpos: np.ndarray | None = None) -> list[SubPlan
 
 
 def plan_label(plan: SubPlan) -> str:
-    """A sub-plan in a report line: pick_place:<obj>, push:<obj>, or <pull|push|turn>:<body>."""
+    """A sub-plan in a report line: pick_place:<obj>, push:<obj>, nudge:<obj>, home, or
+    <pull|push|turn>:<body>."""
     if plan.kind == "home":
         return "home"
     if plan.kind != "artic":
@@ -1524,8 +1529,11 @@ def sequence_action(
     import mujoco
 
     from pirl.envs.expert import (
+        NUDGE_PHASES,
         PHASES,
+        NudgeState,
         grasp_point,
+        nudge_action,
         pick_place_action,
         rotation_error,
         servo_action,
@@ -1560,6 +1568,12 @@ def sequence_action(
         there = np.linalg.norm(err) < 2 * plan_cfg.reach_tol and np.linalg.norm(turn) < 0.1
         finished = there or steps + 1 >= plan_cfg.phase_timeout
         sub = steps + 1
+    elif plan.kind == "nudge":
+        sub = state.sub or NudgeState()
+        action, sub = nudge_action(
+            plan_cfg, plan.geo, _view(m, d, _body(m, plan.obj), _target(m, plan.target)), sub
+        )
+        finished = NUDGE_PHASES[sub.phase] == "done"
     elif plan.kind == "artic":
         sub = state.sub or ArticPlanState()
         action, sub = articulated_action(plan_cfg, plan.geo, articulation_view(m, d, plan.geo), sub)

@@ -130,9 +130,15 @@ class SceneConfig:
     drawer) and goal 0 inits 0-1, so it is not the default (docs/libero_mjx.md, "Light objects")."""
 
     grip_spin_friction: float = 0.005
-    """Torsional friction of the gripper's pairs when grip_condim >= 4 (MuJoCo's default 0.005). With
-    LIBERO's own larger values (0.05, 0.3 on some geoms) MJX's fingers held the stove knob against
-    the turn: libero_goal 7 (turn on the stove) 0/3 at inits 0-2, 3/3 at 0.005."""
+    """Torsional friction of the gripper's pairs with fixtures (knobs, handles, doors) when grip_condim
+    >= 4 (MuJoCo's default 0.005). With LIBERO's own larger values (0.05, 0.3 on some geoms) MJX's
+    fingers held the stove knob against the turn: libero_goal 7 (turn on the stove) 0/3 at inits 0-2,
+    3/3 at 0.005."""
+
+    grip_object_spin_friction: float = 0.05
+    """Torsional friction of the gripper's pairs with free objects (LIBERO's 0.05 on most). At 0.005 a
+    mug pinched by its 8 mm handle pitched 21 degrees about the closing axis in MJX's carry (spin about
+    the pads' normal), stood short of the microwave's region and jammed its door (libero_10 9)."""
 
     def __post_init__(self):
         if self.cone not in ("elliptic", "pyramidal"):
@@ -145,8 +151,11 @@ class SceneConfig:
             raise ValueError("hand_boxes must be >= 1")
         if self.grip_condim not in (3, 4, 6):
             raise ValueError(f"grip_condim must be 3, 4 or 6, got {self.grip_condim}")
-        if self.grip_spin_friction < 0:
-            raise ValueError(f"grip_spin_friction must be >= 0, got {self.grip_spin_friction}")
+        if self.grip_spin_friction < 0 or self.grip_object_spin_friction < 0:
+            raise ValueError(
+                "grip_spin_friction and grip_object_spin_friction must be >= 0, got "
+                f"{self.grip_spin_friction}, {self.grip_object_spin_friction}"
+            )
         if self.boxes_per_body < 1:
             raise ValueError("boxes_per_body must be >= 1")
         if not self.max_wall_growth >= 0:
@@ -565,7 +574,8 @@ def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()
         grip = "grip" in (a.kind, b.kind)
         p.condim = cfg.grip_condim if grip else 3
         fr = np.maximum(a.friction, b.friction)
-        spin = cfg.grip_spin_friction if grip else fr[1]
+        held = "object" in (a.kind, b.kind)  # a free object between the fingers, not a knob or handle
+        spin = (cfg.grip_object_spin_friction if held else cfg.grip_spin_friction) if grip else fr[1]
         p.friction = np.array([fr[0], fr[0], spin, fr[2], fr[2]])
         p.solref = 0.5 * (a.solref + b.solref)
         if a.kind == b.kind == "object" and cfg.object_solref[0] > 0:
