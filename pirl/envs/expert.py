@@ -715,17 +715,22 @@ def pick_place_action(
     transiting = False  # an approach leg short of the hover point
     if name == "approach":
         goal = grasp + np.array([0.0, 0.0, cfg.hover])
+        transit = state.transit
+        if geo.entry is not None:
+            # over the container (its open door): the fingers coming down across the arm's way to the
+            # handle swung the microwave door shut in MJX (libero_10 9 init 6)
+            transit = max(transit if transit is not None else -np.inf, target_top + cfg.transit_clearance)
         if (
-            state.transit is not None
+            transit is not None
             and steps < 3 * cfg.phase_timeout
             and np.linalg.norm(goal[:2] - view.grip_pos[:2]) > 2 * cfg.reach_tol
         ):
             # over what stands on the straight path: rise first, then across, then down
             transiting = True
-            if view.grip_pos[2] < state.transit - cfg.reach_tol:
-                goal = np.array([*view.grip_pos[:2], state.transit])
+            if view.grip_pos[2] < transit - cfg.reach_tol:
+                goal = np.array([*view.grip_pos[:2], transit])
             else:
-                goal = np.array([*goal[:2], max(state.transit, goal[2])])
+                goal = np.array([*goal[:2], max(transit, goal[2])])
     elif name == "descend":
         goal = grasp
     elif name in ("close", "release"):
