@@ -230,8 +230,9 @@ def test_gripper_pairs_have_a_broad_phase_group_of_their_own(task):
     took the 64 slots and the fingers closed through the bowl (libero_spatial 3 and 7: MJX 0/10
     while the real LIBERO solved 10/10). The gripper's pairs are condim 4 (LIBERO's fingers are),
     so no group mixes them with the others. Their torsional friction is MuJoCo's default 0.005 with
-    fixtures (LIBERO's 0.3 on some geoms held the stove knob against the turn in MJX) and LIBERO's
-    0.05 with free objects (at 0.005 a mug held by its handle pitched about the closing axis)."""
+    fixtures (LIBERO's 0.3 on some geoms held the stove knob against the turn in MJX) and for the
+    hand's box, and LIBERO's 0.05 between the fingers and free objects (at 0.005 a mug held by its
+    handle pitched about the closing axis)."""
     from pirl.envs.libero_scene import root_body
 
     m = task.model
@@ -248,7 +249,9 @@ def test_gripper_pairs_have_a_broad_phase_group_of_their_own(task):
         grip = name(g1).startswith("gripper0_") or name(g2).startswith("gripper0_")
         assert m.pair_dim[p] == (4 if grip else 3), (name(g1), name(g2))
         if grip:
-            held = any(root_body(m, int(m.geom_bodyid[g])) in free for g in (g1, g2))
+            body = lambda g: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g])  # noqa: E731
+            finger = any(name(g).startswith("gripper0_") and "finger" in body(g) for g in (g1, g2))
+            held = finger and any(root_body(m, int(m.geom_bodyid[g])) in free for g in (g1, g2))
             spins[held].add(round(float(m.pair_friction[p, 2]), 6))
         key = (*sorted((int(m.geom_type[g1]), int(m.geom_type[g2]))), int(m.pair_dim[p]))
         groups.setdefault(key, set()).add(grip)

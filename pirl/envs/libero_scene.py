@@ -136,7 +136,7 @@ class SceneConfig:
     3/3 at 0.005."""
 
     grip_object_spin_friction: float = 0.05
-    """Torsional friction of the gripper's pairs with free objects (LIBERO's 0.05 on most). At 0.005 a
+    """Torsional friction of the fingers' pairs with free objects (LIBERO's 0.05 on most). At 0.005 a
     mug pinched by its 8 mm handle pitched 21 degrees about the closing axis in MJX's carry (spin about
     the pads' normal), stood short of the microwave's region and jammed its door (libero_10 9)."""
 
@@ -574,7 +574,9 @@ def mjx_scene_spec(xml_path: str | os.PathLike, cfg: SceneConfig = SceneConfig()
         grip = "grip" in (a.kind, b.kind)
         p.condim = cfg.grip_condim if grip else 3
         fr = np.maximum(a.friction, b.friction)
-        held = "object" in (a.kind, b.kind)  # a free object between the fingers, not a knob or handle
+        # a free object against a finger (not the hand's box: it presses plates on its way to a drawer
+        # handle, libero_goal 0), not a knob or handle
+        held = "object" in (a.kind, b.kind) and any(x.kind == "grip" and "finger" in x.body for x in (a, b))
         spin = (cfg.grip_object_spin_friction if held else cfg.grip_spin_friction) if grip else fr[1]
         p.friction = np.array([fr[0], fr[0], spin, fr[2], fr[2]])
         p.solref = 0.5 * (a.solref + b.solref)
