@@ -608,6 +608,15 @@ def grasp_point(view: PickPlaceView, state: PlanState) -> np.ndarray:
     return view.obj_pos + (view.obj_mat @ off if state.grasp_in_body else off)
 
 
+def facing_part(geo: PickPlaceGeometry, obj_mat: np.ndarray) -> tuple[np.ndarray, float]:
+    """The object's points f64[n, 3] (world offsets from its position, at orientation `obj_mat`) within
+    `HANDLE_DEPTH` of its outermost point against `geo.entry` (the part facing out of the container: the
+    mug's handle), and that outermost reach (m)."""
+    pts = geo.obj_points @ obj_mat.T
+    out = pts @ -geo.entry
+    return pts[out > out.max() - HANDLE_DEPTH], float(out.max())
+
+
 def servo_action(
     cfg: LiberoPlanConfig, pos_err: np.ndarray, rot_err: np.ndarray, grip: float, speed: float = 1.0
 ) -> np.ndarray:
@@ -661,10 +670,8 @@ def pick_place_action(
         w_lo, w_hi = world_extents(geo, view.obj_mat if geo.grasp_axis is not None else None)
         if geo.entry is not None and view.obj_mat is not None:
             # the part facing out of the container (the handle), from above, closing across the entry
-            pts = geo.obj_points @ view.obj_mat.T
-            out = pts @ -geo.entry
-            part = pts[out > out.max() - HANDLE_DEPTH]
-            offset = part.mean(0) + geo.entry * (np.mean(part @ -geo.entry) - (out.max() - HANDLE_DEPTH / 2))
+            part, reach = facing_part(geo, view.obj_mat)
+            offset = part.mean(0) + geo.entry * (np.mean(part @ -geo.entry) - (reach - HANDLE_DEPTH / 2))
             offset[2] = part[:, 2].max() - cfg.grasp_depth
             w_lo = world_extents(geo, view.obj_mat)[0]
             tilt = None
@@ -817,10 +824,8 @@ def nudge_action(
     next state)."""
     e = geo.entry
     if state.start is None:
-        pts = geo.obj_points @ view.obj_mat.T
-        out = pts @ -e
-        part = pts[out > out.max() - HANDLE_DEPTH]
-        front = view.obj_pos + part.mean(0) + e * (np.mean(part @ -e) - out.max() - NUDGE_FRONT)
+        part, reach = facing_part(geo, view.obj_mat)
+        front = view.obj_pos + part.mean(0) + e * (np.mean(part @ -e) - reach - NUDGE_FRONT)
         front[2] = view.obj_pos[2] + 0.5 * (part[:, 2].min() + part[:, 2].max())
         state = dataclasses.replace(state, start=front, ref_mat=view.grip_mat)
     name = NUDGE_PHASES[state.phase]

@@ -649,9 +649,23 @@ def gripper_and_others(
         g for g in range(m.ngeom) if not names[g].startswith(("robot0_", "mount0_")) and roots[g] != held
     ]
     site = _grip_site(m)
-    site_r, site_p = d.site_xmat[site].reshape(3, 3), d.site_xpos[site]
-    rel = [(site_r.T @ (d.geom_xpos[g] - site_p), site_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in grip]
-    return grip, rel, others
+    return grip, geoms_in_frame(d, grip, d.site_xpos[site], d.site_xmat[site].reshape(3, 3)), others
+
+
+def geoms_in_frame(
+    d, geoms: list[int], pos: np.ndarray, mat: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Poses (position f64[3], orientation f64[3, 3]) of `geoms` in the frame (`pos`, `mat`), at the
+    kinematics of `d`: what `pose_geoms` places them back from."""
+    return [(mat.T @ (d.geom_xpos[g] - pos), mat.T @ d.geom_xmat[g].reshape(3, 3)) for g in geoms]
+
+
+def pose_geoms(d, geoms: list[int], rel, pos: np.ndarray, mat: np.ndarray) -> None:
+    """Write `geoms`' world poses into `d` with the frame they were measured in (`geoms_in_frame`) moved
+    to (`pos`, `mat`): a planned grip or object pose, for mj_geomDistance."""
+    for g, (rp, rr) in zip(geoms, rel, strict=True):
+        d.geom_xpos[g] = pos + mat @ rp
+        d.geom_xmat[g] = (mat @ rr).reshape(9)
 
 
 def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
@@ -693,9 +707,7 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
         clear = np.inf
         for lift in (0.01 if centre else 0.0, plan_cfg.hover):
             at = point + np.array([0.0, 0.0, lift])
-            for g, (rp, rr) in zip(grip, rel, strict=True):
-                d.geom_xpos[g] = at + st.ref_mat @ rp
-                d.geom_xmat[g] = (st.ref_mat @ rr).reshape(9)
+            pose_geoms(d, grip, rel, at, st.ref_mat)
             for g in grip:
                 for h in others:
                     clear = min(clear, mujoco.mj_geomDistance(m, d, g, h, 0.05, None))
@@ -802,7 +814,7 @@ def place_choice(
     root = root_body(m, ob)
     held = [g for g in range(m.ngeom) if root_body(m, m.geom_bodyid[g]) == root]
     obj_r, obj_p = view.obj_mat, view.obj_pos
-    held_rel = [(obj_r.T @ (d.geom_xpos[g] - obj_p), obj_r.T @ d.geom_xmat[g].reshape(3, 3)) for g in held]
+    held_rel = geoms_in_frame(d, held, obj_p, obj_r)
     w_lo = world_extents(geo, view.obj_mat)[0]
     bottom = view.target_pos[2] + geo.target_hi[2] + plan_cfg.release_gap
     half = np.asarray(m.site_size[tid][:2], np.float64) * PLACE_SHIFT
@@ -812,12 +824,8 @@ def place_choice(
         o_pos = np.array([*(view.target_pos[:2] + shift[:2]), bottom - w_lo[2]])
         o_mat = r @ obj_r
         g_pos = o_pos + r @ offset
-        for g, (rp, rr) in zip(grip, grip_rel, strict=True):
-            d.geom_xpos[g] = g_pos + r @ st.ref_mat @ rp
-            d.geom_xmat[g] = (r @ st.ref_mat @ rr).reshape(9)
-        for g, (rp, rr) in zip(held, held_rel, strict=True):
-            d.geom_xpos[g] = o_pos + o_mat @ rp
-            d.geom_xmat[g] = (o_mat @ rr).reshape(9)
+        pose_geoms(d, grip, grip_rel, g_pos, r @ st.ref_mat)
+        pose_geoms(d, held, held_rel, o_pos, o_mat)
         return min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in grip + held for h in others)
 
     if clearance(0.0, np.zeros(3)) >= 0.0:
@@ -866,25 +874,20 @@ def entry_place(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, begin
               if not is_table(m, m.geom_bodyid[g]) and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE]  # fmt: skip
     root = root_body(m, ob)
     held = [g for g in range(m.ngeom) if root_body(m, m.geom_bodyid[g]) == root]
-    held_rel = [(view.obj_mat.T @ (d.geom_xpos[g] - view.obj_pos),
-                 view.obj_mat.T @ d.geom_xmat[g].reshape(3, 3)) for g in held]  # fmt: skip
+    held_rel = geoms_in_frame(d, held, view.obj_pos, view.obj_mat)
     lo, hi = world_extents(geo, view.obj_mat)
     bottom = view.target_pos[2] + geo.target_floor + plan_cfg.entry_gap
-    band = [h for h in others
-            if geom_world_points(m, d, h)[:, 2].max() > bottom and geom_world_points(m, d, h)[:, 2].min() < bottom + hi[2] - lo[2]]  # fmt: skip
+    z_of = {h: geom_world_points(m, d, h)[:, 2] for h in others}
+    band = [h for h in others if z_of[h].max() > bottom and z_of[h].min() < bottom + hi[2] - lo[2]]
 
     def clearance(shift: float) -> float:
         place = view.target_pos + e * along + across * shift
         place[2] = bottom - lo[2]
-        for g, (rp, rr) in zip(held, held_rel, strict=True):
-            d.geom_xpos[g] = place + view.obj_mat @ rp
-            d.geom_xmat[g] = (view.obj_mat @ rr).reshape(9)
+        pose_geoms(d, held, held_rel, place, view.obj_mat)
         clear = min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in held for h in band)
         for back in ENTRY_PATH:
             at = place - e * back + offset
-            for g, (rp, rr) in zip(grip, grip_rel, strict=True):
-                d.geom_xpos[g] = at + st.ref_mat @ rp
-                d.geom_xmat[g] = (st.ref_mat @ rr).reshape(9)
+            pose_geoms(d, grip, grip_rel, at, st.ref_mat)
             clear = min(
                 clear, min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in grip for h in others)
             )
