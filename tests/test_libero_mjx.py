@@ -140,6 +140,34 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
     assert per_body[thin.body("flat_stove_1_button").id] == ls.SceneConfig().boxes_per_body
 
 
+def test_group_frame_tightest_keeps_the_bowl_near_libero_wall(task):
+    """`SceneConfig.group_frame`: a group of the akita bowl's flared wall plates boxed in its largest
+    member's frame (the default) stands 14.5 mm outside LIBERO's wall (radius 53.9 mm) and 4.8 mm
+    over its rim (52.1 mm); in the member frame that fits tightest, 6.5 mm and under the rim, with the
+    same number of boxes."""
+    xml = ls.ensure_built("libero_spatial", 0) / "scene.xml"
+    libero = mujoco.MjModel.from_xml_path(str(xml))
+    tight = ls.mjx_scene_spec(xml, ls.SceneConfig(group_frame="tightest")).compile()
+
+    def reach(m, mjx_only):
+        b = m.body("akita_black_bowl_1_main").id
+        geoms = [g for g in range(m.ngeom) if m.geom_bodyid[g] == b]
+        if not mjx_only:
+            geoms = [g for g in geoms if m.geom_contype[g] or m.geom_conaffinity[g]]
+        pts = np.concatenate([ls.geom_points(m, g) for g in geoms])
+        return np.linalg.norm(pts[:, :2], axis=1).max(), pts[:, 2].max(), len(geoms)
+
+    r0, top0, _ = reach(libero, False)
+    r_big, top_big, n_big = reach(task.model, True)
+    r_tight, top_tight, n_tight = reach(tight, True)
+    assert (r0, top0) == pytest.approx((0.0539, 0.0521), abs=2e-4)
+    assert r_big - r0 > 0.012 and top_big - top0 > 0.004
+    assert 0.0 < r_tight - r0 < 0.008 and top_tight < top0 + 0.002
+    assert n_tight == n_big == ls.SceneConfig().boxes_per_body
+    with pytest.raises(ValueError, match="group_frame"):
+        ls.SceneConfig(group_frame="principal")
+
+
 def test_impratio_reaches_the_model_and_is_checked(task):
     """`SceneConfig.impratio` is the compiled model's (MJX reads it from there) and must be positive."""
     assert task.model.opt.impratio == pytest.approx(ls.SceneConfig().impratio)
@@ -275,6 +303,54 @@ def test_wall_grasp_chooses_a_side_clear_of_the_cabinet():
         qpos = t.init_states[init_id][1 : 1 + t.model.nq]
         choice = grasp_choice(t.model, qpos, obj, target, geo, LiberoPlanConfig())
         assert (choice == (0.0, 1.0)) == default_ok, (task_id, choice)
+
+
+def test_wall_grasp_turns_between_the_square_choices_only_when_they_all_touch():
+    """libero_spatial 4: the bowl settles in the cabinet's open top drawer, under the frame above it.
+    With the bowl fitted in the tightest frames (`SceneConfig.group_frame`), at init 10 every square
+    grasp (0 / 90 degrees, either side of the wall) reaches into the frame or the drawer's walls (MJX
+    ended the descent on the frame), so `grasp_choice` takes the wall between them that clears most
+    (`GRASP_CHOICES`' turned ones). With the default fit at init 5 the best square one clears the
+    frame by 1.3 mm and is kept (turned grasps there lost more episodes than they won). The settle is
+    MuJoCo C's on the MJX scene (arm held, fingers open): the official state holds the bowl 8.8 cm
+    over the drawer."""
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.libero_check import (
+        GRASP_CHOICES,
+        GRASP_CLEARANCE,
+        SQUARE_GRASPS,
+        grasp_choice,
+        grasp_clearances,
+        pick_place_geometry,
+        pick_place_goal,
+    )
+
+    cfg = LiberoPlanConfig()
+    for frame, init_id, turned in (("tightest", 10, True), ("largest", 5, False)):
+        t = ls.load_task("libero_spatial", 4, ls.SceneConfig(group_frame=frame))
+        m = t.model
+        obj, target = pick_place_goal(t.meta)
+        geo = pick_place_geometry(m, obj, target)
+        d = mujoco.MjData(m)
+        s = t.init_states[init_id]
+        d.qpos[:], d.qvel[:] = s[1 : 1 + m.nq], s[1 + m.nq :]
+        d.qpos[7:9] = [0.0388, -0.0388]  # the fingers as the settle's open command leaves them
+        arm = d.qpos[:9].copy()
+        for _ in range(round(ls.SETTLE_STEPS * 0.05 / m.opt.timestep)):
+            mujoco.mj_step(m, d)
+            d.qpos[:9], d.qvel[:9] = arm, 0.0
+        clear = grasp_clearances(m, d.qpos, obj, target, geo, cfg, GRASP_CHOICES)
+        square = clear[:SQUARE_GRASPS]
+        chosen = grasp_choice(m, d.qpos, obj, target, geo, cfg)
+        assert max(clear) < GRASP_CLEARANCE, (frame, clear)
+        if turned:  # measured: -3.2 mm at best square, 45 degrees 1.1 mm
+            assert max(square) <= 0.0 < max(clear), clear
+            assert (
+                chosen == GRASP_CHOICES[int(np.argmax(clear))] and chosen not in GRASP_CHOICES[:SQUARE_GRASPS]
+            )
+        else:  # measured: 1.3 mm
+            assert max(square) > 0.0, square
+            assert chosen == GRASP_CHOICES[int(np.argmax(square))], chosen
 
 
 def test_centre_grasp_turns_clear_of_a_tall_neighbour():

@@ -592,8 +592,24 @@ def _view(m, d, obj_body: int, target: tuple[str, int]):
     )
 
 
-GRASP_CHOICES = ((0.0, 1.0), (0.0, -1.0), (np.pi / 2, 1.0), (np.pi / 2, -1.0))
-"""(grip turn about the vertical, wall side) a wall grasp may take, in order of preference."""
+GRASP_CHOICES = (
+    (0.0, 1.0),
+    (0.0, -1.0),
+    (np.pi / 2, 1.0),
+    (np.pi / 2, -1.0),
+    *(
+        (turn, side)
+        for turn in (np.pi / 6, -np.pi / 6, np.pi / 4, -np.pi / 4, np.pi / 3, -np.pi / 3)
+        for side in (1.0, -1.0)
+    ),
+)
+"""(grip turn about the vertical, wall side) a wall grasp may take, in order of preference: the
+`SQUARE_GRASPS` square ones, then the wall between them, taken only when every square one touches
+something (`grasp_choice`). libero_spatial 4's bowl settles in the cabinet's open drawer under its
+frame: with `SceneConfig.group_frame` "tightest" at init 10 the best square grasp reaches 3.2 mm into
+the frame, 45 degrees clears it by 1.1 mm (docs/libero_mjx.md, "The bowl's fit")."""
+SQUARE_GRASPS = 4
+"""GRASP_CHOICES' first ones, the square grasps (0 / 90 degrees, either side of the wall)."""
 GRASP_CLEARANCE = 0.01
 """A wall grasp keeps the first choice whose gripper stands this far (m) from everything else."""
 CENTRE_GRASP_TURNS = (0.0, -np.pi / 6, np.pi / 6, -np.pi / 4, np.pi / 4)
@@ -668,16 +684,14 @@ def pose_geoms(d, geoms: list[int], rel, pos: np.ndarray, mat: np.ndarray) -> No
         d.geom_xmat[g] = (mat @ rr).reshape(9)
 
 
-def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
-    """(grasp_yaw, grasp_side) of the pick-and-place plan's PlanState for one episode: the first of
-    GRASP_CHOICES whose open gripper, placed at the plan's grasp point and at its hover point above,
-    clears every other geom (table, fixtures, other objects; not the object grasped) by
-    GRASP_CLEARANCE, else the one that clears most. `m` is the MJX scene (LIBERO's qpos layout, so a
-    real LIBERO qpos reads the same); the gripper's geoms keep their pose relative to the grip site
-    at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) take the first of
-    CENTRE_GRASP_TURNS that clears (measured 1 cm over the grasp point and leaving out the object's
-    support, planes and geoms whose top is within 5 mm of its bottom: the fingertips of a grasp of a
-    flat box reach it), else the one that clears most, folded into +-90 degrees."""
+def grasp_clearances(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, choices) -> list[float]:
+    """For each (grasp_yaw, grasp_side) of `choices`, the least distance (m, at most 0.05) between the
+    open gripper placed at the plan's grasp point and at its hover point above and every other geom
+    (table, fixtures, other objects; not the object grasped). `m` is the MJX scene (LIBERO's qpos
+    layout, so a real LIBERO qpos reads the same); the gripper's geoms keep their pose relative to the
+    grip site at `qpos` (the settled start, fingers open). Centre grasps (geo.grasp_axis) are measured
+    1 cm over the grasp point, leaving out the object's support, planes and geoms whose top is within
+    5 mm of its bottom (the fingertips of a grasp of a flat box reach it)."""
     import mujoco
 
     from pirl.envs.expert import PlanState, grasp_point, pick_place_action
@@ -699,25 +713,39 @@ def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> t
             for h in others
             if m.geom_type[h] != mujoco.mjtGeom.mjGEOM_PLANE and z_of(h).max() > bottom + 0.005
         ]
-    choices = [(t, 1.0) for t in CENTRE_GRASP_TURNS] if centre else GRASP_CHOICES
-    best, best_clear = choices[0], -np.inf
+    out = []
     for yaw, side in choices:
         _, st = pick_place_action(plan_cfg, geo, view, PlanState(grasp_yaw=yaw, grasp_side=side))
         point = grasp_point(view, st)
         clear = np.inf
         for lift in (0.01 if centre else 0.0, plan_cfg.hover):
-            at = point + np.array([0.0, 0.0, lift])
-            pose_geoms(d, grip, rel, at, st.ref_mat)
+            pose_geoms(d, grip, rel, point + np.array([0.0, 0.0, lift]), st.ref_mat)
             for g in grip:
                 for h in others:
                     clear = min(clear, mujoco.mj_geomDistance(m, d, g, h, 0.05, None))
-        if clear >= GRASP_CLEARANCE:
-            return yaw, side
-        if clear > best_clear:
-            best, best_clear = (yaw, side), clear
+        out.append(float(clear))
+    return out
+
+
+def grasp_choice(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg) -> tuple[float, float]:
+    """(grasp_yaw, grasp_side) of the pick-and-place plan's PlanState for one episode, by
+    `grasp_clearances`: a wall grasp takes the first of GRASP_CHOICES that clears by GRASP_CLEARANCE,
+    else the square one that clears most if it touches nothing, else the one of all that clears most.
+    A centre grasp (geo.grasp_axis) takes the first of CENTRE_GRASP_TURNS that clears, else the one
+    that clears most, folded into +-90 degrees."""
+    centre = geo.grasp_axis is not None
+    choices = [(t, 1.0) for t in CENTRE_GRASP_TURNS] if centre else list(GRASP_CHOICES)
+    clear = grasp_clearances(m, qpos, obj, target, geo, plan_cfg, choices)
+    for choice, c in zip(choices, clear, strict=True):
+        if c >= GRASP_CLEARANCE:
+            return choice
     if centre:  # none clears: the turn that clears most, folded into +-90 degrees
-        return float((best[0] + np.pi / 2) % np.pi - np.pi / 2), best[1]
-    return best
+        yaw, side = choices[int(np.argmax(clear))]
+        return float((yaw + np.pi / 2) % np.pi - np.pi / 2), side
+    square = int(np.argmax(clear[:SQUARE_GRASPS]))
+    if clear[square] > 0.0:  # touches nothing: turned grasps lost more episodes than they won here
+        return choices[square]
+    return choices[int(np.argmax(clear))]
 
 
 PICK_FLOOR_TOL = 0.015
@@ -915,12 +943,13 @@ def plan_start(m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, place_
 
 def real_pick_place(
     suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, geo, plan_cfg,
-    record_every: int = 0, size: int = 128,
+    record_every: int = 0, size: int = 128, scene_cfg=None,
 ) -> list[dict]:  # fmt: skip
     """The plan in the real LIBERO (reading the real simulator), per initial state: LIBERO's own
     success (first step), the final qpos, the phase reached (run it in a spawned process). With
     `record_every` > 0 also "trajectory": the qpos, phase and raw camera frames (`size` px, pirl's
-    keys) every that many steps from the settled state."""
+    keys) every that many steps from the settled state. `scene_cfg`: the MJX scene's SceneConfig,
+    on which the grasp is chosen (default: its defaults)."""
     from pirl.envs import libero_scene as ls
     from pirl.envs.expert import PHASES, pick_place_action
     from pirl.envs.libero_pool import CAMERA_KEYS
@@ -929,7 +958,8 @@ def real_pick_place(
     obj, target = pick_place_goal({"goal": env.env.parsed_problem["goal_state"]})
     m = env.sim.model._model
     ob, tb = _body(m, obj), _target(m, target)
-    scene = ls.load_task(suite, task_id).model  # the grasp is chosen on the MJX scene, as on the MJX side
+    # the grasp is chosen on the MJX scene, as on the MJX side
+    scene = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig()).model
     inits = task_suite.get_task_init_states(task_id)
     out = []
     try:
@@ -1016,7 +1046,9 @@ def compare_pick_place(
     plan_cfg = LiberoPlanConfig()
     mx, reset, step = _plan_stepper(m, goal)
     t0 = time.perf_counter()
-    real = _isolated(real_pick_place, suite, task_id, init_ids, settle, steps, geo, plan_cfg)
+    real = _isolated(
+        real_pick_place, suite, task_id, init_ids, settle, steps, geo, plan_cfg, 0, 128, scene_cfg
+    )
     real_s = time.perf_counter() - t0
     records = []
     for k, init_id in enumerate(init_ids):
@@ -1250,7 +1282,19 @@ def expert_report(
     if real_side:
         geo = pick_place_geometry(task.model, obj, target, goal_is_in(task.meta))
         t0 = time.perf_counter()
-        real = _isolated(real_pick_place, suite, task_id, init_ids, settle, steps, geo, LiberoPlanConfig())
+        real = _isolated(
+            real_pick_place,
+            suite,
+            task_id,
+            init_ids,
+            settle,
+            steps,
+            geo,
+            LiberoPlanConfig(),
+            0,
+            128,
+            scene_cfg,
+        )
         stats([x["success_step"] for x in real], "real")
         rec["real_failed_phases"] = [x["phase"] for x in real if x["success_step"] <= 0]
         rec["real_grasps"] = [x["grasp"] for x in real]
@@ -1628,16 +1672,19 @@ def sequence_action(
 
 
 def real_plan(
-    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, plans_per_init, plan_cfg
-) -> list[dict]:
+    suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, plans_per_init, plan_cfg,
+    scene_cfg=None,
+) -> list[dict]:  # fmt: skip
     """The goal sequence in the real LIBERO (reading the real simulator), per initial state (its own
     sub-plans, `plans_per_init`): LIBERO's own success (first step), the final qpos, the sub-plan
-    reached (run it in a spawned process)."""
+    reached (run it in a spawned process). `scene_cfg`: the MJX scene's SceneConfig, on which grasps
+    are chosen (default: its defaults)."""
     from pirl.envs import libero_scene as ls
 
     env, task_suite = make_libero_env(suite, task_id)
     m = env.sim.model._model
-    scene = ls.load_task(suite, task_id).model  # grasps are chosen on the MJX scene, as on the MJX side
+    # grasps are chosen on the MJX scene, as on the MJX side
+    scene = ls.load_task(suite, task_id, scene_cfg or ls.SceneConfig()).model
     inits = task_suite.get_task_init_states(task_id)
     out = []
     try:
@@ -1691,7 +1738,7 @@ def compare_plan(
     mx, reset, step = _plan_stepper(m, goal)
     joints = [p.geo.qpos_adr for p in plans_per_init[0] if p.kind == "artic"]
     t0 = time.perf_counter()
-    real = _isolated(real_plan, suite, task_id, init_ids, settle, steps, plans_per_init, plan_cfg)
+    real = _isolated(real_plan, suite, task_id, init_ids, settle, steps, plans_per_init, plan_cfg, scene)
     real_s = time.perf_counter() - t0
     records = []
     for k, init_id in enumerate(init_ids):
@@ -1823,6 +1870,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("ITERATIONS", "LS_ITERATIONS"),
         help="(c): the MJX scene's solver and line-search iterations (default: SceneConfig's)",
     )
+    p.add_argument(
+        "--group-frame",
+        choices=("tightest", "largest"),
+        default=None,
+        help="(c): the MJX scene's group_frame (default: SceneConfig's)",
+    )
     p.add_argument("--max-wall-growth", type=float, default=None,
                    help="(c): the MJX scene's max_wall_growth (default: SceneConfig's)")  # fmt: skip
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
@@ -1852,6 +1905,8 @@ def main(argv: list[str] | None = None) -> None:
                 scene.update(solver_iterations=args.solver[0], ls_iterations=args.solver[1])
             if args.max_wall_growth is not None:
                 scene.update(max_wall_growth=args.max_wall_growth)
+            if args.group_frame is not None:
+                scene.update(group_frame=args.group_frame)
         if "expert" in args.checks:
             expert_report(args.suite, t, args.init_states, args.settle, args.steps, not args.real_only,
                           not args.mjx_only, SceneConfig(**scene))  # fmt: skip

@@ -10,7 +10,8 @@ geometry:
 - each object or fixture body: its collision geoms (LIBERO's boxes, or meshes) clustered into
   `SceneConfig.boxes_per_body` groups, split further where merging would turn thin plates into a
   slab (`SceneConfig.max_wall_growth` for objects, `fixture_wall_growth` for fixtures), each group
-  fitted by one box in the frame of its largest member (a group of one keeps LIBERO's box);
+  fitted by one box in the frame of its largest member (`SceneConfig.group_frame`; a group of one
+  keeps LIBERO's box);
 - robot: a capsule fitted to the collision mesh of each link in `SceneConfig.arm_contact_links`
   (link7 has no collision mesh in robosuite's Panda); the hand and the two fingers: slabs of their
   meshes in the body frame (`SceneConfig.hand_boxes`, `finger_boxes`); the fingertip pads:
@@ -67,6 +68,14 @@ class SceneConfig:
     mm: libero_spatial / goal / object keep their fit). 0.003 keeps every plate of the
     bowl: libero_spatial 5 3/10 -> 9/10 but 3 10/10 -> 4/10 and 4 4/10 -> 1/10 (2.6x the pairs crowd
     MJX's 64-pair broad phase; docs/libero_mjx.md)."""
+    group_frame: str = "largest"
+    """Frame of a group's box (`group_box`): "largest", its largest member's, or "tightest", the member
+    frame whose box stands least outside the group. "tightest" brings the akita bowl's fit from 14.5
+    to 6.5 mm outside LIBERO's wall (4.8 mm over the rim to 1.7 under it) but moves the plan's wall
+    grasp (read from the fit) 2.2 mm out and 3.1 mm down, which was tuned on "largest": libero_spatial
+    4 39/50 -> 42/50 (47/50 with turned wall grasps), but libero_spatial 6 9/10 -> 7/10 on inits 0-9
+    and real libero_spatial 2 and libero_10 3 lose an init each (docs/libero_mjx.md, "The bowl's
+    fit")."""
     fixture_wall_growth: float = 0.01
     """max_wall_growth for fixtures (bodies without a free joint). k-means merged the desk caddy's
     7-12 mm walls (17 LIBERO boxes) into slabs up to 14 cm thick that filled its compartments: the
@@ -156,6 +165,8 @@ class SceneConfig:
                 "grip_spin_friction and grip_object_spin_friction must be >= 0, got "
                 f"{self.grip_spin_friction}, {self.grip_object_spin_friction}"
             )
+        if self.group_frame not in ("tightest", "largest"):
+            raise ValueError(f"group_frame must be 'tightest' or 'largest', got {self.group_frame!r}")
         if self.boxes_per_body < 1:
             raise ValueError("boxes_per_body must be >= 1")
         if not self.max_wall_growth >= 0:
@@ -317,16 +328,41 @@ def cluster(centers: np.ndarray, k: int, iters: int = 20) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1]
 
 
-def group_box(m: mujoco.MjModel, members: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One box (pos, quat, half sizes) around a group of a body's geoms, in the frame of its largest
-    member: principal axes gave fewer initial overlaps in MuJoCo C (22 vs 31 of 50 states > 3 mm) but
-    launched both bowls (0.2-0.3 m) at init 0 in MJX."""
+_SUPPORT_DIRS = np.array(
+    [[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)],
+    np.float64,
+)
+_SUPPORT_DIRS /= np.linalg.norm(_SUPPORT_DIRS, axis=1, keepdims=True)
+_CORNERS = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], np.float64)
+
+
+def group_box(
+    m: mujoco.MjModel, members: list[int], frame: str = "largest"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One box (pos, quat, half sizes) around a group of a body's geoms, in the frame of one member.
+    "largest": its largest member's. "tightest": the member frame whose box stands least outside the
+    members (summed over 26 directions, the axes, edge and corner diagonals of the body frame: how
+    far the box's corners reach past the members' points), then the smallest. For a group of a bowl's
+    flared wall plates the largest member is often at the group's end, and its box stood 14.5 mm
+    outside the rim and 4.8 mm over it (the middle plate's: 6.5 mm, under it). Principal axes gave
+    fewer initial overlaps in MuJoCo C but launched both bowls (0.2-0.3 m) at init 0 in MJX."""
     pts = np.concatenate([geom_points(m, g) for g in members])
-    big = max(members, key=lambda g: np.prod(m.geom_size[g]))
-    return fit_box_in_frame(pts, m.geom_quat[big])
+    if frame == "largest":
+        big = max(members, key=lambda g: np.prod(m.geom_size[g]))
+        return fit_box_in_frame(pts, m.geom_quat[big])
+    reach = (pts @ _SUPPORT_DIRS.T).max(0)
+
+    def outside(box):
+        pos, quat, half = box
+        corners = pos + (_CORNERS * half) @ _quat_to_mat(quat).T
+        return float(np.maximum((corners @ _SUPPORT_DIRS.T).max(0) - reach, 0.0).sum()), float(np.prod(half))
+
+    return min((fit_box_in_frame(pts, m.geom_quat[g]) for g in members), key=outside)
 
 
-def wall_groups(m: mujoco.MjModel, geoms: list[int], k: int, max_growth: float) -> list[list[int]]:
+def wall_groups(
+    m: mujoco.MjModel, geoms: list[int], k: int, max_growth: float, frame: str = "largest"
+) -> list[list[int]]:
     """A body's geoms grouped for one box each: k-means on their centres (z weighted x3, so a group
     stays within one ring of a bowl), then each group whose box (`group_box`) is thicker than its
     thickest box member by more than `max_growth` split by 2-means until it is not (or is one geom):
@@ -339,7 +375,7 @@ def wall_groups(m: mujoco.MjModel, geoms: list[int], k: int, max_growth: float) 
         group = todo.pop(0)
         if len(group) > 1 and np.isfinite(max_growth):
             thick = max(m.geom_size[g].min() if m.geom_type[g] == _GEOM.mjGEOM_BOX else np.inf for g in group)
-            if group_box(m, group)[2].min() > thick + max_growth:
+            if group_box(m, group, frame)[2].min() > thick + max_growth:
                 halves = cluster(np.array([m.geom_pos[g] for g in group]) * weight, 2)
                 todo[:0] = [[g for g, lab in zip(group, halves, strict=True) if lab == j] for j in (0, 1)]
                 continue
@@ -492,12 +528,12 @@ def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
         geoms = list(unique.values())
         # rings of LIBERO's boxes sit at a few heights: weigh z so a group stays within one ring
         growth = cfg.max_wall_growth if kind == "object" else cfg.fixture_wall_growth
-        for j, members in enumerate(wall_groups(m, geoms, cfg.boxes_per_body, growth)):
+        for j, members in enumerate(wall_groups(m, geoms, cfg.boxes_per_body, growth, cfg.group_frame)):
             if len(members) == 1 and m.geom_type[members[0]] == _GEOM.mjGEOM_BOX:  # LIBERO's own box
                 g = members[0]
                 add(kind, _GEOM.mjGEOM_BOX, m.geom_pos[g], m.geom_quat[g], m.geom_size[g], g, f"{j}")
                 continue
-            pos, quat, half = group_box(m, members)
+            pos, quat, half = group_box(m, members, cfg.group_frame)
             add(kind, _GEOM.mjGEOM_BOX, pos, quat, half, members[0], f"{j}")
     if not any(g.kind == "plane" for g in out):  # no table: objects stand on the floor
         floor = [g for g in range(m.ngeom) if m.geom_bodyid[g] == 0 and m.geom_type[g] == _GEOM.mjGEOM_PLANE]
