@@ -114,8 +114,8 @@ def real_rollouts(
     return {"settled": settled, "qpos": settled_qpos, "traj": traj}
 
 
-def _isolated(fn, *args):
-    """fn(*args) in a fresh (spawned) process: robosuite stepping in a process whose JAX runtime is up
+def _isolated(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a fresh (spawned) process: robosuite stepping in a process whose JAX runtime is up
     deadlocked here (all threads in futex waits), so the two never share a process."""
     import concurrent.futures
     import multiprocessing
@@ -127,7 +127,7 @@ def _isolated(fn, *args):
     set_gl_environment(os.environ)
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:  # raises if the child dies
-        return pool.submit(fn, *args).result()
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def real_rollouts_isolated(
@@ -1047,7 +1047,7 @@ def compare_pick_place(
     mx, reset, step = _plan_stepper(m, goal)
     t0 = time.perf_counter()
     real = _isolated(
-        real_pick_place, suite, task_id, init_ids, settle, steps, geo, plan_cfg, 0, 128, scene_cfg
+        real_pick_place, suite, task_id, init_ids, settle, steps, geo, plan_cfg, scene_cfg=scene_cfg
     )
     real_s = time.perf_counter() - t0
     records = []
@@ -1291,9 +1291,7 @@ def expert_report(
             steps,
             geo,
             LiberoPlanConfig(),
-            0,
-            128,
-            scene_cfg,
+            scene_cfg=scene_cfg,
         )
         stats([x["success_step"] for x in real], "real")
         rec["real_failed_phases"] = [x["phase"] for x in real if x["success_step"] <= 0]
@@ -1738,7 +1736,9 @@ def compare_plan(
     mx, reset, step = _plan_stepper(m, goal)
     joints = [p.geo.qpos_adr for p in plans_per_init[0] if p.kind == "artic"]
     t0 = time.perf_counter()
-    real = _isolated(real_plan, suite, task_id, init_ids, settle, steps, plans_per_init, plan_cfg, scene)
+    real = _isolated(
+        real_plan, suite, task_id, init_ids, settle, steps, plans_per_init, plan_cfg, scene_cfg=scene
+    )
     real_s = time.perf_counter() - t0
     records = []
     for k, init_id in enumerate(init_ids):
@@ -1844,6 +1844,8 @@ def compare(suite: str, task_id: int, init_ids: list[int], settle: int, out=sys.
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pirl.envs.libero_scene import GROUP_FRAMES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="libero_spatial")
     p.add_argument("--tasks", nargs="+", type=int, default=[0])
@@ -1872,7 +1874,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--group-frame",
-        choices=("tightest", "largest"),
+        choices=GROUP_FRAMES,
         default=None,
         help="(c): the MJX scene's group_frame (default: SceneConfig's)",
     )

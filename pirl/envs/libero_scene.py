@@ -50,6 +50,10 @@ _GEOM = mujoco.mjtGeom
 _OBJ = mujoco.mjtObj
 
 
+GROUP_FRAMES = ("largest", "tightest")
+"""The frames `group_box` can fit a group's box in (`SceneConfig.group_frame`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SceneConfig:
     """How a LIBERO scene is rebuilt for MJX."""
@@ -165,8 +169,8 @@ class SceneConfig:
                 "grip_spin_friction and grip_object_spin_friction must be >= 0, got "
                 f"{self.grip_spin_friction}, {self.grip_object_spin_friction}"
             )
-        if self.group_frame not in ("tightest", "largest"):
-            raise ValueError(f"group_frame must be 'tightest' or 'largest', got {self.group_frame!r}")
+        if self.group_frame not in GROUP_FRAMES:
+            raise ValueError(f"group_frame must be one of {GROUP_FRAMES}, got {self.group_frame!r}")
         if self.boxes_per_body < 1:
             raise ValueError("boxes_per_body must be >= 1")
         if not self.max_wall_growth >= 0:
