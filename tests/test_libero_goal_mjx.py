@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pirl.envs import libero_predicates as lp
+from support import settled_scene_data
 
 
 def test_joint_interval_recovers_threshold_functions():
@@ -503,6 +504,56 @@ def test_drawer_push_leans_clear_of_the_drawer_above():
     upright = np.stack([ref[:, 0], np.cross(down, ref[:, 0]), down], 1)  # the same, not tilted
     assert hand_clearance(ref) > 0.005
     assert hand_clearance(upright) < 0.0
+
+
+MIDDLE_DRAWER_OPEN = {"terms": [{"term": ["open", "wooden_cabinet_1_middle_region"], "kind": "joints", "mode": "any",
+                                 "joints": ["wooden_cabinet_1_middle_level"], "intervals": [[-math.inf, -0.14]]}]}  # fmt: skip
+"""libero_goal 0's goal spec (as `ensure_goal_spec` writes it): open the middle drawer."""
+
+
+def test_drawer_pull_pitch_lifts_the_hand_off_the_plate():
+    """libero_goal 0 (host only, settled init 0): the grip facing the middle drawer's handle is tipped
+    `artic_pitch` below the horizontal. Placed where the plan takes it (in front of the handle, half
+    way in, at the handle), the hand and fingers so pitched stay off plate_1 in front of the cabinet
+    (measured 4.3 / 14.9 / 9.1 mm) and the hand more than 5 mm off the handle of the drawer above
+    (7.2 mm); level (pitch 0) they stand 8.5-8.7 mm into the plate at each point."""
+    import mujoco
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig
+    from pirl.envs.libero_artic_expert import ArticPlanState, articulated_action, articulation_view
+    from pirl.envs.libero_check import goal_subplans, gripper_and_others, pose_geoms
+
+    task = ls.load_task("libero_goal", 0)
+    m = task.model
+    d = settled_scene_data(task, 0)
+    [plan] = goal_subplans(m, MIDDLE_DRAWER_OPEN, d.qpos)
+    geo = plan.geo
+    assert (geo.kind, geo.pull, geo.body) == ("slide", True, "wooden_cabinet_1_cabinet_middle")
+    view = articulation_view(m, d, geo)
+    handle, out = view.body_pos + view.body_mat @ geo.handle, view.body_mat @ geo.outward
+    grip, rel, others = gripper_and_others(m, d, m.body(geo.body).id)
+    body = lambda g: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g])  # noqa: E731
+    plate = [h for h in others if body(h) == "plate_1_main"]
+    above = [h for h in range(m.ngeom) if body(h) == "wooden_cabinet_1_cabinet_top"]
+    hand = [g for g in grip if "finger" not in body(g)]
+    assert plate and above and hand
+
+    def clearances(cfg: LiberoPlanConfig) -> tuple[list[float], float]:
+        _, state = articulated_action(cfg, geo, view, ArticPlanState())
+        dist = lambda gs, hs: min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in gs for h in hs)  # noqa: E731
+        to_plate = []
+        for reach in (0.12, 0.06, 0.008):  # "align", half way in, "insert"
+            pose_geoms(d, grip, rel, handle + out * reach, state.ref_mat)
+            to_plate.append(dist(grip, plate))
+        return to_plate, dist(hand, above)
+
+    cfg = LiberoPlanConfig()
+    assert cfg.artic_pitch > 0.0
+    to_plate, to_above = clearances(cfg)
+    assert min(to_plate) > 0.003 and to_above > 0.005, (to_plate, to_above)
+    level, _ = clearances(dataclasses.replace(cfg, artic_pitch=0.0))
+    assert max(level) < -0.005, level
 
 
 @pytest.mark.nightly

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pirl.envs import libero_scene as ls
+from support import settled_scene_data
 
 
 def test_fit_box_and_capsule_contain_their_points():
@@ -226,16 +227,9 @@ def test_objects_settle_like_libero_in_mujoco_c(task):
     (measured: 3.0 mm worst object at init 0)."""
     from pirl.envs.libero_check import object_errors, real_rollouts_isolated
 
-    m = task.model
-    d = mujoco.MjData(m)
     for init_id in (0,):  # one state keeps CI cheap (a LIBERO env build); the nightly check runs more
         real = real_rollouts_isolated("libero_spatial", 0, init_id, {}, ls.SETTLE_STEPS)
-        s = task.init_states[init_id]
-        d.qpos[:], d.qvel[:] = s[1 : 1 + m.nq], s[1 + m.nq :]
-        arm = d.qpos[:9].copy()
-        for _ in range(round(ls.SETTLE_STEPS * 0.05 / m.opt.timestep)):
-            mujoco.mj_step(m, d)
-            d.qpos[:9], d.qvel[:9] = arm, 0.0
+        d = settled_scene_data(task, init_id, open_fingers=False)
         errs = object_errors(task, d.qpos, real["qpos"])
         assert max(errs.values()) < 10.0, errs  # mm
 
@@ -331,14 +325,7 @@ def test_wall_grasp_turns_between_the_square_choices_only_when_they_all_touch():
         m = t.model
         obj, target = pick_place_goal(t.meta)
         geo = pick_place_geometry(m, obj, target)
-        d = mujoco.MjData(m)
-        s = t.init_states[init_id]
-        d.qpos[:], d.qvel[:] = s[1 : 1 + m.nq], s[1 + m.nq :]
-        d.qpos[7:9] = [0.0388, -0.0388]  # the fingers as the settle's open command leaves them
-        arm = d.qpos[:9].copy()
-        for _ in range(round(ls.SETTLE_STEPS * 0.05 / m.opt.timestep)):
-            mujoco.mj_step(m, d)
-            d.qpos[:9], d.qvel[:9] = arm, 0.0
+        d = settled_scene_data(t, init_id)
         clear = grasp_clearances(m, d.qpos, obj, target, geo, cfg, GRASP_CHOICES)
         square = clear[:SQUARE_GRASPS]
         chosen = grasp_choice(m, d.qpos, obj, target, geo, cfg)

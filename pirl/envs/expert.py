@@ -426,6 +426,12 @@ class LiberoPlanConfig:
     artic_roll: float = 0.5
     """Articulated plan: the facing grip's turn (rad) about its approach axis, so that the hand (0.2 m
     along the closing axis) does not reach straight down onto what stands below a drawer's handle."""
+    artic_pitch: float = 0.3
+    """Articulated plan: the facing grip's approach axis tipped this far (rad) below the horizontal into
+    a drawer's front, so that the hand behind the fingers rises: level, the hand's box came down on
+    libero_goal 0's plate in front of the cabinet (8.7 mm into it), dragged it against the bottom
+    drawer and the handle was missed (MJX 29/50); at 0.3 it clears the plate by 4-16 mm and the handle
+    of the drawer above by 7 mm (MJX and real 50/50, the plate untouched). 0.4 reaches that handle."""
     half_close_steps: int = 4
     """Articulated plan (pirl.envs.libero_artic_expert): closing steps that take the open fingers to
     about half open before they straddle a drawer handle."""

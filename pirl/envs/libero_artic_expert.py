@@ -6,9 +6,10 @@ simulator-neutral `ArticView` (grip site, finger axis, the joint's value and its
 by `articulation_view` from any data object with MuJoCo's field names (MuJoCo C's MjData in the real
 LIBERO, the host copy of an mjx.Data in pirl's scene), and returns robosuite OSC_POSE actions.
 
-- A slide joint (a drawer): to open it the grip turns to face the drawer's front (fingers
-  horizontal, pointing into the cabinet, closing vertically: a top-down grasp of a drawer's handle
-  is blocked by the handle of the drawer above), comes in front of the handle, grasps it and pulls
+- A slide joint (a drawer): to open it the grip turns to face the drawer's front (fingers pointing
+  into the cabinet, tipped `artic_pitch` down so the hand behind them rises off what stands in
+  front of it, closing about vertically: a top-down grasp of a drawer's handle is blocked by the
+  handle of the drawer above), comes in front of the handle, grasps it and pulls
   along the drawer's outward axis; to close it the closed fingers point down, leaning into the push
   (`PUSH_TILT`), come in front of the handle and push it in; each until the joint
   is past the goal's threshold (closed loop on the joint value), then backs off, returns to where it
@@ -319,7 +320,8 @@ def articulated_action(
     ref = state.ref_mat
     if geo.kind == "slide":
         if ref is None:
-            ref = _facing(view, -out_w, cfg.artic_roll) if geo.pull else _leaning(view, -out_w, PUSH_TILT)
+            into = -np.cos(cfg.artic_pitch) * out_w - np.sin(cfg.artic_pitch) * np.array([0.0, 0.0, 1.0])
+            ref = _facing(view, into, cfg.artic_roll) if geo.pull else _leaning(view, -out_w, PUSH_TILT)
         # pulling: half closed on the way in (fully open, the fingers' outer faces reach 66 mm from the
         # grip axis: into the handles 70 mm above and below), closed on the handle, open to let go;
         # pushing: closed throughout. robosuite's gripper moves by the action's sign (0 holds).
