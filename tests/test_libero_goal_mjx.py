@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 import pytest
+from support import settled_scene_data
 
 from pirl.envs import libero_predicates as lp
-from support import settled_scene_data
 
 
 def test_joint_interval_recovers_threshold_functions():

@@ -11,9 +11,9 @@ import dataclasses
 import mujoco
 import numpy as np
 import pytest
+from support import settled_scene_data
 
 from pirl.envs import libero_scene as ls
-from support import settled_scene_data
 
 
 def test_fit_box_and_capsule_contain_their_points():
