@@ -87,12 +87,13 @@ def flat_color_render(data):
 
 def settled_scene_data(task, init_id: int, open_fingers: bool = True):
     """MuJoCo C data of a faithful task's MJX scene (`pirl.envs.libero_scene.load_task`) at official
-    initial state `init_id` after openpi's settle steps with the arm held still: what a plan reads at
-    its first step (the objects start above their supports). `open_fingers`: the fingers as the
-    settle's open command leaves them."""
+    initial state `init_id` after openpi's settle steps with the arm held still (`settle_held`): what
+    a plan reads at its first step (the objects start above their supports). `open_fingers`: the
+    fingers as the settle's open command leaves them."""
     import mujoco
 
     from pirl.envs import libero_scene as ls
+    from pirl.envs.libero_predicates import settle_held
 
     m = task.model
     d = mujoco.MjData(m)
@@ -100,9 +101,5 @@ def settled_scene_data(task, init_id: int, open_fingers: bool = True):
     d.qpos[:], d.qvel[:] = s[1 : 1 + m.nq], s[1 + m.nq :]
     if open_fingers:
         d.qpos[7:9] = [0.0388, -0.0388]
-    arm = d.qpos[:9].copy()
-    for _ in range(round(ls.SETTLE_STEPS * 0.05 / m.opt.timestep)):
-        mujoco.mj_step(m, d)
-        d.qpos[:9], d.qvel[:9] = arm, 0.0
-    mujoco.mj_kinematics(m, d)
+    settle_held(m, d, ls.SETTLE_STEPS * 0.05)
     return d

@@ -405,9 +405,11 @@ class LiberoPlanConfig:
     cabinet or a drawer higher than the target's top + `lift` is lifted off its support first)."""
     turn_tol: float = 0.05
     """Rotation error (rad) under which the carry's turn (`PlanState.place_yaw`) counts as done."""
-    wall_clearance: float = 0.03
+    wall_clearance: float = 0.045
     """Carry height of the object's bottom above the walls round where it started, at least
-    (`PlanState.pick_walls_top`)."""
+    (`PlanState.pick_walls_top`). At 0.03 libero_spatial 4's bowl, carried out of the top drawer, swung
+    back and up in the grasp and fell (MJX 39/50 over all inits); 0.045: 45/50, real 10/10. Of the 40
+    tasks only that carry is raised by it (the others' carry is higher for their target)."""
     pos_gain: float = 2.5
     """Position action per (error / 0.05 m)."""
     rot_gain: float = 1.0
