@@ -238,7 +238,8 @@ def test_push_plan_facts_path_and_step():
     not picked; the bowl and the cream cheese are not pushable. From init 0 the straight line to the
     region runs over the cream cheese; the grid path goes round it (its centre kept more than the
     plate's reach away) and ends inside the region. One push step drives the grip along the path
-    with the fingers closed and pressed down; a grip out past the rim sends the plan back above."""
+    with the fingers closed and pressed down; a grip out past the rim sends the plan back above. Above,
+    a grip far off moves across at its height first, and comes down once over the middle."""
     import mujoco
 
     from pirl.envs import libero_scene as ls
@@ -305,6 +306,14 @@ def test_push_plan_facts_path_and_step():
     slipped = dataclasses.replace(view, grip_pos=centre + np.array([0.1, 0.0, 0.01]))
     _, nxt = push_action(cfg, push, geo, slipped, state)
     assert PUSH_PHASES[nxt.phase] == "above"
+    # arriving from high up and 20 cm away the grip goes across first; over the middle, down
+    above = dataclasses.replace(state, phase=PUSH_PHASES.index("above"))
+    far = dataclasses.replace(view, grip_pos=centre + np.array([-0.2, 0.0, 0.25]))
+    action, _ = push_action(cfg, push, geo, far, above)
+    assert action[0] > 0.9 and abs(action[2]) < 0.05, action
+    over = dataclasses.replace(view, grip_pos=centre + np.array([-0.01, 0.0, 0.25]))
+    action, _ = push_action(cfg, push, geo, over, above)
+    assert action[2] < -0.9, action
 
 
 def test_door_plan_facts_and_step():

@@ -673,6 +673,11 @@ def push_action(
     want = ref
     if name == "above":
         goal = np.array([centre[0], centre[1], height + push.hover])
+        if np.linalg.norm(goal[:2] - view.grip_pos[:2]) > push.hover:
+            # across at the height it comes from, then down: a diagonal descent reached the hover
+            # height short of the object (each axis' action saturates) and swept the hand low across
+            # the bowl beside the plate, which pushed the plate off its path (libero_goal 5, MJX)
+            goal[2] = max(goal[2], view.grip_pos[2])
     elif name == "down":
         goal = np.array([centre[0], centre[1], height])
     elif name == "push":
