@@ -94,6 +94,7 @@ def settled_scene_data(task, init_id: int, open_fingers: bool = True):
 
     from pirl.envs import libero_scene as ls
     from pirl.envs.libero_predicates import settle_held
+    from pirl.envs.osc import OSCConfig
 
     m = task.model
     d = mujoco.MjData(m)
@@ -101,5 +102,5 @@ def settled_scene_data(task, init_id: int, open_fingers: bool = True):
     d.qpos[:], d.qvel[:] = s[1 : 1 + m.nq], s[1 + m.nq :]
     if open_fingers:
         d.qpos[7:9] = [0.0388, -0.0388]
-    settle_held(m, d, ls.SETTLE_STEPS * 0.05)
+    settle_held(m, d, ls.SETTLE_STEPS * OSCConfig().control_dt)
     return d
