@@ -563,6 +563,8 @@ def test_drawer_pull_pitch_lifts_the_hand_off_the_plate():
     assert min(to_plate) > 0.003 and to_above > 0.005, (to_plate, to_above)
     level, _ = clearances(dataclasses.replace(cfg, artic_pitch=0.0))
     assert max(level) < -0.005, level
+    with pytest.raises(ValueError, match="artic_pitch"):
+        LiberoPlanConfig(artic_pitch=np.pi / 2)
 
 
 @pytest.mark.nightly

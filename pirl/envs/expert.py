@@ -460,6 +460,13 @@ class LiberoPlanConfig:
     entry_release: float = 0.003
     """Side entry: the object's bottom over the container's floor when the fingers open."""
 
+    def __post_init__(self):
+        if not abs(self.artic_pitch) < np.pi / 2:
+            # tipped a quarter turn the approach is vertical: no closing axis "about vertical" is left
+            raise ValueError(
+                f"artic_pitch must lie strictly between -pi/2 and pi/2 (rad), got {self.artic_pitch}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class PickPlaceView:
