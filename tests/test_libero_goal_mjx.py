@@ -396,7 +396,9 @@ def test_sequence_chooses_the_grasp_after_the_drawer_opens():
     into it. Where the bowl stands at init 0 the first wall grasp clears everything with the drawer
     shut, not with it open (the open drawer overhangs the bowl's far wall); a pick-and-place chooses
     its grasp when it starts, so from there it takes another, and the same one from the same qpos on a
-    view of MuJoCo data."""
+    view of MuJoCo data. A step's trace record (`plan_trace_line`) reads the same data."""
+    import json
+
     import mujoco
 
     from pirl.envs import libero_scene as ls
@@ -406,6 +408,7 @@ def test_sequence_chooses_the_grasp_after_the_drawer_opens():
         SequenceState,
         goal_subplans,
         grasp_choice,
+        plan_trace_line,
         sequence_action,
     )
 
@@ -427,6 +430,17 @@ def test_sequence_chooses_the_grasp_after_the_drawer_opens():
     action, state, finished = sequence_action(cfg, plans, m, d, SequenceState(3, None, start))
     assert (state.sub.grasp_yaw, state.sub.grasp_side) == chosen and not finished
     assert state.sub.phase == 0 and np.all(np.abs(action[:6]) <= 1.0) and action[6] == -1.0
+    # the step as `--trace-dir` writes it: the sub-plan and its phase, poses read from the data
+    line = json.loads(json.dumps(plan_trace_line(m, d, plans, state, action, 7)))
+    assert (line["t"], line["subplan"], line["phase"]) == (7, 3, "approach")
+    assert line["plan"] == "pick_place:akita_black_bowl_1"
+    bowl = m.body("akita_black_bowl_1_main").id
+    np.testing.assert_allclose(line["objects"]["akita_black_bowl_1"], d.xpos[bowl], atol=1e-4)
+    np.testing.assert_allclose(line["grip"], d.site_xpos[site], atol=1e-4)
+    assert line["joints"] == {plans[2].geo.body: pytest.approx(plans[2].geo.q_goal, abs=1e-4)}
+    assert line["action"] == pytest.approx(action.tolist(), abs=1e-3)
+    assert plan_trace_line(m, d, plans, SequenceState(1, None, start), action, 0)["phase"] == "home"
+    assert plan_trace_line(m, d, plans, SequenceState(0, None, start), action, 0)["phase"] == "wait"
 
 
 BOWL_BOTTOM_DRAWER = {"terms": [

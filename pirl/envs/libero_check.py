@@ -1669,14 +1669,49 @@ def sequence_action(
     return action, dataclasses.replace(state, sub=sub), finished
 
 
+def _trace_file(trace_dir: str | None, suite: str, task_id: int, init_id: int, side: str):
+    """An open JSON-lines file for one episode's per-step trace in `trace_dir` (None: no trace)."""
+    if trace_dir is None:
+        return None
+    os.makedirs(trace_dir, exist_ok=True)
+    return open(os.path.join(trace_dir, f"{suite}_{task_id}_init{init_id}_{side}.jsonl"), "w")
+
+
+def plan_trace_line(m, d, plans: list[SubPlan], state: SequenceState, action: np.ndarray, t: int) -> dict:
+    """One control step of a goal sequence as a JSON-able record (`--trace-dir`): the step, the
+    sub-plan running (index and label) and its phase, the grip site's position, the world position of
+    every object a sub-plan moves, the goal joints' positions and the action taken. `m`, `d`: either
+    simulator's model and data (MuJoCo's field names), after the step's action was chosen."""
+    from pirl.envs.expert import NUDGE_PHASES, PHASES
+    from pirl.envs.libero_artic_expert import ARTIC_PHASES, PUSH_PHASES
+
+    plan, sub = plans[state.index], state.sub
+    names = {"pick_place": PHASES, "nudge": NUDGE_PHASES, "artic": ARTIC_PHASES, "push": PUSH_PHASES}
+    if plan.kind == "home":
+        phase = "home"
+    elif sub is None:
+        phase = "wait"  # objects still moving before a pick-and-place starts
+    else:
+        phase = names[plan.kind][sub.phase]
+    f64 = lambda x: np.asarray(x, np.float64).round(4).tolist()  # noqa: E731 (MJX's float32 read exactly)
+    objects = {p.obj: f64(d.xpos[_body(m, p.obj)]) for p in plans if p.obj}
+    # the goal joints by their body (LIBERO's qpos layout in both simulators)
+    joints = {p.geo.body: round(float(d.qpos[p.geo.qpos_adr]), 4) for p in plans if p.kind == "artic"}
+    return {
+        "t": t, "subplan": state.index, "plan": plan_label(plan), "phase": phase,
+        "grip": f64(d.site_xpos[_grip_site(m)]), "objects": objects, "joints": joints,
+        "action": np.asarray(action, np.float64).round(3).tolist(),
+    }  # fmt: skip
+
+
 def real_plan(
     suite: str, task_id: int, init_ids: list[int], settle: int, steps: int, plans_per_init, plan_cfg,
-    scene_cfg=None,
+    scene_cfg=None, trace_dir: str | None = None,
 ) -> list[dict]:  # fmt: skip
     """The goal sequence in the real LIBERO (reading the real simulator), per initial state (its own
     sub-plans, `plans_per_init`): LIBERO's own success (first step), the final qpos, the sub-plan
     reached (run it in a spawned process). `scene_cfg`: the MJX scene's SceneConfig, on which grasps
-    are chosen (default: its defaults)."""
+    are chosen (default: its defaults). `trace_dir`: write each step's `plan_trace_line` there."""
     from pirl.envs import libero_scene as ls
 
     env, task_suite = make_libero_env(suite, task_id)
@@ -1690,15 +1725,19 @@ def real_plan(
         for init_id, plans in zip(init_ids, plans_per_init, strict=True):
             settled_start(env, inits[init_id], settle)
             state, first, t = SequenceState(), -1, 0
+            trace = _trace_file(trace_dir, suite, task_id, init_id, "real")
             for t in range(steps):
-                action, state, finished = sequence_action(
-                    plan_cfg, plans, m, env.sim.data._data, state, scene=scene
-                )
+                data = env.sim.data._data
+                action, state, finished = sequence_action(plan_cfg, plans, m, data, state, scene=scene)
+                if trace is not None:
+                    trace.write(json.dumps(plan_trace_line(m, data, plans, state, action, t)) + "\n")
                 _, _, done, _ = env.step(action.tolist())
                 if done and first < 0:
                     first = t + 1
                 if finished:
                     break
+            if trace is not None:
+                trace.close()
             out.append({"success_step": first, "qpos": np.array(env.sim.data.qpos), "subplan": state.index,
                         "steps": t + 1})  # fmt: skip
     finally:
@@ -1712,13 +1751,14 @@ PLAN_STEPS = 520
 
 def compare_plan(
     suite: str, task_id: int, init_ids: list[int], settle: int, steps: int = PLAN_STEPS,
-    mjx_side: bool = True, out=sys.stdout, scene=None,
+    mjx_side: bool = True, out=sys.stdout, scene=None, trace_dir: str | None = None,
 ) -> list[dict]:  # fmt: skip
     """Check (c) with the goal-sequencing expert (`goal_subplans`: open / close / turn-on plans of
     `pirl.envs.libero_artic_expert` and pick-and-places, in order), in both simulators, each reading
     its own; one JSON line per initial state (success steps, goal joints' final values, object
     errors), then a summary. The MJX side's success is the goal predicates on each step's data.
-    `scene`: the MJX scene's SceneConfig (default: its defaults)."""
+    `scene`: the MJX scene's SceneConfig (default: its defaults). `trace_dir`: each episode's
+    per-step record (`plan_trace_line`) as JSON lines there, one file per init and simulator."""
     import jax
     import jax.numpy as jnp
 
@@ -1736,9 +1776,8 @@ def compare_plan(
     mx, reset, step = _plan_stepper(m, goal)
     joints = [p.geo.qpos_adr for p in plans_per_init[0] if p.kind == "artic"]
     t0 = time.perf_counter()
-    real = _isolated(
-        real_plan, suite, task_id, init_ids, settle, steps, plans_per_init, plan_cfg, scene_cfg=scene
-    )
+    real = _isolated(real_plan, suite, task_id, init_ids, settle, steps, plans_per_init, plan_cfg,
+                     scene_cfg=scene, trace_dir=trace_dir)  # fmt: skip
     real_s = time.perf_counter() - t0
     records = []
     for k, init_id in enumerate(init_ids):
@@ -1753,14 +1792,19 @@ def compare_plan(
             for _ in range(settle):
                 d, host = step(d, jnp.asarray(SETTLE_ACTION, jnp.float32))
             state, first, t = SequenceState(), -1, 0
+            trace = _trace_file(trace_dir, suite, task_id, init_id, "mjx")
             for t in range(steps):
                 view = types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()})
                 action, state, finished = sequence_action(plan_cfg, plans, m, view, state)
+                if trace is not None:
+                    trace.write(json.dumps(plan_trace_line(m, view, plans, state, action, t)) + "\n")
                 d, host = step(d, jnp.asarray(action))
                 if first < 0 and bool(host["success"]):
                     first = t + 1
                 if finished:
                     break
+            if trace is not None:
+                trace.close()
             qpos = np.asarray(host["qpos"], np.float64)
             errs = object_errors(task, qpos, r["qpos"])
             rec.update(
@@ -1883,6 +1927,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
     p.add_argument("--mjx-only", action="store_true", help="(c) expert: run the plan in MJX only")
     p.add_argument("--plan-steps", type=int, default=PLAN_STEPS, help="(c) plan: control steps per episode")
+    p.add_argument("--trace-dir", default=None,
+                   help="(c) plan: write each episode's per-step trace (sub-plan, phase, grip, objects, action) "
+                        "as JSON lines here, one file per init and simulator")  # fmt: skip
     p.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224], help="(d): square image sides")
     p.add_argument("--images-dir", default=None, help="(d): save side-by-side PNGs here")
     p.add_argument("--looks", nargs="+", choices=["primitives", "meshes"], default=["primitives"],
@@ -1932,6 +1979,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.plan_steps,
                 not args.real_only,
                 scene=SceneConfig(**scene),
+                trace_dir=args.trace_dir,
             )
             ok &= all(r["pass"] for r in recs)
         if "images" in args.checks:
