@@ -24,6 +24,7 @@ JSON line each:
   terms it plans (`goal_subplans`): drawers pulled open / pushed shut by their handle and knobs
   twisted (`pirl.envs.libero_artic_expert`), pick-and-places, in order (a drawer that holds the
   goal region is opened first, closing comes last); success in both, the goal joints' final values.
+  `--trace-dir` also writes each episode's steps there (`plan_trace_line`), per init and simulator.
 - (d) `images` (`--checks images`): LIBERO's agentview and wrist cameras rendered by the real LIBERO
   (robosuite's offscreen render) and by pirl (`pirl.envs.libero_render`) at the same state (the
   real settled qpos), per pirl look (`--looks primitives meshes`) and image size: PSNR and SSIM of the raw images, and the per-object IoU of
@@ -36,6 +37,7 @@ JSON line each:
     python -m pirl.envs.libero_check --tasks 0 1 --init-states 0 1 --checks pick_place
     python -m pirl.envs.libero_check --tasks 0 --init-states 0 --checks images --images-dir /tmp/libero_images
     python -m pirl.envs.libero_check --tasks 0 1 --init-states $(seq 0 49) --checks expert --mjx-only
+    python -m pirl.envs.libero_check --suite libero_10 --tasks 7 --init-states 5 --checks plan --trace-dir /tmp/traces
 """
 
 from __future__ import annotations
