@@ -443,6 +443,16 @@ def test_sequence_chooses_the_grasp_after_the_drawer_opens():
     assert plan_trace_line(m, d, plans, SequenceState(0, None, start), action, 0)["phase"] == "wait"
 
 
+def test_trace_dir_needs_the_plan_check(capsys):
+    """`--trace-dir` traces goal-sequence plans only: without `--checks plan` the CLI refuses it
+    before any simulator starts, saying what to add."""
+    from pirl.envs.libero_check import main
+
+    with pytest.raises(SystemExit):
+        main(["--trace-dir", "traces", "--checks", "state"])
+    assert "add --checks plan" in capsys.readouterr().err
+
+
 BOWL_BOTTOM_DRAWER = {"terms": [
     {"term": ["close", "white_cabinet_1_bottom_region"], "kind": "joints", "mode": "all",
      "joints": ["white_cabinet_1_bottom_level"], "intervals": [[0.0, math.inf]]},

@@ -43,6 +43,7 @@ JSON line each:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -1672,10 +1673,10 @@ def sequence_action(
 
 
 def _trace_file(trace_dir: str | None, suite: str, task_id: int, init_id: int, side: str):
-    """An open JSON-lines file for one episode's per-step trace in `trace_dir` (None: no trace)."""
+    """A context manager: the open JSON-lines file for one episode's per-step trace in `trace_dir`
+    (an existing folder), or None when there is no trace (closed even if the episode raises)."""
     if trace_dir is None:
-        return None
-    os.makedirs(trace_dir, exist_ok=True)
+        return contextlib.nullcontext()
     return open(os.path.join(trace_dir, f"{suite}_{task_id}_init{init_id}_{side}.jsonl"), "w")
 
 
@@ -1727,19 +1728,17 @@ def real_plan(
         for init_id, plans in zip(init_ids, plans_per_init, strict=True):
             settled_start(env, inits[init_id], settle)
             state, first, t = SequenceState(), -1, 0
-            trace = _trace_file(trace_dir, suite, task_id, init_id, "real")
-            for t in range(steps):
-                data = env.sim.data._data
-                action, state, finished = sequence_action(plan_cfg, plans, m, data, state, scene=scene)
-                if trace is not None:
-                    trace.write(json.dumps(plan_trace_line(m, data, plans, state, action, t)) + "\n")
-                _, _, done, _ = env.step(action.tolist())
-                if done and first < 0:
-                    first = t + 1
-                if finished:
-                    break
-            if trace is not None:
-                trace.close()
+            with _trace_file(trace_dir, suite, task_id, init_id, "real") as trace:
+                for t in range(steps):
+                    data = env.sim.data._data
+                    action, state, finished = sequence_action(plan_cfg, plans, m, data, state, scene=scene)
+                    if trace is not None:
+                        trace.write(json.dumps(plan_trace_line(m, data, plans, state, action, t)) + "\n")
+                    _, _, done, _ = env.step(action.tolist())
+                    if done and first < 0:
+                        first = t + 1
+                    if finished:
+                        break
             out.append({"success_step": first, "qpos": np.array(env.sim.data.qpos), "subplan": state.index,
                         "steps": t + 1})  # fmt: skip
     finally:
@@ -1768,6 +1767,10 @@ def compare_plan(
     from pirl.envs import libero_scene as ls
     from pirl.envs.expert import LiberoPlanConfig
 
+    if trace_dir is not None:  # before minutes of episodes
+        if os.path.exists(trace_dir) and not os.path.isdir(trace_dir):
+            raise ValueError(f"trace_dir {trace_dir!r} is a file: give a folder (created if missing)")
+        os.makedirs(trace_dir, exist_ok=True)
     task = ls.load_task(suite, task_id, scene if scene is not None else ls.SceneConfig())
     m = task.model
     spec = _isolated(lp.ensure_goal_spec, suite, task_id)
@@ -1794,19 +1797,17 @@ def compare_plan(
             for _ in range(settle):
                 d, host = step(d, jnp.asarray(SETTLE_ACTION, jnp.float32))
             state, first, t = SequenceState(), -1, 0
-            trace = _trace_file(trace_dir, suite, task_id, init_id, "mjx")
-            for t in range(steps):
-                view = types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()})
-                action, state, finished = sequence_action(plan_cfg, plans, m, view, state)
-                if trace is not None:
-                    trace.write(json.dumps(plan_trace_line(m, view, plans, state, action, t)) + "\n")
-                d, host = step(d, jnp.asarray(action))
-                if first < 0 and bool(host["success"]):
-                    first = t + 1
-                if finished:
-                    break
-            if trace is not None:
-                trace.close()
+            with _trace_file(trace_dir, suite, task_id, init_id, "mjx") as trace:
+                for t in range(steps):
+                    view = types.SimpleNamespace(**{kk: np.asarray(v) for kk, v in host.items()})
+                    action, state, finished = sequence_action(plan_cfg, plans, m, view, state)
+                    if trace is not None:
+                        trace.write(json.dumps(plan_trace_line(m, view, plans, state, action, t)) + "\n")
+                    d, host = step(d, jnp.asarray(action))
+                    if first < 0 and bool(host["success"]):
+                        first = t + 1
+                    if finished:
+                        break
             qpos = np.asarray(host["qpos"], np.float64)
             errs = object_errors(task, qpos, r["qpos"])
             rec.update(
@@ -1937,6 +1938,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--looks", nargs="+", choices=["primitives", "meshes"], default=["primitives"],
                    help="(d): pirl's looks to compare (LiberoRenderConfig.look)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.trace_dir is not None and "plan" not in args.checks:
+        p.error("--trace-dir traces the goal-sequence plans: add --checks plan (or drop --trace-dir)")
     import pirl  # XLA CPU flag before the first JAX computation
 
     pirl.create_backends()  # one XLA CPU pool thread: vmapped MJX steps deadlock jaxlib 0.10's LAPACK otherwise
