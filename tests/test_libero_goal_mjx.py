@@ -451,6 +451,9 @@ def test_trace_dir_needs_the_plan_check(capsys):
     with pytest.raises(SystemExit):
         main(["--trace-dir", "traces", "--checks", "state"])
     assert "add --checks plan" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one side or the other, never neither
+        main(["--checks", "plan", "--real-only", "--mjx-only"])
+    assert "give one of them" in capsys.readouterr().err
 
 
 BOWL_BOTTOM_DRAWER = {"terms": [
