@@ -383,7 +383,18 @@ def test_approach_transits_over_what_stands_on_its_path():
     low = (np.array([0.12, -0.03]), np.array([0.18, 0.03]), 0.3)
     assert transit_height(start, hover, [milk], 0.03) == pytest.approx(0.61)
     assert transit_height(start, hover, [aside, low], 0.03) is None
-    assert transit_height(np.array([0.0, 0.0, 1.0]), hover, [milk], 0.03) is None
+    # both ends high: nothing in the way (the arm may come down anywhere between: each axis saturates
+    # alone, so the lower end's height is the path's)
+    assert transit_height(np.array([0.0, 0.0, 1.0]), hover + [0, 0, 0.2], [milk], 0.03) is None
+    assert transit_height(np.array([0.0, 0.0, 1.0]), hover, [milk], 0.03) == pytest.approx(0.61)
+    # the hand's box (reach 0.1 m, bottom 3.1 cm over the grip site) passes over a basket (top 0.55)
+    # that the grip site's own way misses by 9 cm: libero_10 7's approach to the cream cheese
+    basket = (np.array([0.12, 0.09]), np.array([0.3, 0.3]), 0.55)
+    hand = [(0.1, 0.031)]
+    assert transit_height(start, hover, [basket], 0.03) is None
+    assert transit_height(start, hover, [basket], 0.03, hand) == pytest.approx(0.55 + 0.03 - 0.031)
+    # high enough for the hand already: nothing to do
+    assert transit_height(np.array([0.0, 0.0, 0.6]), np.array([0.3, 0.0, 0.6]), [basket], 0.03, hand) is None
 
     cfg = LiberoPlanConfig()
     geo = PickPlaceGeometry(np.array([-0.02] * 3), np.array([0.02] * 3), np.zeros(3), 0.0)
@@ -393,7 +404,8 @@ def test_approach_transits_over_what_stands_on_its_path():
     st = dataclasses.replace(st, phase=0, steps=0, transit=0.61)
     a, st = pick_place_action(cfg, geo, view, st)
     assert a[2] > 0.5 and abs(a[0]) < 1e-6 and st.phase == 0  # up first
-    a, st = pick_place_action(cfg, geo, dataclasses.replace(view, grip_pos=np.array([0.0, 0.0, 0.61])), st)
+    over = dataclasses.replace(view, grip_pos=np.array([0.0, 0.0, 0.61]))
+    a, st = pick_place_action(cfg, geo, over, st)
     assert a[0] > 0.5 and abs(a[2]) < 1e-6 and st.phase == 0  # across at the transit height
     a, st = pick_place_action(cfg, geo, dataclasses.replace(view, grip_pos=np.array([0.3, 0.0, 0.61])), st)
     assert a[2] < -0.5  # down onto the hover point

@@ -443,6 +443,40 @@ def test_sequence_chooses_the_grasp_after_the_drawer_opens():
     assert plan_trace_line(m, d, plans, SequenceState(0, None, start), action, 0)["phase"] == "wait"
 
 
+def test_approach_from_over_the_basket_lifts_the_gripper_over_its_rim():
+    """libero_10 7 (host only): after the soup is in the basket, the approach to the cream cheese starts
+    over the basket and comes down beside it. Measured on the grip site's straight path it went
+    straight there, and the hand's box (0.2 m along the closing axis, its bottom 3 cm over the site)
+    or the fingers (up to 6.6 cm out, tips 1 cm under it) came down on the basket's wall and threw the
+    soup out (MJX, 12 of 50 inits): the approach now moves over the basket's top with every gripper
+    part clear of it (`gripper_parts`)."""
+    import mujoco
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import LiberoPlanConfig, transit_height
+    from pirl.envs.libero_check import _body, gripper_parts, standing_footprints
+
+    task = ls.load_task("libero_10", 7)
+    m = task.model
+    d = mujoco.MjData(m)
+    d.qpos[:] = task.init_states[5][1 : 1 + m.nq]
+    mujoco.mj_kinematics(m, d)
+    parts = gripper_parts(m, d)
+    reach, bottom = max(parts)  # the hand's box
+    assert 0.10 < reach < 0.115 and 0.025 < bottom < 0.035
+    tips = min(b for _, b in parts)
+    assert -0.015 < tips < 0.0  # the fingertips, under the site
+    basket = d.xpos[_body(m, "basket_1")]
+    start = np.array([basket[0], basket[1], 0.77])  # where the soup's retreat ends (trace, init 5)
+    hover = d.xpos[_body(m, "cream_cheese_1")] + [0.0, 0.0, 0.08]
+    feet = standing_footprints(m, d, "cream_cheese_1")
+    clearance = LiberoPlanConfig().transit_clearance
+    top = max(top for lo, hi, top in feet if lo[1] <= basket[1] <= hi[1] and lo[0] <= basket[0] <= hi[0])
+    # the grip site alone passes the rim at the clearance; the fingertips under it then touch it
+    assert transit_height(start, hover, feet, clearance) == pytest.approx(top + clearance)
+    assert transit_height(start, hover, feet, clearance, parts) == pytest.approx(top + clearance - tips)
+
+
 def test_trace_dir_needs_the_plan_check(capsys):
     """`--trace-dir` traces goal-sequence plans only: without `--checks plan` the CLI refuses it
     before any simulator starts, saying what to add."""

@@ -648,6 +648,27 @@ def standing_footprints(m, d, skip: str) -> list[tuple[np.ndarray, np.ndarray, f
     return out
 
 
+def gripper_parts(m, d) -> list[tuple[float, float]]:
+    """(reach, bottom) of each collision geom of the gripper (the bodies named gripper0_*: the hand's
+    box and the fingers) at the kinematics of `d`: its farthest xy distance (m) from the grip site at
+    any turn about the vertical, and its lowest point's height (m) over the site (the grip pointing
+    down), in either simulator's model: what `expert.transit_height` pads the footprints by."""
+    import mujoco
+
+    from pirl.envs.libero_scene import geom_world_points
+
+    site = _grip_site(m)
+    out = []
+    for g in range(m.ngeom):
+        body = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or ""
+        # collision geoms: group 0 in both (robosuite's visual meshes are group 1; the MJX scene's
+        # boxes collide through explicit pairs, contype 0)
+        if body.startswith("gripper0_") and m.geom_group[g] == 0:
+            pts = geom_world_points(m, d, g) - d.site_xpos[site]
+            out.append((float(np.linalg.norm(pts[:, :2], axis=1).max()), float(pts[:, 2].min())))
+    return out
+
+
 def gripper_and_others(
     m, d, obj_body: int
 ) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]], list[int]]:
@@ -1664,7 +1685,8 @@ def sequence_action(
             # over what stands between the arm and the hover point
             hover = grasp_point(view, sub) + np.array([0.0, 0.0, plan_cfg.hover])
             feet = standing_footprints(m, d, plan.obj)
-            transit = transit_height(view.grip_pos, hover, feet, plan_cfg.transit_clearance)
+            parts = gripper_parts(m, d)
+            transit = transit_height(view.grip_pos, hover, feet, plan_cfg.transit_clearance, parts)
             sub = dataclasses.replace(sub, phase=0, steps=0, transit=transit)
         action, sub = pick_place_action(plan_cfg, plan.geo, view, sub)
         finished = PHASES[sub.phase] == "done"
