@@ -477,6 +477,41 @@ def test_approach_from_over_the_basket_lifts_the_gripper_over_its_rim():
     assert transit_height(start, hover, feet, clearance, parts) == pytest.approx(top + clearance - tips)
 
 
+def test_grip_turns_the_way_the_wrist_can_go():
+    """`wrist_turn` (host only, libero_10 0's scene): pointing down, the Panda's last joint turns the
+    grip about the vertical the other way (+0.3 rad on the joint, -0.3 of yaw); a turn that would
+    take the joint past its range becomes the half turn the other way (the same grasp), one that
+    stays inside is kept. libero_10 0 inits 27, 42, 49: the wrist at its limit and the yaw action
+    saturated, the approach stalled for 150 steps (MJX)."""
+    import mujoco
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs.expert import rot_z, rotation_error
+    from pirl.envs.libero_check import WRIST_JOINT, WRIST_MARGIN, _grip_site, wrist_turn
+
+    task = ls.load_task("libero_10", 0)
+    m = task.model
+    d = mujoco.MjData(m)
+    d.qpos[:] = task.init_states[0][1 : 1 + m.nq]
+    j = m.joint(WRIST_JOINT)
+    lo = float(j.range[0])
+    site = _grip_site(m)
+    mujoco.mj_kinematics(m, d)
+    before = d.site_xmat[site].reshape(3, 3).copy()
+    d.qpos[j.qposadr[0]] += 0.3
+    mujoco.mj_kinematics(m, d)
+    assert rotation_error(d.site_xmat[site].reshape(3, 3), before)[2] == pytest.approx(-0.3, abs=0.02)
+    d.qpos[j.qposadr[0]] = lo + WRIST_MARGIN + 0.2
+    mujoco.mj_kinematics(m, d)
+    grip = d.site_xmat[site].reshape(3, 3).copy()
+    far = rot_z(0.5) @ grip  # the wrist would end 0.3 rad past its margin
+    turned = wrist_turn(m, d, far, grip)
+    assert rotation_error(turned, grip)[2] == pytest.approx(0.5 - np.pi, abs=1e-6)
+    np.testing.assert_allclose(turned, rot_z(-np.pi) @ far, atol=1e-12)  # the closing axis's line kept
+    near = rot_z(-0.5) @ grip
+    np.testing.assert_allclose(wrist_turn(m, d, near, grip), near)
+
+
 def test_trace_dir_needs_the_plan_check(capsys):
     """`--trace-dir` traces goal-sequence plans only: without `--checks plan` the CLI refuses it
     before any simulator starts, saying what to add."""

@@ -669,6 +669,32 @@ def gripper_parts(m, d) -> list[tuple[float, float]]:
     return out
 
 
+WRIST_JOINT = "robot0_joint7"
+"""The Panda's last joint: with the grip pointing down it turns the hand about the vertical."""
+WRIST_MARGIN = 0.1
+"""`wrist_turn` keeps the wrist this far (rad) inside its range."""
+
+
+def wrist_turn(m, d, ref: np.ndarray, grip_mat: np.ndarray) -> np.ndarray:
+    """`ref` f64[3, 3] (a grip orientation to turn to), or `ref` turned half a turn about the vertical
+    when turning there from `grip_mat` would take the wrist (WRIST_JOINT, in `d.qpos`) past its range:
+    the fingers and the hand are symmetric, so both hold the same grasp. libero_10 0: the wrist at its
+    limit, the saturated yaw of the nearer turn stalled the approach for 150 steps."""
+    import mujoco
+
+    from pirl.envs.expert import rot_z, rotation_error
+
+    j = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, WRIST_JOINT)
+    lo, hi = m.jnt_range[j]
+    # pointing down, a turn about the world's vertical turns the wrist the other way
+    after = float(d.qpos[m.jnt_qposadr[j]]) - float(rotation_error(ref, grip_mat)[2])
+    if after < lo + WRIST_MARGIN:
+        return rot_z(-np.pi) @ ref
+    if after > hi - WRIST_MARGIN:
+        return rot_z(np.pi) @ ref
+    return ref
+
+
 def gripper_and_others(
     m, d, obj_body: int
 ) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]], list[int]]:
@@ -1682,6 +1708,7 @@ def sequence_action(
                 closing = start @ view.grip_mat.T @ view.finger_axis
                 first = dataclasses.replace(view, grip_mat=start, finger_axis=closing)
             _, sub = pick_place_action(plan_cfg, plan.geo, first, begin)
+            sub = dataclasses.replace(sub, ref_mat=wrist_turn(m, d, sub.ref_mat, view.grip_mat))
             # over what stands between the arm and the hover point
             hover = grasp_point(view, sub) + np.array([0.0, 0.0, plan_cfg.hover])
             feet = standing_footprints(m, d, plan.obj)
