@@ -385,7 +385,7 @@ def test_approach_transits_over_what_stands_on_its_path():
     assert transit_height(start, hover, [aside, low], 0.03) is None
     # both ends high: nothing in the way (the arm may come down anywhere between: each axis saturates
     # alone, so the lower end's height is the path's)
-    assert transit_height(np.array([0.0, 0.0, 1.0]), hover + [0, 0, 0.2], [milk], 0.03) is None
+    assert transit_height(np.array([0.0, 0.0, 1.0]), hover + np.array([0.0, 0.0, 0.2]), [milk], 0.03) is None
     assert transit_height(np.array([0.0, 0.0, 1.0]), hover, [milk], 0.03) == pytest.approx(0.61)
     # the hand's box (reach 0.1 m, bottom 3.1 cm over the grip site) passes over a basket (top 0.55)
     # that the grip site's own way misses by 9 cm: libero_10 7's approach to the cream cheese

@@ -1136,7 +1136,7 @@ def compare_pick_place(
         out.flush()
     summary = {
         "suite": suite, "task": task_id, "check": "pick_place_summary", "episodes": len(records),
-        "real_successes": sum(r["real_success_step"] > 0 for r in records) if real_side else None,
+        "real_successes": sum(r["real_success_step"] > 0 for r in records),
         "mjx_successes": sum(r["mjx_success_step"] > 0 for r in records) if mjx_side else None,
         "objects_within_2cm": sum(r["pass"] for r in records) if mjx_side else None,
         "caps": [int(m.numeric_data[m.numeric("max_geom_pairs").id]), int(m.numeric_data[m.numeric("max_contact_points").id])],
