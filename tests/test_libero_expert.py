@@ -404,8 +404,7 @@ def test_approach_transits_over_what_stands_on_its_path():
     st = dataclasses.replace(st, phase=0, steps=0, transit=0.61)
     a, st = pick_place_action(cfg, geo, view, st)
     assert a[2] > 0.5 and abs(a[0]) < 1e-6 and st.phase == 0  # up first
-    over = dataclasses.replace(view, grip_pos=np.array([0.0, 0.0, 0.61]))
-    a, st = pick_place_action(cfg, geo, over, st)
+    a, st = pick_place_action(cfg, geo, dataclasses.replace(view, grip_pos=np.array([0.0, 0.0, 0.61])), st)
     assert a[0] > 0.5 and abs(a[2]) < 1e-6 and st.phase == 0  # across at the transit height
     a, st = pick_place_action(cfg, geo, dataclasses.replace(view, grip_pos=np.array([0.3, 0.0, 0.61])), st)
     assert a[2] < -0.5  # down onto the hover point

@@ -569,10 +569,11 @@ def transit_height(
     xy rectangle spanned by the two points and reach within `clearance` of the lower point's height;
     None when none does. The approach's way is not a straight line (each axis's action saturates on its
     own and the arm came down faster than it moved across: libero_10 7, z 0.169 m in 16 steps against
-    y 0.099), so it may be at the lower height anywhere between the two. `parts`: (reach, bottom) of the gripper's parts round the
-    grip site (`libero_check.gripper_parts`: the hand's box, 0.2 m along the closing axis, its bottom
-    3 cm over the site; the fingers, up to 6.6 cm out open, their tips 1 cm under it): each footprint
-    also counts padded by a part's reach in xy (any turn), its top to be passed at the part's bottom."""
+    y 0.099), so it may be at the lower height anywhere between the two. `parts`: (reach, bottom) of
+    the gripper's parts round the grip site (`libero_check.gripper_parts`: the hand's box, 0.2 m along
+    the closing axis, its bottom 3 cm over the site; the fingers, up to 6.6 cm out open, their tips 1 cm
+    under it): each footprint also counts padded by a part's reach in xy (any turn), its top to be
+    passed at the part's bottom."""
     start, hover = np.asarray(start, np.float64), np.asarray(hover, np.float64)
     box_lo, box_hi = np.minimum(start[:2], hover[:2]), np.maximum(start[:2], hover[:2])
     low = min(start[2], hover[2])
