@@ -510,6 +510,9 @@ def test_grip_turns_the_way_the_wrist_can_go():
     np.testing.assert_allclose(turned, rot_z(-np.pi) @ far, atol=1e-12)  # the closing axis's line kept
     near = rot_z(-0.5) @ grip
     np.testing.assert_allclose(wrist_turn(m, d, near, grip), near)
+    bare = mujoco.MjModel.from_xml_string("<mujoco><worldbody/></mujoco>")
+    with pytest.raises(ValueError, match="no joint 'robot0_joint7'"):
+        wrist_turn(bare, mujoco.MjData(bare), near, grip)
 
 
 def test_trace_dir_needs_the_plan_check(capsys):

@@ -686,7 +686,9 @@ def wrist_turn(m, d, ref: np.ndarray, grip_mat: np.ndarray) -> np.ndarray:
 
     j = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, WRIST_JOINT)
     if j < 0:
-        raise ValueError(f"wrist_turn: the model has no joint {WRIST_JOINT!r} (robosuite's Panda): plan on a LIBERO scene")
+        raise ValueError(
+            f"wrist_turn: the model has no joint {WRIST_JOINT!r} (robosuite's Panda): plan on a LIBERO scene"
+        )
     lo, hi = m.jnt_range[j]
     # pointing down, a turn about the world's vertical turns the wrist the other way
     after = float(d.qpos[m.jnt_qposadr[j]]) - float(rotation_error(ref, grip_mat)[2])
