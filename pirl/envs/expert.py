@@ -732,6 +732,7 @@ def pick_place_action(
     grip, speed = (-1.0, 1.0) if phase in (0, 1, 6, 7, 8) else (1.0, cfg.carry_speed)
     closing = False  # the retreat closes the fingers before it rises
     transiting = False  # an approach leg short of the hover point
+    transit = None
     if name == "approach":
         goal = grasp + np.array([0.0, 0.0, cfg.hover])
         transit = state.transit
@@ -798,6 +799,9 @@ def pick_place_action(
     else:
         there = np.linalg.norm(err) < cfg.reach_tol * (2.0 if name == "retreat" else 1.0)
         if name == "transport" and state.place_yaw:  # lowered only once turned
+            there = there and np.linalg.norm(turn_err) < cfg.turn_tol
+        if name == "approach" and transit is not None:
+            # the long way round arrives with the turn unfinished
             there = there and np.linalg.norm(turn_err) < cfg.turn_tol
         done = there or steps + 1 >= cfg.phase_timeout
     nxt = dataclasses.replace(
