@@ -408,3 +408,13 @@ def test_approach_transits_over_what_stands_on_its_path():
     assert a[0] > 0.5 and abs(a[2]) < 1e-6 and st.phase == 0  # across at the transit height
     a, st = pick_place_action(cfg, geo, dataclasses.replace(view, grip_pos=np.array([0.3, 0.0, 0.61])), st)
     assert a[2] < -0.5  # down onto the hover point
+    # at the hover point with the grip still tilted 0.1 rad (left from the move across): it waits for
+    # the turn before it descends (libero_10 3 init 4: the tilt slid the descent onto the bowl's rim)
+    at_hover = np.array([0.3, 0.0, 0.39 + cfg.hover])
+    c, s_ = np.cos(0.1), np.sin(0.1)
+    tilt = np.array([[c, 0.0, s_], [0.0, 1.0, 0.0], [-s_, 0.0, c]])  # 0.1 rad about the world's y
+    tilted = dataclasses.replace(view, grip_pos=at_hover, grip_mat=tilt @ np.array(R_DOWN))
+    a, waiting = pick_place_action(cfg, geo, tilted, st)
+    assert waiting.phase == 0 and np.abs(a[3:6]).max() > 0.05
+    _, st = pick_place_action(cfg, geo, dataclasses.replace(view, grip_pos=at_hover), st)
+    assert PHASES[st.phase] == "descend"
