@@ -822,12 +822,13 @@ def test_push_plan_moves_the_plate_in_mjx_and_libero():
 @pytest.mark.nightly
 def test_drawer_push_shuts_the_bowl_in_mjx_and_libero():
     """libero_10 3 (the bowl in the open bottom drawer, then shut it) from initial states 0 and 4, the
-    drawer pushed shut by the leaning push: success in the real LIBERO at both (5/5 over inits 0-4), in
-    MJX at init 4 (MJX 2/5 over inits 0-4, 0 and 4, until the fingers' torsional friction with objects
-    went to 0.05 in session 15: since then init 0's drawer stops at q -0.0089, short of LIBERO's q > 0;
-    docs/libero_mjx.md, "Torsional friction with held objects"). At init 0 the bowl was let go over the
-    drawer's walls and wedged under the handle of the middle drawer (MJX, `SceneConfig.impratio` 5);
-    since i15-drawer a bowl is lowered to the drawer's floor before release ("The bowl into a drawer")."""
+    drawer pushed shut by the leaning push: success in the real LIBERO at both (45/50 over inits 0-49,
+    session 20), in MJX at init 4 (11/50 over inits 0-49: the fitted bowl, wider than LIBERO's, wedges
+    in the drawer and jams the push; init 0's drawer stops at q -0.089, short of LIBERO's q > 0). Init 4
+    failed in MJX from f7ff382 (the approach's transit over the cabinet left the grip tilted, and the
+    descent slid onto the bowl's rim) until the approach waited for its turn after a transit (session
+    20). At init 0 the bowl was once let go over the drawer's walls and wedged under the handle of the
+    middle drawer; since i15-drawer a bowl is lowered to the drawer's floor before release."""
     import io
 
     from pirl.envs.libero_check import compare_plan
