@@ -169,6 +169,35 @@ def test_group_frame_tightest_keeps_the_bowl_near_libero_wall(task):
         ls.SceneConfig(group_frame="principal")
 
 
+def test_canonical_box_frames_keep_each_box_and_turn_its_frame_to_the_body():
+    """`canonical_box` gives the same box (its 8 corners) in the frame of its 24 nearest its body's;
+    with `SceneConfig.canonical_box_frames` libero_10 6's porcelain mug keeps every box where it was
+    (geometry unchanged) and its base box, fitted in a wall plate's frame (local z horizontal), is
+    labeled in the body's frame (local z up: the thin axis)."""
+    rot = np.zeros(9)
+    quat = np.array([0.5, -0.5, 0.5, 0.5])  # a 120-degree turn about (-1, 1, 1): the axes cycled
+    half = np.array([0.0052, 0.025, 0.0246])
+    _, q, h = ls.canonical_box(np.zeros(3), quat, half)
+
+    def corners(q_, h_):
+        mujoco.mju_quat2Mat(rot, q_)
+        pts = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)]) * h_
+        return np.sort(np.round(pts @ rot.reshape(3, 3).T, 9), axis=0)
+
+    np.testing.assert_allclose(corners(q, h), corners(quat, half), atol=1e-9)
+    np.testing.assert_allclose(np.abs(q), [1, 0, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(h, [0.025, 0.0246, 0.0052])
+    xml = ls.ensure_built("libero_10", 6) / "scene.xml"
+    ms = [ls.mjx_scene_spec(xml, ls.SceneConfig(canonical_box_frames=c)).compile() for c in (False, True)]
+    for g in range(ms[0].ngeom):
+        if ms[0].geom(g).name.startswith("porcelain_mug_1_main_mjx"):
+            np.testing.assert_allclose(ms[1].geom_pos[g], ms[0].geom_pos[g])
+            np.testing.assert_allclose(corners(ms[1].geom_quat[g], ms[1].geom_size[g]),
+                                       corners(ms[0].geom_quat[g], ms[0].geom_size[g]), atol=1e-9)  # fmt: skip
+    base = ms[1].geom("porcelain_mug_1_main_mjx1")
+    assert np.argmin(base.size) == 2 and np.argmin(ms[0].geom("porcelain_mug_1_main_mjx1").size) != 2
+
+
 def test_impratio_reaches_the_model_and_is_checked(task):
     """`SceneConfig.impratio` is the compiled model's (MJX reads it from there) and must be positive."""
     assert task.model.opt.impratio == pytest.approx(ls.SceneConfig().impratio)
