@@ -86,8 +86,9 @@ class SceneConfig:
     but MJX's box-box contacts depend on the labeling. libero_10 6: the porcelain mug's base, labeled by
     a wall plate's frame (its z axis horizontal), landed on the plate tilted 14 degrees and slid 2.9 cm
     (the real LIBERO's: 4 degrees, 0.3 cm), 3.0-3.6 cm from the plate's centre where LIBERO's On needs
-    under 3 (docs/libero_mjx.md, session 20). LIBERO's own boxes keep their frames. Off until every
-    task is re-run with it (it relabels boxes in all 40 scenes: bowls, bottles, the stove's button)."""
+    under 3: MJX 45/50 -> 49/50. It moves which inits miss elsewhere (libero_10 3 11/50 -> 9/50, 4 46/50
+    with other misses; docs/libero_mjx.md, session 20). LIBERO's own boxes keep their frames. Off until
+    every task is re-run with it (it relabels boxes in all 40 scenes: bowls, bottles, the stove's button)."""
     fixture_wall_growth: float = 0.01
     """max_wall_growth for fixtures (bodies without a free joint). k-means merged the desk caddy's
     7-12 mm walls (17 LIBERO boxes) into slabs up to 14 cm thick that filled its compartments: the
