@@ -84,7 +84,7 @@ class SceneConfig:
     """Each fitted box (a group of LIBERO's geoms) in the one of its 24 equivalent frames (axes
     relabeled) nearest its body's frame rather than in the member's it was fitted in: the same box,
     but MJX's box-box contacts depend on the labeling. libero_10 6: the porcelain mug's base, labeled by
-    a wall plate's frame (its z axis horizontal), landed on the plate tilted 14 degrees and slid 2.9 cm
+    its largest member's frame (its z axis horizontal), landed on the plate tilted 14 degrees and slid 2.9 cm
     (the real LIBERO's: 4 degrees, 0.3 cm), 3.0-3.6 cm from the plate's centre where LIBERO's On needs
     under 3: MJX 45/50 -> 49/50. It moves which inits miss elsewhere (libero_10 3 11/50 -> 9/50, 4 46/50
     with other misses; docs/libero_mjx.md, session 20). LIBERO's own boxes keep their frames. Off until
