@@ -172,8 +172,8 @@ def test_group_frame_tightest_keeps_the_bowl_near_libero_wall(task):
 def test_canonical_box_frames_keep_each_box_and_turn_its_frame_to_the_body():
     """`canonical_box` gives the same box (its 8 corners) in the frame of its 24 nearest its body's;
     with `SceneConfig.canonical_box_frames` libero_10 6's porcelain mug keeps every box where it was
-    (geometry unchanged) and its base box, fitted in a wall plate's frame (local z horizontal), is
-    labeled in the body's frame (local z up: the thin axis)."""
+    (geometry unchanged) and its base box, fitted in its largest member's frame (local z horizontal),
+    is labeled in the body's frame (local z up: the thin axis)."""
     rot = np.zeros(9)
     quat = np.array([0.5, -0.5, 0.5, 0.5])  # a 120-degree turn about (-1, 1, 1): the axes cycled
     half = np.array([0.0052, 0.025, 0.0246])
@@ -191,9 +191,8 @@ def test_canonical_box_frames_keep_each_box_and_turn_its_frame_to_the_body():
     ms = [ls.mjx_scene_spec(xml, ls.SceneConfig(canonical_box_frames=c)).compile() for c in (False, True)]
     for g in range(ms[0].ngeom):
         if ms[0].geom(g).name.startswith("porcelain_mug_1_main_mjx"):
-            np.testing.assert_allclose(ms[1].geom_pos[g], ms[0].geom_pos[g])
-            np.testing.assert_allclose(corners(ms[1].geom_quat[g], ms[1].geom_size[g]),
-                                       corners(ms[0].geom_quat[g], ms[0].geom_size[g]), atol=1e-9)  # fmt: skip
+            same, was = (np.sort(np.round(ls.geom_points(mm, g), 9), axis=0) for mm in ms[::-1])
+            np.testing.assert_allclose(same, was, atol=1e-9)
     base = ms[1].geom("porcelain_mug_1_main_mjx1")
     assert np.argmin(base.size) == 2 and np.argmin(ms[0].geom("porcelain_mug_1_main_mjx1").size) != 2
 

@@ -870,8 +870,9 @@ def place_choice(
     region shifts (0, then PLACE_SHIFT of its half size along x, y and the diagonals) x carry turns
     (PLACE_TURNS) whose release clears by PLACE_CLEARANCE, else the one that clears most. `begin`:
     the episode's PlanState with its grasp; `place_offset`: the sub-plan's own
-    (`SubPlan.place_offset`), added to the target first. libero_10 6: the hand's box (0.2 m along the closing axis) came down on
-    the porcelain mug's rim beside the pudding's region and pushed the mug off the plate."""
+    (`SubPlan.place_offset`), added to the target first. libero_10 6: the hand's box (0.2 m along
+    the closing axis) came down on the porcelain mug's rim beside the pudding's region and pushed the
+    mug off the plate."""
     import mujoco
 
     from pirl.envs.expert import pick_place_action, rot_z, world_extents
