@@ -66,7 +66,7 @@ def bench(
         "xla_cpu_threads": os.environ.get("PIRL_XLA_CPU_THREADS", "1"),
         "solver_iterations": scene.solver_iterations,
         "grip_condim": scene.grip_condim,
-        "max_wall_growth": scene.max_wall_growth,
+        "max_wall_growth": scene.for_task(suite, task).max_wall_growth,
         "ngeom": load_task(suite, task, scene).model.ngeom,
         "npair": load_task(suite, task, scene).model.npair,
         "ls_iterations": scene.ls_iterations,
@@ -102,7 +102,7 @@ def main() -> None:
     args = p.parse_args()
     scene = SceneConfig()
     if args.max_wall_growth is not None:
-        scene = dataclasses.replace(scene, max_wall_growth=args.max_wall_growth)
+        scene = dataclasses.replace(scene, max_wall_growth=args.max_wall_growth, task_wall_growth=())
     if args.grip_condim is not None:
         scene = dataclasses.replace(scene, grip_condim=args.grip_condim)
     if args.solver is not None:

@@ -822,13 +822,13 @@ def test_push_plan_moves_the_plate_in_mjx_and_libero():
 @pytest.mark.nightly
 def test_drawer_push_shuts_the_bowl_in_mjx_and_libero():
     """libero_10 3 (the bowl in the open bottom drawer, then shut it) from initial states 0 and 4, the
-    drawer pushed shut by the leaning push: success in the real LIBERO at both (45/50 over inits 0-49,
-    session 20), in MJX at init 4 (11/50 over inits 0-49: the fitted bowl, wider than LIBERO's, wedges
-    in the drawer and jams the push; init 0's drawer stops at q -0.089, short of LIBERO's q > 0). Init 4
-    failed in MJX from f7ff382 (the approach's transit over the cabinet left the grip tilted, and the
-    descent slid onto the bowl's rim) until the approach waited for its turn after a transit (session
-    20). At init 0 the bowl was once let go over the drawer's walls and wedged under the handle of the
-    middle drawer; since i15-drawer a bowl is lowered to the drawer's floor before release."""
+    drawer pushed shut by the leaning push: success in both simulators. MJX's scene keeps LIBERO's own
+    plates for the bowl here (`SceneConfig.task_wall_growth`): with the 10-box fit, 13.6 cm across where
+    LIBERO's bowl is 10.8, it wedged between the drawer's front wall and the handles and jammed the push
+    (MJX 11/50 over inits 0-49, init 0's drawer stopping at q -0.089; with the plates 49/50, the real
+    LIBERO 47/50, session 21). Init 4 failed in MJX from f7ff382 (the approach's transit over the cabinet
+    left the grip tilted, and the descent slid onto the bowl's rim) until the approach waited for its turn
+    after a transit (session 20)."""
     import io
 
     from pirl.envs.libero_check import compare_plan
@@ -837,4 +837,4 @@ def test_drawer_push_shuts_the_bowl_in_mjx_and_libero():
     for rec in records:
         assert rec["plans"] == ["pick_place:akita_black_bowl_1", "push:white_cabinet_1_cabinet_bottom"], rec
         assert rec["real_success_step"] > 0 and rec["real_q"][0] > 0.0, rec
-    assert records[1]["mjx_success_step"] > 0 and records[1]["mjx_q"][0] > 0.0, records[1]
+        assert rec["mjx_success_step"] > 0 and rec["mjx_q"][0] > 0.0, rec

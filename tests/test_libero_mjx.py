@@ -141,6 +141,23 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
     assert per_body[thin.body("flat_stove_1_button").id] == ls.SceneConfig().boxes_per_body
 
 
+def test_task_wall_growth_keeps_libero_bowl_plates_where_listed():
+    """`SceneConfig.task_wall_growth`: libero_10 3's scene (the bowl lowered into a drawer between its
+    front wall and the handles) keeps the akita bowl's LIBERO plates (29 boxes, the upper wall under
+    2.5 mm thick) by default; without the entry, or in another task, the bowl is the 10-box fit."""
+    cfg = ls.SceneConfig()
+    assert cfg.for_task("libero_spatial", 0).max_wall_growth == cfg.max_wall_growth
+    assert cfg.for_task("libero_10", 3).max_wall_growth == 0.003
+    assert cfg.for_task("libero_10", 3).task_wall_growth == ()
+    for scene, n in ((cfg, 29), (ls.SceneConfig(task_wall_growth=()), 10)):
+        m = ls.load_task("libero_10", 3, scene).model
+        b = m.body("akita_black_bowl_1_main").id
+        geoms = [g for g in range(m.ngeom) if m.geom_bodyid[g] == b]
+        assert len(geoms) == n
+    with pytest.raises(ValueError, match="task_wall_growth"):
+        ls.SceneConfig(task_wall_growth=(("libero_10", 3, -1.0),))
+
+
 def test_group_frame_tightest_keeps_the_bowl_near_libero_wall(task):
     """`SceneConfig.group_frame`: a group of the akita bowl's flared wall plates boxed in its largest
     member's frame (the default) stands 14.5 mm outside LIBERO's wall (radius 53.9 mm) and 4.8 mm

@@ -2032,7 +2032,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.solver is not None:
                 scene.update(solver_iterations=args.solver[0], ls_iterations=args.solver[1])
             if args.max_wall_growth is not None:
-                scene.update(max_wall_growth=args.max_wall_growth)
+                scene.update(max_wall_growth=args.max_wall_growth, task_wall_growth=())
             if args.group_frame is not None:
                 scene.update(group_frame=args.group_frame)
             if args.box_frames is not None:
