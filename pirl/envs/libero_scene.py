@@ -87,8 +87,9 @@ class SceneConfig:
     its largest member's frame (its z axis horizontal), landed on the plate tilted 14 degrees and slid 2.9 cm
     (the real LIBERO's: 4 degrees, 0.3 cm), 3.0-3.6 cm from the plate's centre where LIBERO's On needs
     under 3: MJX 45/50 -> 49/50. It moves which inits miss elsewhere (libero_10 3 with the fitted bowl
-    11/50 -> 9/50, 4 46/50 with other misses; docs/libero_mjx.md, session 20). LIBERO's own boxes keep their frames. Off until
-    every task is re-run with it (it relabels boxes in all 40 scenes: bowls, bottles, the stove's button)."""
+    11/50 -> 9/50, 4 46/50 with other misses; docs/libero_mjx.md, session 20). LIBERO's own boxes keep
+    their frames. Off until every task is re-run with it (it relabels boxes in all 40 scenes: bowls,
+    bottles, the stove's button)."""
     task_wall_growth: tuple[tuple[str, int, float], ...] = (("libero_10", 3, 0.003),)
     """(suite, task id, max_wall_growth) for tasks whose objects keep more of LIBERO's own boxes than
     max_wall_growth allows (`load_task` applies it). libero_10 3 lowers the akita bowl between the open
@@ -96,8 +97,9 @@ class SceneConfig:
     across and stands 4.8 mm over the rim (LIBERO's 10.8 cm), and it wedged in the drawer or jammed the
     push. At 0.003 the bowl keeps LIBERO's plates (29 boxes; the wine bottle 12): MJX 11/50 -> 49/50, the
     real LIBERO replaying the plan read from this scene 45/50 -> 47/50 (docs/libero_mjx.md, "LIBERO's own
-    bowl in the drawer"). Not applied everywhere: it doubles the scene's contact pairs (1,370 -> 2,710)
-    and the other bowl tasks were measured with the fit."""
+    bowl in the drawer"). Not applied everywhere: the other bowl tasks were measured with the fit. It
+    doubles the scene's candidate pairs (1,370 -> 2,710) at the same step time on the CPU (MJX's broad
+    phase keeps max_geom_pairs per group)."""
     fixture_wall_growth: float = 0.01
     """max_wall_growth for fixtures (bodies without a free joint). k-means merged the desk caddy's
     7-12 mm walls (17 LIBERO boxes) into slabs up to 14 cm thick that filled its compartments: the
