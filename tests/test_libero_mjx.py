@@ -143,8 +143,8 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
 
 def test_task_wall_growth_keeps_libero_bowl_plates_where_listed():
     """`SceneConfig.task_wall_growth`: libero_10 3's scene (the bowl lowered into a drawer between its
-    front wall and the handles) keeps the akita bowl's LIBERO plates (29 boxes, the upper wall under
-    2.5 mm thick) by default; without the entry, or in another task, the bowl is the 10-box fit."""
+    front wall and the handles) keeps the akita bowl's LIBERO plates (29 boxes) by default; without the
+    entry the bowl is the 10-box fit, and other tasks are built with max_wall_growth as given."""
     cfg = ls.SceneConfig()
     assert cfg.for_task("libero_spatial", 0).max_wall_growth == cfg.max_wall_growth
     assert cfg.for_task("libero_10", 3).max_wall_growth == 0.003
