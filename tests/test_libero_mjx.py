@@ -156,6 +156,8 @@ def test_task_wall_growth_keeps_libero_bowl_plates_where_listed():
         assert len(geoms) == n
     with pytest.raises(ValueError, match="task_wall_growth"):
         ls.SceneConfig(task_wall_growth=(("libero_10", 3, -1.0),))
+    with pytest.raises(ValueError, match=r"task_wall_growth.*unknown LIBERO suite"):
+        ls.SceneConfig(task_wall_growth=(("libero10", 3, 0.003),))
 
 
 def test_group_frame_tightest_keeps_the_bowl_near_libero_wall(task):

@@ -42,9 +42,10 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 
-from pirl.envs.build_libero import SETTLE_ACTION, SETTLE_STEPS, ensure_built  # noqa: F401  (re-exported)
+from pirl.envs.build_libero import SETTLE_ACTION, SETTLE_STEPS, check_suite, ensure_built  # noqa: F401  (re-exported)
 from pirl.envs.mjx_module import mjx
 from pirl.envs.osc import OSC_USERDATA_SIZE, OSCConfig, OSCIndices
+from pirl.errors import UserError
 
 _GEOM = mujoco.mjtGeom
 _OBJ = mujoco.mjtObj
@@ -202,6 +203,10 @@ class SceneConfig:
         for entry in self.task_wall_growth:
             if len(entry) != 3 or not entry[2] >= 0:
                 raise ValueError(f"task_wall_growth entries are (suite, task id, growth >= 0), got {entry!r}")
+            try:  # a misspelt entry would otherwise never match and change nothing
+                check_suite(entry[0], entry[1])
+            except UserError as e:
+                raise UserError(f"task_wall_growth entry {entry!r}: {e}") from None
         if not self.fixture_wall_growth >= 0:
             raise ValueError(
                 f"fixture_wall_growth must be >= 0 (inf: never split), got {self.fixture_wall_growth}"
