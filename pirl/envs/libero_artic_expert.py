@@ -471,6 +471,11 @@ class PushConfig:
     """Cost per metre of the path where it passes closer than `margin` (per metre in the clear: 1)."""
     look_ahead: float = 0.04
     """The object is steered at the path's point this far (m) beyond the point nearest to it."""
+    max_reach: float = 0.75
+    """The grip's goals are kept within this horizontal distance (m) of the robot's base: further out,
+    low over the table, the Panda's elbow straightens onto its limit (-0.07 rad), a singular posture
+    the OSC cannot leave (MJX's arm stalled there at 0.749-0.764 m in libero_goal 5; at 0.73 the real
+    LIBERO lost pushes that need the grip out to 0.74)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,6 +494,8 @@ class PushGeometry:
     `PushConfig.margin`) from everything else."""
     height: tuple[float, float] = (0.0, 0.0)
     """Its bottom and top in its body frame (z, m): the geoms of other bodies between them block it."""
+    base: np.ndarray | None = None
+    """f64[2] the robot's base (world xy; `PushConfig.max_reach` is measured from it), None: no limit."""
     others: tuple = ()
     """(body name, f64[n, 3] the points of one of its geoms in its frame) for every geom of every other
     body but the robot's: placed at the episode's poses (`push_path`), those at the object's height
@@ -540,7 +547,14 @@ def push_geometry(
             continue
         others.append((name, geom_points(m, g)))
     tol = cfg.tol_frac * float(np.min(np.asarray(size)[:2]))
-    return PushGeometry(centre, tol, radius, reach, (float(lo[2]), float(hi[2])), tuple(others))
+    robot, base = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "robot0_base"), None
+    if robot >= 0:  # fixed to the world: where the kinematics at qpos0 put it
+        d = mujoco.MjData(m)
+        mujoco.mj_kinematics(m, d)
+        base = np.array(d.xpos[robot][:2], np.float64)
+    return PushGeometry(
+        centre, tol, radius, reach, (float(lo[2]), float(hi[2])), base=base, others=tuple(others)
+    )
 
 
 def _hull(p: np.ndarray) -> np.ndarray:
@@ -689,6 +703,11 @@ def push_action(
     else:  # return, done
         goal = state.start_pos
         want = state.start_mat
+    if name in ("above", "down", "push") and geo.base is not None:
+        out = goal[:2] - geo.base
+        r = float(np.linalg.norm(out))
+        if r > push.max_reach:  # pulled in along the line from the base (see `PushConfig.max_reach`)
+            goal = np.append(geo.base + out * (push.max_reach / r), goal[2])
     err = goal - view.grip_pos
     speed = push.speed if name == "push" else 1.0
     rot = rotation_error(want, view.grip_mat)
