@@ -1997,6 +1997,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="(c): the fitted boxes' frames, SceneConfig.canonical_box_frames (default: SceneConfig's)",
     )
+    p.add_argument(
+        "--finger-boxes",
+        type=int,
+        default=None,
+        help="(c): boxes per finger, SceneConfig.finger_boxes (slabs along the tapered finger)",
+    )
     p.add_argument("--max-wall-growth", type=float, default=None,
                    help="(c): the MJX scene's max_wall_growth (default: SceneConfig's)")  # fmt: skip
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
@@ -2037,6 +2043,8 @@ def main(argv: list[str] | None = None) -> None:
                 scene.update(group_frame=args.group_frame)
             if args.box_frames is not None:
                 scene.update(canonical_box_frames=args.box_frames == "canonical")
+            if args.finger_boxes is not None:
+                scene.update(finger_boxes=args.finger_boxes)
         if "expert" in args.checks:
             expert_report(args.suite, t, args.init_states, args.settle, args.steps, not args.real_only,
                           not args.mjx_only, SceneConfig(**scene))  # fmt: skip
