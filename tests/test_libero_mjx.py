@@ -141,6 +141,35 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
     assert per_body[thin.body("flat_stove_1_button").id] == ls.SceneConfig().boxes_per_body
 
 
+LIBERO_CHEESE_IN_BOWL = 0.0418
+"""The cream cheese's height (m) over the akita bowl's origin once dropped into it, in the real LIBERO
+(libero_goal 6, init 0, settled; dropped from 7 cm, upright, 25 control steps)."""
+
+
+def test_cheese_rests_in_libero_goal_6_bowl_as_in_libero():
+    """libero_goal 6 (the cream cheese into the bowl) keeps LIBERO's own plates for the bowl
+    (`task_wall_growth`): the cheese dropped into it comes to rest at LIBERO's height; in the 10-box fit
+    the floor merged into the walls' boxes holds it 24 mm higher (the plan's cheese ended 24.5 mm off
+    at every init). MuJoCo C steps the MJX scene (same model and contact pairs), 1 s."""
+    rest = {}
+    for name, cfg in (("plates", ls.SceneConfig()), ("fit", ls.SceneConfig(task_wall_growth=()))):
+        task = ls.load_task("libero_goal", 6, cfg)
+        m = task.model
+        d = mujoco.MjData(m)
+        d.qpos[:] = task.init_states[0][1 : 1 + m.nq]
+        cheese, bowl = (
+            m.jnt_qposadr[m.body_jntadr[m.body(f"{b}_main").id]]
+            for b in ("cream_cheese_1", "akita_black_bowl_1")
+        )
+        d.qpos[cheese : cheese + 3] = d.qpos[bowl : bowl + 3] + np.array([0.0, 0.0, 0.07])
+        d.qpos[cheese + 3 : cheese + 7] = [1.0, 0.0, 0.0, 0.0]
+        for _ in range(round(1.0 / m.opt.timestep)):
+            mujoco.mj_step(m, d)
+        rest[name] = d.qpos[cheese + 2] - d.qpos[bowl + 2]
+    assert abs(rest["plates"] - LIBERO_CHEESE_IN_BOWL) < 0.003, rest
+    assert rest["fit"] - LIBERO_CHEESE_IN_BOWL > 0.015, rest
+
+
 def test_task_wall_growth_keeps_libero_bowl_plates_where_listed():
     """`SceneConfig.task_wall_growth`: libero_10 3's scene (the bowl lowered into a drawer between its
     front wall and the handles) keeps the akita bowl's LIBERO plates (29 boxes) by default; without the
@@ -154,6 +183,7 @@ def test_task_wall_growth_keeps_libero_bowl_plates_where_listed():
         b = m.body("akita_black_bowl_1_main").id
         geoms = [g for g in range(m.ngeom) if m.geom_bodyid[g] == b]
         assert len(geoms) == n
+    assert cfg.for_task("libero_goal", 6).max_wall_growth == 0.003
     with pytest.raises(ValueError, match="task_wall_growth"):
         ls.SceneConfig(task_wall_growth=(("libero_10", 3, -1.0),))
     with pytest.raises(ValueError, match=r"task_wall_growth.*unknown LIBERO suite"):
@@ -671,6 +701,38 @@ def test_pudding_is_set_down_turned_where_the_hand_clears_the_mug(monkeypatch):
         monkeypatch.setattr(libero_check, "PLACE_CLEARANCE", 1.0)
         best = plan_start(m, qpos, plan.obj, plan.target, plan.geo, cfg, plan.place_offset)
         assert best.place_yaw != 0.0 or best.place_shift is not None
+
+
+def test_book_is_lined_up_with_the_caddys_back_compartment():
+    """libero_10 5: the book (2.8 x 11 x 13.4 cm, its box 12 mm off its origin) goes into the desk caddy's
+    back compartment (5.5 x 12.4 cm region between the walls). Carried as it was picked, turned 50
+    degrees off, it came down on the compartment's back wall, tipped over in the grasp and fell across the
+    caddy (objects 48-285 mm from the real LIBERO's). `place_choice` tries CONTAINER_TURNS for a
+    container and centres the turned footprint on the region: here the footprint fits inside the region,
+    where the unturned one is wider than the compartment (measured: 50/50 in both simulators, the book
+    within 14.5 mm of the real one)."""
+    from pirl.envs.expert import LiberoPlanConfig, rot_z, world_extents
+    from pirl.envs.libero_check import CONTAINER_TURNS, goal_subplans, plan_start
+    from pirl.envs.libero_predicates import ensure_goal_spec, settle_held
+
+    t = ls.load_task("libero_10", 5)
+    m = t.model
+    d = mujoco.MjData(m)
+    d.qpos[:] = t.init_states[0][1 : 1 + m.nq]
+    settle_held(m, d, 0.3)
+    plan = goal_subplans(m, ensure_goal_spec("libero_10", 5), d.qpos.copy())[-1]
+    assert plan.kind == "pick_place" and plan.geo.target_floor is not None
+    st = plan_start(m, d.qpos.copy(), plan.obj, plan.target, plan.geo, LiberoPlanConfig(), plan.place_offset)
+    site = m.site(plan.target).id
+    half = np.abs(d.site_xmat[site].reshape(3, 3) @ m.site_size[site])[:2]
+    obj_mat = d.xmat[m.body(f"{plan.obj}_main").id].reshape(3, 3)
+    assert st.place_yaw in CONTAINER_TURNS and st.place_yaw != 0.0 and st.place_shift is not None
+    lo, hi = world_extents(plan.geo, rot_z(st.place_yaw) @ obj_mat)
+    centre = 0.5 * (lo + hi)[:2] + st.place_shift[:2]  # from the region's middle
+    assert np.all(np.abs(centre) < 1e-3)
+    assert np.all(0.5 * (hi - lo)[:2] <= half), (hi - lo, half)
+    lo0, hi0 = world_extents(plan.geo, obj_mat)
+    assert not np.all(0.5 * (hi0 - lo0)[:2] <= half)
 
 
 def test_mug_goes_into_the_microwave_through_its_open_side():

@@ -529,7 +529,7 @@ def push_geometry(
     m: mujoco.MjModel, body: int, size: np.ndarray, cfg: PushConfig = PushConfig()
 ) -> PushGeometry:
     """PushGeometry of the object of `body` (MJX scene `m`) for a region of half-size `size`."""
-    from pirl.envs.libero_scene import geom_points, root_body
+    from pirl.envs.libero_scene import geom_points, robot_base_xy, root_body
 
     lo, hi, floor = _footprint(m, body)
     centre = np.array([0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1]), floor])
@@ -547,13 +547,8 @@ def push_geometry(
             continue
         others.append((name, geom_points(m, g)))
     tol = cfg.tol_frac * float(np.min(np.asarray(size)[:2]))
-    robot, base = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "robot0_base"), None
-    if robot >= 0:  # fixed to the world: where the kinematics at qpos0 put it
-        d = mujoco.MjData(m)
-        mujoco.mj_kinematics(m, d)
-        base = np.array(d.xpos[robot][:2], np.float64)
     return PushGeometry(
-        centre, tol, radius, reach, (float(lo[2]), float(hi[2])), base=base, others=tuple(others)
+        centre, tol, radius, reach, (float(lo[2]), float(hi[2])), base=robot_base_xy(m), others=tuple(others)
     )
 
 

@@ -859,27 +859,35 @@ PLACE_TURNS = (0.0, np.pi / 2, -np.pi / 2, np.pi / 4, -np.pi / 4)
 PLACE_CLEARANCE = 0.01
 """`place_choice` takes the first place whose hand, fingers and object stand this far (m) from
 everything else at the release."""
+CONTAINER_TURNS = tuple(np.deg2rad([0, 15, -15, 30, -30, 45, -45, 60, -60, 75, -75, 90]))
+"""Carry turns (rad) `place_choice` tries into a container: a compartment narrower than the object's
+footprint takes it only lined up with its walls (libero_10 5's book: 6 cm by 13 cm, the book 11 cm long
+and carried turned 50 degrees off)."""
 
 
 def place_choice(
     m, qpos: np.ndarray, obj: str, target: str, geo, plan_cfg, begin, place_offset=(0.0, 0.0, 0.0)
 ) -> tuple[float, np.ndarray | None]:
-    """(place_yaw, place_shift) of an On-region pick-and-place for one episode: where the default
-    release (the object's origin over the region's middle, unturned) brings the open hand, fingers or
-    object into anything else (table and the robot left out, bodies as in `qpos`), the first of the
-    region shifts (0, then PLACE_SHIFT of its half size along x, y and the diagonals) x carry turns
-    (PLACE_TURNS) whose release clears by PLACE_CLEARANCE, else the one that clears most. `begin`:
+    """(place_yaw, place_shift) of a pick-and-place onto or into a region for one episode: where the
+    default release (the object's origin over the region's middle, unturned) brings the open hand,
+    fingers or object into anything else (table and the robot left out, bodies as in `qpos`), the first
+    of the region shifts (0, then PLACE_SHIFT of its half size along x, y and the diagonals) x carry
+    turns (PLACE_TURNS) whose release clears by PLACE_CLEARANCE, else the one that clears most. `begin`:
     the episode's PlanState with its grasp; `place_offset`: the sub-plan's own
     (`SubPlan.place_offset`), added to the target first. libero_10 6: the hand's box (0.2 m along
     the closing axis) came down on the porcelain mug's rim beside the pudding's region and pushed the
-    mug off the plate."""
+    mug off the plate. Into a container (`geo.target_floor`; not a side entry) only the object counts,
+    at its release height inside (the hand goes over the rim by `rim_grip`), turned by CONTAINER_TURNS
+    with its footprint's middle over the region's: libero_10 5's book, carried turned, came down on the
+    caddy's back wall, tipped over in the grasp and fell across the compartments."""
     import mujoco
 
     from pirl.envs.expert import pick_place_action, rot_z, world_extents
     from pirl.envs.libero_scene import is_table, root_body
 
     kind, tid = _target(m, target)
-    if kind != "site" or geo.target_floor is not None:
+    inside = geo.target_floor is not None
+    if kind != "site" or geo.entry is not None:
         return 0.0, None
     d = mujoco.MjData(m)
     d.qpos[:] = qpos
@@ -900,7 +908,12 @@ def place_choice(
     obj_r, obj_p = view.obj_mat, view.obj_pos
     held_rel = geoms_in_frame(d, held, obj_p, obj_r)
     w_lo = world_extents(geo, view.obj_mat)[0]
-    bottom = view.target_pos[2] + geo.target_hi[2] + plan_cfg.release_gap
+    top = view.target_pos[2] + geo.target_hi[2]
+    bottom = top + plan_cfg.release_gap
+    if inside:  # as `pick_place_action` lowers it: to the floor, the grip no lower than under the rim
+        held_at = offset[2] - w_lo[2]  # the grip site over the object's bottom
+        floor = view.target_pos[2] + geo.target_floor + plan_cfg.release_gap
+        bottom = min(max(floor, top + plan_cfg.rim_grip - held_at), bottom)
     half = np.asarray(m.site_size[tid][:2], np.float64) * PLACE_SHIFT
 
     def clearance(turn: float, shift: np.ndarray) -> float:
@@ -910,11 +923,26 @@ def place_choice(
         g_pos = o_pos + r @ offset
         pose_geoms(d, grip, grip_rel, g_pos, r @ st.ref_mat)
         pose_geoms(d, held, held_rel, o_pos, o_mat)
-        return min(mujoco.mj_geomDistance(m, d, g, h, 0.05, None) for g in grip + held for h in others)
+        return min(
+            mujoco.mj_geomDistance(m, d, g, h, 0.05, None)
+            for g in (held if inside else grip + held)
+            for h in others
+        )
 
     best = (clearance(0.0, np.zeros(3)), 0.0, np.zeros(3))
     if best[0] >= 0.0:
         return 0.0, None
+    if inside:
+        for turn in CONTAINER_TURNS:
+            # the object's footprint, not its origin, over the region's middle (the book's box stands
+            # 12 mm off its origin: onto the divider of a compartment 2 cm wider than the book)
+            lo, hi = world_extents(geo, rot_z(turn) @ obj_r)
+            shift = np.append(-0.5 * (lo + hi)[:2], 0.0)
+            clear = clearance(turn, shift)
+            if clear >= PLACE_CLEARANCE:
+                return float(turn), (shift if shift.any() else None)
+            best = max(best, (clear, float(turn), shift), key=lambda b: b[0])
+        return best[1], (best[2] if best[2].any() else None)
     shifts = [np.zeros(3)] + [np.array([sx * half[0], sy * half[1], 0.0])
                               for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))]  # fmt: skip
     for shift in shifts:
@@ -1489,7 +1517,7 @@ def staging_point(m, qpos: np.ndarray | None, obj: str, opener) -> np.ndarray | 
     nothing)."""
     import mujoco
 
-    from pirl.envs.libero_scene import geom_world_points, is_table, root_body
+    from pirl.envs.libero_scene import geom_world_points, is_table, robot_base_xy, root_body
 
     d = mujoco.MjData(m)
     if qpos is not None:
@@ -1525,10 +1553,7 @@ def staging_point(m, qpos: np.ndarray | None, obj: str, opener) -> np.ndarray | 
         return None
     obstacles = [(np.concatenate(p)[:, :2].min(0), np.concatenate(p)[:, :2].max(0)) for p in boxes.values()]
     top = np.concatenate(table)[:, :2]
-    base = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "robot0_base")
-    shift = clear_shift(
-        lo, hi, obstacles, (top.min(0), top.max(0)), base=d.xpos[base][:2] if base >= 0 else None
-    )
+    shift = clear_shift(lo, hi, obstacles, (top.min(0), top.max(0)), base=robot_base_xy(m, d))
     if shift is None:
         return None
     return d.xpos[ob][:2] + shift

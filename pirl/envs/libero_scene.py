@@ -91,14 +91,20 @@ class SceneConfig:
     11/50 -> 9/50, 4 46/50 with other misses; docs/libero_mjx.md, session 20). LIBERO's own boxes keep
     their frames. Off until every task is re-run with it (it relabels boxes in all 40 scenes: bowls,
     bottles, the stove's button)."""
-    task_wall_growth: tuple[tuple[str, int, float], ...] = (("libero_10", 3, 0.003),)
+    task_wall_growth: tuple[tuple[str, int, float], ...] = (
+        ("libero_10", 3, 0.003),
+        ("libero_goal", 6, 0.003),
+    )
     """(suite, task id, max_wall_growth) for tasks whose objects keep more of LIBERO's own boxes than
     max_wall_growth allows (`load_task` applies it). libero_10 3 lowers the akita bowl between the open
     bottom drawer's front wall and the handles above it, a 10.1 cm column: the fit's bowl is 13.6 cm
     across and stands 4.8 mm over the rim (LIBERO's 10.8 cm), and it wedged in the drawer or jammed the
     push. At 0.003 the bowl keeps LIBERO's plates (29 boxes; the wine bottle 12): MJX 11/50 -> 49/50, the
     real LIBERO replaying the plan read from this scene 45/50 -> 47/50 (docs/libero_mjx.md, "LIBERO's own
-    bowl in the drawer"). Not applied everywhere: the other bowl tasks were measured with the fit. It
+    bowl in the drawer"). libero_goal 6 puts the cream cheese into the bowl: the fit merges the bowl's
+    floor into its walls' boxes, and the cheese came to rest 24 mm higher than in LIBERO at every init;
+    at 0.003 both simulators 50/50, the cheese within 5.6 mm over 50 inits ("Object poses after the
+    plan"). Not applied everywhere: the other bowl tasks were measured with the fit. It
     doubles the scene's candidate pairs (1,370 -> 2,710) at the same step time on the CPU (MJX's broad
     phase keeps max_geom_pairs per group)."""
     fixture_wall_growth: float = 0.01
@@ -509,6 +515,18 @@ def table_top(m: mujoco.MjModel, d: mujoco.MjData) -> tuple[np.ndarray, np.ndarr
     lo = np.min([lo[:2] for lo, _ in tops], axis=0)
     hi = np.max([hi[:2] for _, hi in tops], axis=0)
     return np.array([*(lo + hi) / 2, top]), (hi - lo) / 2
+
+
+def robot_base_xy(m: mujoco.MjModel, d: mujoco.MjData | None = None) -> np.ndarray | None:
+    """World xy f64[2] of the robot's base (`robot0_base`, fixed to the world) at the kinematics of
+    `d` (default: a fresh one at qpos0); None in a scene without the robot."""
+    base = mujoco.mj_name2id(m, _OBJ.mjOBJ_BODY, "robot0_base")
+    if base < 0:
+        return None
+    if d is None:
+        d = mujoco.MjData(m)
+        mujoco.mj_kinematics(m, d)
+    return np.array(d.xpos[base][:2], np.float64)
 
 
 def _new_geoms(m: mujoco.MjModel, cfg: SceneConfig) -> list[_NewGeom]:
