@@ -876,8 +876,8 @@ def place_choice(
     the episode's PlanState with its grasp; `place_offset`: the sub-plan's own
     (`SubPlan.place_offset`), added to the target first. libero_10 6: the hand's box (0.2 m along
     the closing axis) came down on the porcelain mug's rim beside the pudding's region and pushed the
-    mug off the plate. Into a container (`geo.target_floor`; not a side entry) only the object counts,
-    at its release height inside (the hand goes over the rim by `rim_grip`), turned by CONTAINER_TURNS
+    mug off the plate. Into a container (`geo.target_floor`; not a side entry) only the object against
+    the container counts, at its release height inside (the hand goes over the rim by `rim_grip`), turned by CONTAINER_TURNS
     with its footprint's middle over the region's: libero_10 5's book, carried turned, came down on the
     caddy's back wall, tipped over in the grasp and fell across the compartments."""
     import mujoco
@@ -903,6 +903,9 @@ def place_choice(
         for g in others
         if not is_table(m, m.geom_bodyid[g]) and m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE
     ]
+    if inside:  # the container's own walls: objects already in it are spread by `place_offset`
+        container = root_body(m, m.site_bodyid[tid])
+        others = [g for g in others if root_body(m, m.geom_bodyid[g]) == container]
     root = root_body(m, ob)
     held = [g for g in range(m.ngeom) if root_body(m, m.geom_bodyid[g]) == root]
     obj_r, obj_p = view.obj_mat, view.obj_pos
