@@ -877,9 +877,10 @@ def place_choice(
     (`SubPlan.place_offset`), added to the target first. libero_10 6: the hand's box (0.2 m along
     the closing axis) came down on the porcelain mug's rim beside the pudding's region and pushed the
     mug off the plate. Into a container (`geo.target_floor`; not a side entry) only the object against
-    the container counts, at its release height inside (the hand goes over the rim by `rim_grip`), turned by CONTAINER_TURNS
-    with its footprint's middle over the region's: libero_10 5's book, carried turned, came down on the
-    caddy's back wall, tipped over in the grasp and fell across the compartments."""
+    the container's own geoms counts, at its release height inside (the grip no lower than `rim_grip`
+    under the rim), turned by CONTAINER_TURNS with its footprint's middle over the region's: libero_10
+    5's book, carried turned, came down on the caddy's back wall, tipped over in the grasp and fell
+    across the compartments."""
     import mujoco
 
     from pirl.envs.expert import pick_place_action, rot_z, world_extents
