@@ -141,6 +141,28 @@ def test_bowl_wall_keeps_libero_thin_plates_with_max_wall_growth(task):
     assert per_body[thin.body("flat_stove_1_button").id] == ls.SceneConfig().boxes_per_body
 
 
+def test_object_wall_growth_applies_to_the_named_objects_only():
+    """`SceneConfig.object_wall_growth`: ("akita_black_bowl", 0.003) keeps LIBERO's plates (29 boxes)
+    for both bowls of libero_spatial 0 and leaves every other object's fit as max_wall_growth makes it."""
+
+    def boxes(cfg):
+        m = ls.load_task("libero_spatial", 0, cfg).model
+        roots = {
+            m.body(f"{n}_main").id: n
+            for n in ("akita_black_bowl_1", "akita_black_bowl_2", "cookies_1", "plate_1")
+        }
+        return {n: int(np.sum(m.geom_bodyid == b)) for b, n in roots.items()}
+
+    fit, plates = (
+        boxes(ls.SceneConfig()),
+        boxes(ls.SceneConfig(object_wall_growth=(("akita_black_bowl", 0.003),))),
+    )
+    assert plates["akita_black_bowl_1"] == plates["akita_black_bowl_2"] == 29 > fit["akita_black_bowl_1"]
+    assert (plates["cookies_1"], plates["plate_1"]) == (fit["cookies_1"], fit["plate_1"])
+    with pytest.raises(ValueError, match="object_wall_growth"):
+        ls.SceneConfig(object_wall_growth=(("akita_black_bowl", -1.0),))
+
+
 LIBERO_CHEESE_IN_BOWL = 0.0418
 """The cream cheese's height (m) over the akita bowl's origin once dropped into it, in the real LIBERO
 (libero_goal 6, init 0, settled; dropped from 7 cm, upright, 25 control steps)."""

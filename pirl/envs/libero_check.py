@@ -2032,6 +2032,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="(c): boxes per finger, SceneConfig.finger_boxes (slabs along the tapered finger)",
     )
+    p.add_argument(
+        "--object-wall-growth",
+        nargs=2,
+        default=None,
+        metavar=("NAME_PREFIX", "GROWTH"),
+        help="(c): SceneConfig.object_wall_growth for one name prefix (e.g. akita_black_bowl 0.003)",
+    )
     p.add_argument("--max-wall-growth", type=float, default=None,
                    help="(c): the MJX scene's max_wall_growth (default: SceneConfig's)")  # fmt: skip
     p.add_argument("--real-only", action="store_true", help="(c): run the plan in the real LIBERO only")
@@ -2068,6 +2075,10 @@ def main(argv: list[str] | None = None) -> None:
                 scene.update(solver_iterations=args.solver[0], ls_iterations=args.solver[1])
             if args.max_wall_growth is not None:
                 scene.update(max_wall_growth=args.max_wall_growth, task_wall_growth=())
+            if args.object_wall_growth is not None:
+                scene.update(
+                    object_wall_growth=((args.object_wall_growth[0], float(args.object_wall_growth[1])),)
+                )
             if args.group_frame is not None:
                 scene.update(group_frame=args.group_frame)
             if args.box_frames is not None:
