@@ -789,8 +789,9 @@ def test_bowl_set_aside_then_put_in_the_top_drawer_in_mjx_and_libero():
 @pytest.mark.nightly
 def test_pudding_set_down_clear_of_the_mug_in_mjx_and_libero():
     """libero_10 6 (the mug on the plate, the pudding to the plate's right) from initial states 0-2:
-    success in the real LIBERO at all three and in MJX at two or more; the pudding is set down turned / shifted where the hand's box clears
-    the mug (`place_choice`; measured over inits 0-4: real 5/5, MJX 5/5, MJX 2/5 before)."""
+    success in the real LIBERO at all three and in MJX at two or more; the pudding is set down turned /
+    shifted where the hand's box clears the mug (`place_choice`; measured over inits 0-4: real 5/5, MJX
+    5/5, MJX 2/5 before)."""
     import io
 
     from pirl.envs.libero_check import compare_plan

@@ -613,6 +613,25 @@ def world_extents(geo: PickPlaceGeometry, mat: np.ndarray | None) -> tuple[np.nd
     return w.min(0), w.max(0)
 
 
+def release_height(
+    cfg: LiberoPlanConfig, geo: PickPlaceGeometry, target_pos: np.ndarray, held: float
+) -> float:
+    """World height (m) of the object's bottom when the fingers open over / in the target at
+    `target_pos` (f64[3]), the grip site `held` (m) over the object's bottom: `release_gap` over the
+    target's top; into a container, either grasp, down to its floor with the palm no lower than
+    `rim_grip` under its rim (a bowl let go over a drawer's walls, libero_10 3: 7 cm over its floor,
+    under the handles of the drawers above, fell onto the handle above and the front wall and stayed
+    wedged there, tilted, jamming the push); through a side entry, `entry_release` over its floor."""
+    top = target_pos[2] + geo.target_hi[2]
+    release = top + cfg.release_gap
+    if geo.target_floor is not None:
+        release = max(target_pos[2] + geo.target_floor + cfg.release_gap, top + cfg.rim_grip - held)
+        release = min(release, top + cfg.release_gap)
+        if geo.entry is not None:
+            release = target_pos[2] + geo.target_floor + cfg.entry_release
+    return float(release)
+
+
 def grasp_point(view: PickPlaceView, state: PlanState) -> np.ndarray:
     """World f64[3] grasp point of a plan state whose grasp offset is set (after its first step); a
     wall grasp follows the object's orientation (a bowl still settling, tilting off a ramekin)."""
@@ -716,18 +735,7 @@ def pick_place_action(
     # on libero_spatial (a held bowl tilts: its turned extents would release it higher).
     centre = geo.grasp_axis is not None
     obj_bottom = view.obj_pos[2] + world_extents(geo, view.obj_mat if centre else None)[0][2]
-    release = target_top + cfg.release_gap  # the object's bottom when the fingers open
-    # Into a container, either grasp: down to its floor, the palm over its rim. A bowl let go over a
-    # drawer's walls (libero_10 3: 7 cm over its floor, under the handles of the drawers above) fell
-    # onto the handle above and the front wall and stayed wedged there, tilted, jamming the push.
-    if geo.target_floor is not None:
-        held = view.grip_pos[2] - obj_bottom
-        release = max(
-            view.target_pos[2] + geo.target_floor + cfg.release_gap, target_top + cfg.rim_grip - held
-        )
-        release = min(release, target_top + cfg.release_gap)
-        if geo.entry is not None:
-            release = view.target_pos[2] + geo.target_floor + cfg.entry_release
+    release = release_height(cfg, geo, view.target_pos, view.grip_pos[2] - obj_bottom)
     name = PHASES[phase]
     grip, speed = (-1.0, 1.0) if phase in (0, 1, 6, 7, 8) else (1.0, cfg.carry_speed)
     closing = False  # the retreat closes the fingers before it rises

@@ -883,7 +883,7 @@ def place_choice(
     across the compartments."""
     import mujoco
 
-    from pirl.envs.expert import pick_place_action, rot_z, world_extents
+    from pirl.envs.expert import pick_place_action, release_height, rot_z, world_extents
     from pirl.envs.libero_scene import is_table, root_body
 
     kind, tid = _target(m, target)
@@ -912,12 +912,7 @@ def place_choice(
     obj_r, obj_p = view.obj_mat, view.obj_pos
     held_rel = geoms_in_frame(d, held, obj_p, obj_r)
     w_lo = world_extents(geo, view.obj_mat)[0]
-    top = view.target_pos[2] + geo.target_hi[2]
-    bottom = top + plan_cfg.release_gap
-    if inside:  # as `pick_place_action` lowers it: to the floor, the grip no lower than under the rim
-        held_at = offset[2] - w_lo[2]  # the grip site over the object's bottom
-        floor = view.target_pos[2] + geo.target_floor + plan_cfg.release_gap
-        bottom = min(max(floor, top + plan_cfg.rim_grip - held_at), bottom)
+    bottom = release_height(plan_cfg, geo, view.target_pos, offset[2] - w_lo[2])  # as the plan lowers it
     half = np.asarray(m.site_size[tid][:2], np.float64) * PLACE_SHIFT
 
     def clearance(turn: float, shift: np.ndarray) -> float:
@@ -937,24 +932,21 @@ def place_choice(
     if best[0] >= 0.0:
         return 0.0, None
     if inside:
+        # the object's footprint, not its origin, over the region's middle (the book's box stands 12 mm
+        # off its origin: onto the divider of a compartment 2 cm wider than the book)
+        choices = []
         for turn in CONTAINER_TURNS:
-            # the object's footprint, not its origin, over the region's middle (the book's box stands
-            # 12 mm off its origin: onto the divider of a compartment 2 cm wider than the book)
             lo, hi = world_extents(geo, rot_z(turn) @ obj_r)
-            shift = np.append(-0.5 * (lo + hi)[:2], 0.0)
-            clear = clearance(turn, shift)
-            if clear >= PLACE_CLEARANCE:
-                return float(turn), (shift if shift.any() else None)
-            best = max(best, (clear, float(turn), shift), key=lambda b: b[0])
-        return best[1], (best[2] if best[2].any() else None)
-    shifts = [np.zeros(3)] + [np.array([sx * half[0], sy * half[1], 0.0])
-                              for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))]  # fmt: skip
-    for shift in shifts:
-        for turn in PLACE_TURNS:
-            clear = clearance(turn, shift)
-            if clear >= PLACE_CLEARANCE:
-                return float(turn), (None if not shift.any() else shift)
-            best = max(best, (clear, float(turn), shift), key=lambda b: b[0])
+            choices.append((turn, np.append(-0.5 * (lo + hi)[:2], 0.0)))
+    else:
+        shifts = [np.zeros(3)] + [np.array([sx * half[0], sy * half[1], 0.0])
+                                  for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))]  # fmt: skip
+        choices = [(turn, shift) for shift in shifts for turn in PLACE_TURNS]
+    for turn, shift in choices:
+        clear = clearance(turn, shift)
+        if clear >= PLACE_CLEARANCE:
+            return float(turn), (None if not shift.any() else shift)
+        best = max(best, (clear, float(turn), shift), key=lambda b: b[0])
     # none clears by PLACE_CLEARANCE: the one that clears most (libero_10 6 init 12: the default's hand
     # stood 4.8 cm into the set-down mug, the best choice 3.7 mm clear of it)
     _, turn, shift = best
