@@ -1,6 +1,9 @@
 """The faithful LIBERO MJX env (`make_env("libero_spatial", task_ids=(0,))`): batched reset and step.
 
-    python benchmarks/libero_mjx_env.py --suite libero_spatial --task 0 --num-envs 1 2 4 16 --steps 5 [--solver 30 40] [--max-wall-growth inf]
+    python benchmarks/libero_mjx_env.py --suite libero_spatial --tasks 0 --num-envs 1 2 4 16 --steps 5 [--solver 30 40] [--max-wall-growth inf]
+
+`--tasks 0 1 ... 9`: one env over several tasks that share a scene (libero_spatial, libero_goal), env i
+running task tasks[i % len(tasks)].
 
 Prints one JSON object per line per batch size: the first (compiling) calls of the vmapped
 `reset_to` (10 settle steps inside) and `step`, then env-steps/s over `--steps` timed calls
@@ -20,12 +23,13 @@ import jax.numpy as jnp
 
 import pirl  # XLA CPU flags before JAX starts
 from pirl.envs import make_env
-from pirl.envs.libero_scene import SceneConfig, load_task
+from pirl.envs.libero_mjx_env import shared_scene
+from pirl.envs.libero_scene import SceneConfig
 
 
 def bench(
     suite: str,
-    task: int,
+    tasks: tuple[int, ...],
     num_envs: int,
     steps: int,
     render: bool,
@@ -33,13 +37,12 @@ def bench(
     batching: str,
     scene: SceneConfig,
 ) -> dict:
-    env = make_env(suite, task_ids=(task,), image_size=size, render=render, batching=batching, scene=scene)
+    env = make_env(suite, task_ids=tasks, image_size=size, render=render, batching=batching, scene=scene)
     reset = jax.jit(env.batched(env.reset_to))
     step = jax.jit(env.batched(env.step))
     t0 = time.perf_counter()
-    state = reset(
-        jnp.full(num_envs, task, jnp.int32), jnp.arange(num_envs, dtype=jnp.int32) % env.num_init_states
-    )
+    rows = jnp.arange(num_envs, dtype=jnp.int32)
+    state = reset(jnp.asarray(tasks, jnp.int32)[rows % len(tasks)], rows % env.num_init_states)
     jax.block_until_ready(state)
     reset_s = time.perf_counter() - t0
     actions = jax.random.uniform(jax.random.PRNGKey(0), (steps + 2, num_envs, 7), minval=-0.3, maxval=0.3)
@@ -57,7 +60,7 @@ def bench(
     return {
         "bench": "libero_mjx_env",
         "suite": suite,
-        "task": task,
+        "tasks": list(tasks),
         "backend": jax.default_backend(),
         "num_envs": num_envs,
         "render": render,
@@ -66,9 +69,9 @@ def bench(
         "xla_cpu_threads": os.environ.get("PIRL_XLA_CPU_THREADS", "1"),
         "solver_iterations": scene.solver_iterations,
         "grip_condim": scene.grip_condim,
-        "max_wall_growth": scene.for_task(suite, task).max_wall_growth,
-        "ngeom": load_task(suite, task, scene).model.ngeom,
-        "npair": load_task(suite, task, scene).model.npair,
+        "max_wall_growth": shared_scene(scene, suite, tasks).for_task(suite, tasks[0]).max_wall_growth,
+        "ngeom": env.task.model.ngeom,
+        "npair": env.task.model.npair,
         "ls_iterations": scene.ls_iterations,
         "max_geom_pairs": scene.max_geom_pairs,
         "max_contact_points": scene.max_contact_points,
@@ -85,7 +88,7 @@ def bench(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="libero_spatial")
-    p.add_argument("--task", type=int, default=0)
+    p.add_argument("--tasks", "--task", type=int, nargs="+", default=[0], help="task ids (one env over all)")
     p.add_argument("--num-envs", type=int, nargs="+", default=[1, 16])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--render", action="store_true", help="render both cameras every step")
@@ -113,7 +116,9 @@ def main() -> None:
     for n in args.num_envs:
         print(
             json.dumps(
-                bench(args.suite, args.task, n, args.steps, args.render, args.size, args.batching, scene)
+                bench(
+                    args.suite, tuple(args.tasks), n, args.steps, args.render, args.size, args.batching, scene
+                )
             ),
             flush=True,
         )

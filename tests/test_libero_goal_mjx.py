@@ -30,17 +30,39 @@ def test_joint_interval_recovers_threshold_functions():
         lp.joint_interval(lambda q: abs(q) > 1.0)
 
 
-def test_rl_config_runs_one_faithful_task_per_mjx_run():
-    from pirl.errors import UserError
+def test_rl_config_takes_faithful_task_sets():
     from pirl.rl.config import EnvSpec, RLConfig
 
-    with pytest.raises(UserError, match="one task per compiled model"):
-        RLConfig(env=EnvSpec(name="libero_spatial"))
-    with pytest.raises(UserError, match="one task per compiled model"):
-        RLConfig(env=EnvSpec(name="libero_10", task_ids=(0, 1)))
+    # several tasks in one MJX run: the env checks that their scenes match (test_tasks_that_share_a_scene...)
+    assert RLConfig(env=EnvSpec(name="libero_spatial")).env.task_ids == ()
     # the real LIBERO backend's (RLinf's) episode limits, so both backends run the same episodes
     assert RLConfig(env=EnvSpec(name="libero_goal", task_ids=(3,))).max_episode_steps == 320
     assert RLConfig(env=EnvSpec(name="libero_10", task_ids=(3,), backend="libero")).max_episode_steps == 480
+
+
+def test_task_models_stack_only_what_differs():
+    """TaskModels keeps arrays equal in every task once and stacks the others; scenes of another
+    structure are refused with what to do."""
+    import jax.numpy as jnp
+    import mujoco
+    from mujoco import mjx
+
+    from pirl.envs.libero_mjx_env import TaskModels
+    from pirl.errors import UserError
+
+    xml = '<mujoco><worldbody><body name="b" pos="{x} 0 0"><freejoint/><geom size="0.1"/>{extra}</body></worldbody></mujoco>'
+    a, b, c = (
+        mjx.put_model(mujoco.MjModel.from_xml_string(xml.format(x=x, extra=extra)))
+        for x, extra in ((0.1, ""), (0.3, ""), (0.1, '<geom type="box" size="0.1 0.1 0.1"/>'))
+    )
+    models = TaskModels.build("s", (2, 5), [a, b])
+    stacked = [i for i, v in enumerate(models.varying) if v]
+    assert stacked and len(stacked) < len(models.varying)  # body_pos and what follows; not the rest
+    np.testing.assert_allclose(np.asarray(models.model(1).body_pos), np.asarray(b.body_pos))
+    np.testing.assert_allclose(np.asarray(models.model(jnp.int32(0)).body_pos), np.asarray(a.body_pos))
+    assert models.model(1).geom_size is a.geom_size  # shared arrays are the first task's own
+    with pytest.raises(UserError, match="tasks 2 and 5 have differently built scenes"):
+        TaskModels.build("s", (2, 5), [a, c])
 
 
 pytest.importorskip("libero")
@@ -143,24 +165,57 @@ def test_goal_term_reads_contacts_and_heights(spatial):
     assert not bool(lp.success(program, moved))
 
 
-def test_make_env_refuses_multi_task_and_other_tasks():
+def test_make_env_checks_its_tasks():
     from pirl.envs import make_env
     from pirl.errors import UserError
 
-    with pytest.raises(UserError, match="one model per task"):
-        make_env("libero_spatial", render=False)
-    with pytest.raises(UserError, match="one model per task"):
-        make_env("libero_goal", task_ids=(0, 1), render=False)
     with pytest.raises(UserError, match="unknown LiberoEnvConfig"):
         make_env("libero_goal", task_ids=(0,), render=False, timestep=0.01)
+    with pytest.raises(UserError, match="distinct tasks"):
+        make_env("libero_goal", task_ids=(0, 0), render=False)
     env = make_env("libero_spatial", task_ids=(0,), render=False, settle_steps=0)
     assert env.max_steps == 220 and env.num_tasks == 10 and env.num_init_states == 50
     assert (
         env.prompts[0] == "pick up the black bowl between the plate and the ramekin and place it on the plate"
     )
     assert env.goal.names == ("on(akita_black_bowl_1, plate_1)",)
-    with pytest.raises(UserError, match="simulates task 0 only"):
+    with pytest.raises(UserError, match=r"simulates tasks \(0,\)"):
         env.reset_to(3, 0)
+
+
+def test_tasks_that_share_a_scene_run_in_one_env():
+    """libero_goal's tasks are one scene (one model for all: task 6's own bowl plates are left out so it
+    matches); libero_spatial's differ in the fixtures' poses, stacked per task; each task keeps its goal."""
+    from mujoco import mjx
+
+    from pirl.envs import libero_scene as ls
+    from pirl.envs import make_env
+    from pirl.envs.libero_mjx_env import task_groups
+    from pirl.errors import UserError
+
+    goal = make_env("libero_goal", task_ids=(0, 3, 5, 6), render=False, settle_steps=0)
+    assert not any(goal.task_models.varying)
+    assert goal.tasks[3].model.ngeom == goal.tasks[0].model.ngeom < ls.load_task("libero_goal", 6).model.ngeom
+    assert [g.names for g in goal.goals] == [
+        ("open(wooden_cabinet_1_middle_region)",),
+        ("in(akita_black_bowl_1, wooden_cabinet_1_top_region)",),
+        ("on(plate_1, main_table_stove_front_region)",),
+        ("on(cream_cheese_1, akita_black_bowl_1)",),
+    ]
+    assert int(goal.task_slot(5)) == 2
+    with pytest.raises(UserError, match=r"simulates tasks \(0, 3, 5, 6\)"):
+        goal.reset_to(1, 0)
+    spatial = make_env("libero_spatial", task_ids=(0, 4), render=False, settle_steps=0)
+    assert any(spatial.task_models.varying)
+    four = mjx.put_model(ls.load_task("libero_spatial", 4).model)
+    np.testing.assert_allclose(np.asarray(spatial.task_models.model(1).body_pos), np.asarray(four.body_pos))
+    assert spatial.init_qpos.shape == (2, 50, spatial.task.model.nq)
+    with pytest.raises(UserError, match="libero_10 tasks 2 and 3 have differently built scenes"):
+        make_env("libero_10", task_ids=(2, 3), render=False)
+    # the sets of tasks that can share an env (MJX evaluation runs one env per set)
+    assert task_groups("libero_goal", (6, 0, 3)) == [(6, 0, 3)]
+    assert task_groups("libero_10", (2, 3)) == [(2,), (3,)]
+    assert task_groups("libero_spatial", (4, 0)) == [(4, 0)]
 
 
 def test_goal_plans_order_and_articulation_facts(reports):
@@ -752,6 +807,51 @@ def test_env_reset_step_and_success_reward(spatial):
     np.testing.assert_array_equal(paid, [1.0, 0.0])
     assert bool(state.done[0]) and not bool(state.done[1])
     assert np.isfinite(np.asarray(state.obs["state"])).all()
+
+
+@pytest.mark.nightly
+def test_tasks_in_one_env_reset_and_pay_as_their_own():
+    """Compiled, several tasks in one env: each row of a libero_spatial (0, 3) env resets to its task's
+    scene (the fixtures where that task's own env has them, its own initial state); in a libero_goal
+    (0, 8) env the same state, the bowl put on the plate, pays only the row of task 8 (on(bowl, plate))
+    and ends that episode only."""
+    import jax
+    import jax.numpy as jnp
+    import mujoco
+
+    from pirl.envs import make_env
+
+    tasks, inits = jnp.asarray([0, 3, 3, 0]), jnp.asarray([0, 0, 1, 1])
+    both = make_env("libero_spatial", task_ids=(0, 3), render=False, settle_steps=0)
+    rows = jax.jit(jax.vmap(both.reset_to))(tasks, inits)
+    assert np.asarray(rows.info["task_id"]).tolist() == [0, 3, 3, 0]
+    for t in (0, 3):
+        own = make_env("libero_spatial", task_ids=(t,), render=False, settle_steps=0)
+        ref = jax.jit(jax.vmap(own.reset_to))(jnp.asarray([t, t]), jnp.asarray([0, 1]))
+        got = np.asarray(rows.data.xpos)[np.asarray(tasks) == t]
+        np.testing.assert_allclose(got, np.asarray(ref.data.xpos), atol=1e-3)
+    # the fixtures stand elsewhere in the two tasks (else the check above says nothing): the stove 1.7 cm
+    stove = both.task.model.body("flat_stove_1_main").id
+    assert np.abs(np.asarray(rows.data.xpos[0, stove] - rows.data.xpos[1, stove])).max() > 0.01
+
+    env = make_env("libero_goal", task_ids=(0, 8), render=False)
+    state = jax.jit(jax.vmap(env.reset_to))(jnp.asarray([0, 8]), jnp.asarray([0, 0]))
+    m = env.task.model
+    d = mujoco.MjData(m)
+    d.qpos[:] = np.asarray(state.data.qpos[1])
+    mujoco.mj_forward(m, d)
+    lp.place_for_goal(m, d, env.goals[1])
+    lp.settle_held(m, d, 1.0)
+    qpos = jnp.tile(jnp.asarray(d.qpos, jnp.float32), (2, 1))
+    state = state.replace(data=state.data.replace(qpos=qpos, qvel=jnp.zeros_like(state.data.qvel)))
+    step = jax.jit(jax.vmap(env.step))
+    noop = jnp.tile(jnp.asarray([0, 0, 0, 0, 0, 0, -1.0], jnp.float32), (2, 1))
+    paid = np.zeros(2)
+    for _ in range(5):
+        state = step(state, noop)
+        paid += np.asarray(state.reward)
+    np.testing.assert_array_equal(paid, [0.0, 1.0])
+    assert not bool(state.done[0]) and bool(state.done[1])
 
 
 @pytest.mark.nightly

@@ -505,7 +505,8 @@ def pick_place_geometry(m, obj: str, target: str, inside: bool = False):
     is_upper = centres[:, 2] > hi[2] - 0.03
     upper = centres[is_upper]
     mid = 0.5 * (lo[:2] + hi[:2])
-    wall = float(np.mean(np.linalg.norm(upper[:, :2] - mid, axis=1)))
+    # no geom centre near the top (one tall box: a book): no wall to grasp; the centre grasp below
+    wall = float(np.mean(np.linalg.norm(upper[:, :2] - mid, axis=1))) if len(upper) else 0.0
     width = hi[:2] - lo[:2]
     axis, top = None, None
     if width.min() < CENTRE_GRASP_WIDTH:

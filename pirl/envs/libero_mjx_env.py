@@ -1,9 +1,9 @@
-"""LIBERO's own tasks as MJX environments: `make_env("libero_spatial", task_ids=(k,))`.
+"""LIBERO's own tasks as MJX environments: `make_env("libero_spatial", task_ids=(k, ...))`.
 
 The same API as `pirl.envs.env.ManipEnv` (Brax / MuJoCo Playground style: `reset(rng)`,
 `reset_to(task_id, init_id)`, `step`, `chunk_step`, `batched`; pure functions, jit/vmap at the call
-site; `pirl.envs.batch.BatchEnv` and the RL rollout drive it unchanged), over the faithful scene of
-one LIBERO task (`pirl.envs.libero_scene`):
+site; `pirl.envs.batch.BatchEnv` and the RL rollout drive it unchanged), over the faithful scenes of
+LIBERO tasks (`pirl.envs.libero_scene`):
 
 - physics and control: the rebuilt scene, robosuite's OSC_POSE + PandaGripper at 20 Hz
   (`pirl.envs.osc`), LIBERO's 50 official initial states;
@@ -18,23 +18,28 @@ one LIBERO task (`pirl.envs.libero_scene`):
   success (RLinf's ignore_terminations);
 - episode limit: openpi's per suite (220 / 280 / 300 / 520 control steps), unless `max_steps`.
 
-One task per compiled model. Tasks of a suite have different objects and fixtures (different qpos
-layouts, bodies and contact pairs), so they cannot share one MJX model; padding them to a common
-shape is not done. An env therefore simulates exactly one task (`task_ids` of length 1) while
-`prompts` is the suite's full prompt table, so task ids stay the suite's (0-9) everywhere (policy
-prompts, logs). `reset_to` with another task id fails when the id is concrete; a traced id is
-ignored (the state's `task_id` is the env's task). Multi-task training on the faithful scenes needs
-one env (and one compiled program) per task and is refused by the RL config for now.
+Several tasks in one compiled program where their scenes share one structure. libero_spatial's ten
+tasks are one scene with the fixtures placed differently (the models differ in body poses and what
+follows from them), libero_goal's are one scene with different goals (task 6 differs only by its
+`SceneConfig.task_wall_growth` entry); libero_object's and libero_10's tasks have different objects
+(different geoms and contact pairs), so they cannot share one MJX model (padding them to a common shape
+is not done) and run one task per env. `make_libero_env(suite, task_ids)` with several ids keeps one
+MJX model whose differing arrays are stacked per task (`TaskModels`); every env picks its task's rows
+by its traced `task_id` (as Brax's domain randomisation batches a model), so `reset_to(task_id,
+init_id)` under vmap and the RL trainer's per-env task sampling work unchanged, and the goal is each
+task's own. `prompts` is always the suite's full prompt table, so task ids stay the suite's (0-9)
+everywhere (policy prompts, logs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pirl.envs import libero_predicates as lp
 from pirl.envs import libero_render as lr
@@ -118,33 +123,132 @@ def suite_prompts(suite: str) -> list[str]:
     return list(suite_info(suite).prompts)
 
 
-class LiberoMJXEnv:
-    """One LIBERO task in MJX with the `ManipEnv` API. Construct with `make_libero_env`."""
+@dataclasses.dataclass(frozen=True)
+class TaskModels:
+    """One MJX model for tasks whose scenes share one structure (`build`): each array equal in every task
+    is kept once, each that differs (libero_spatial: the fixtures' body poses and what follows from them)
+    is stacked with a leading task axis; `model(slot)` is the model of the `slot`-th task (traced under
+    vmap: each env gathers its task's rows)."""
 
-    def __init__(self, suite: str, task_id: int, config: LiberoEnvConfig, render_fn: RenderFn | None = None):
-        check_suite(suite, task_id)
+    treedef: Any
+    leaves: tuple[Any, ...]
+    varying: tuple[bool, ...]
+
+    @classmethod
+    def build(cls, suite: str, task_ids: tuple[int, ...], models: list[mjx.Model]) -> TaskModels:
+        flat = [jax.tree.flatten(mx) for mx in models]
+        leaves0, treedef = flat[0]
+        for t, (leaves, td) in zip(task_ids[1:], flat[1:], strict=True):
+            same = td == treedef and all(
+                np.shape(a) == np.shape(b) and np.result_type(a) == np.result_type(b)
+                for a, b in zip(leaves0, leaves, strict=True)
+            )
+            if not same:
+                raise scene_mismatch(suite, task_ids[0], t)
+        leaves, varying = [], []
+        for i, leaf in enumerate(leaves0):
+            each = [np.asarray(f[0][i]) for f in flat]
+            differs = any(not np.array_equal(e, each[0]) for e in each[1:])
+            leaves.append(jnp.asarray(np.stack(each)) if differs else leaf)
+            varying.append(differs)
+        return cls(treedef, tuple(leaves), tuple(varying))
+
+    def model(self, slot: jax.Array | int) -> mjx.Model:
+        """The model of the task in `slot` (its index in the env's `task_ids`)."""
+        leaves = [leaf[slot] if v else leaf for leaf, v in zip(self.leaves, self.varying, strict=True)]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+
+def scene_mismatch(suite: str, first: int, other: int) -> UserError:
+    """The error for tasks that cannot share one env, saying what to do instead."""
+    return UserError(
+        f"{suite} tasks {first} and {other} have differently built scenes (other objects, geoms or contact "
+        f"pairs), so they cannot share one MJX model: run them as separate envs (one task id each), or together "
+        f"only tasks whose scenes match (all of libero_spatial and libero_goal do)"
+    )
+
+
+def shared_scene(scene: ls.SceneConfig, suite: str, task_ids: tuple[int, ...]) -> ls.SceneConfig:
+    """The scene options tasks are built with when they run in one env: `scene` itself, unless its
+    `task_wall_growth` builds some of them differently from the others (libero_goal 6's bowl with
+    LIBERO's own plates); then none gets its task entry, so that all share one model."""
+    per_task = [scene.for_task(suite, t) for t in task_ids]
+    if any(c != per_task[0] for c in per_task[1:]):
+        return dataclasses.replace(scene, task_wall_growth=())
+    return scene
+
+
+def task_groups(
+    suite: str, task_ids: tuple[int, ...], scene: ls.SceneConfig = ls.SceneConfig()
+) -> list[tuple[int, ...]]:
+    """`task_ids` of `suite` split into the sets that can run in one env (scenes of one structure), each in
+    the order given: libero_spatial's and libero_goal's ten tasks are one set, libero_10's ten sets of
+    one. Builds (or loads) each task's scene."""
+    common = dataclasses.replace(scene, task_wall_growth=())  # as `shared_scene` builds a set
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for t in task_ids:
+        m = ls.load_task(suite, t, common).model
+        groups.setdefault((m.nq, m.nv, m.nbody, m.ngeom, m.npair), []).append(int(t))
+    return [tuple(g) for g in groups.values()]
+
+
+class LiberoMJXEnv:
+    """LIBERO tasks in MJX with the `ManipEnv` API (one task, or several whose scenes share a structure).
+    Construct with `make_libero_env`."""
+
+    def __init__(
+        self,
+        suite: str,
+        task_ids: tuple[int, ...],
+        config: LiberoEnvConfig,
+        render_fn: RenderFn | None = None,
+    ):
+        if not task_ids or len(set(task_ids)) != len(task_ids):
+            raise UserError(f"task_ids must name distinct tasks, got {task_ids}")
+        for t in task_ids:
+            check_suite(suite, t)
         if config.render and render_fn is None and config.render_backend == "warp":
             from pirl.envs.render_warp import check_warp_backend
 
             check_warp_backend(require_cuda=True)  # before any build: say what to install or change
         self.suite_name = suite
         self.config = config
-        self.task = ls.load_task(suite, task_id, config.scene)
+        scene = config.scene if len(task_ids) == 1 else shared_scene(config.scene, suite, task_ids)
+        tasks = []
+        for t in task_ids:  # (a mismatch fails at the first task that differs, before the rest are built)
+            tasks.append(ls.load_task(suite, t, scene))
+            a, b = tasks[0].model, tasks[-1].model
+            if (a.nq, a.nv, a.nbody, a.ngeom, a.npair) != (b.nq, b.nv, b.nbody, b.ngeom, b.npair):
+                raise scene_mismatch(suite, task_ids[0], t)
+        self.tasks = tuple(tasks)
+        self.task = self.tasks[0]
         m = self.task.model
-        self.info = self.task  # what ManipEnv.info is: the host-side scene facts
-        self.mx = mjx.put_model(m, device=jax.local_devices()[0])
+        self.info = self.task  # what ManipEnv.info is: the host-side scene facts (of the first task)
+        device = jax.local_devices()[0]
+        self.task_models = TaskModels.build(
+            suite, task_ids, [mjx.put_model(t.model, device=device) for t in self.tasks]
+        )
+        self.mx = self.task_models.model(0)
         self.osc_cfg = OSCConfig(timestep=float(m.opt.timestep))
         self.osc_idx = OSCIndices.from_model(m)
         self.eef_body = m.body(ls.EEF_BODY).id
-        self.goal = lp.compile_goal(lp.ensure_goal_spec(suite, task_id), m)
-        self.task_ids = (task_id,)
+        self.goals = tuple(lp.compile_goal(lp.ensure_goal_spec(suite, t), m) for t in task_ids)
+        self.goal = self.goals[0]
+        self.task_ids = tuple(int(t) for t in task_ids)
         self.prompts: list[str] = suite_prompts(suite)
         self.num_tasks = len(self.prompts)
-        init = self.task.init_states
+        # task id -> its slot in task_ids (ids not simulated map to slot 0; `reset_to` refuses concrete ones)
+        self._slot_of = jnp.asarray([self.task_ids.index(t) if t in self.task_ids else 0 for t in range(10)])
+        counts = {len(t.init_states) for t in self.tasks}
+        if len(counts) != 1:
+            raise UserError(
+                f"{suite} tasks {task_ids} have different numbers of initial states: {sorted(counts)}"
+            )
         nq, nv = m.nq, m.nv
-        self.init_qpos = jnp.asarray(init[:, 1 : 1 + nq], jnp.float32)
-        self.init_qvel = jnp.asarray(init[:, 1 + nq : 1 + nq + nv], jnp.float32)
-        self.num_init_states = int(init.shape[0])
+        init = np.stack([t.init_states for t in self.tasks])  # [T, n_init, 1 + nq + nv]
+        self.init_qpos = jnp.asarray(init[:, :, 1 : 1 + nq], jnp.float32)
+        self.init_qvel = jnp.asarray(init[:, :, 1 + nq : 1 + nq + nv], jnp.float32)
+        self.num_init_states = int(init.shape[1])
         self.max_steps = config.max_steps or EPISODE_LIMITS[suite]
         self.action_size = 7
         self.state_dim = 8
@@ -154,7 +258,7 @@ class LiberoMJXEnv:
         if config.render and render_fn is None:
             render_fn = self._render_fn(config.image_size)
         self._render = render_fn if config.render else None
-        self._data0 = mjx.make_data(m, device=jax.local_devices()[0])
+        self._data0 = mjx.make_data(m, device=device)
 
     # ------------------------------------------------------------------ batching
 
@@ -167,28 +271,36 @@ class LiberoMJXEnv:
     # ------------------------------------------------------------------ reset
 
     def reset(self, rng: jax.Array) -> State:
-        """The env's task, a uniformly random official initial state."""
-        init_id = jax.random.randint(rng, (), 0, self.num_init_states)
-        return self.reset_to(self.task_ids[0], init_id)
+        """One of the env's tasks and one of its official initial states, uniformly at random."""
+        k_task, k_init = jax.random.split(rng)
+        task_id = jnp.asarray(self.task_ids, jnp.int32)[jax.random.randint(k_task, (), 0, len(self.task_ids))]
+        return self.reset_to(task_id, jax.random.randint(k_init, (), 0, self.num_init_states))
 
-    def reset_to(self, task_id: jax.Array | int, init_id: jax.Array | int) -> State:
-        """Official initial state `init_id` of the env's task, then the settle steps."""
-        if not isinstance(task_id, jax.core.Tracer) and int(task_id) != self.task_ids[0]:
+    def task_slot(self, task_id: jax.Array | int) -> jax.Array:
+        """The index of `task_id` in the env's `task_ids` (i32[]); a concrete id the env does not simulate
+        fails here (a traced one maps to slot 0)."""
+        if not isinstance(task_id, jax.core.Tracer) and int(task_id) not in self.task_ids:
             raise UserError(
-                f"this {self.suite_name} env simulates task {self.task_ids[0]} only (one compiled model per task), "
+                f"this {self.suite_name} env simulates tasks {self.task_ids} (make_libero_env's task_ids), "
                 f"got task {int(task_id)}"
             )
+        return self._slot_of[jnp.clip(jnp.asarray(task_id, jnp.int32), 0, len(self._slot_of) - 1)]
+
+    def reset_to(self, task_id: jax.Array | int, init_id: jax.Array | int) -> State:
+        """Official initial state `init_id` of task `task_id` (one of the env's), then the settle steps."""
+        slot = self.task_slot(task_id)
+        mx = self.task_models.model(slot)
         init_id = jnp.asarray(init_id, jnp.int32)
-        data = self._data0.replace(qpos=self.init_qpos[init_id], qvel=self.init_qvel[init_id])
-        data = mjx.kinematics(self.mx, data)
+        data = self._data0.replace(qpos=self.init_qpos[slot, init_id], qvel=self.init_qvel[slot, init_id])
+        data = mjx.kinematics(mx, data)
         if self._render is not None:  # cameras for settle_steps=0 (the control steps place them otherwise)
-            data = mjx.camlight(self.mx, data)
-        data = osc_reset(self.osc_cfg, self.osc_idx, self.mx, data)
+            data = mjx.camlight(mx, data)
+        data = osc_reset(self.osc_cfg, self.osc_idx, mx, data)
         settle = jnp.asarray(SETTLE_ACTION, jnp.float32)
-        data = jax.lax.fori_loop(0, self.config.settle_steps, lambda _, d: self._physics(d, settle), data)
-        success = self.success(data)
+        data = jax.lax.fori_loop(0, self.config.settle_steps, lambda _, d: self._physics(mx, d, settle), data)
+        success = self.success(data, slot)
         info = {
-            "task_id": jnp.asarray(self.task_ids[0], jnp.int32),
+            "task_id": jnp.asarray(self.task_ids, jnp.int32)[slot],
             "init_id": init_id,
             "step": jnp.zeros((), jnp.int32),
             "success": success,
@@ -199,16 +311,19 @@ class LiberoMJXEnv:
 
     # ------------------------------------------------------------------ step
 
-    def _physics(self, data: mjx.Data, action: jax.Array) -> mjx.Data:
-        return osc_control_step(self.osc_cfg, self.osc_idx, self.mx, data, action)
+    def _physics(self, mx: mjx.Model, data: mjx.Data, action: jax.Array) -> mjx.Data:
+        return osc_control_step(self.osc_cfg, self.osc_idx, mx, data, action)
 
-    def success(self, data: mjx.Data) -> jax.Array:
-        """LIBERO's `_check_success` on the data (bool[])."""
-        return lp.success(self.goal, lp.view_mjx(data), jnp)
+    def success(self, data: mjx.Data, slot: jax.Array | int = 0) -> jax.Array:
+        """LIBERO's `_check_success` on the data (bool[]) for the task in `slot` (`task_slot`)."""
+        view = lp.view_mjx(data)
+        if len(self.goals) == 1:
+            return lp.success(self.goal, view, jnp)
+        return jnp.stack([lp.success(g, view, jnp) for g in self.goals])[slot]
 
-    def goal_terms(self, data: mjx.Data) -> jax.Array:
-        """bool[n_terms]: each BDDL goal term (names in `self.goal.names`)."""
-        return jnp.stack(lp.term_values(self.goal, lp.view_mjx(data), jnp))
+    def goal_terms(self, data: mjx.Data, slot: int = 0) -> jax.Array:
+        """bool[n_terms]: each BDDL goal term of the task in `slot` (names in `self.goals[slot].names`)."""
+        return jnp.stack(lp.term_values(self.goals[slot], lp.view_mjx(data), jnp))
 
     def step(self, state: State, action: jax.Array) -> State:
         """One 20 Hz control step with action f32[7] in [-1, 1]."""
@@ -220,8 +335,9 @@ class LiberoMJXEnv:
         if action.shape != (self.action_size,):
             raise ValueError(f"action must have shape (7,), got {action.shape}; vmap for batches")
         action = jnp.where(jnp.isfinite(action), action, 0.0)
-        data = self._physics(state.data, action)
-        success = self.success(data)
+        slot = self.task_slot(state.info["task_id"])
+        data = self._physics(self.task_models.model(slot), state.data, action)
+        success = self.success(data, slot)
         success_once = state.info["success_once"] | success
         step = state.info["step"] + 1
         truncated = step >= self.max_steps
@@ -286,18 +402,13 @@ def make_libero_env(
     render_fn: RenderFn | None = None,
     **overrides,
 ) -> LiberoMJXEnv:
-    """The faithful MJX env of one task of a LIBERO suite (`task_ids` must name exactly one task)."""
+    """The faithful MJX env of LIBERO tasks `task_ids` of suite `name` (all ten when empty); several
+    tasks share one env only where their scenes share one structure (`TaskModels`)."""
     if name not in FAITHFUL_SUITES:
         raise UserError(f"unknown LIBERO suite {name!r}; choose from {', '.join(FAITHFUL_SUITES)}")
-    if len(task_ids) != 1:
-        raise UserError(
-            f"the MJX {name} env compiles one model per task (tasks have different objects), so it runs one task: "
-            f"pass task_ids=(k,) (--env.task-ids k), got {tuple(task_ids) or 'all tasks'}. Multi-task training "
-            "on the faithful scenes is not supported yet (use --env.backend libero for the real LIBERO)"
-        )
     fields = {f.name for f in dataclasses.fields(LiberoEnvConfig)}
     bad = set(overrides) - fields
     if bad:
         raise UserError(f"unknown LiberoEnvConfig fields {sorted(bad)}; valid: {sorted(fields)}")
     cfg = LiberoEnvConfig(image_size=image_size, render=render, **overrides)
-    return LiberoMJXEnv(name, int(task_ids[0]), cfg, render_fn)
+    return LiberoMJXEnv(name, tuple(int(t) for t in task_ids) or tuple(range(10)), cfg, render_fn)

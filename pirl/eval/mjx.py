@@ -45,7 +45,9 @@ class MjxEvalConfig:
     """MJX-suite evaluation options."""
 
     suites: tuple[str, ...] = ("toy_spatial",)
-    """MJX suites: toy_spatial, toy_object, toy_goal, toy_10, maniskill_put_on_plate."""
+    """MJX suites: toy_spatial, toy_object, toy_goal, toy_10, maniskill_put_on_plate, or LIBERO's own tasks
+    rebuilt in MJX (libero_spatial, libero_object, libero_goal, libero_10: one compiled program per set of
+    tasks that share a scene)."""
     task_ids: tuple[int, ...] = ()
     """Tasks of each suite (empty = all)."""
     episodes_per_task: int = 50
@@ -132,6 +134,9 @@ def evaluate_mjx(
     cheap one because the renderer takes minutes to compile on a CPU.
     """
     from pirl.envs import make_env
+    from pirl.envs.build_libero import FAITHFUL_SUITES
+    from pirl.envs.libero_mjx_env import EPISODE_LIMITS as LIBERO_MJX_LIMITS
+    from pirl.envs.libero_mjx_env import task_groups
     from pirl.envs.tasks import get_suite
     from pirl.policies.env_io import make_env_adapter
 
@@ -150,32 +155,38 @@ def evaluate_mjx(
     image_size = cfg.image_size or model_cfg.image_resolution[0]
     all_keys, limits = [], {}
     for suite in cfg.suites:
-        limit = cfg.limit(suite, get_suite(suite).max_steps)
+        faithful = suite in FAITHFUL_SUITES
+        limit = cfg.limit(suite, LIBERO_MJX_LIMITS[suite] if faithful else get_suite(suite).max_steps)
         limits[suite] = limit
-        env = make_env(suite, image_size=image_size, render_fn=render_fn, max_steps=limit)
-        task_ids = cfg.task_ids or tuple(range(env.num_tasks))
-        bad = [t for t in task_ids if not 0 <= t < env.num_tasks]
+        num_tasks = 10 if faithful else len(get_suite(suite).tasks)
+        task_ids = cfg.task_ids or tuple(range(num_tasks))
+        bad = [t for t in task_ids if not 0 <= t < num_tasks]
         if bad:
-            raise ValueError(f"task ids {bad} out of range: {suite} has {env.num_tasks} tasks")
-        pairs = [(t, e) for t in task_ids for e in range(cfg.episodes_per_task)]
-        all_keys += [episode_key("mjx", suite, t, e) for t, e in pairs]
-        todo = [(t, e) for t, e in pairs if episode_key("mjx", suite, t, e) not in finished]
-        logger.info("MJX eval %s: %d episodes, %d to run", suite, len(pairs), len(todo))
-        if not todo:
-            continue
-        adapter = make_env_adapter(
-            policy.data_cfg,
-            env.prompts,
-            policy.tokenizer.tokenize,
-            policy.norm_stats,
-            state_dim=int(jax.eval_shape(env.reset_to, 0, 0).obs["state"].shape[-1]),
-            action_env_dim=env.action_size,
-            action_chunk=cfg.action_chunk,
-            model_image_keys=model_cfg.image_keys,
-            env_cameras=env.image_keys,
-            env_name=f"MJX suite {suite!r}",
-        )
-        _run_suite(policy, cfg, env, adapter, suite, limit, todo, log, out)
+            raise ValueError(f"task ids {bad} out of range: {suite} has {num_tasks} tasks")
+        # LIBERO's own tasks in MJX: one env (one compiled program) per set of tasks that share a scene
+        groups = task_groups(suite, task_ids) if faithful else [task_ids]
+        for group in groups:
+            pairs = [(t, e) for t in group for e in range(cfg.episodes_per_task)]
+            all_keys += [episode_key("mjx", suite, t, e) for t, e in pairs]
+            todo = [(t, e) for t, e in pairs if episode_key("mjx", suite, t, e) not in finished]
+            logger.info("MJX eval %s tasks %s: %d episodes, %d to run", suite, group, len(pairs), len(todo))
+            if not todo:
+                continue
+            tasks = {"task_ids": group} if faithful else {}
+            env = make_env(suite, image_size=image_size, render_fn=render_fn, max_steps=limit, **tasks)
+            adapter = make_env_adapter(
+                policy.data_cfg,
+                env.prompts,
+                policy.tokenizer.tokenize,
+                policy.norm_stats,
+                state_dim=int(jax.eval_shape(env.reset_to, group[0], 0).obs["state"].shape[-1]),
+                action_env_dim=env.action_size,
+                action_chunk=cfg.action_chunk,
+                model_image_keys=model_cfg.image_keys,
+                env_cameras=env.image_keys,
+                env_name=f"MJX suite {suite!r}",
+            )
+            _run_suite(policy, cfg, env, adapter, suite, limit, todo, log, out)
     results = [r for k, r in log.load().items() if k in set(all_keys)]
     meta = {
         "backend": "mjx",

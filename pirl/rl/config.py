@@ -27,8 +27,9 @@ class EnvSpec:
 
     name: str = "toy_spatial"
     """Suite. backend mjx: toy_spatial, toy_object, toy_goal, toy_10, maniskill_put_on_plate, or LIBERO's
-    own tasks rebuilt in MJX (libero_spatial, libero_object, libero_goal, libero_10; one task per run:
-    set task_ids); backend libero: libero_spatial, libero_object, libero_goal, libero_10 or libero_90."""
+    own tasks rebuilt in MJX (libero_spatial, libero_object, libero_goal, libero_10; several tasks in a run
+    only where their scenes match: all of libero_spatial / libero_goal, one of libero_object / libero_10);
+    backend libero: libero_spatial, libero_object, libero_goal, libero_10 or libero_90."""
     backend: Literal["mjx", "libero"] = "mjx"
     """'mjx': pirl's scenes, simulated and rendered on the devices; 'libero': the real LIBERO in host
     worker processes (the `libero` extra) feeding the on-device policy."""
@@ -282,15 +283,7 @@ class RLConfig:
                 "and adv.bootstrap_on_truncation=True; set it False otherwise"
             )
         if env.backend == "mjx":
-            from pirl.envs.build_libero import FAITHFUL_SUITES
-
-            if env.name in FAITHFUL_SUITES and len(env.task_ids) != 1:
-                raise UserError(
-                    f"--env.backend mjx builds {env.name} one task per compiled model (the tasks have different "
-                    f"objects), so a run trains on one task: set --env.task-ids to one task id (0-9), got "
-                    f"{env.task_ids or 'all tasks'}. Multi-task runs on LIBERO need --env.backend libero"
-                )
-            return
+            return  # (several faithful tasks in one MJX env: `make_libero_env` checks their scenes match)
         from pirl.envs.libero_pool import EPISODE_LIMITS
 
         if env.name not in EPISODE_LIMITS["rl"]:
