@@ -138,6 +138,8 @@ class TaskModels:
     def build(cls, suite: str, task_ids: tuple[int, ...], models: list[mjx.Model]) -> TaskModels:
         flat = [jax.tree.flatten(mx) for mx in models]
         leaves0, treedef = flat[0]
+        if len(flat) == 1:  # nothing to stack (and no copy of the model back to the host)
+            return cls(treedef, tuple(leaves0), (False,) * len(leaves0))
         for t, (leaves, td) in zip(task_ids[1:], flat[1:], strict=True):
             same = td == treedef and all(
                 np.shape(a) == np.shape(b) and np.result_type(a) == np.result_type(b)
@@ -157,6 +159,12 @@ class TaskModels:
         """The model of the task in `slot` (its index in the env's `task_ids`)."""
         leaves = [leaf[slot] if v else leaf for leaf, v in zip(self.leaves, self.varying, strict=True)]
         return jax.tree.unflatten(self.treedef, leaves)
+
+
+def scene_signature(m) -> tuple[int, ...]:
+    """The sizes that tell apart scenes of different structure (a MuJoCo model's nq, nv, nbody, ngeom,
+    npair): the cheap test before `TaskModels.build`'s array-by-array one."""
+    return (m.nq, m.nv, m.nbody, m.ngeom, m.npair)
 
 
 def scene_mismatch(suite: str, first: int, other: int) -> UserError:
@@ -188,7 +196,7 @@ def task_groups(
     groups: dict[tuple[int, ...], list[int]] = {}
     for t in task_ids:
         m = ls.load_task(suite, t, common).model
-        groups.setdefault((m.nq, m.nv, m.nbody, m.ngeom, m.npair), []).append(int(t))
+        groups.setdefault(scene_signature(m), []).append(int(t))
     return [tuple(g) for g in groups.values()]
 
 
@@ -217,8 +225,7 @@ class LiberoMJXEnv:
         tasks = []
         for t in task_ids:  # (a mismatch fails at the first task that differs, before the rest are built)
             tasks.append(ls.load_task(suite, t, scene))
-            a, b = tasks[0].model, tasks[-1].model
-            if (a.nq, a.nv, a.nbody, a.ngeom, a.npair) != (b.nq, b.nv, b.nbody, b.ngeom, b.npair):
+            if scene_signature(tasks[-1].model) != scene_signature(tasks[0].model):
                 raise scene_mismatch(suite, task_ids[0], t)
         self.tasks = tuple(tasks)
         self.task = self.tasks[0]
@@ -228,7 +235,6 @@ class LiberoMJXEnv:
         self.task_models = TaskModels.build(
             suite, task_ids, [mjx.put_model(t.model, device=device) for t in self.tasks]
         )
-        self.mx = self.task_models.model(0)
         self.osc_cfg = OSCConfig(timestep=float(m.opt.timestep))
         self.osc_idx = OSCIndices.from_model(m)
         self.eef_body = m.body(ls.EEF_BODY).id
@@ -238,7 +244,9 @@ class LiberoMJXEnv:
         self.prompts: list[str] = suite_prompts(suite)
         self.num_tasks = len(self.prompts)
         # task id -> its slot in task_ids (ids not simulated map to slot 0; `reset_to` refuses concrete ones)
-        self._slot_of = jnp.asarray([self.task_ids.index(t) if t in self.task_ids else 0 for t in range(10)])
+        self._slot_of = jnp.asarray(
+            [self.task_ids.index(t) if t in self.task_ids else 0 for t in range(self.num_tasks)]
+        )
         counts = {len(t.init_states) for t in self.tasks}
         if len(counts) != 1:
             raise UserError(

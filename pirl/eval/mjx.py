@@ -156,9 +156,10 @@ def evaluate_mjx(
     all_keys, limits = [], {}
     for suite in cfg.suites:
         faithful = suite in FAITHFUL_SUITES
-        limit = cfg.limit(suite, LIBERO_MJX_LIMITS[suite] if faithful else get_suite(suite).max_steps)
+        spec = None if faithful else get_suite(suite)
+        limit = cfg.limit(suite, LIBERO_MJX_LIMITS[suite] if faithful else spec.max_steps)
         limits[suite] = limit
-        num_tasks = 10 if faithful else len(get_suite(suite).tasks)
+        num_tasks = 10 if faithful else len(spec.tasks)
         task_ids = cfg.task_ids or tuple(range(num_tasks))
         bad = [t for t in task_ids if not 0 <= t < num_tasks]
         if bad:
